@@ -1,0 +1,57 @@
+# The README's two commands are `make run` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := infra/stack
+# Every target that talks to the stack reads its addresses from `infra/stack env`.
+WITH_ENV = eval "$$($(STACK) env)" &&
+TEST_DB ?= nexes_test
+DEMO_ORDERS ?= 100000
+
+.PHONY: venv up down run test lint bench lock seed migrate
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Regenerate the lock: pip resolves requirements.in, pip freeze writes names and versions.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -r requirements.in
+	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+	rm -rf .lock-venv
+
+up: venv
+	$(STACK) up
+	$(WITH_ENV) $(BIN)/nexes migrate
+
+down:
+	$(STACK) down
+
+migrate: venv
+	$(WITH_ENV) $(BIN)/nexes migrate
+
+seed: up
+	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS)
+
+run: up
+	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS) --if-empty
+	$(WITH_ENV) NEXES_ENV=development $(BIN)/nexes dev --host 127.0.0.1 --port 8000
+
+test: venv
+	$(STACK) up
+	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check nexes tests bench infra/stack
+	$(BIN)/ruff format --check nexes tests bench infra/stack
+	$(BIN)/mypy
+
+bench: up
+	$(WITH_ENV) $(BIN)/python -m bench.run

@@ -1,0 +1,1 @@
+"""Nexes: the data backbone of a field-service ERP."""

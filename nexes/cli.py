@@ -1,0 +1,191 @@
+"""`nexes ...`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import psycopg
+
+from nexes import settings as settings_module
+
+log = logging.getLogger("nexes.cli")
+
+
+def _settings() -> settings_module.Settings:
+    try:
+        return settings_module.load()
+    except settings_module.SettingsError as exc:
+        sys.exit(f"nexes: {exc}")
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from nexes.db.migrate import MigrationError, migrate
+
+    try:
+        applied = migrate(_settings())
+    except MigrationError as exc:
+        sys.exit(f"nexes migrate: {exc}")
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+
+def cmd_seed(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from nexes.db.seed import SeedError, seed
+
+    settings = _settings()
+    if args.orders < 1:
+        sys.exit("nexes seed: --orders must be at least 1")
+    if args.if_empty:
+        with psycopg.connect(settings.admin_url) as conn:
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM service_order_key)").fetchone() == (True,):
+                print("seed: the database already holds orders; nothing to do")
+                return
+    started = time.monotonic()
+    try:
+        with tqdm(total=args.orders, unit="orders", unit_scale=True, desc="seed") as bar:
+            seed(
+                settings.admin_url,
+                args.orders,
+                parallel=args.parallel,
+                defer=args.defer_indexes,
+                progress=bar.update,
+                status=lambda msg: bar.write(f"{time.monotonic() - started:7.1f}s {msg}"),
+            )
+    except SeedError as exc:
+        sys.exit(f"nexes seed: {exc}")
+    elapsed = time.monotonic() - started
+    print(f"seeded {args.orders:,} orders in {elapsed:.1f}s ({args.orders / elapsed:,.0f} orders/s)")
+
+
+def cmd_partitions(args: argparse.Namespace) -> None:
+    from nexes.db import partitions
+
+    settings = _settings()
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        created = partitions.ensure(
+            conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
+        )
+    print(f"created {created} partition(s)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    _settings()  # fail early, naming the setting, before uvicorn starts workers
+    uvicorn.run(
+        "nexes.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_scheduler(args: argparse.Namespace) -> None:
+    from nexes.jobs import scheduler
+
+    scheduler.run(_settings())
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    """API, worker and scheduler side by side; a worker that dies is restarted."""
+    _settings()
+    exe = sys.executable
+    commands = {
+        "api": [exe, "-m", "nexes.cli", "serve", "--host", args.host, "--port", str(args.port)],
+        "worker": [exe, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "4"],
+        "scheduler": [exe, "-m", "nexes.cli", "scheduler"],
+    }
+    supervise(commands, restart={"worker", "scheduler"})
+
+
+def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
+    """Run the commands until SIGINT/SIGTERM, restarting those in `restart` when they exit.
+
+    Hand-written because it is twenty lines; supervisord or honcho would add a
+    daemon or a Procfile for what `make run` needs on a developer's machine.
+    """
+    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"nexes dev: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())}; Ctrl-C stops", flush=True)
+    while not stopping:
+        time.sleep(0.5)
+        for name, proc in list(procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            if name in restart and not stopping:
+                print(f"nexes dev: {name} exited ({code}); restarting", flush=True)
+                procs[name] = subprocess.Popen(commands[name])
+            elif name not in restart:
+                print(f"nexes dev: {name} exited ({code}); stopping everything", flush=True)
+                stopping = True
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexes", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply migrations, role settings and partitions").set_defaults(func=cmd_migrate)
+    seed = sub.add_parser("seed", help="generate realistic orders inside PostgreSQL")
+    seed.add_argument("--orders", type=int, required=True)
+    seed.add_argument("--parallel", type=int, default=2, help="chunks loaded at once (default 2)")
+    seed.add_argument("--if-empty", action="store_true", help="do nothing when orders exist")
+    seed.add_argument(
+        "--defer-indexes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop secondary indexes for the load (default: when the load dwarfs the data)",
+    )
+    seed.set_defaults(func=cmd_seed)
+    sub.add_parser("partitions", help="create partitions ahead of time").set_defaults(func=cmd_partitions)
+    serve = sub.add_parser("serve", help="serve the API with uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(func=cmd_scheduler)
+    dev = sub.add_parser("dev", help="API + worker + scheduler, restarting a dead worker")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("NEXES_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Connection strings per role: the role replaces the user named in the URL."""
+
+from __future__ import annotations
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from nexes.settings import Settings
+
+
+def for_role(url: str, settings: Settings, role: str, *, application_name: str = "nexes") -> str:
+    """`url` with its user replaced by `role` (and its password, when one is configured)."""
+    params = conninfo_to_dict(url)
+    params["user"] = role
+    password = str(settings.roles[role].password) if role in settings.roles else ""
+    if password:
+        params["password"] = password
+    params.setdefault("application_name", application_name)
+    params.setdefault("connect_timeout", 5)
+    return make_conninfo("", **params)
+
+
+def with_database(url: str, dbname: str) -> str:
+    """`url` pointing at another database on the same server (tests use this)."""
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)

@@ -1,0 +1,170 @@
+"""Forward-only SQL migrations, recorded in `schema_migration`, under an advisory lock.
+
+A small runner of our own rather than a library: the ones available (yoyo, alembic,
+dbmate) either want an ORM, psycopg2, or an external binary, and none applies role
+settings from configuration. The rules:
+
+- files are `NNNN_name.sql` in `nexes/db/migrations`, applied in order, each once;
+- a file runs in one transaction, so a failure leaves the database as it was;
+- a file starting with `-- nexes:no-transaction` runs its `-- nexes:step` parts one by
+  one outside a transaction (for CREATE INDEX CONCURRENTLY and friends); each step must
+  be safe to repeat, since PostgreSQL cannot roll back what came before a failure;
+- an applied file must not change: its checksum is recorded and compared.
+
+Every run also (re)creates the application roles, re-applies their limits from
+settings, and creates the partitions the configuration asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from nexes.db import partitions
+from nexes.db.seed import rebuild_deferred_indexes
+from nexes.settings import RoleSettings, Settings
+
+log = logging.getLogger(__name__)
+
+# Session advisory lock: migrate connects directly to the primary, never via PgBouncer.
+LOCK_KEY = 0x6E65786573  # "nexes"
+NO_TRANSACTION = "-- nexes:no-transaction"
+STEP = re.compile(r"^-- nexes:step\s*$", re.MULTILINE)
+FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """A migration failed or the recorded history does not match the files."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        return not self.text.lstrip().startswith(NO_TRANSACTION)
+
+
+def discover() -> list[Migration]:
+    """The migration files shipped in the package, in version order."""
+    found = []
+    for entry in resources.files("nexes.db.migrations").iterdir():
+        match = FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migration files share a version: {versions}")
+    return found
+
+
+CREATE_HISTORY = """
+CREATE TABLE IF NOT EXISTS schema_migration (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def migrate(settings: Settings, url: str | None = None) -> list[str]:
+    """Apply pending migrations, role settings and partitions; return what was applied."""
+    with psycopg.connect(url or settings.admin_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
+        try:
+            ensure_roles(conn, settings.roles.values())
+            conn.execute(CREATE_HISTORY)
+            applied = _apply_pending(conn, discover())
+            apply_role_settings(conn, settings.roles.values())
+            rebuild_deferred_indexes(conn)
+            partitions.ensure(
+                conn,
+                years_back=settings.partition_years_back,
+                quarters_ahead=settings.partitions_ahead,
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+    return applied
+
+
+def _apply_pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
+    recorded: dict[int, str] = {
+        version: checksum for version, checksum in conn.execute("SELECT version, checksum FROM schema_migration")
+    }
+    applied = []
+    for migration in migrations:
+        label = f"{migration.version:04d}_{migration.name}"
+        if migration.version in recorded:
+            if recorded[migration.version] != migration.checksum:
+                raise MigrationError(f"{label}.sql changed after it was applied; add a new migration instead")
+            continue
+        log.info("applying migration %s", label)
+        try:
+            _apply(conn, migration)
+        except psycopg.Error as exc:
+            raise MigrationError(f"{label}.sql failed: {exc}") from exc
+        applied.append(label)
+    return applied
+
+
+def _apply(conn: psycopg.Connection, migration: Migration) -> None:
+    record = "INSERT INTO schema_migration (version, name, checksum) VALUES (%s, %s, %s)"
+    args = (migration.version, migration.name, migration.checksum)
+    if migration.transactional:
+        with conn.transaction():
+            conn.execute(migration.text.encode())
+            conn.execute(record, args)
+        return
+    for step in STEP.split(migration.text.removeprefix(NO_TRANSACTION)):
+        if step.strip():
+            conn.execute(step.encode())
+    conn.execute(record, args)
+
+
+def ensure_roles(conn: psycopg.Connection, roles: Iterable[RoleSettings]) -> None:
+    """Create the application roles that do not exist yet (the owner is bootstrapped)."""
+    for role in roles:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role.name]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role.name)))
+
+
+def _duration(seconds: float) -> sql.Composable:
+    return sql.Literal(f"{int(seconds * 1000)}ms")
+
+
+def apply_role_settings(conn: psycopg.Connection, roles: Iterable[RoleSettings]) -> None:
+    """Timeouts and connection ceilings live on the roles, so they hold through PgBouncer."""
+    for role in roles:
+        name = sql.Identifier(role.name)
+        statements = [
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(role.connection_limit)),
+            sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(name, _duration(role.statement_timeout)),
+            sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(name, _duration(role.lock_timeout)),
+            sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
+                name, _duration(role.idle_in_transaction_timeout)
+            ),
+        ]
+        if role.name == "nexes_analyst":
+            statements.append(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(name))
+        password = str(role.password)
+        if password:
+            statements.append(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+        for statement in statements:
+            conn.execute(statement)

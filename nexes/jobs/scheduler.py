@@ -1,0 +1,62 @@
+"""`nexes scheduler`: APScheduler enqueues the periodic actors; one scheduler is active.
+
+Leadership is a Redis lock (redis-py's `Lock`) with a TTL that the leader keeps
+extending; a second scheduler blocks on the lock and takes over once the first
+stops extending it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from types import FrameType
+
+import redis
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from nexes.settings import Settings
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "nexes:scheduler:leader"
+LOCK_TTL = 30.0
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Wait to become the leader, then run the schedule until SIGTERM/SIGINT or `stop`."""
+    from nexes.jobs.maintenance import maintain_partitions  # the broker is set up on import
+
+    stop = stop or threading.Event()
+    client = redis.Redis.from_url(settings.redis_url)
+    lock = client.lock(LOCK_NAME, timeout=LOCK_TTL, thread_local=False)
+    log.info("scheduler waiting for leadership")
+    while not stop.is_set():
+        if lock.acquire(blocking=True, blocking_timeout=1.0):
+            break
+    else:
+        return
+    log.info("scheduler is the leader")
+    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler.add_job(maintain_partitions.send, "cron", hour=3, minute=0, id="partitions")
+    scheduler.add_job(maintain_partitions.send, "date", id="partitions-at-start")
+
+    def keep_lead() -> None:
+        if not lock.extend(LOCK_TTL, replace_ttl=True):
+            log.error("scheduler lost leadership; stopping")
+            stop.set()
+
+    scheduler.add_job(keep_lead, "interval", seconds=LOCK_TTL / 3, id="leadership")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=lambda: (stop.wait(), scheduler.shutdown(wait=False)), daemon=True).start()
+    try:
+        scheduler.start()
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired or taken over
+            lock.release()

@@ -1,0 +1,125 @@
+"""All configuration, from the environment (NEXES_*), in one frozen object.
+
+Starlette's `Config` does the parsing: it names the variable in every error and
+keeps secrets out of reprs. No other module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, cast
+
+from starlette.config import Config
+from starlette.datastructures import Secret
+
+Env = Literal["development", "production"]
+ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """Limits applied to one database role by `nexes migrate` (ALTER ROLE ... SET)."""
+
+    name: str
+    connection_limit: int
+    statement_timeout: float  # seconds; 0 = none
+    lock_timeout: float
+    idle_in_transaction_timeout: float
+    password: Secret = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Env
+    primary_url: str
+    replica_urls: tuple[str, ...]
+    admin_url: str
+    replica_admin_urls: tuple[str, ...]
+    redis_url: str
+    typesense_url: str
+    typesense_api_key: Secret = field(repr=False)
+    roles: Mapping[str, RoleSettings] = field(repr=False, default_factory=dict)
+    api_pool_size: int = 20
+    worker_pool_size: int = 8
+    analyst_pool_size: int = 4
+    pool_timeout: float = 5.0
+    partition_years_back: int = 5
+    partitions_ahead: int = 4
+    archive_after_years: int = 2
+    log_level: str = "INFO"
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+
+def _positive(config: Config, key: str, default: float, cast: type[float] | type[int]) -> float:
+    value = config(key, cast=cast, default=default)
+    if value < 0:
+        raise SettingsError(f"{key}={value}: must be zero or more")
+    return value
+
+
+def _role(config: Config, name: str, *, connection_limit: int, statement_timeout: float) -> RoleSettings:
+    prefix = "NEXES_" + name.removeprefix("nexes_").upper()
+    return RoleSettings(
+        name=name,
+        connection_limit=int(_positive(config, f"{prefix}_CONNECTION_LIMIT", connection_limit, int)),
+        statement_timeout=_positive(config, f"{prefix}_STATEMENT_TIMEOUT", statement_timeout, float),
+        lock_timeout=_positive(config, f"{prefix}_LOCK_TIMEOUT", 10.0 if statement_timeout else 0.0, float),
+        idle_in_transaction_timeout=_positive(
+            config, f"{prefix}_IDLE_IN_TRANSACTION_TIMEOUT", 60.0 if statement_timeout else 0.0, float
+        ),
+        password=Secret(config(f"{prefix}_PASSWORD", default="")),
+    )
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `environ` (default: the process environment)."""
+    config = Config(environ=dict(os.environ if environ is None else environ))
+    try:
+        env = config("NEXES_ENV", default="production")
+        if env not in ("development", "production"):
+            raise SettingsError(f"NEXES_ENV={env!r}: must be 'development' or 'production'")
+        statement_timeout = _positive(config, "NEXES_STATEMENT_TIMEOUT", 30.0, float)
+        roles = {
+            "nexes_api": _role(config, "nexes_api", connection_limit=80, statement_timeout=statement_timeout),
+            "nexes_worker": _role(config, "nexes_worker", connection_limit=20, statement_timeout=statement_timeout),
+            "nexes_analyst": _role(config, "nexes_analyst", connection_limit=15, statement_timeout=statement_timeout),
+            # DDL and long maintenance must never be cut short by a timeout.
+            "nexes_owner": _role(config, "nexes_owner", connection_limit=20, statement_timeout=0.0),
+        }
+        return Settings(
+            env=cast(Env, env),
+            primary_url=_required(config, "NEXES_PRIMARY_URL"),
+            replica_urls=tuple(config("NEXES_REPLICA_URLS", default="").split()),
+            admin_url=_required(config, "NEXES_ADMIN_URL"),
+            replica_admin_urls=tuple(config("NEXES_REPLICA_ADMIN_URLS", default="").split()),
+            redis_url=config("NEXES_REDIS_URL", default="redis://127.0.0.1:6379/0"),
+            typesense_url=config("NEXES_TYPESENSE_URL", default="http://127.0.0.1:8108"),
+            typesense_api_key=Secret(config("NEXES_TYPESENSE_API_KEY", default="")),
+            roles=roles,
+            api_pool_size=int(_positive(config, "NEXES_API_POOL_SIZE", 20, int)),
+            worker_pool_size=int(_positive(config, "NEXES_WORKER_POOL_SIZE", 8, int)),
+            analyst_pool_size=int(_positive(config, "NEXES_ANALYST_POOL_SIZE", 4, int)),
+            pool_timeout=_positive(config, "NEXES_POOL_TIMEOUT", 5.0, float),
+            partition_years_back=int(_positive(config, "NEXES_PARTITION_YEARS_BACK", 5, int)),
+            partitions_ahead=int(_positive(config, "NEXES_PARTITIONS_AHEAD", 4, int)),
+            archive_after_years=int(_positive(config, "NEXES_ARCHIVE_AFTER_YEARS", 2, int)),
+            log_level=config("NEXES_LOG_LEVEL", default="INFO").upper(),
+        )
+    except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
+        raise SettingsError(str(exc).strip("'\"")) from exc
+
+
+def _required(config: Config, key: str) -> str:
+    value: str = config(key, default="")
+    if not value:
+        raise SettingsError(f'{key} is not set (for the local stack: eval "$(infra/stack env)")')
+    return value

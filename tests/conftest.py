@@ -1,0 +1,96 @@
+"""Fixtures: a fresh test database, cloned from a migrated template, on the real stack.
+
+`make test` starts the stack and exports its NEXES_* variables; NEXES_TEST_DB names
+the database the tests own (dropped and re-created every session).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from nexes import settings as settings_module
+from nexes.db.conninfo import with_database
+from nexes.db.migrate import migrate
+from nexes.settings import Settings
+
+TEMPLATE_DB = "nexes_test_template"
+
+
+def superuser_url(url: str, dbname: str = "postgres") -> str:
+    """The stack's superuser, directly on the server behind `url` (tests only)."""
+    params = conninfo_to_dict(url)
+    params.update(user="postgres", dbname=dbname)
+    return make_conninfo(**params)
+
+
+def _environ_for(dbname: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL"):
+        env[key] = with_database(env[key], dbname)
+    for key in ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS"):
+        env[key] = " ".join(with_database(u, dbname) for u in env.get(key, "").split())
+    return env
+
+
+def recreate_database(admin_url: str, name: str, template: str | None = None) -> None:
+    with psycopg.connect(superuser_url(admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER nexes_owner TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template or "template0")
+            )
+        )
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(superuser_url(admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def test_db_name() -> str:
+    name = os.environ.get("NEXES_TEST_DB", "nexes_test")
+    if "NEXES_ADMIN_URL" not in os.environ:
+        pytest.exit('the stack\'s variables are not set: run `make test` (or eval "$(infra/stack env)")', 2)
+    return name
+
+
+@pytest.fixture(scope="session")
+def template_settings(test_db_name: str) -> Settings:
+    """A migrated template database, kept between sessions and migrated forward each time."""
+    base = settings_module.load()
+    with psycopg.connect(superuser_url(base.admin_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DB]).fetchone()
+    if not exists:
+        recreate_database(base.admin_url, TEMPLATE_DB)
+    settings = settings_module.load(_environ_for(TEMPLATE_DB))
+    migrate(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def settings(template_settings: Settings, test_db_name: str) -> Settings:
+    """Settings pointing every URL at a fresh copy of the template."""
+    recreate_database(template_settings.admin_url, test_db_name, template=TEMPLATE_DB)
+    return settings_module.load(_environ_for(test_db_name))
+
+
+@pytest.fixture
+def fresh_db(template_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """A database of the test's own, for tests that change data globally."""
+    name = f"nexes_t_{request.node.name.lower()[:40]}".replace("[", "_").replace("]", "_")
+    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
+    yield settings_module.load(_environ_for(name))
+    drop_database(template_settings.admin_url, name)
+
+
+@pytest.fixture
+def admin(settings: Settings) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        yield conn

@@ -1,0 +1,90 @@
+"""`nexes seed`: realistic data, and every invariant holds afterwards."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from nexes.db.invariants import check_all
+from nexes.db.seed import SeedError, check_disk, seed
+from nexes.settings import Settings
+
+ORDERS = 6_000
+
+
+@pytest.fixture(scope="module")
+def seeded(settings: Settings) -> Settings:
+    seed(settings.admin_url, ORDERS, defer=False)
+    return settings
+
+
+def test_invariants_hold_after_a_seed(seeded: Settings) -> None:
+    with psycopg.connect(seeded.admin_url) as conn:
+        assert check_all(conn) == []
+
+
+def test_seed_data_looks_real(seeded: Settings) -> None:
+    with psycopg.connect(seeded.admin_url) as conn:
+        (orders, first, last) = conn.execute(
+            "SELECT count(*), min(created_at), max(created_at) FROM service_order"
+        ).fetchone() or (0, None, None)
+        statuses = dict(conn.execute("SELECT status::text, count(*) FROM service_order GROUP BY 1").fetchall())
+        lines = dict(
+            conn.execute(
+                "SELECT n, count(*) FROM (SELECT count(*) AS n FROM service_order_line GROUP BY order_id) s GROUP BY n"
+            ).fetchall()
+        )
+        (distinct_names,) = conn.execute("SELECT count(DISTINCT name) FROM customer").fetchone() or (0,)
+        (outbox,) = conn.execute("SELECT count(*) FROM search_outbox").fetchone() or (0,)
+        flag = conn.execute("SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_needed'").fetchone()
+    assert orders == ORDERS
+    assert first is not None and last is not None
+    assert (last - first).days > 365 * 4.9
+    assert set(statuses) == {"DRAFT", "OPEN", "IN_PROGRESS", "COMPLETED", "CANCELLED"}
+    assert statuses["COMPLETED"] > ORDERS / 2  # most old orders are done
+    assert set(lines) == {1, 2, 3, 4, 5}
+    assert distinct_names > 100
+    assert outbox == 0 and flag == (1,)  # bulk data is marked for a reindex instead
+
+
+def test_invariant_checks_catch_a_broken_ledger(fresh_db: Settings) -> None:
+    seed(fresh_db.admin_url, 500, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        conn.execute("UPDATE stock_item SET on_hand = on_hand + 1 WHERE id = (SELECT min(id) FROM stock_item)")
+        conn.execute("DELETE FROM stock_movement WHERE id = (SELECT max(id) FROM stock_movement)")
+        conn.execute(
+            "UPDATE dashboard_stat SET order_count = order_count + 3 WHERE ctid = "
+            "(SELECT ctid FROM dashboard_stat LIMIT 1)"
+        )
+        conn.execute(
+            "DELETE FROM service_order_key WHERE id = (SELECT max(id) FROM service_order WHERE status = 'CANCELLED')"
+        )
+        found = {v.check for v in check_all(conn)}
+    assert found == {
+        "on_hand_differs_from_ledger",
+        "line_movements_differ",
+        "dashboard_stat_differs",
+        "order_without_key",
+    }
+
+
+def test_bulk_seed_defers_indexes_and_rebuilds_every_one(fresh_db: Settings) -> None:
+    query = (
+        "SELECT indexrelid::regclass::text FROM pg_index "
+        "WHERE indrelid IN ('service_order'::regclass, 'stock_movement'::regclass) ORDER BY 1"
+    )
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        before = [r[0] for r in conn.execute(query)]
+    seed(fresh_db.admin_url, 3_000, defer=True)
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        after = [r[0] for r in conn.execute(query)]
+        pending = conn.execute("SELECT count(*) FROM deferred_index").fetchone()
+        invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
+        assert check_all(conn) == []
+    assert after == before
+    assert pending == (0,) and invalid == (0,)
+
+
+def test_seed_refuses_when_the_disk_is_too_small(settings: Settings) -> None:
+    with psycopg.connect(settings.admin_url) as conn, pytest.raises(SeedError, match="GiB free"):
+        check_disk(conn, 10**12)
