@@ -83,7 +83,8 @@ async def test_worker_connection_limit_holds_and_api_still_connects(settings: Se
 
     async def sample_server_connections() -> None:
         nonlocal peak
-        async with await psycopg.AsyncConnection.connect(superuser_url(settings.admin_url)) as su:
+        # autocommit: pg_stat_activity is a snapshot per transaction.
+        async with await psycopg.AsyncConnection.connect(superuser_url(settings.admin_url), autocommit=True) as su:
             for _ in range(40):
                 cur = await su.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'nexes_worker'")
                 row = await cur.fetchone()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit
+
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes.settings import Settings
@@ -20,7 +22,13 @@ def for_role(url: str, settings: Settings, role: str, *, application_name: str =
 
 
 def with_database(url: str, dbname: str) -> str:
-    """`url` pointing at another database on the same server (tests use this)."""
+    """`url` pointing at another database on the same server (tests use this).
+
+    A URL stays a URL: NEXES_REPLICA_URLS is space-separated, and a key=value
+    conninfo would fall apart there.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return urlsplit(url)._replace(path="/" + quote(dbname)).geturl()
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
     return make_conninfo("", **params)
