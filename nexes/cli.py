@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -20,9 +21,11 @@ log = logging.getLogger("nexes.cli")
 
 def _settings() -> settings_module.Settings:
     try:
-        return settings_module.load()
+        settings = settings_module.load()
     except settings_module.SettingsError as exc:
         sys.exit(f"nexes: {exc}")
+    logging.getLogger().setLevel(settings.log_level)
+    return settings
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -113,10 +116,20 @@ def cmd_dev(args: argparse.Namespace) -> None:
 def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
     """Run the commands until SIGINT/SIGTERM, restarting those in `restart` when they exit.
 
-    Hand-written because it is twenty lines; supervisord or honcho would add a
-    daemon or a Procfile for what `make run` needs on a developer's machine.
+    Hand-written because it is a few lines; supervisord or honcho would add a daemon
+    or a Procfile for what `make run` needs on a developer's machine. Each child runs
+    in a session of its own, so Ctrl-C reaches only this supervisor, which stops each
+    child's whole process group once (dramatiq's worker processes included).
     """
-    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(commands[name], start_new_session=True)
+
+    def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    procs = {name: start(name) for name in commands}
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -130,23 +143,24 @@ def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
         time.sleep(0.5)
         for name, proc in list(procs.items()):
             code = proc.poll()
-            if code is None:
+            if code is None or stopping:
                 continue
-            if name in restart and not stopping:
+            signal_group(proc, signal.SIGKILL)  # leftovers of a dead parent
+            if name in restart:
                 print(f"nexes dev: {name} exited ({code}); restarting", flush=True)
-                procs[name] = subprocess.Popen(commands[name])
-            elif name not in restart:
+                procs[name] = start(name)
+            else:
                 print(f"nexes dev: {name} exited ({code}); stopping everything", flush=True)
                 stopping = True
     for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
+        signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + 20
     for proc in procs.values():
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        signal_group(proc, signal.SIGKILL)
 
 
 def build_parser() -> argparse.ArgumentParser:
