@@ -156,10 +156,8 @@ def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
         signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + 20
     for proc in procs.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
         signal_group(proc, signal.SIGKILL)
 
 
@@ -194,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
-        level=os.environ.get("NEXES_LOG_LEVEL", "INFO").upper(),
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     args = build_parser().parse_args(argv)
