@@ -82,7 +82,9 @@ def cmd_partitions(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    _settings()  # fail early, naming the setting, before uvicorn starts workers
+    from nexes.observability import logging_config
+
+    settings = _settings()  # fail early, naming the setting, before uvicorn starts workers
     uvicorn.run(
         "nexes.app:app_from_env",
         factory=True,
@@ -92,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
+        log_config=logging_config(settings.log_level),
+        access_log=settings.access_log,
     )
 
 

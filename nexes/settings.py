@@ -37,11 +37,12 @@ class RoleSettings:
 @dataclass(frozen=True)
 class Settings:
     env: Env
-    primary_url: str
-    replica_urls: tuple[str, ...]
-    admin_url: str
-    replica_admin_urls: tuple[str, ...]
-    redis_url: str
+    # URLs may carry passwords: kept out of repr.
+    primary_url: str = field(repr=False)
+    replica_urls: tuple[str, ...] = field(repr=False)
+    admin_url: str = field(repr=False)
+    replica_admin_urls: tuple[str, ...] = field(repr=False)
+    redis_url: str = field(repr=False)
     typesense_url: str
     typesense_api_key: Secret = field(repr=False)
     roles: Mapping[str, RoleSettings] = field(repr=False, default_factory=dict)
@@ -53,6 +54,12 @@ class Settings:
     partitions_ahead: int = 4
     archive_after_years: int = 2
     log_level: str = "INFO"
+    max_page_size: int = 100
+    count_budget_ms: int = 100
+    count_cap: int = 100_000
+    cursor_secret: Secret = field(repr=False, default=Secret("nexes-cursor-dev-secret"))
+    max_body_bytes: int = 1_000_000
+    access_log: bool = True
 
     @property
     def development(self) -> bool:
@@ -113,6 +120,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             partitions_ahead=int(_positive(config, "NEXES_PARTITIONS_AHEAD", 4, int)),
             archive_after_years=int(_positive(config, "NEXES_ARCHIVE_AFTER_YEARS", 2, int)),
             log_level=config("NEXES_LOG_LEVEL", default="INFO").upper(),
+            max_page_size=int(_positive(config, "NEXES_MAX_PAGE_SIZE", 100, int)),
+            count_budget_ms=int(_positive(config, "NEXES_COUNT_BUDGET", 0.1, float) * 1000),
+            count_cap=int(_positive(config, "NEXES_COUNT_CAP", 100_000, int)),
+            cursor_secret=Secret(config("NEXES_CURSOR_SECRET", default="nexes-cursor-dev-secret")),
+            max_body_bytes=int(_positive(config, "NEXES_MAX_BODY_BYTES", 1_000_000, int)),
+            access_log=config("NEXES_ACCESS_LOG", cast=bool, default=True),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc

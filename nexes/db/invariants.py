@@ -64,6 +64,18 @@ CHECKS: dict[str, LiteralString] = {
         FROM truth AS t FULL JOIN kept AS k ON k.day = t.day AND k.status = t.status
         WHERE coalesce(t.n, 0) <> coalesce(k.n, 0)
         LIMIT 20""",
+    "dashboard_month_differs": """
+        WITH days AS (
+            SELECT date_trunc('month', day)::date AS month, status, currency, sum(order_count) AS n,
+                   sum(total_amount) AS amount
+            FROM dashboard_stat GROUP BY 1, 2, 3
+        )
+        SELECT coalesce(d.month, m.month) || ' ' || coalesce(d.status, m.status) || ' '
+               || coalesce(d.currency, m.currency) || ': days ' || coalesce(d.n, 0)
+               || ', month ' || coalesce(m.order_count, 0)
+        FROM days AS d FULL JOIN dashboard_stat_month AS m USING (month, status, currency)
+        WHERE coalesce(d.n, 0) <> coalesce(m.order_count, 0) OR coalesce(d.amount, 0) <> coalesce(m.total_amount, 0)
+        LIMIT 20""",
 }
 
 

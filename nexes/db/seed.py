@@ -100,7 +100,8 @@ WITH g AS (
 )
 SELECT id,
        date_trunc('microseconds', created_at) AS created_at,
-       'SOD-' || extract(year FROM created_at AT TIME ZONE 'UTC')::int || '-' || lpad(id::text, 7, '0')
+       'SOD-' || extract(year FROM created_at AT TIME ZONE 'UTC')::int || '-'
+           || lpad(id::text, greatest(7, length(id::text)), '0')
            AS sod_number,
        (%(customers)s::bigint[])[1 + floor(cardinality(%(customers)s::bigint[])
            * power((abs(hashint8(i + 11)) %% 100000) / 100000.0, 2))::int] AS customer_id,

@@ -1,0 +1,122 @@
+"""Customers and stock items: batched lookups, (name, id) keyset pages, bounded counts."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.rows import class_row
+
+from nexes.db.orders import Keyset
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    id: int
+    code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StockItemRow:
+    id: int
+    sku: str
+    name: str
+    on_hand: int
+
+
+@dataclass(frozen=True)
+class CatalogFilter:
+    """Conditions shared by both tables; `key` is the customer code or the SKU."""
+
+    name_contains: str | None = None
+    key: str | None = None
+    negative_only: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: str
+    key_column: str
+    row: type
+
+
+CUSTOMERS = Table("customer", "id, code, name", "code", CustomerRow)
+STOCK_ITEMS = Table("stock_item", "id, sku, name, on_hand", "sku", StockItemRow)
+
+
+async def _by_id(conn: AsyncConnection[Any], table: Table, ids: Collection[int]) -> list[Any]:
+    query = sql.SQL("SELECT {cols} FROM {table} WHERE id = ANY(%(ids)s)").format(
+        cols=sql.SQL(table.columns), table=sql.Identifier(table.name)
+    )
+    cur: AsyncCursor[Any]
+    async with conn.cursor(row_factory=class_row(table.row)) as cur:
+        await cur.execute(query, {"ids": list(ids)})
+        return await cur.fetchall()
+
+
+async def customers_by_id(conn: AsyncConnection[Any], ids: Collection[int]) -> list[CustomerRow]:
+    return await _by_id(conn, CUSTOMERS, ids)
+
+
+async def stock_items_by_id(conn: AsyncConnection[Any], ids: Collection[int]) -> list[StockItemRow]:
+    return await _by_id(conn, STOCK_ITEMS, ids)
+
+
+def like_contains(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _where(table: Table, flt: CatalogFilter, params: dict[str, Any]) -> list[sql.Composable]:
+    conds: list[sql.Composable] = []
+    if flt.name_contains:
+        params["name_like"] = like_contains(flt.name_contains)
+        conds.append(sql.SQL("name ILIKE %(name_like)s"))  # served by the trigram index
+    if flt.key:
+        params["key"] = flt.key
+        conds.append(sql.SQL("{} = %(key)s").format(sql.Identifier(table.key_column)))
+    if flt.negative_only:
+        conds.append(sql.SQL("on_hand < 0"))
+    return conds
+
+
+async def page(
+    conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, after: Keyset | None, backward: bool, limit: int
+) -> list[Any]:
+    """A keyset page by (name, id), ascending (re-reversed when `backward`)."""
+    params: dict[str, Any] = {"limit": limit}
+    conds = _where(table, flt, params)
+    if after is not None:
+        params["k_name"], params["k_id"] = after.value, after.id
+        conds.append(sql.SQL("(name, id) {} (%(k_name)s, %(k_id)s)").format(sql.SQL("<" if backward else ">")))
+    query = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY name {dir}, id {dir} LIMIT %(limit)s").format(
+        cols=sql.SQL(table.columns),
+        table=sql.Identifier(table.name),
+        where=sql.SQL(" AND ").join(conds) if conds else sql.SQL("true"),
+        dir=sql.SQL("DESC" if backward else "ASC"),
+    )
+    cur: AsyncCursor[Any]
+    async with conn.cursor(row_factory=class_row(table.row)) as cur:
+        await cur.execute(query, params)
+        rows: list[Any] = await cur.fetchall()
+    if backward:
+        rows.reverse()
+    return rows
+
+
+async def count(conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, cap: int) -> tuple[int, bool]:
+    """(count, exact): counts up to `cap` rows; past it, `cap` and not exact."""
+    params: dict[str, Any] = {"cap": cap}
+    conds = _where(table, flt, params)
+    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %(cap)s) AS c").format(
+        table=sql.Identifier(table.name), where=sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+    )
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    found = int(row[0]) if row else 0
+    return found, found < cap

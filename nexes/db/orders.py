@@ -1,0 +1,273 @@
+"""Service orders: keyset pages, lookups by id and SOD number, lines, counts.
+
+Keyset pages compare (sort value, id) as a row value, which PostgreSQL serves from
+the matching (sort DESC, id DESC) index scanned either way. A multi-status page is
+a UNION ALL of one ordered, limited branch per status, merged: PostgreSQL 15 cannot
+skip-scan `status = ANY(...)` in index order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from psycopg import AsyncConnection, sql
+from psycopg.errors import QueryCanceled
+from psycopg.rows import class_row
+
+Direction = Literal["ASC", "DESC"]
+
+# GraphQL's ServiceOrderOrder -> (column, direction). Only these columns are ever
+# put into SQL as identifiers.
+SORTS: dict[str, tuple[str, Direction]] = {
+    "CREATED_AT_DESC": ("created_at", "DESC"),
+    "CREATED_AT_ASC": ("created_at", "ASC"),
+    "UPDATED_AT_DESC": ("updated_at", "DESC"),
+    "TOTAL_AMOUNT_DESC": ("total_amount", "DESC"),
+}
+
+COLUMNS = sql.SQL(
+    "id, created_at, sod_number, customer_id, status::text AS status, description, currency, total_amount, updated_at"
+)
+LIVE = sql.SQL("service_order")
+LIVE_AND_ARCHIVED = sql.SQL("(SELECT * FROM service_order UNION ALL SELECT * FROM service_order_archive)")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    id: int
+    created_at: datetime
+    sod_number: str
+    customer_id: int
+    status: str
+    description: str
+    currency: str
+    total_amount: Decimal
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LineRow:
+    order_id: int
+    line_no: int
+    quantity: int
+    unit_price: Decimal
+    stock_item_id: int
+    sku: str
+    name: str
+    on_hand: int
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    statuses: tuple[str, ...] = ()
+    customer_id: int | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None  # exclusive
+    sod_number_prefix: str | None = None
+    include_archived: bool = False
+
+
+@dataclass(frozen=True)
+class Keyset:
+    value: Any
+    id: int
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _conditions(flt: OrderFilter, params: dict[str, Any]) -> list[sql.Composable]:
+    conds: list[sql.Composable] = []
+    if flt.customer_id is not None:
+        params["customer_id"] = flt.customer_id
+        conds.append(sql.SQL("customer_id = %(customer_id)s"))
+    if flt.created_from is not None:
+        params["created_from"] = flt.created_from
+        conds.append(sql.SQL("created_at >= %(created_from)s"))
+    if flt.created_to is not None:
+        params["created_to"] = flt.created_to
+        conds.append(sql.SQL("created_at < %(created_to)s"))
+    if flt.sod_number_prefix:
+        params["sod_like"] = _like_prefix(flt.sod_number_prefix)
+        conds.append(sql.SQL("sod_number LIKE %(sod_like)s"))
+    return conds
+
+
+def _keyset_conditions(
+    column: str, direction: Direction, after: Keyset | None, params: dict[str, Any]
+) -> list[sql.Composable]:
+    if after is None:
+        return []
+    params["k_value"], params["k_id"] = after.value, after.id
+    op = sql.SQL("<" if direction == "DESC" else ">")
+    col = sql.Identifier(column)
+    conds: list[sql.Composable] = [sql.SQL("({}, id) {} (%(k_value)s, %(k_id)s)").format(col, op)]
+    if column == "created_at":
+        # Redundant with the row comparison, but lets the planner prune partitions.
+        conds.append(sql.SQL("created_at {} %(k_value)s").format(sql.SQL("<=" if direction == "DESC" else ">=")))
+    return conds
+
+
+def page_query(
+    flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The SQL and parameters of one page: `limit` rows past `after`, in sort order
+    (or in reverse sort order when `backward`, for last/before)."""
+    column, direction = SORTS[sort]
+    if backward:
+        direction = "ASC" if direction == "DESC" else "DESC"
+    params: dict[str, Any] = {"limit": limit}
+    source = LIVE_AND_ARCHIVED if flt.include_archived else LIVE
+    base = _conditions(flt, params) + _keyset_conditions(column, direction, after, params)
+    order_by = sql.SQL("ORDER BY {col} {dir}, id {dir} LIMIT %(limit)s").format(
+        col=sql.Identifier(column), dir=sql.SQL(direction)
+    )
+
+    def select(conds: Sequence[sql.Composable]) -> sql.Composed:
+        where = sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+        return sql.SQL("SELECT {cols} FROM {src} AS o WHERE {where} {order}").format(
+            cols=COLUMNS, src=source, where=where, order=order_by
+        )
+
+    statuses = sorted(set(flt.statuses))
+    if len(statuses) <= 1:
+        if statuses:
+            params["status_0"] = statuses[0]
+            base = [sql.SQL("status = %(status_0)s::order_status"), *base]
+        return select(base), params
+    branches = []
+    for i, status in enumerate(statuses):
+        params[f"status_{i}"] = status
+        cond = sql.SQL("status = {}::order_status").format(sql.Placeholder(f"status_{i}"))
+        branches.append(sql.SQL("({})").format(select([cond, *base])))
+    merged = sql.SQL("SELECT * FROM ({branches}) AS u ORDER BY {col} {dir}, id {dir} LIMIT %(limit)s").format(
+        branches=sql.SQL(" UNION ALL ").join(branches), col=sql.Identifier(column), dir=sql.SQL(direction)
+    )
+    return merged, params
+
+
+async def orders_page(
+    conn: AsyncConnection[Any], flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, limit: int
+) -> list[OrderRow]:
+    """One keyset page of orders, in the requested order (backward pages are re-reversed)."""
+    query, params = page_query(flt, sort, backward=backward, after=after, limit=limit)
+    async with conn.cursor(row_factory=class_row(OrderRow)) as cur:
+        await cur.execute(query, params)
+        rows = await cur.fetchall()
+    if backward:
+        rows.reverse()
+    return rows
+
+
+ORDERS_BY_ID = sql.SQL(
+    "SELECT {cols} FROM service_order_key AS k JOIN {src} AS o ON o.id = k.id AND o.created_at = k.created_at "
+    "WHERE k.id = ANY(%(ids)s)"
+)
+ORDERS_BY_SOD = sql.SQL(
+    "SELECT {cols} FROM service_order_key AS k JOIN {src} AS o ON o.id = k.id AND o.created_at = k.created_at "
+    "WHERE k.sod_number = %(sod)s"
+)
+
+
+async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
+    """Orders by id, live or archived: the key table names the one partition to read."""
+    query = ORDERS_BY_ID.format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
+    async with conn.cursor(row_factory=class_row(OrderRow)) as cur:
+        await cur.execute(query, {"ids": list(ids)})
+        return await cur.fetchall()
+
+
+async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> OrderRow | None:
+    """One order by SOD number, live or archived."""
+    query = ORDERS_BY_SOD.format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
+    async with conn.cursor(row_factory=class_row(OrderRow)) as cur:
+        await cur.execute(query, {"sod": sod_number})
+        return await cur.fetchone()
+
+
+LINES = """
+SELECT l.order_id, l.line_no, l.quantity, l.unit_price, s.id AS stock_item_id, s.sku, s.name, s.on_hand
+FROM (SELECT * FROM service_order_line WHERE order_id = ANY(%(ids)s) AND created_at BETWEEN %(lo)s AND %(hi)s
+      UNION ALL
+      SELECT * FROM service_order_line_archive
+      WHERE %(archived)s AND order_id = ANY(%(ids)s) AND created_at BETWEEN %(lo)s AND %(hi)s) AS l
+JOIN stock_item AS s ON s.id = l.stock_item_id
+ORDER BY l.order_id, l.line_no
+"""
+
+
+async def lines_of(conn: AsyncConnection[Any], orders: Sequence[OrderRow], *, archived: bool) -> list[LineRow]:
+    """The lines (with their stock items) of these orders, in one statement.
+
+    The orders' created_at range prunes the partitions to those the page spans.
+    """
+    if not orders:
+        return []
+    params = {
+        "ids": [o.id for o in orders],
+        "lo": min(o.created_at for o in orders),
+        "hi": max(o.created_at for o in orders),
+        "archived": archived,
+    }
+    async with conn.cursor(row_factory=class_row(LineRow)) as cur:
+        await cur.execute(LINES, params)
+        return await cur.fetchall()
+
+
+async def count_orders(conn: AsyncConnection[Any], flt: OrderFilter, *, budget_ms: int, cap: int) -> tuple[int, bool]:
+    """(count, exact): an exact count bounded by `budget_ms` and `cap`, else the planner's estimate."""
+    params: dict[str, Any] = {"cap": cap}
+    conds = _conditions(flt, params)
+    if flt.statuses:
+        params["statuses"] = list(flt.statuses)
+        conds.append(sql.SQL("status = ANY(%(statuses)s::order_status[])"))
+    where = sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+    source = LIVE_AND_ARCHIVED if flt.include_archived else LIVE
+    inner = sql.SQL("SELECT 1 FROM {src} AS o WHERE {where}").format(src=source, where=where)
+    try:
+        async with conn.transaction():
+            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{budget_ms}ms")))
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({} LIMIT %(cap)s) AS c").format(inner), params)
+            row = await cur.fetchone()
+            count = int(row[0]) if row else 0
+            if count < cap:
+                return count, True
+    except QueryCanceled:
+        pass  # past the budget: the planner's estimate below
+    params.pop("cap")
+    cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(inner), params)
+    row = await cur.fetchone()
+    plan = row[0] if row else [{"Plan": {"Plan Rows": 0}}]
+    return int(plan[0]["Plan"]["Plan Rows"]), False
+
+
+COUNT_FROM_STATS = """
+SELECT coalesce(sum(order_count), 0)::bigint FROM dashboard_stat
+WHERE (%(statuses)s::order_status[] IS NULL OR status = ANY(%(statuses)s::order_status[]))
+  AND (%(day_from)s::date IS NULL OR day >= %(day_from)s::date)
+  AND (%(day_to)s::date IS NULL OR day < %(day_to)s::date)
+  AND (%(archived)s OR day > coalesce((SELECT max(created_at) FROM service_order_archive)::date, '-infinity'))
+"""
+
+
+async def count_from_stats(
+    conn: AsyncConnection[Any],
+    *,
+    statuses: Sequence[str],
+    day_from: date | None,
+    day_to: date | None,
+    include_archived: bool,
+) -> int:
+    """The exact count of orders in whole UTC days, from dashboard_stat (archived days excluded
+    unless asked for: archived quarters are whole quarters, so the days split cleanly)."""
+    cur = await conn.execute(
+        COUNT_FROM_STATS,
+        {"statuses": list(statuses) or None, "day_from": day_from, "day_to": day_to, "archived": include_archived},
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,69 @@
+"""Connection pools: one per (role, target) per process, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from nexes.db.conninfo import for_role
+from nexes.db.cursor import TaggedCursor
+from nexes.settings import Settings
+
+
+def make_pool(url: str, settings: Settings, role: str, *, name: str, size: int) -> AsyncConnectionPool:
+    """A closed pool; PgBouncer in transaction mode means no server-side prepared statements."""
+    kwargs: dict[str, Any] = {"prepare_threshold": None, "autocommit": True, "cursor_factory": TaggedCursor}
+    return AsyncConnectionPool(
+        for_role(url, settings, role, application_name=f"nexes-{name}"),
+        min_size=1,
+        max_size=max(1, size),
+        timeout=settings.pool_timeout,
+        name=name,
+        open=False,
+        kwargs=kwargs,
+        connection_class=AsyncConnection,
+        reconnect_timeout=60,
+    )
+
+
+@dataclass
+class Pools:
+    """The API process's pools: api@primary, api@each replica, analyst@each replica."""
+
+    primary: AsyncConnectionPool
+    replicas: list[AsyncConnectionPool] = field(default_factory=list)
+    analyst: list[AsyncConnectionPool] = field(default_factory=list)
+
+    @classmethod
+    def for_api(cls, settings: Settings) -> Pools:
+        size = settings.api_pool_size
+        return cls(
+            primary=make_pool(settings.primary_url, settings, "nexes_api", name="api-primary", size=size),
+            replicas=[
+                make_pool(url, settings, "nexes_api", name=f"api-replica-{i}", size=size)
+                for i, url in enumerate(settings.replica_urls)
+            ],
+            analyst=[
+                make_pool(url, settings, "nexes_analyst", name=f"analyst-replica-{i}", size=settings.analyst_pool_size)
+                for i, url in enumerate(settings.replica_urls)
+            ],
+        )
+
+    def all(self) -> list[AsyncConnectionPool]:
+        return [self.primary, *self.replicas, *self.analyst]
+
+    async def open(self) -> None:
+        # wait=False: the API starts even when a server is down; requests then get
+        # SERVICE_UNAVAILABLE (or another server) instead of a process that never starts.
+        for pool in self.all():
+            await pool.open(wait=False)
+
+    async def close(self) -> None:
+        for pool in self.all():
+            await pool.close(timeout=5)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {pool.name: pool.get_stats() for pool in self.all()}

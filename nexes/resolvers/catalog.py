@@ -1,0 +1,79 @@
+"""Customers and stock items: name-ordered connections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import strawberry
+from psycopg import AsyncConnection
+
+from nexes.context import Context
+from nexes.db import catalog
+from nexes.db.catalog import CatalogFilter, StockItemRow, Table
+from nexes.errors import bad_input
+from nexes.resolvers.ids import global_id
+from nexes.resolvers.orders import to_customer
+from nexes.resolvers.pagination import PageArgs, build_page, page_request
+from nexes.schema.connections import (
+    CustomerConnection,
+    CustomerFilter,
+    Edge,
+    PageInfo,
+    StockItemConnection,
+    StockItemFilter,
+)
+from nexes.schema.types import StockItem
+
+Info = strawberry.Info[Context, Any]
+MAX_TEXT = 200
+
+
+def _text(value: str | None, field: str) -> str | None:
+    if value is not None and len(value) > MAX_TEXT:
+        raise bad_input(f"{field} is longer than {MAX_TEXT} characters", field=field)
+    return value
+
+
+def to_stock_item(row: StockItemRow) -> StockItem:
+    return StockItem(id=strawberry.ID(global_id("StockItem", row.id)), sku=row.sku, name=row.name, on_hand=row.on_hand)
+
+
+async def _connection(
+    info: Info,
+    table: Table,
+    flt: CatalogFilter,
+    page: PageArgs,
+    node: Callable[[Any], Any],
+) -> tuple[list[Edge[Any]], PageInfo, Callable[[], Any]]:
+    ctx = info.context
+    request = page_request(page, max_size=ctx.settings.max_page_size)
+    order = f"{table.name.upper()}_NAME"
+    keyset = ctx.cursors.decode(request.cursor, order, str) if request.cursor else None
+
+    async def work(conn: AsyncConnection[Any]) -> list[Any]:
+        return await catalog.page(conn, table, flt, after=keyset, backward=request.backward, limit=request.limit + 1)
+
+    rows = await ctx.router.read(work) if request.limit else []
+    edges, page_info = build_page(rows, request, node=node, cursor=lambda r: ctx.cursors.encode(order, r.name, r.id))
+
+    async def counter() -> tuple[int, bool]:
+        return await ctx.router.read(lambda conn: catalog.count(conn, table, flt, cap=ctx.settings.count_cap))
+
+    return edges, page_info, counter
+
+
+async def customers(info: Info, page: PageArgs, filter: CustomerFilter | None) -> CustomerConnection:
+    flt = filter or CustomerFilter()
+    spec = CatalogFilter(_text(flt.name_contains, "filter.nameContains"), _text(flt.code, "filter.code"))
+    edges, page_info, counter = await _connection(info, catalog.CUSTOMERS, spec, page, to_customer)
+    return CustomerConnection(edges=edges, page_info=page_info, _counter=counter)
+
+
+async def stock_items(info: Info, page: PageArgs, filter: StockItemFilter | None) -> StockItemConnection:
+    flt = filter or StockItemFilter()
+    spec = CatalogFilter(
+        _text(flt.name_contains, "filter.nameContains"), _text(flt.sku, "filter.sku"), flt.negative_only
+    )
+    edges, page_info, counter = await _connection(info, catalog.STOCK_ITEMS, spec, page, to_stock_item)
+    return StockItemConnection(edges=edges, page_info=page_info, _counter=counter)

@@ -1,0 +1,195 @@
+"""Service-order queries: the keyset connection with its batched related rows, and lookups."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import strawberry
+from psycopg import AsyncConnection
+
+from nexes.context import Context
+from nexes.db import catalog
+from nexes.db import orders as orders_db
+from nexes.db.catalog import CustomerRow
+from nexes.db.orders import LineRow, OrderFilter, OrderRow
+from nexes.errors import bad_input
+from nexes.resolvers.ids import global_id, parse_global_id
+from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
+from nexes.resolvers.selection import selected_paths
+from nexes.schema.connections import ServiceOrderConnection, ServiceOrderFilter, ServiceOrderOrder
+from nexes.schema.types import STATUS_BY_NAME, Customer, ServiceOrder, ServiceOrderLine, StockItem
+
+SOD_PREFIX = re.compile(r"[A-Za-z0-9-]{1,40}")
+SORT_KIND: dict[str, type] = {
+    "CREATED_AT_DESC": datetime,
+    "CREATED_AT_ASC": datetime,
+    "UPDATED_AT_DESC": datetime,
+    "TOTAL_AMOUNT_DESC": Decimal,
+}
+SORT_FIELD = {
+    "CREATED_AT_DESC": "created_at",
+    "CREATED_AT_ASC": "created_at",
+    "UPDATED_AT_DESC": "updated_at",
+    "TOTAL_AMOUNT_DESC": "total_amount",
+}
+Info = strawberry.Info[Context, Any]
+
+
+def order_filter(flt: ServiceOrderFilter | None, *, customer_id: int | None = None) -> OrderFilter:
+    """The GraphQL filter as the db layer's, validated."""
+    if flt is None:
+        return OrderFilter(customer_id=customer_id)
+    if flt.customer_id is not None:
+        customer_id = parse_global_id(flt.customer_id, "Customer", field="filter.customerId")
+    prefix = flt.sod_number_prefix.strip() if flt.sod_number_prefix is not None else None
+    if prefix is not None and not SOD_PREFIX.fullmatch(prefix):
+        raise bad_input(
+            "sodNumberPrefix must be 1-40 characters of A-Z, a-z, 0-9 and '-'", field="filter.sodNumberPrefix"
+        )
+    if flt.created_from and flt.created_to and flt.created_from > flt.created_to:
+        raise bad_input("createdFrom must not be after createdTo", field="filter.createdFrom")
+    return OrderFilter(
+        statuses=tuple(s.value for s in flt.status or ()),
+        customer_id=customer_id,
+        created_from=flt.created_from,
+        created_to=flt.created_to,
+        sod_number_prefix=prefix,
+        include_archived=flt.include_archived,
+    )
+
+
+def to_customer(row: CustomerRow) -> Customer:
+    return Customer(id=strawberry.ID(global_id("Customer", row.id)), code=row.code, name=row.name, row_id=row.id)
+
+
+def to_line(row: LineRow) -> ServiceOrderLine:
+    item = StockItem(
+        id=strawberry.ID(global_id("StockItem", row.stock_item_id)), sku=row.sku, name=row.name, on_hand=row.on_hand
+    )
+    return ServiceOrderLine(line_no=row.line_no, stock_item=item, quantity=row.quantity, unit_price=row.unit_price)
+
+
+def to_order(row: OrderRow, customer: Customer | None, lines: list[ServiceOrderLine]) -> ServiceOrder:
+    return ServiceOrder(
+        id=strawberry.ID(global_id("ServiceOrder", row.id)),
+        sod_number=row.sod_number,
+        status=STATUS_BY_NAME[row.status],
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        total_amount=row.total_amount,
+        currency=row.currency,
+        description=row.description,
+        customer=customer,  # type: ignore[arg-type]  # None only when the query did not select it
+        lines=lines,
+    )
+
+
+async def hydrate(
+    conn: AsyncConnection[Any], rows: Sequence[OrderRow], *, customers: bool, lines: bool, archived: bool
+) -> list[ServiceOrder]:
+    """Orders as GraphQL objects, with customers and lines in one batched statement each."""
+    by_customer: dict[int, Customer] = {}
+    if customers and rows:
+        found = await catalog.customers_by_id(conn, {r.customer_id for r in rows})
+        by_customer = {c.id: to_customer(c) for c in found}
+    by_order: defaultdict[int, list[ServiceOrderLine]] = defaultdict(list)
+    if lines and rows:
+        for line in await orders_db.lines_of(conn, rows, archived=archived):
+            by_order[line.order_id].append(to_line(line))
+    return [to_order(r, by_customer.get(r.customer_id), by_order.get(r.id, [])) for r in rows]
+
+
+def _midnight(value: datetime | None) -> bool:
+    return value is None or value.astimezone(UTC).time() == time(0)
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.astimezone(UTC).date() if value is not None else None
+
+
+async def _count(ctx: Context, flt: OrderFilter) -> tuple[int, bool]:
+    """From dashboard_stat when the filter is whole UTC days and statuses; else a bounded count."""
+    by_days = _midnight(flt.created_from) and _midnight(flt.created_to)
+    if flt.customer_id is None and not flt.sod_number_prefix and by_days:
+        total = await ctx.router.read(
+            lambda conn: orders_db.count_from_stats(
+                conn,
+                statuses=flt.statuses,
+                day_from=_day(flt.created_from),
+                day_to=_day(flt.created_to),
+                include_archived=flt.include_archived,
+            )
+        )
+        return total, True
+    settings = ctx.settings
+    return await ctx.router.read(
+        lambda conn: orders_db.count_orders(conn, flt, budget_ms=settings.count_budget_ms, cap=settings.count_cap)
+    )
+
+
+async def connection(
+    info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest
+) -> ServiceOrderConnection:
+    ctx = info.context
+    sort = (order or ServiceOrderOrder.CREATED_AT_DESC).value
+    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[sort]) if request.cursor else None
+    paths = selected_paths(info)
+    want_customer = "edges.node.customer" in paths
+    want_lines = "edges.node.lines" in paths
+
+    async def work(conn: AsyncConnection[Any]) -> list[ServiceOrder]:
+        rows = await orders_db.orders_page(
+            conn, flt, sort, backward=request.backward, after=after, limit=request.limit + 1
+        )
+        nodes = await hydrate(conn, rows, customers=want_customer, lines=want_lines, archived=flt.include_archived)
+        keyed.extend(zip(rows, nodes, strict=True))
+        return nodes
+
+    keyed: list[tuple[OrderRow, ServiceOrder]] = []
+    if request.limit:
+        await ctx.router.read(work)
+    field = SORT_FIELD[sort]
+    edges, page_info = build_page(
+        keyed,
+        request,
+        node=lambda pair: pair[1],
+        cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
+    )
+    return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, flt))
+
+
+async def service_orders(
+    info: Info, page: PageArgs, filter: ServiceOrderFilter | None, order_by: ServiceOrderOrder | None
+) -> ServiceOrderConnection:
+    request = page_request(page, max_size=info.context.settings.max_page_size)
+    return await connection(info, order_filter(filter), order_by, request)
+
+
+async def customer_orders(
+    info: Info, customer_id: int, page: PageArgs, filter: ServiceOrderFilter | None, order_by: ServiceOrderOrder | None
+) -> ServiceOrderConnection:
+    if filter is not None and filter.customer_id is not None:
+        raise bad_input("Customer.serviceOrders is already filtered by its customer", field="filter.customerId")
+    request = page_request(page, max_size=info.context.settings.max_page_size)
+    return await connection(info, order_filter(filter, customer_id=customer_id), order_by, request)
+
+
+async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:
+    sod = sod_number.strip()
+    if not SOD_PREFIX.fullmatch(sod):
+        raise bad_input("sodNumber must be 1-40 characters of A-Z, a-z, 0-9 and '-'", field="sodNumber")
+
+    async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
+        row = await orders_db.order_by_sod_number(conn, sod)
+        if row is None:
+            return None
+        paths = selected_paths(info)
+        (order,) = await hydrate(conn, [row], customers="customer" in paths, lines="lines" in paths, archived=True)
+        return order
+
+    return await info.context.router.read(work)

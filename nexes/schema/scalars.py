@@ -1,0 +1,75 @@
+"""Scalars: DateTime always with microseconds and an offset, Decimal as a fixed-point string."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import strawberry
+
+
+def serialize_datetime(value: dt.datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def parse_datetime(value: Any) -> dt.datetime:
+    if not isinstance(value, str):
+        raise ValueError("DateTime must be an ISO-8601 string with an offset, e.g. 2025-01-31T08:00:00+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"DateTime {value[:64]!r} is not ISO-8601 (e.g. 2025-01-31T08:00:00.000000+00:00)") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"DateTime {value[:64]!r} has no offset; add one, e.g. +00:00 or Z")
+    return parsed
+
+
+def serialize_decimal(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def parse_decimal(value: Any) -> Decimal:
+    if not isinstance(value, str):
+        raise ValueError('Decimal must be a string such as "12.50"')
+    try:
+        parsed = Decimal(value.strip())
+    except InvalidOperation:
+        raise ValueError(f"Decimal {value[:64]!r} is not a number") from None
+    if not parsed.is_finite():
+        raise ValueError(f"Decimal {value[:64]!r} is not finite; NaN and Infinity are refused")
+    return parsed
+
+
+def parse_date(value: Any) -> dt.date:
+    if not isinstance(value, str):
+        raise ValueError("Date must be an ISO-8601 string, e.g. 2025-01-31")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"Date {value[:64]!r} is not an ISO-8601 date (YYYY-MM-DD)") from None
+
+
+DateTime: Any = strawberry.scalar(
+    dt.datetime,
+    name="DateTime",
+    description="ISO-8601 date and time, always with microseconds and an offset; naive input is refused.",
+    serialize=serialize_datetime,
+    parse_value=parse_datetime,
+)
+DecimalScalar: Any = strawberry.scalar(
+    Decimal,
+    name="Decimal",
+    description='A fixed-point decimal as a string, e.g. "1234.50"; NaN and Infinity are refused.',
+    serialize=serialize_decimal,
+    parse_value=parse_decimal,
+)
+Date: Any = strawberry.scalar(
+    dt.date,
+    name="Date",
+    description="An ISO-8601 calendar date, e.g. 2025-01-31 (UTC days).",
+    serialize=dt.date.isoformat,
+    parse_value=parse_date,
+)
+
+SCALAR_OVERRIDES: dict[object, Any] = {dt.datetime: DateTime, Decimal: DecimalScalar, dt.date: Date}
