@@ -99,6 +99,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_schema(args: argparse.Namespace) -> None:
+    from nexes.schema import schema
+
+    sys.stdout.write(schema.as_str() + "\n")
+
+
 def cmd_scheduler(args: argparse.Namespace) -> None:
     from nexes.jobs import scheduler
 
@@ -187,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(func=cmd_scheduler)
+    sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
+        func=cmd_schema
+    )
     dev = sub.add_parser("dev", help="API + worker + scheduler, restarting a dead worker")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

@@ -19,6 +19,7 @@ from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
 from nexes.context import Context
@@ -123,13 +124,20 @@ async def graphql(request: Request) -> Response:
     context = Context(
         request_id=request_id_var.get() or "", settings=app.settings, router=app.router, cursors=app.cursors
     )
-    result = await schema.execute(
-        gql.query,
-        variable_values=gql.variables,
-        context_value=context,
-        operation_name=gql.operation_name,
-        allowed_operation_types=gql.allowed,
-    )
+    try:
+        result = await schema.execute(
+            gql.query,
+            variable_values=gql.variables,
+            context_value=context,
+            operation_name=gql.operation_name,
+            allowed_operation_types=gql.allowed,
+        )
+    except InvalidOperationTypeError:
+        message = "GET runs only queries; send mutations with POST"
+        return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 405)
+    except CannotGetOperationTypeError:
+        message = "the document has no operation by that operationName (or several and no operationName)"
+        return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 400)
     payload: dict[str, Any] = {"data": result.data}
     status = 200
     if result.errors:

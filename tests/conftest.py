@@ -7,8 +7,11 @@ the database the tests own (dropped and re-created every session).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -94,3 +97,48 @@ def fresh_db(template_settings: Settings, request: pytest.FixtureRequest) -> Ite
 def admin(settings: Settings) -> Iterator[psycopg.Connection]:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         yield conn
+
+
+SEED_ORDERS = 3_000
+
+
+@pytest.fixture(scope="session")
+def seeded(settings: Settings) -> Settings:
+    """The session's test database with a small realistic seed (once per session)."""
+    from nexes.db.seed import seed
+
+    seed(settings.admin_url, SEED_ORDERS, defer=False)
+    return settings
+
+
+@pytest.fixture
+async def app_client(seeded: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real ASGI app (lifespan included) on the seeded database."""
+    async with client_for(seeded) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from nexes.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://nexes.test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+async def gql(
+    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **headers: str
+) -> dict[str, Any]:
+    """POST a GraphQL request; returns the JSON body (the response is on ["_response"])."""
+    response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+    body: dict[str, Any] = response.json()
+    body["_response"] = response
+    return body
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors", [])]

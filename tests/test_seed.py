@@ -8,14 +8,7 @@ import pytest
 from nexes.db.invariants import check_all
 from nexes.db.seed import SeedError, check_disk, seed
 from nexes.settings import Settings
-
-ORDERS = 6_000
-
-
-@pytest.fixture(scope="module")
-def seeded(settings: Settings) -> Settings:
-    seed(settings.admin_url, ORDERS, defer=False)
-    return settings
+from tests.conftest import SEED_ORDERS as ORDERS
 
 
 def test_invariants_hold_after_a_seed(seeded: Settings) -> None:

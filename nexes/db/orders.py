@@ -30,7 +30,8 @@ SORTS: dict[str, tuple[str, Direction]] = {
 }
 
 COLUMNS = sql.SQL(
-    "id, created_at, sod_number, customer_id, status::text AS status, description, currency, total_amount, updated_at"
+    "o.id, o.created_at, o.sod_number, o.customer_id, o.status::text AS status, o.description, o.currency, "
+    "o.total_amount, o.updated_at"
 )
 LIVE = sql.SQL("service_order")
 LIVE_AND_ARCHIVED = sql.SQL("(SELECT * FROM service_order UNION ALL SELECT * FROM service_order_archive)")

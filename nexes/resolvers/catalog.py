@@ -49,7 +49,7 @@ async def _connection(
     ctx = info.context
     request = page_request(page, max_size=ctx.settings.max_page_size)
     order = f"{table.name.upper()}_NAME"
-    keyset = ctx.cursors.decode(request.cursor, order, str) if request.cursor else None
+    keyset = ctx.cursors.decode(request.cursor, order, str) if request.cursor is not None else None
 
     async def work(conn: AsyncConnection[Any]) -> list[Any]:
         return await catalog.page(conn, table, flt, after=keyset, backward=request.backward, limit=request.limit + 1)

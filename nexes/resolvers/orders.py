@@ -136,8 +136,9 @@ async def connection(
     info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest
 ) -> ServiceOrderConnection:
     ctx = info.context
-    sort = (order or ServiceOrderOrder.CREATED_AT_DESC).value
-    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[sort]) if request.cursor else None
+    # Customer.serviceOrders declares its default as the enum's name (a lazy type).
+    sort = order.value if isinstance(order, ServiceOrderOrder) else str(order or "CREATED_AT_DESC")
+    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[sort]) if request.cursor is not None else None
     paths = selected_paths(info)
     want_customer = "edges.node.customer" in paths
     want_lines = "edges.node.lines" in paths

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.schema.config import StrawberryConfig
 
 from nexes.resolvers import catalog, dashboard, nodes, orders
 from nexes.resolvers.pagination import PageArgs
@@ -20,7 +21,7 @@ from nexes.schema.connections import (
     StockItemFilter,
 )
 from nexes.schema.dashboard import Dashboard
-from nexes.schema.scalars import SCALAR_OVERRIDES
+from nexes.schema.scalars import SCALAR_MAP
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
 
 Info = orders.Info
@@ -49,7 +50,7 @@ class Query:
         last: int | None = None,
         before: str | None = None,
         filter: ServiceOrderFilter | None = None,
-        order_by: ServiceOrderOrder = ServiceOrderOrder.CREATED_AT_DESC,
+        order_by: ServiceOrderOrder | None = ServiceOrderOrder.CREATED_AT_DESC,
     ) -> ServiceOrderConnection:
         return await orders.service_orders(info, PageArgs(first, after, last, before), filter, order_by)
 
@@ -90,12 +91,12 @@ class Query:
 schema = strawberry.Schema(
     query=Query,
     types=[ServiceOrder, Customer, StockItem],
-    scalar_overrides=SCALAR_OVERRIDES,
+    config=StrawberryConfig(scalar_map=SCALAR_MAP),
     # Factories: Strawberry makes the extensions per request; the caches are shared by maxsize.
     extensions=[
         lambda: ParserCache(maxsize=1000),
         lambda: ValidationCache(maxsize=1000),
-        lambda: QueryDepthLimiter(max_depth=12),
+        lambda: QueryDepthLimiter(max_depth=10),
         lambda: MaxTokensLimiter(max_token_count=5000),
         lambda: MaxAliasesLimiter(max_alias_count=30),
     ],

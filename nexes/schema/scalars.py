@@ -50,26 +50,24 @@ def parse_date(value: Any) -> dt.date:
         raise ValueError(f"Date {value[:64]!r} is not an ISO-8601 date (YYYY-MM-DD)") from None
 
 
-DateTime: Any = strawberry.scalar(
-    dt.datetime,
-    name="DateTime",
-    description="ISO-8601 date and time, always with microseconds and an offset; naive input is refused.",
-    serialize=serialize_datetime,
-    parse_value=parse_datetime,
-)
-DecimalScalar: Any = strawberry.scalar(
-    Decimal,
-    name="Decimal",
-    description='A fixed-point decimal as a string, e.g. "1234.50"; NaN and Infinity are refused.',
-    serialize=serialize_decimal,
-    parse_value=parse_decimal,
-)
-Date: Any = strawberry.scalar(
-    dt.date,
-    name="Date",
-    description="An ISO-8601 calendar date, e.g. 2025-01-31 (UTC days).",
-    serialize=dt.date.isoformat,
-    parse_value=parse_date,
-)
-
-SCALAR_OVERRIDES: dict[object, Any] = {dt.datetime: DateTime, Decimal: DecimalScalar, dt.date: Date}
+# Overrides of Strawberry's built-in DateTime, Decimal and Date (StrawberryConfig.scalar_map).
+SCALAR_MAP: dict[object, Any] = {
+    dt.datetime: strawberry.scalar(
+        name="DateTime",
+        description="ISO-8601 date and time, always with microseconds and an offset; naive input is refused.",
+        serialize=serialize_datetime,
+        parse_value=parse_datetime,
+    ),
+    Decimal: strawberry.scalar(
+        name="Decimal",
+        description='A fixed-point decimal as a string, e.g. "1234.50"; NaN and Infinity are refused.',
+        serialize=serialize_decimal,
+        parse_value=parse_decimal,
+    ),
+    dt.date: strawberry.scalar(
+        name="Date",
+        description="An ISO-8601 calendar date, e.g. 2025-01-31 (UTC days).",
+        serialize=dt.date.isoformat,
+        parse_value=parse_date,
+    ),
+}

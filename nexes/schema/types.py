@@ -66,7 +66,7 @@ class Customer(Node):
         last: int | None = None,
         before: str | None = None,
         filter: Annotated[ServiceOrderFilter, strawberry.lazy("nexes.schema.connections")] | None = None,
-        order_by: Annotated[ServiceOrderOrder, strawberry.lazy("nexes.schema.connections")] | None = None,
+        order_by: Annotated[ServiceOrderOrder, strawberry.lazy("nexes.schema.connections")] | None = "CREATED_AT_DESC",  # type: ignore[assignment]
     ) -> Annotated[ServiceOrderConnection, strawberry.lazy("nexes.schema.connections")]:
         from nexes.resolvers.orders import customer_orders
         from nexes.resolvers.pagination import PageArgs

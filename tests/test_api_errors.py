@@ -1,0 +1,147 @@
+"""Hostile and broken input gets its documented code, never a 500."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from tests.conftest import error_codes, gql
+
+PAGE = "query($first: Int, $after: String, $order: ServiceOrderOrder) { serviceOrders(first: $first, after: $after, orderBy: $order) { edges { cursor node { id } } } }"  # noqa: E501
+
+
+async def first_cursor(client: httpx.AsyncClient, order: str = "CREATED_AT_DESC") -> str:
+    body = await gql(client, PAGE, {"first": 1, "order": order})
+    cursor: str = body["data"]["serviceOrders"]["edges"][0]["cursor"]
+    return cursor
+
+
+async def test_malformed_cursors_are_bad_cursor(app_client: httpx.AsyncClient) -> None:
+    good = await first_cursor(app_client)
+    body, sig = good.split(".")
+    tampered_body = base64.urlsafe_b64encode(b'[1,"CREATED_AT_DESC",0,1]').decode().rstrip("=")
+    for cursor in ["", "garbage", "a.b", good + "x", f"{tampered_body}.{sig}", body, "%%%.%%%", "🙂" * 40]:
+        result = await gql(app_client, PAGE, {"first": 5, "after": cursor})
+        assert error_codes(result) == ["BAD_CURSOR"], cursor
+        assert result["_response"].status_code == 400
+
+
+async def test_cursor_from_another_order_is_bad_cursor(app_client: httpx.AsyncClient) -> None:
+    cursor = await first_cursor(app_client, "UPDATED_AT_DESC")
+    result = await gql(app_client, PAGE, {"first": 5, "after": cursor, "order": "CREATED_AT_DESC"})
+    assert error_codes(result) == ["BAD_CURSOR"]
+    assert "UPDATED_AT_DESC" in result["errors"][0]["message"]
+
+
+async def test_page_size_past_the_maximum_is_bad_user_input(app_client: httpx.AsyncClient) -> None:
+    for first in (1000, 101, -1):
+        result = await gql(app_client, PAGE, {"first": first})
+        assert error_codes(result) == ["BAD_USER_INPUT"]
+        assert "first must be between 0 and 100" in result["errors"][0]["message"]
+
+
+async def test_first_and_last_together_are_refused(app_client: httpx.AsyncClient) -> None:
+    result = await gql(app_client, "{ serviceOrders(first: 2, last: 2) { edges { cursor } } }")
+    assert error_codes(result) == ["BAD_USER_INPUT"]
+
+
+async def test_naive_datetime_is_bad_user_input(app_client: httpx.AsyncClient) -> None:
+    query = "query($from: DateTime) { serviceOrders(filter: {createdFrom: $from}) { edges { cursor } } }"
+    result = await gql(app_client, query, {"from": "2025-01-01T00:00:00"})
+    assert error_codes(result) == ["BAD_USER_INPUT"]
+    assert "no offset" in result["errors"][0]["message"]
+    inline = await gql(app_client, '{ serviceOrders(filter: {createdFrom: "2025-01-01"}) { edges { cursor } } }')
+    assert error_codes(inline) == ["BAD_USER_INPUT"]
+
+
+async def test_nan_and_infinity_are_refused_as_decimal() -> None:
+    from nexes.schema.scalars import parse_decimal
+
+    for value in ("NaN", "Infinity", "-Infinity", "sNaN", "abc", ""):
+        with pytest.raises(ValueError, match="finite|not a number"):
+            parse_decimal(value)
+    assert str(parse_decimal("12.50")) == "12.50"
+
+
+async def test_global_id_of_the_wrong_type_is_bad_user_input(app_client: httpx.AsyncClient) -> None:
+    page = await gql(app_client, "{ serviceOrders(first: 1) { edges { node { id } } } }")
+    order_id = page["data"]["serviceOrders"]["edges"][0]["node"]["id"]
+    query = "query($c: ID) { serviceOrders(filter: {customerId: $c}) { edges { cursor } } }"
+    result = await gql(app_client, query, {"c": order_id})
+    assert error_codes(result) == ["BAD_USER_INPUT"]
+    assert result["errors"][0]["extensions"]["field"] == "filter.customerId"
+    for bad in ("not-base64!", base64.b64encode(b"Planet:1").decode()):
+        node = await gql(app_client, "query($id: ID!) { node(id: $id) { id } }", {"id": bad})
+        assert error_codes(node) == ["BAD_USER_INPUT"]
+
+
+async def test_too_many_node_ids_are_refused(app_client: httpx.AsyncClient) -> None:
+    result = await gql(app_client, "query($ids: [ID!]!) { nodes(ids: $ids) { id } }", {"ids": ["x"] * 101})
+    assert error_codes(result) == ["BAD_USER_INPUT"]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'{"query": 42}', "application/json"),
+        (b'{"query": "{ serviceOrders { edges { cursor } } }", "variables": [1]}', "application/json"),
+        (b"query=x", "application/x-www-form-urlencoded"),
+        (b'{"query": "{ serviceOrders(first: ) }"}', "application/json"),
+        (b'{"query": "{ noSuchField }"}', "application/json"),
+    ],
+)
+async def test_broken_requests_are_bad_user_input(
+    app_client: httpx.AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await app_client.post("/graphql", content=content, headers={"content-type": content_type})
+    assert response.status_code == 400
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["BAD_USER_INPUT"]
+    assert "Traceback" not in response.text
+
+
+async def test_oversized_body_is_payload_too_large(app_client: httpx.AsyncClient) -> None:
+    query = "{ serviceOrders { edges { cursor } } }" + " " * 2_000_000
+    response = await app_client.post("/graphql", json={"query": query})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_deep_and_wide_hostile_queries_are_refused(app_client: httpx.AsyncClient) -> None:
+    deep = "{ serviceOrders { edges { node { customer { serviceOrders { edges { node { customer { serviceOrders { edges { node { customer { name } } } } } } } } } } } } }"  # noqa: E501
+    assert error_codes(await gql(app_client, deep)) == ["BAD_USER_INPUT"]
+    aliases = "{ " + " ".join(f"a{i}: dashboard {{ totalCount }}" for i in range(40)) + " }"
+    assert "BAD_USER_INPUT" in error_codes(await gql(app_client, aliases))
+
+
+async def test_get_runs_queries_but_not_mutations(app_client: httpx.AsyncClient) -> None:
+    ok = await app_client.get("/graphql", params={"query": "{ dashboard { totalCount } }"})
+    assert ok.status_code == 200 and ok.json()["data"]["dashboard"]["totalCount"] > 0
+    refused = await app_client.get("/graphql", params={"query": "mutation { x }"})
+    assert refused.status_code == 405
+    assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    unknown = await app_client.post(
+        "/graphql", json={"query": "query A { dashboard { totalCount } }", "operationName": "B"}
+    )
+    assert unknown.status_code == 400
+
+
+async def test_statement_timeout_is_timeout(fresh_db: object) -> None:
+    import psycopg
+
+    from nexes.settings import Settings
+    from tests.conftest import client_for, superuser_url
+
+    assert isinstance(fresh_db, Settings)
+    dbname = psycopg.conninfo.conninfo_to_dict(fresh_db.admin_url)["dbname"]
+    with psycopg.connect(superuser_url(fresh_db.admin_url, str(dbname)), autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE nexes_api IN DATABASE {dbname} SET statement_timeout = '1ms'")
+        conn.execute("INSERT INTO customer (code, name) SELECT 'C' || i, 'n' FROM generate_series(1, 50000) i")
+    async with client_for(fresh_db) as client:
+        query = '{ customers(first: 5, filter: {nameContains: "zzz"}) { edges { cursor } } }'
+        result = await gql(client, query)
+    assert error_codes(result) == ["TIMEOUT"]
+    assert result["_response"].status_code == 504

@@ -1,0 +1,144 @@
+"""Read API behaviour on the seeded database: shapes, counts, statement counts, lookups."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import psycopg
+
+from nexes.settings import Settings
+from tests.conftest import gql
+
+FULL_PAGE = """
+query($first: Int!) {
+  serviceOrders(first: $first) {
+    edges { node { id sodNumber status createdAt totalAmount customer { name } lines { lineNo quantity unitPrice stockItem { sku onHand } } } }
+  }
+}"""  # noqa: E501
+
+
+def statements(response: httpx.Response) -> int:
+    match = re.search(r'desc="(\d+) statements"', response.headers["server-timing"])
+    assert match, response.headers["server-timing"]
+    return int(match[1])
+
+
+async def test_page_statement_count_is_fixed_whatever_the_page_size(app_client: httpx.AsyncClient) -> None:
+    counts = {}
+    for first in (1, 10, 100):
+        body = await gql(app_client, FULL_PAGE, {"first": first})
+        assert len(body["data"]["serviceOrders"]["edges"]) == first
+        counts[first] = statements(body["_response"])
+    # the page, its customers, its lines with their stock items
+    assert counts == {1: 3, 10: 3, 100: 3}
+
+
+async def test_only_selected_relations_are_fetched(app_client: httpx.AsyncClient) -> None:
+    body = await gql(app_client, "{ serviceOrders(first: 50) { edges { node { sodNumber } } } }")
+    assert statements(body["_response"]) == 1
+
+
+async def test_fragments_still_trigger_the_prefetch(app_client: httpx.AsyncClient) -> None:
+    query = """
+    fragment C on ServiceOrder { customer { code } }
+    { serviceOrders(first: 20) { edges { node { ... on ServiceOrder { lines { lineNo } } ...C } } } }"""
+    body = await gql(app_client, query)
+    nodes = [e["node"] for e in body["data"]["serviceOrders"]["edges"]]
+    assert all(n["customer"]["code"] and n["lines"] for n in nodes)
+    assert statements(body["_response"]) == 3
+
+
+async def test_datetimes_have_microseconds_and_offset(app_client: httpx.AsyncClient) -> None:
+    body = await gql(app_client, "{ serviceOrders(first: 5) { edges { node { createdAt updatedAt totalAmount } } } }")
+    for edge in body["data"]["serviceOrders"]["edges"]:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", edge["node"]["createdAt"])
+        assert re.fullmatch(r"\d+\.\d\d", edge["node"]["totalAmount"])
+
+
+async def test_total_count_comes_from_stats_when_the_filter_allows(
+    app_client: httpx.AsyncClient, seeded: Settings
+) -> None:
+    with psycopg.connect(seeded.admin_url) as conn:
+        (open_count,) = conn.execute("SELECT count(*) FROM service_order WHERE status = 'OPEN'").fetchone() or (0,)
+        (customer_id, per_customer) = conn.execute(
+            "SELECT customer_id, count(*) FROM service_order GROUP BY 1 ORDER BY 2 DESC LIMIT 1"
+        ).fetchone() or (0, 0)
+    body = await gql(app_client, "{ serviceOrders(first: 1, filter: {status: [OPEN]}) { totalCount totalCountExact } }")
+    assert body["data"]["serviceOrders"] == {"totalCount": open_count, "totalCountExact": True}
+    from nexes.resolvers.ids import global_id
+
+    query = "query($c: ID) { serviceOrders(first: 1, filter: {customerId: $c}) { totalCount totalCountExact } }"
+    body = await gql(app_client, query, {"c": global_id("Customer", customer_id)})
+    assert body["data"]["serviceOrders"] == {"totalCount": per_customer, "totalCountExact": True}
+
+
+async def test_service_order_by_sod_number_and_node_agree(app_client: httpx.AsyncClient) -> None:
+    page = await gql(app_client, "{ serviceOrders(first: 1) { edges { node { id sodNumber } } } }")
+    node = page["data"]["serviceOrders"]["edges"][0]["node"]
+    query = """query($sod: String!, $id: ID!) {
+      serviceOrder(sodNumber: $sod) { id sodNumber customer { id } lines { lineNo } }
+      node(id: $id) { id ... on ServiceOrder { sodNumber customer { id } lines { lineNo } } }
+      nodes(ids: [$id, $id]) { id }
+      missing: serviceOrder(sodNumber: "NO-SUCH-ORDER") { id }
+    }"""
+    body = await gql(app_client, query, {"sod": node["sodNumber"], "id": node["id"]})
+    data = body["data"]
+    assert data["serviceOrder"] == data["node"]
+    assert data["nodes"] == [{"id": node["id"]}, {"id": node["id"]}]
+    assert data["missing"] is None
+    customer = await gql(
+        app_client,
+        "query($id: ID!) { node(id: $id) { ... on Customer { code } } }",
+        {"id": data["node"]["customer"]["id"]},
+    )
+    assert customer["data"]["node"]["code"]
+
+
+async def test_customer_service_orders_are_that_customers(app_client: httpx.AsyncClient) -> None:
+    query = "{ customers(first: 3) { edges { node { id name serviceOrders(first: 5) { edges { node { customer { id } } } } } } } }"  # noqa: E501
+    body = await gql(app_client, query)
+    customers = body["data"]["customers"]["edges"]
+    names = [c["node"]["name"] for c in customers]
+    assert names == sorted(names)
+    for edge in customers:
+        for order in edge["node"]["serviceOrders"]["edges"]:
+            assert order["node"]["customer"]["id"] == edge["node"]["id"]
+
+
+async def test_dashboard_matches_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    with psycopg.connect(seeded.admin_url) as conn:
+        truth = dict(
+            conn.execute(
+                "SELECT status::text, count(*) FROM service_order "
+                "WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN '2023-02-10' AND '2024-07-03' GROUP BY 1"
+            ).fetchall()
+        )
+    body = await gql(
+        app_client, '{ dashboard(from: "2023-02-10", to: "2024-07-03") { totalCount statuses { status count } } }'
+    )
+    got = {s["status"]: s["count"] for s in body["data"]["dashboard"]["statuses"] if s["count"]}
+    assert got == truth
+    assert body["data"]["dashboard"]["totalCount"] == sum(truth.values())
+
+
+async def test_stock_items_filter_and_order(app_client: httpx.AsyncClient) -> None:
+    body = await gql(
+        app_client,
+        '{ stockItems(first: 100, filter: {nameContains: "valve"}) { totalCount edges { node { name onHand } } } }',
+    )
+    names = [e["node"]["name"] for e in body["data"]["stockItems"]["edges"]]
+    assert names and all("valve" in n.lower() for n in names)
+    assert names == sorted(names)
+    assert body["data"]["stockItems"]["totalCount"] == len(names)
+
+
+async def test_liveness_and_health(app_client: httpx.AsyncClient) -> None:
+    assert (await app_client.get("/api/health/live")).json() == {"status": "ok"}
+    health = await app_client.get("/api/health")
+    body = health.json()
+    assert health.status_code == 200 and body["status"] == "ok"
+    assert body["primary"]["reachable"] and body["replicas"][0]["reachable"]
+    assert "lag_seconds" in body["replicas"][0]
+    assert {"api-primary", "api-replica-0", "analyst-replica-0"} <= set(body["pools"])
+    assert body["redis"]["reachable"] and body["typesense"]["reachable"]
