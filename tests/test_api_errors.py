@@ -60,7 +60,7 @@ async def test_nan_and_infinity_are_refused_as_decimal() -> None:
     from nexes.schema.scalars import parse_decimal
 
     for value in ("NaN", "Infinity", "-Infinity", "sNaN", "abc", ""):
-        with pytest.raises(ValueError, match="finite|not a number"):
+        with pytest.raises(ValueError, match=r"finite|not a number"):
             parse_decimal(value)
     assert str(parse_decimal("12.50")) == "12.50"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
@@ -88,7 +88,13 @@ class Query:
         return await dashboard.dashboard(info, from_, to)
 
 
-schema = strawberry.Schema(
+class NexesSchema(strawberry.Schema):
+    def process_errors(self, errors: Any, execution_context: Any = None) -> None:
+        """Strawberry logs every error with its trace; expected ones are data here, and
+        endpoints.format_error logs the unexpected ones with the request id."""
+
+
+schema = NexesSchema(
     query=Query,
     types=[ServiceOrder, Customer, StockItem],
     config=StrawberryConfig(scalar_map=SCALAR_MAP),
