@@ -24,6 +24,9 @@ T = TypeVar("T")
 Work = Callable[[AsyncConnection[Any]], Awaitable[T]]
 
 
+PRIMARY = -1  # the primary's index for the health policy
+
+
 class ReplicaHealth(Protocol):
     def usable(self, index: int) -> bool: ...
 
@@ -31,7 +34,7 @@ class ReplicaHealth(Protocol):
 
 
 class PassiveHealth:
-    """A replica that failed a connection sits out `cooldown` seconds."""
+    """A server (replica index, or PRIMARY) that failed a connection sits out `cooldown` seconds."""
 
     def __init__(self, cooldown: float = 5.0) -> None:
         self.cooldown = cooldown
@@ -90,17 +93,39 @@ class Router:
         return None
 
     async def read(self, work: Work[T], *, fresh: bool = False) -> T:
-        """Run `work` on a replica (or on the primary when `fresh` or none is usable)."""
+        """Run `work` on a replica (or on the primary when `fresh` or none is usable).
+
+        A replica that fails for a connection reason sends the read to the primary; when
+        the primary is unreachable too, every replica gets one last try, since the first
+        failure may have been no more than a stale pooled connection.
+        """
         index = None if fresh else self.pick_replica()
         if index is not None:
             try:
-                return await self._run(self.pools.replicas[index], work, timeout=self.replica_timeout)
+                return await self._read_on(self.pools.replicas[index], work, timeout=self.replica_timeout)
             except Exception as exc:
                 if not is_connection_problem(exc):
                     raise _translated(exc) from exc
                 self.health.report_failure(index)
                 log.warning("replica %d failed (%s); retrying on the primary", index, type(exc).__name__)
-        return await self.write(work)
+        last: Exception | None = None
+        if fresh or self.health.usable(PRIMARY) or not self.pools.replicas:
+            try:
+                return await self._read_on(self.pools.primary, work, timeout=None)
+            except Exception as exc:
+                if fresh or not is_connection_problem(exc) or not self.pools.replicas:
+                    raise _translated(exc) from exc
+                self.health.report_failure(PRIMARY)
+                last = exc
+        for pool in self.pools.replicas:
+            try:
+                return await self._read_on(pool, work, timeout=self.replica_timeout)
+            except Exception as exc:
+                if not is_connection_problem(exc):
+                    raise _translated(exc) from exc
+                last = exc
+        assert last is not None
+        raise _translated(last) from last
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` on the primary."""
@@ -108,6 +133,20 @@ class Router:
             return await self._run(self.pools.primary, work, timeout=None)
         except Exception as exc:
             raise _translated(exc) from exc
+
+    async def _read_on(self, pool: AsyncConnectionPool, work: Work[T], *, timeout: float | None) -> T:
+        """A read on `pool`, once more when the pooled connection was broken: a server
+        restart leaves such connections behind, so the pool first checks all its idle
+        ones. Only reads: a write whose connection broke may have committed."""
+        try:
+            return await self._run(pool, work, timeout=timeout)
+        except PoolTimeout:
+            raise
+        except Exception as exc:
+            if not is_connection_problem(exc):
+                raise
+        await pool.check()
+        return await self._run(pool, work, timeout=timeout)
 
     @staticmethod
     async def _run(pool: AsyncConnectionPool, work: Work[T], *, timeout: float | None) -> T:
