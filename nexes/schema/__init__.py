@@ -6,7 +6,10 @@ import datetime as dt
 from typing import Annotated, Any
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
+from graphql import ASTValidationRule
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
+from strawberry.extensions.max_aliases import create_validator as aliases_validator
+from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 from strawberry.schema.config import StrawberryConfig
 
 from nexes.resolvers import catalog, dashboard, nodes, orders
@@ -88,6 +91,9 @@ class Query:
         return await dashboard.dashboard(info, from_, to)
 
 
+LIMIT_RULES: list[type[ASTValidationRule]] = [depth_validator(10, None, None), aliases_validator(30)]
+
+
 class NexesSchema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         """Strawberry logs every error with its trace; expected ones are data here, and
@@ -99,11 +105,12 @@ schema = NexesSchema(
     types=[ServiceOrder, Customer, StockItem],
     config=StrawberryConfig(scalar_map=SCALAR_MAP),
     # Factories: Strawberry makes the extensions per request; the caches are shared by maxsize.
+    # The limits are validation rules made once, so the validation cache (keyed by the
+    # rule classes) hits; QueryDepthLimiter(...) per request would make new classes and miss.
     extensions=[
         lambda: ParserCache(maxsize=1000),
         lambda: ValidationCache(maxsize=1000),
-        lambda: QueryDepthLimiter(max_depth=10),
+        lambda: AddValidationRules(LIMIT_RULES),
         lambda: MaxTokensLimiter(max_token_count=5000),
-        lambda: MaxAliasesLimiter(max_alias_count=30),
     ],
 )

@@ -1,0 +1,179 @@
+"""`make bench`: benchmarks on a database of their own (`nexes_bench`), never run by CI.
+
+    python -m bench.run seed [--orders N]    fresh nexes_bench, timed seed, size on disk
+    python -m bench.run api [--seconds S]    a 50-order page: Nexes vs PostGraphile v5 (wrk)
+    python -m bench.run                      both, seeding only when nexes_bench is missing
+
+Figures go to stdout as JSON lines and are copied by hand into bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from nexes import settings as settings_module
+from nexes.db.conninfo import with_database
+from nexes.db.migrate import migrate
+from nexes.db.seed import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = "nexes_bench"
+PEER = Path("/work/shared/peers/postgraphile/run")
+NEXES_PORT, PEER_PORT = 18000, 18001
+PAGE_FIELDS = "id sodNumber status createdAt totalAmount customer { name }"
+PEER_FIELDS = "rowId sodNumber status createdAt totalAmount customerByCustomerId { name }"
+PEER_ORDER = "orderBy: [CREATED_AT_DESC, ROW_ID_DESC]"
+
+
+def report(**figures: object) -> None:
+    print(json.dumps(figures), flush=True)
+
+
+def bench_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL"):
+        env[key] = with_database(env[key], DB)
+    for key in ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS"):
+        env[key] = " ".join(with_database(u, DB) for u in env.get(key, "").split())
+    return env
+
+
+def superuser(url: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params.update(user="postgres", dbname="postgres")
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+def bench_seed(orders: int) -> None:
+    env = bench_env()
+    settings = settings_module.load(env)
+    with psycopg.connect(superuser(settings.admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER nexes_owner").format(sql.Identifier(DB)))
+    migrate(settings)
+    started = time.monotonic()
+    seed(settings.admin_url, orders)
+    elapsed = time.monotonic() - started
+    with psycopg.connect(settings.admin_url) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    report(
+        bench="seed",
+        orders=orders,
+        seconds=round(elapsed, 1),
+        orders_per_s=round(orders / elapsed),
+        db_bytes=row[0] if row else None,
+    )
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
+    """A server, started in its own session, waited for, and stopped by its process group."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+        yield from _serving(proc, ready_url, ready_body)
+
+
+def _serving(proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
+    try:
+        deadline = time.monotonic() + 600  # the peer installs Node.js on its first run
+        while time.monotonic() < deadline:
+            try:
+                if httpx.post(ready_url, json=ready_body, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"{proc.args!r} did not become ready")
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def wrk(url: str, body: dict[str, object], seconds: int, connections: int = 50) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(body, f)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "post.lua"), url],
+        env={**os.environ, "BODY_FILE": f.name},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"RESULT (.*)", out)
+    assert match, out
+    return {k: float(v) for k, v in (pair.split("=") for pair in match[1].split())}
+
+
+def bench_api(seconds: int) -> None:
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    env = {**bench_env(), "NEXES_API_POOL_SIZE": "20"}
+    settings = settings_module.load(env)
+    nexes_url = f"http://127.0.0.1:{NEXES_PORT}/graphql"
+    peer_url = f"http://127.0.0.1:{PEER_PORT}/graphql"
+    # Both reach the replica through the same PgBouncer, each with a pool of 20.
+    peer_db = f"postgresql://nexes_api@{urlsplit(settings.replica_urls[0]).netloc}/{DB}"
+    first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
+    with process(
+        [sys.executable, "-m", "nexes.cli", "serve", "--port", str(NEXES_PORT), "--workers", "2"], env, nexes_url, first
+    ):
+        cursor = httpx.post(nexes_url, json=first).json()["data"]["serviceOrders"]["pageInfo"]["endCursor"]
+        body = {
+            "query": "query($a: String) { serviceOrders(first: 50, after: $a) "
+            f"{{ edges {{ node {{ {PAGE_FIELDS} }} }} }} }}",
+            "variables": {"a": cursor},
+        }
+        nexes = wrk(nexes_url, body, seconds)
+    peer_first = {
+        "query": "{ allServiceOrders(first: 50, orderBy: [CREATED_AT_DESC, ROW_ID_DESC]) { pageInfo { endCursor } } }"
+    }
+    with process([str(PEER), peer_db, str(PEER_PORT), "public"], dict(os.environ), peer_url, peer_first):
+        cursor = httpx.post(peer_url, json=peer_first).json()["data"]["allServiceOrders"]["pageInfo"]["endCursor"]
+        body = {
+            "query": f"query($a: Cursor) {{ allServiceOrders(first: 50, after: $a, {PEER_ORDER}) "
+            f"{{ edges {{ node {{ {PEER_FIELDS} }} }} }} }}",
+            "variables": {"a": cursor},
+        }
+        peer = wrk(peer_url, body, seconds)
+    report(bench="api-page-50", nexes=nexes, postgraphile=peer, ratio=round(nexes["rps"] / peer["rps"], 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", nargs="?", choices=["seed", "api", "all"], default="all")
+    parser.add_argument("--orders", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    if args.what == "seed":
+        bench_seed(args.orders)
+    elif args.what == "api":
+        bench_api(args.seconds)
+    else:
+        settings = settings_module.load()
+        with psycopg.connect(superuser(settings.admin_url)) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
+        if not exists:
+            bench_seed(args.orders)
+        bench_api(args.seconds)
+
+
+if __name__ == "__main__":
+    main()
