@@ -160,6 +160,7 @@ async def connection(
         request,
         node=lambda pair: pair[1],
         cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
+        edge_cursors="edges.cursor" in paths,
     )
     return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, flt))
 

@@ -48,17 +48,26 @@ def page_request(args: PageArgs, *, max_size: int, default: int = 20) -> PageReq
 
 
 def build_page(
-    rows: Sequence[R], request: PageRequest, *, node: Callable[[R], N], cursor: Callable[[R], str]
+    rows: Sequence[R],
+    request: PageRequest,
+    *,
+    node: Callable[[R], N],
+    cursor: Callable[[R], str],
+    edge_cursors: bool = True,
 ) -> tuple[list[Edge[N]], PageInfo]:
-    """Edges and PageInfo from `limit + 1` fetched rows: the extra row only says there is more."""
+    """Edges and PageInfo from `limit + 1` fetched rows: the extra row only says there is more.
+
+    Signing a cursor per row costs; when the query selects no `edges.cursor`, only the
+    page's first and last are made (`edge_cursors=False`).
+    """
     more = len(rows) > request.limit
     if more:
         rows = rows[1:] if request.backward else rows[: request.limit]
-    edges: list[Edge[Any]] = [Edge(cursor=cursor(r), node=node(r)) for r in rows]
+    edges: list[Edge[Any]] = [Edge(cursor=cursor(r) if edge_cursors else "", node=node(r)) for r in rows]
     info = PageInfo(
         has_next_page=more if not request.backward else request.cursor is not None,
         has_previous_page=more if request.backward else request.cursor is not None,
-        start_cursor=edges[0].cursor if edges else None,
-        end_cursor=edges[-1].cursor if edges else None,
+        start_cursor=cursor(rows[0]) if rows else None,
+        end_cursor=cursor(rows[-1]) if rows else None,
     )
     return edges, info

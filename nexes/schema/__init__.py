@@ -24,6 +24,7 @@ from nexes.schema.connections import (
     StockItemFilter,
 )
 from nexes.schema.dashboard import Dashboard
+from nexes.schema.executor import FastExecutor
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
 
@@ -100,17 +101,23 @@ class NexesSchema(strawberry.Schema):
         endpoints.format_error logs the unexpected ones with the request id."""
 
 
-schema = NexesSchema(
-    query=Query,
-    types=[ServiceOrder, Customer, StockItem],
-    config=StrawberryConfig(scalar_map=SCALAR_MAP),
-    # Factories: Strawberry makes the extensions per request; the caches are shared by maxsize.
-    # The limits are validation rules made once, so the validation cache (keyed by the
-    # rule classes) hits; QueryDepthLimiter(...) per request would make new classes and miss.
-    extensions=[
-        lambda: ParserCache(maxsize=1000),
-        lambda: ValidationCache(maxsize=1000),
-        lambda: AddValidationRules(LIMIT_RULES),
-        lambda: MaxTokensLimiter(max_token_count=5000),
-    ],
-)
+def make_schema(execution_context_class: type | None = FastExecutor) -> NexesSchema:
+    """The schema; tests make one with the stock executor (None) to compare the two."""
+    return NexesSchema(
+        query=Query,
+        types=[ServiceOrder, Customer, StockItem],
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        execution_context_class=execution_context_class,
+        # Factories: Strawberry makes the extensions per request; the caches are shared by maxsize.
+        # The limits are validation rules made once, so the validation cache (keyed by the
+        # rule classes) hits; QueryDepthLimiter(...) per request would make new classes and miss.
+        extensions=[
+            lambda: ParserCache(maxsize=1000),
+            lambda: ValidationCache(maxsize=1000),
+            lambda: AddValidationRules(LIMIT_RULES),
+            lambda: MaxTokensLimiter(max_token_count=5000),
+        ],
+    )
+
+
+schema = make_schema()

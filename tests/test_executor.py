@@ -1,0 +1,162 @@
+"""The fast executor gives exactly the stock executor's data and errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+import httpx
+import pytest
+import strawberry
+from strawberry.schema.config import StrawberryConfig
+
+from nexes.schema import make_schema
+from nexes.schema.executor import FastExecutor, _plans
+from nexes.schema.scalars import SCALAR_MAP
+from nexes.settings import Settings
+from tests.conftest import client_for
+
+
+@strawberry.enum
+class Color(Enum):
+    RED = "RED"
+    BLUE = "BLUE"
+
+
+@strawberry.type
+class Leafy:
+    name: str
+    maybe: str | None
+    must: str  # set to None on purpose in some rows: a non-null violation
+    count: int
+    color: Color
+    at: dt.datetime
+    amount: Decimal
+    flag: bool
+
+    @strawberry.field
+    def computed(self) -> str:
+        return self.name.upper()
+
+    @strawberry.field
+    def boom(self) -> str | None:
+        raise ValueError("resolver failed")
+
+    @strawberry.field
+    def greet(self, who: str = "you") -> str:
+        return f"hi {who}"
+
+
+@strawberry.type
+class Holder:
+    items: list[Leafy]
+    first: Leafy | None
+    strict: Leafy
+
+
+def row(i: int, **over: Any) -> Leafy:
+    values: dict[str, Any] = {
+        "name": f"n{i}",
+        "maybe": None if i % 2 else f"m{i}",
+        "must": f"x{i}",
+        "count": i,
+        "color": Color.RED if i % 3 else Color.BLUE,
+        "at": dt.datetime(2025, 1, 1, 8, 0, i, 123, tzinfo=dt.UTC),
+        "amount": Decimal(f"{i}.50"),
+        "flag": i % 2 == 0,
+    }
+    values.update(over)
+    return Leafy(**values)
+
+
+@strawberry.type
+class QueryRoot:
+    @strawberry.field
+    def holder(self) -> Holder:
+        return Holder(items=[row(i) for i in range(5)], first=row(9), strict=row(1))
+
+    @strawberry.field
+    def broken(self) -> Holder:
+        # A null in a non-null leaf, and an int field holding text: both must error like stock.
+        return Holder(
+            items=[row(1), row(2, must=None), row(3, count="not a number")], first=None, strict=row(4, must=None)
+        )
+
+    @strawberry.field
+    async def later(self) -> list[Leafy]:
+        return [row(i) for i in range(3)]
+
+
+def schemas() -> tuple[strawberry.Schema, strawberry.Schema]:
+    def build(executor: type | None) -> strawberry.Schema:
+        return strawberry.Schema(
+            query=QueryRoot, config=StrawberryConfig(scalar_map=SCALAR_MAP), execution_context_class=executor
+        )
+
+    return build(None), build(FastExecutor)
+
+
+DOCUMENTS = [
+    "{ holder { items { name maybe must count color at amount flag } } }",
+    "{ holder { items { __typename name computed } first { __typename } } }",
+    "{ holder { items { a: name b: name c: count name } } }",
+    "fragment F on Leafy { name count } { holder { items { ...F ... on Leafy { color } maybe } } }",
+    "query($yes: Boolean!) { holder { items { name @include(if: $yes) count @skip(if: $yes) maybe } } }",
+    "{ holder { items { name boom } } }",
+    '{ holder { items { greet(who: "x") other: greet } } }',
+    "{ broken { items { name must } } }",
+    "{ broken { items { name count } } }",
+    "{ broken { first { name } strict { name must } } }",
+    "{ later { name count color } }",
+    "{ holder { strict { must name } first { must } } }",
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+async def test_fast_executor_matches_stock_data_and_errors(document: str) -> None:
+    stock, fast = schemas()
+    variables = {"yes": True}
+    expected = await stock.execute(document, variable_values=variables)
+    got = await fast.execute(document, variable_values=variables)
+    assert got.data == expected.data
+    assert [e.formatted for e in got.errors or []] == [e.formatted for e in expected.errors or []]
+    # The comparison means something only where the document yields data or errors,
+    # and only if the fast path really read leaves itself.
+    assert expected.data is not None or expected.errors
+    assert any(key[0] == "Leafy" and plan for key, plan in _plans.items())
+
+
+REAL_DOCUMENTS = [
+    "{ serviceOrders(first: 30) { edges { cursor node { id sodNumber status createdAt updatedAt totalAmount currency description customer { id code name } lines { lineNo quantity unitPrice stockItem { id sku name onHand } } } } pageInfo { hasNextPage hasPreviousPage startCursor endCursor } totalCount totalCountExact } }",  # noqa: E501
+    "{ serviceOrders(first: 10, orderBy: TOTAL_AMOUNT_DESC, filter: {status: [OPEN, DRAFT]}) { edges { node { __typename ... on Node { id } ... on ServiceOrder { status totalAmount } } } } }",  # noqa: E501
+    "{ customers(first: 5) { edges { node { name serviceOrders(first: 2) { edges { node { sodNumber } } } } } } }",
+    '{ dashboard(from: "2024-01-01", to: "2024-12-31") { totalCount statuses { status count amounts { currency amount } } } }',  # noqa: E501
+]
+
+
+@pytest.mark.parametrize("document", REAL_DOCUMENTS)
+async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, document: str) -> None:
+    stock = make_schema(None)
+    async with client_for(seeded) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        from nexes.context import Context
+
+        def context() -> Context:
+            return Context(
+                request_id="equivalence", settings=state.settings, router=state.router, cursors=state.cursors
+            )
+
+        from nexes.schema import schema as fast
+
+        expected = await stock.execute(document, context_value=context())
+        got = await fast.execute(document, context_value=context())
+    assert expected.errors is None and got.errors is None
+    assert got.data == expected.data
+
+
+async def test_the_api_runs_the_fast_executor(app_client: httpx.AsyncClient) -> None:
+    from nexes.schema import schema
+
+    assert schema.execution_context_class is FastExecutor
