@@ -80,7 +80,7 @@ def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
 class FastExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's execution context with plain leaves read directly."""
 
-    def execute_fields(  # type: ignore[override]
+    def execute_fields(
         self,
         parent_type: GraphQLObjectType,
         source_value: Any,
@@ -140,6 +140,6 @@ def _read(leaf: Leaf, source: Any) -> Any:
         if raw is None:
             return None
         serialized = leaf.serialize(raw)
-    except Exception:  # noqa: BLE001 - the stock path re-resolves it and reports the error properly
+    except Exception:  # the stock path re-resolves it and reports the error properly
         return None
     return None if serialized is Undefined else serialized
