@@ -59,7 +59,7 @@ def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | None:
         or definition.extensions
     ):
         return None
-    return Leaf(definition.python_name, named.serialize)  # type: ignore[union-attr]
+    return Leaf(definition.python_name, named.serialize)
 
 
 def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
