@@ -94,7 +94,12 @@ async def hydrate(
 ) -> list[ServiceOrder]:
     """Orders as GraphQL objects, with customers and lines in one batched statement each."""
     by_customer: dict[int, Customer] = {}
-    if customers and rows:
+    if customers and rows and rows[0].customer_name is not None:  # joined into the page query
+        by_customer = {
+            r.customer_id: to_customer(CustomerRow(r.customer_id, r.customer_code or "", r.customer_name or ""))
+            for r in rows
+        }
+    elif customers and rows:
         found = await catalog.customers_by_id(conn, {r.customer_id for r in rows})
         by_customer = {c.id: to_customer(c) for c in found}
     by_order: defaultdict[int, list[ServiceOrderLine]] = defaultdict(list)
@@ -145,7 +150,13 @@ async def connection(
 
     async def work(conn: AsyncConnection[Any]) -> list[ServiceOrder]:
         rows = await orders_db.orders_page(
-            conn, flt, sort, backward=request.backward, after=after, limit=request.limit + 1
+            conn,
+            flt,
+            sort,
+            backward=request.backward,
+            after=after,
+            limit=request.limit + 1,
+            with_customer=want_customer,
         )
         nodes = await hydrate(conn, rows, customers=want_customer, lines=want_lines, archived=flt.include_archived)
         keyed.extend(zip(rows, nodes, strict=True))
