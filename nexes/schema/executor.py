@@ -35,11 +35,20 @@ class Leaf:
     serialize: Callable[[Any], Any]
 
 
-Plan = dict[str, Leaf]
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A plain attribute holding one object (not a list, not an abstract type)."""
+
+    attr: str
+    return_type: Any  # as declared, NonNull included: for error handling
+    object_type: GraphQLObjectType
+
+
+Plan = dict[str, Leaf | Child]
 _plans: dict[tuple[Any, ...], Plan] = {}
 
 
-def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | None:
+def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | Child | None:
     """The fast reading of one field, or None when it must take the stock path."""
     name = node.name.value
     if name == "__typename":
@@ -49,8 +58,6 @@ def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | None:
     if field_def is None or node.arguments or field_def.args or node.directives:
         return None
     named = field_def.type.of_type if isinstance(field_def.type, GraphQLNonNull) else field_def.type
-    if not is_leaf_type(named):
-        return None
     definition = field_def.extensions.get("strawberry-definition")
     if (
         definition is None
@@ -59,7 +66,11 @@ def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | None:
         or definition.extensions
     ):
         return None
-    return Leaf(definition.python_name, named.serialize)
+    if is_leaf_type(named):
+        return Leaf(definition.python_name, named.serialize)
+    if isinstance(named, GraphQLObjectType) and named.is_type_of is not None:
+        return Child(definition.python_name, field_def.type, named)
+    return None
 
 
 def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
@@ -101,19 +112,25 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         awaitable_fields: list[str] = []
         try:
             for response_name, field_details_list in grouped_field_set.items():
-                leaf = plan.get(response_name)
-                if leaf is not None:
-                    value = _read(leaf, source_value)
-                    if value is not None:
-                        results[response_name] = value
+                entry = plan.get(response_name)
+                result = (
+                    Undefined
+                    if entry is None
+                    else self._fast(
+                        entry, source_value, path, response_name, parent_type, field_details_list, position_context
+                    )
+                )
+                if result is Undefined:
+                    # The stock path, for everything else and for nulls and errors.
+                    field_path = Path(path, response_name, parent_type.name)
+                    result = self.execute_field(
+                        parent_type, source_value, field_details_list, field_path, position_context
+                    )
+                    if result is Undefined:
                         continue
-                # The stock path, for everything else and for nulls and errors.
-                field_path = Path(path, response_name, parent_type.name)
-                result = self.execute_field(parent_type, source_value, field_details_list, field_path, position_context)
-                if result is not Undefined:
-                    results[response_name] = result
-                    if is_awaitable(result):
-                        awaitable_fields.append(response_name)
+                results[response_name] = result
+                if is_awaitable(result):
+                    awaitable_fields.append(response_name)
         except Exception:
             if awaitable_fields:
                 self.settle_in_background([results[field] for field in awaitable_fields])
@@ -131,6 +148,60 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             return results
 
         return get_results()
+
+    def _fast(
+        self,
+        entry: Leaf | Child,
+        source: Any,
+        path: Path | None,
+        response_name: str,
+        parent_type: GraphQLObjectType,
+        field_details_list: Any,
+        position_context: Any,
+    ) -> Any:
+        """The field's completed value, or Undefined to hand it to the stock path."""
+        if isinstance(entry, Child):
+            return self._child(entry, source, path, response_name, parent_type, field_details_list, position_context)
+        value = _read(entry, source)
+        return Undefined if value is None else value
+
+    def _child(
+        self,
+        child: Child,
+        source: Any,
+        path: Path | None,
+        response_name: str,
+        parent_type: GraphQLObjectType,
+        field_details_list: Any,
+        position_context: Any,
+    ) -> Any:
+        """An object read straight off its parent, completed as graphql-core completes one;
+        Undefined hands the field to the stock path (nulls, wrong types)."""
+        try:
+            value = getattr(source, child.attr)
+        except Exception:  # the stock path re-resolves it and reports the error
+            return Undefined
+        if value is None or child.object_type.is_type_of(value, None) is not True:  # type: ignore[arg-type,misc]
+            return Undefined
+        field_path = Path(path, response_name, parent_type.name)
+        try:
+            completed = self.collect_and_execute_subfields(
+                child.object_type, field_details_list, field_path, value, position_context
+            )
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, child.return_type, field_details_list, field_path)
+            return None
+        if not self.is_awaitable(completed):
+            return completed
+
+        async def await_completed() -> Any:
+            try:
+                return await completed
+            except Exception as raw_error:
+                self.handle_field_error(raw_error, child.return_type, field_details_list, field_path)
+                return None
+
+        return await_completed()
 
 
 def _read(leaf: Leaf, source: Any) -> Any:
