@@ -10,6 +10,7 @@ Figures go to stdout as JSON lines and are copied by hand into bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -162,9 +163,110 @@ def bench_api(seconds: int, rounds: int = 3) -> None:
     )
 
 
+async def _latencies(samples: int) -> None:
+    """Median and p99 of pages in process: raw keyset SQL against the same page through GraphQL."""
+    from nexes.app import create_app
+    from nexes.db import orders as orders_db
+    from nexes.db.orders import Keyset, OrderFilter
+
+    settings = settings_module.load(bench_env())
+    app = create_app(settings)
+    page = (
+        "edges { cursor node { id sodNumber status createdAt totalAmount customer { name } } } "
+        "pageInfo { endCursor startCursor }"
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            conn = await psycopg.AsyncConnection.connect(
+                psycopg.conninfo.make_conninfo(settings.replica_urls[0], user="nexes_api"),
+                autocommit=True,
+                prepare_threshold=None,
+            )
+            async with conn:
+                deepest = "SELECT created_at, id FROM service_order ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1"
+                row = await (await conn.execute(deepest, [9_000_000])).fetchone()
+                deep = Keyset(row[0], row[1]) if row else None
+                customer = (
+                    await (
+                        await conn.execute("SELECT customer_id FROM service_order ORDER BY created_at DESC LIMIT 1")
+                    ).fetchone()
+                    or (0,)
+                )[0]
+                deep_cursor = app.state.cursors.encode("CREATED_AT_DESC", deep.value, deep.id) if deep else None
+                from nexes.resolvers.ids import global_id
+
+                cases = {
+                    "first page": (
+                        OrderFilter(),
+                        None,
+                        False,
+                        "{ serviceOrders(first: 50) { PAGE } }".replace("PAGE", page),
+                        {},
+                    ),
+                    "page past row 9,000,000": (
+                        OrderFilter(),
+                        deep,
+                        False,
+                        "query($a: String) { serviceOrders(first: 50, after: $a) { PAGE } }".replace("PAGE", page),
+                        {"a": deep_cursor},
+                    ),
+                    "status-filtered page": (
+                        OrderFilter(statuses=("OPEN", "IN_PROGRESS")),
+                        None,
+                        False,
+                        "{ serviceOrders(first: 50, filter: {status: [OPEN, IN_PROGRESS]}) { PAGE } }".replace(
+                            "PAGE", page
+                        ),
+                        {},
+                    ),
+                    "last/before page": (
+                        OrderFilter(),
+                        deep,
+                        True,
+                        "query($b: String) { serviceOrders(last: 50, before: $b) { PAGE } }".replace("PAGE", page),
+                        {"b": deep_cursor},
+                    ),
+                    "customer page": (
+                        OrderFilter(customer_id=customer),
+                        None,
+                        False,
+                        "query($c: ID) { serviceOrders(first: 50, filter: {customerId: $c}) { PAGE } }".replace(
+                            "PAGE", page
+                        ),
+                        {"c": global_id("Customer", customer)},
+                    ),
+                }
+                for name, (flt, after, backward, query, variables) in cases.items():
+                    sql_ms, gql_ms = [], []
+                    for _ in range(samples):
+                        started = time.perf_counter()
+                        await orders_db.orders_page(
+                            conn, flt, "CREATED_AT_DESC", backward=backward, after=after, limit=51, with_customer=True
+                        )
+                        sql_ms.append((time.perf_counter() - started) * 1000)
+                        started = time.perf_counter()
+                        response = await client.post("/graphql", json={"query": query, "variables": variables})
+                        gql_ms.append((time.perf_counter() - started) * 1000)
+                        assert "errors" not in response.json(), response.text
+                    report(
+                        bench="page-latency",
+                        page=name,
+                        sql_median_ms=round(statistics.median(sql_ms), 2),
+                        sql_p99_ms=round(_p99(sql_ms), 2),
+                        graphql_median_ms=round(statistics.median(gql_ms), 2),
+                        graphql_p99_ms=round(_p99(gql_ms), 2),
+                        graphql_over_sql=round(statistics.median(gql_ms) / statistics.median(sql_ms), 1),
+                    )
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="?", choices=["seed", "api", "all"], default="all")
+    parser.add_argument("what", nargs="?", choices=["seed", "api", "pages", "all"], default="all")
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
@@ -172,12 +274,15 @@ def main() -> None:
         bench_seed(args.orders)
     elif args.what == "api":
         bench_api(args.seconds)
+    elif args.what == "pages":
+        asyncio.run(_latencies(200))
     else:
         settings = settings_module.load()
         with psycopg.connect(superuser(settings.admin_url)) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
         if not exists:
             bench_seed(args.orders)
+        asyncio.run(_latencies(200))
         bench_api(args.seconds)
 
 
