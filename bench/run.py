@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from nexes import settings as settings_module
-from nexes.db.conninfo import with_database
+from nexes.db.conninfo import environ_for_database
 from nexes.db.migrate import migrate
 from nexes.db.seed import seed
 
@@ -49,12 +49,7 @@ def report(**figures: object) -> None:
 
 
 def bench_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL"):
-        env[key] = with_database(env[key], DB)
-    for key in ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS"):
-        env[key] = " ".join(with_database(u, DB) for u in env.get(key, "").split())
-    return env
+    return environ_for_database(os.environ, DB)
 
 
 def superuser(url: str) -> str:

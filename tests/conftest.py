@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes import settings as settings_module
-from nexes.db.conninfo import with_database
+from nexes.db.conninfo import environ_for_database
 from nexes.db.migrate import migrate
 from nexes.settings import Settings
 
@@ -33,12 +33,7 @@ def superuser_url(url: str, dbname: str = "postgres") -> str:
 
 
 def _environ_for(dbname: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL"):
-        env[key] = with_database(env[key], dbname)
-    for key in ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS"):
-        env[key] = " ".join(with_database(u, dbname) for u in env.get(key, "").split())
-    return env
+    return environ_for_database(os.environ, dbname)
 
 
 def recreate_database(admin_url: str, name: str, template: str | None = None) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -151,14 +152,21 @@ def wait_until_served(url: str) -> None:
             time.sleep(0.5)
 
 
-@pytest.fixture
-def replica_stopped(seeded: Settings) -> Iterator[None]:
-    stack("down", "replica")
+@contextmanager
+def stopped(service: str, url: str) -> Iterator[None]:
+    """`service` stopped for the block, then started and served again."""
+    stack("down", service)
     try:
         yield
     finally:
-        stack("up", "replica")
-        wait_until_served(for_role(seeded.replica_urls[0], seeded, "nexes_api"))
+        stack("up", service)
+        wait_until_served(url)
+
+
+@pytest.fixture
+def replica_stopped(seeded: Settings) -> Iterator[None]:
+    with stopped("replica", for_role(seeded.replica_urls[0], seeded, "nexes_api")):
+        yield
 
 
 async def test_queries_succeed_with_the_replica_stopped(seeded: Settings, replica_stopped: None) -> None:
@@ -174,12 +182,8 @@ async def test_queries_succeed_with_the_replica_stopped(seeded: Settings, replic
 
 @pytest.fixture
 def primary_stopped(seeded: Settings) -> Iterator[None]:
-    stack("down", "primary")
-    try:
+    with stopped("primary", for_role(seeded.primary_url, seeded, "nexes_api")):
         yield
-    finally:
-        stack("up", "primary")
-        wait_until_served(for_role(seeded.primary_url, seeded, "nexes_api"))
 
 
 async def test_queries_succeed_with_the_primary_stopped_and_health_says_degraded(
