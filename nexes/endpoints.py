@@ -19,19 +19,15 @@ from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.types.graphql import OperationType
 
 from nexes.context import Context
 from nexes.db import health as db_health
 from nexes.db.router import translate
 from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
 from nexes.observability import request_id_var
-from nexes.schema import schema
+from nexes.schema import execution
 
 log = logging.getLogger(__name__)
-QUERY_ONLY: tuple[OperationType, ...] = (OperationType.QUERY,)
-ALL_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -79,19 +75,19 @@ class GraphQLRequest:
     query: str
     variables: dict[str, Any] | None
     operation_name: str | None
-    allowed: tuple[OperationType, ...]
+    queries_only: bool  # GET
 
 
 async def parse_request(request: Request) -> GraphQLRequest:
     """The GraphQL parameters of a POST (JSON) or GET request, validated; else NexesError."""
     if request.method == "GET":
         params: dict[str, Any] = dict(request.query_params)
-        allowed = QUERY_ONLY
+        queries_only = True
     else:
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise bad_input("send GraphQL as application/json (or GET for queries)")
         params = _loads(await request.body(), "the body")
-        allowed = ALL_OPERATIONS
+        queries_only = False
     if not isinstance(params, dict):
         raise bad_input("the request body must be a JSON object with a 'query'")
     query, variables, operation_name = params.get("query"), params.get("variables"), params.get("operationName")
@@ -103,7 +99,7 @@ async def parse_request(request: Request) -> GraphQLRequest:
         raise bad_input("'variables' must be a JSON object")
     if operation_name is not None and not isinstance(operation_name, str):
         raise bad_input("'operationName' must be a string")
-    return GraphQLRequest(query, variables, operation_name, allowed)
+    return GraphQLRequest(query, variables, operation_name, queries_only)
 
 
 def _loads(raw: bytes, what: str) -> Any:
@@ -125,17 +121,13 @@ async def graphql(request: Request) -> Response:
         request_id=request_id_var.get() or "", settings=app.settings, router=app.router, cursors=app.cursors
     )
     try:
-        result = await schema.execute(
-            gql.query,
-            variable_values=gql.variables,
-            context_value=context,
-            operation_name=gql.operation_name,
-            allowed_operation_types=gql.allowed,
+        result = await execution.run(
+            gql.query, gql.variables, gql.operation_name, context, queries_only=gql.queries_only
         )
-    except InvalidOperationTypeError:
+    except execution.OperationNotAllowed:
         message = "GET runs only queries; send mutations with POST"
         return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 405)
-    except CannotGetOperationTypeError:
+    except execution.UnknownOperation:
         message = "the document has no operation by that operationName (or several and no operationName)"
         return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 400)
     payload: dict[str, Any] = {"data": result.data}

@@ -7,7 +7,6 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-import httpx
 import pytest
 import strawberry
 from strawberry.schema.config import StrawberryConfig
@@ -148,15 +147,10 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
                 request_id="equivalence", settings=state.settings, router=state.router, cursors=state.cursors
             )
 
-        from nexes.schema import schema as fast
+        from nexes.schema import execution
 
         expected = await stock.execute(document, context_value=context())
-        got = await fast.execute(document, context_value=context())
+        # The production path: cached parse and validation, then the fast executor.
+        got = await execution.run(document, None, None, context(), queries_only=True)
     assert expected.errors is None and got.errors is None
     assert got.data == expected.data
-
-
-async def test_the_api_runs_the_fast_executor(app_client: httpx.AsyncClient) -> None:
-    from nexes.schema import schema
-
-    assert schema.execution_context_class is FastExecutor

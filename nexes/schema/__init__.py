@@ -93,6 +93,7 @@ class Query:
 
 
 LIMIT_RULES: list[type[ASTValidationRule]] = [depth_validator(10, None, None), aliases_validator(30)]
+MAX_TOKENS = 5000
 
 
 class NexesSchema(strawberry.Schema):
@@ -115,7 +116,7 @@ def make_schema(execution_context_class: type | None = FastExecutor) -> NexesSch
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),
             lambda: AddValidationRules(LIMIT_RULES),
-            lambda: MaxTokensLimiter(max_token_count=5000),
+            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         ],
     )
 
