@@ -95,6 +95,52 @@ async def test_service_order_by_sod_number_and_node_agree(app_client: httpx.Asyn
     assert customer["data"]["node"]["code"]
 
 
+async def test_nested_customer_orders_take_fixed_statements_and_match_sql(
+    app_client: httpx.AsyncClient, seeded: Settings
+) -> None:
+    query = """query($n: Int!) { customers(first: $n) { edges { node { code
+      serviceOrders(first: 3) { edges { node { sodNumber customer { code } lines { lineNo } } } } } } } }"""
+    counts = {}
+    for n in (2, 20):
+        body = await gql(app_client, query, {"n": n})
+        counts[n] = statements(body["_response"])
+        customers = body["data"]["customers"]["edges"]
+    assert counts == {2: 3, 20: 3}  # customers, every customer's page at once, their lines
+    with psycopg.connect(seeded.admin_url) as conn:
+        for edge in customers:
+            code = edge["node"]["code"]
+            truth = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT o.sod_number FROM service_order o JOIN customer c ON c.id = o.customer_id "
+                    "WHERE c.code = %s ORDER BY o.created_at DESC, o.id DESC LIMIT 3",
+                    [code],
+                )
+            ]
+            nodes = [e["node"] for e in edge["node"]["serviceOrders"]["edges"]]
+            assert [n["sodNumber"] for n in nodes] == truth
+            assert all(n["customer"]["code"] == code and n["lines"] for n in nodes)
+
+
+async def test_nested_customer_orders_page_backward(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    query = (
+        "{ customers(first: 5) { edges { node { code serviceOrders(last: 2) { edges { node { sodNumber } } } } } } }"
+    )
+    body = await gql(app_client, query)
+    with psycopg.connect(seeded.admin_url) as conn:
+        for edge in body["data"]["customers"]["edges"]:
+            truth = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT sod_number FROM (SELECT o.sod_number, o.created_at, o.id FROM service_order o "
+                    "JOIN customer c ON c.id = o.customer_id WHERE c.code = %s "
+                    "ORDER BY o.created_at ASC, o.id ASC LIMIT 2) s ORDER BY created_at DESC, id DESC",
+                    [edge["node"]["code"]],
+                )
+            ]
+            assert [e["node"]["sodNumber"] for e in edge["node"]["serviceOrders"]["edges"]] == truth
+
+
 async def test_customer_service_orders_are_that_customers(app_client: httpx.AsyncClient) -> None:
     query = "{ customers(first: 3) { edges { node { id name serviceOrders(first: 5) { edges { node { customer { id } } } } } } } }"  # noqa: E501
     body = await gql(app_client, query)

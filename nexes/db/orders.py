@@ -119,12 +119,20 @@ def _keyset_conditions(
 
 
 def page_query(
-    flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, limit: int, with_customer: bool = False
+    flt: OrderFilter,
+    sort: str,
+    *,
+    backward: bool,
+    after: Keyset | None,
+    limit: int,
+    with_customer: bool = False,
+    extra: sql.Composable | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The SQL and parameters of one page: `limit` rows past `after`, in sort order
     (or in reverse sort order when `backward`, for last/before), with each order's
-    customer joined when asked (one statement less than a batched second query)."""
-    query, params = _bare_page_query(flt, sort, backward=backward, after=after, limit=limit)
+    customer joined when asked (one statement less than a batched second query).
+    `extra` is one more condition, e.g. a LATERAL join's reference."""
+    query, params = _bare_page_query(flt, sort, backward=backward, after=after, limit=limit, extra=extra)
     if not with_customer:
         return query, params
     column, direction = SORTS[sort]
@@ -138,7 +146,7 @@ def page_query(
 
 
 def _bare_page_query(
-    flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, limit: int
+    flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, limit: int, extra: sql.Composable | None
 ) -> tuple[sql.Composed, dict[str, Any]]:
     column, direction = SORTS[sort]
     if backward:
@@ -146,6 +154,8 @@ def _bare_page_query(
     params: dict[str, Any] = {"limit": limit}
     source = LIVE_AND_ARCHIVED if flt.include_archived else LIVE
     base = _conditions(flt, params) + _keyset_conditions(column, direction, after, params)
+    if extra is not None:
+        base.append(extra)
     order_by = sql.SQL("ORDER BY {col} {dir}, id {dir} LIMIT %(limit)s").format(
         col=sql.Identifier(column), dir=sql.SQL(direction)
     )
@@ -228,6 +238,48 @@ async def _page(conn: AsyncConnection[Any], flt: OrderFilter, sort: str, **page:
     async with conn.cursor(row_factory=args_row(OrderRow)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+async def orders_pages_by_customer(
+    conn: AsyncConnection[Any],
+    customer_ids: Sequence[int],
+    flt: OrderFilter,
+    sort: str,
+    *,
+    backward: bool,
+    after: Keyset | None,
+    limit: int,
+    with_customer: bool,
+) -> dict[int, list[OrderRow]]:
+    """The same page of orders for each of several customers, in one statement (a LATERAL
+    page per customer, each served by the customer's own index range)."""
+    inner, params = page_query(
+        replace(flt, customer_id=None),
+        sort,
+        backward=backward,
+        after=after,
+        limit=limit,
+        with_customer=with_customer,
+        extra=sql.SQL("o.customer_id = batch.cid"),
+    )
+    params["customer_ids"] = list(customer_ids)
+    query = sql.SQL(
+        "SELECT p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({}) AS p"
+    ).format(inner)
+    async with conn.cursor(row_factory=args_row(OrderRow)) as cur:
+        await cur.execute(query, params)
+        rows = await cur.fetchall()
+    column, direction = SORTS[sort]
+    descending = (direction == "DESC") != backward
+    grouped: dict[int, list[OrderRow]] = {cid: [] for cid in customer_ids}
+    for row in rows:
+        grouped[row.customer_id].append(row)
+    for group in grouped.values():
+        # SQL promises no order across a lateral join: sort each page as its query did.
+        group.sort(key=lambda r: (getattr(r, column), r.id), reverse=descending)
+        if backward:
+            group.reverse()
+    return grouped
 
 
 ORDERS_BY_ID = sql.SQL(

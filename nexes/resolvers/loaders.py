@@ -22,6 +22,19 @@ class Loaders:
         self.service_order_by_id: DataLoader[int, ServiceOrder | None] = DataLoader(self._orders)
         self.customer_by_id: DataLoader[int, Customer | None] = DataLoader(self._customers)
         self.stock_item_by_id: DataLoader[int, StockItem | None] = DataLoader(self._stock_items)
+        self._orders_by_customer: dict[Any, DataLoader[int, Any]] = {}
+
+    def service_orders_by_customer(self, spec: Any) -> DataLoader[int, Any]:
+        """One loader per page shape (a PageSpec): sibling customers' pages load together."""
+        loader = self._orders_by_customer.get(spec)
+        if loader is None:
+            from nexes.resolvers.orders import fetch_customers_pages
+
+            async def load(customer_ids: Sequence[int]) -> list[Any]:
+                return await self.router.read(lambda conn: fetch_customers_pages(conn, spec, customer_ids))
+
+            loader = self._orders_by_customer[spec] = DataLoader(load)
+        return loader
 
     async def _orders(self, ids: Sequence[int]) -> list[ServiceOrder | None]:
         from nexes.resolvers.orders import hydrate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ from nexes.context import Context
 from nexes.db import catalog
 from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
-from nexes.db.orders import LineRow, OrderFilter, OrderRow
+from nexes.db.orders import Keyset, LineRow, OrderFilter, OrderRow
 from nexes.errors import bad_input
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
@@ -137,34 +138,87 @@ async def _count(ctx: Context, flt: OrderFilter) -> tuple[int, bool]:
     )
 
 
+@dataclass(frozen=True)
+class PageSpec:
+    """One page's query, whatever the customer: the key of a batch of customers' pages."""
+
+    flt: OrderFilter
+    sort: str
+    backward: bool
+    after: Keyset | None
+    limit: int
+    want_customer: bool
+    want_lines: bool
+
+
+Keyed = list[tuple[OrderRow, ServiceOrder]]
+
+
+async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
+    rows = await orders_db.orders_page(
+        conn,
+        spec.flt,
+        spec.sort,
+        backward=spec.backward,
+        after=spec.after,
+        limit=spec.limit,
+        with_customer=spec.want_customer,
+    )
+    nodes = await hydrate(
+        conn, rows, customers=spec.want_customer, lines=spec.want_lines, archived=spec.flt.include_archived
+    )
+    return list(zip(rows, nodes, strict=True))
+
+
+async def fetch_customers_pages(conn: AsyncConnection[Any], spec: PageSpec, customer_ids: Sequence[int]) -> list[Keyed]:
+    """The page of each customer, for Customer.serviceOrders under a list of customers:
+    one statement for all the pages, one for all their lines."""
+    grouped = await orders_db.orders_pages_by_customer(
+        conn,
+        customer_ids,
+        spec.flt,
+        spec.sort,
+        backward=spec.backward,
+        after=spec.after,
+        limit=spec.limit,
+        with_customer=spec.want_customer,
+    )
+    rows = [row for group in grouped.values() for row in group]
+    nodes = await hydrate(
+        conn, rows, customers=spec.want_customer, lines=spec.want_lines, archived=spec.flt.include_archived
+    )
+    by_id = {row.id: node for row, node in zip(rows, nodes, strict=True)}
+    return [[(row, by_id[row.id]) for row in grouped[cid]] for cid in customer_ids]
+
+
 async def connection(
-    info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest
+    info: Info,
+    flt: OrderFilter,
+    order: ServiceOrderOrder | None,
+    request: PageRequest,
+    *,
+    of_customer: int | None = None,
 ) -> ServiceOrderConnection:
+    """A connection of orders; `of_customer` pages are batched with their sibling customers'."""
     ctx = info.context
     # Customer.serviceOrders declares its default as the enum's name (a lazy type).
     sort = order.value if isinstance(order, ServiceOrderOrder) else str(order or "CREATED_AT_DESC")
     after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[sort]) if request.cursor is not None else None
     paths = selected_paths(info)
-    want_customer = "edges.node.customer" in paths
-    want_lines = "edges.node.lines" in paths
-
-    async def work(conn: AsyncConnection[Any]) -> list[ServiceOrder]:
-        rows = await orders_db.orders_page(
-            conn,
-            flt,
-            sort,
-            backward=request.backward,
-            after=after,
-            limit=request.limit + 1,
-            with_customer=want_customer,
-        )
-        nodes = await hydrate(conn, rows, customers=want_customer, lines=want_lines, archived=flt.include_archived)
-        keyed.extend(zip(rows, nodes, strict=True))
-        return nodes
-
-    keyed: list[tuple[OrderRow, ServiceOrder]] = []
-    if request.limit:
-        await ctx.router.read(work)
+    spec = PageSpec(
+        flt,
+        sort,
+        request.backward,
+        after,
+        request.limit + 1,
+        want_customer="edges.node.customer" in paths,
+        want_lines="edges.node.lines" in paths,
+    )
+    keyed: Keyed = []
+    if request.limit and of_customer is not None:
+        keyed = await ctx.loaders.service_orders_by_customer(spec).load(of_customer)
+    elif request.limit:
+        keyed = await ctx.router.read(lambda conn: fetch_page(conn, spec))
     field = SORT_FIELD[sort]
     edges, page_info = build_page(
         keyed,
@@ -173,7 +227,8 @@ async def connection(
         cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
         edge_cursors="edges.cursor" in paths,
     )
-    return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, flt))
+    count_filter = flt if of_customer is None else replace(flt, customer_id=of_customer)
+    return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, count_filter))
 
 
 async def service_orders(
@@ -189,7 +244,7 @@ async def customer_orders(
     if filter is not None and filter.customer_id is not None:
         raise bad_input("Customer.serviceOrders is already filtered by its customer", field="filter.customerId")
     request = page_request(page, max_size=info.context.settings.max_page_size)
-    return await connection(info, order_filter(filter, customer_id=customer_id), order_by, request)
+    return await connection(info, order_filter(filter), order_by, request, of_customer=customer_id)
 
 
 async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:
