@@ -26,25 +26,16 @@ from nexes.schema.connections import ServiceOrderConnection, ServiceOrderFilter,
 from nexes.schema.types import STATUS_BY_NAME, Customer, ServiceOrder, ServiceOrderLine, StockItem
 
 SOD_PREFIX = re.compile(r"[A-Za-z0-9-]{1,40}")
-SORT_KIND: dict[str, type] = {
-    "CREATED_AT_DESC": datetime,
-    "CREATED_AT_ASC": datetime,
-    "UPDATED_AT_DESC": datetime,
-    "TOTAL_AMOUNT_DESC": Decimal,
-}
-SORT_FIELD = {
-    "CREATED_AT_DESC": "created_at",
-    "CREATED_AT_ASC": "created_at",
-    "UPDATED_AT_DESC": "updated_at",
-    "TOTAL_AMOUNT_DESC": "total_amount",
-}
+# The Python type of each sort column's value, for decoding cursors.
+SORT_KIND: dict[str, type] = {"created_at": datetime, "updated_at": datetime, "total_amount": Decimal}
 Info = strawberry.Info[Context, Any]
 
 
-def order_filter(flt: ServiceOrderFilter | None, *, customer_id: int | None = None) -> OrderFilter:
+def order_filter(flt: ServiceOrderFilter | None) -> OrderFilter:
     """The GraphQL filter as the db layer's, validated."""
     if flt is None:
-        return OrderFilter(customer_id=customer_id)
+        return OrderFilter()
+    customer_id = None
     if flt.customer_id is not None:
         customer_id = parse_global_id(flt.customer_id, "Customer", field="filter.customerId")
     prefix = flt.sod_number_prefix.strip() if flt.sod_number_prefix is not None else None
@@ -203,7 +194,8 @@ async def connection(
     ctx = info.context
     # Customer.serviceOrders declares its default as the enum's name (a lazy type).
     sort = order.value if isinstance(order, ServiceOrderOrder) else str(order or "CREATED_AT_DESC")
-    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[sort]) if request.cursor is not None else None
+    field = orders_db.SORTS[sort][0]
+    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
     paths = selected_paths(info)
     spec = PageSpec(
         flt,
@@ -219,7 +211,6 @@ async def connection(
         keyed = await ctx.loaders.service_orders_by_customer(spec).load(of_customer)
     elif request.limit:
         keyed = await ctx.router.read(lambda conn: fetch_page(conn, spec))
-    field = SORT_FIELD[sort]
     edges, page_info = build_page(
         keyed,
         request,
