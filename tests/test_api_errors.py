@@ -145,3 +145,19 @@ async def test_statement_timeout_is_timeout(fresh_db: object) -> None:
         result = await gql(client, query)
     assert error_codes(result) == ["TIMEOUT"]
     assert result["_response"].status_code == 504
+
+
+async def test_graphiql_only_in_development(seeded: object) -> None:
+    from dataclasses import replace
+
+    from nexes.settings import Settings
+    from tests.conftest import client_for
+
+    assert isinstance(seeded, Settings)
+    async with client_for(replace(seeded, env="production")) as client:
+        production = await client.get("/graphql", headers={"accept": "text/html"})
+    async with client_for(replace(seeded, env="development")) as client:
+        development = await client.get("/graphql", headers={"accept": "text/html"})
+    assert production.status_code == 400
+    assert production.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert development.status_code == 200 and "graphiql" in development.text.lower()
