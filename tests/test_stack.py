@@ -79,6 +79,16 @@ def test_down_of_one_service_stops_only_that_one(private_env: dict[str, str]) ->
     assert stack(private_env, "status").returncode == 0
 
 
+def test_ports_taken_by_another_stack_are_refused_by_name(private_env: dict[str, str]) -> None:
+    assert stack(private_env, "up").returncode == 0
+    other = {**private_env, "NEXES_STACK_DIR": tempfile.mkdtemp(prefix="nexes-ps2-", dir="/tmp")}
+    result = stack(other, "up", "redis")
+    assert result.returncode == 1
+    assert f"port {PRIVATE_PORT_BASE + 3} is already in use" in result.stderr
+    assert "NEXES_STACK_PORT_BASE" in result.stderr
+    stack(other, "reset")
+
+
 def test_down_stops_every_process_it_started(private_env: dict[str, str]) -> None:
     assert stack(private_env, "up").returncode == 0
     run_dir = Path(private_env["NEXES_STACK_DIR"]) / "run"
