@@ -99,6 +99,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_reconcile(args: argparse.Namespace) -> None:
+    from nexes.db.reconcile import reconcile
+
+    settings = _settings()
+    started = time.monotonic()
+    report = reconcile(settings.admin_url)
+    print(
+        f"reconciled {report.slices} quarter(s) in {time.monotonic() - started:.1f}s (run {report.run_id}): "
+        f"{report.stat_corrections} dashboard bucket(s) corrected, {report.on_hand_mismatches} on-hand "
+        f"mismatch(es), {report.negative_items} item(s) below zero; details in stat_drift"
+    )
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from nexes.schema import schema
 
@@ -193,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(func=cmd_scheduler)
+    sub.add_parser("reconcile", help="recompute dashboard stats, check stock; drift goes to stat_drift").set_defaults(
+        func=cmd_reconcile
+    )
     sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
         func=cmd_schema
     )
