@@ -108,7 +108,8 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     print(
         f"reconciled {report.slices} quarter(s) in {time.monotonic() - started:.1f}s (run {report.run_id}): "
         f"{report.stat_corrections} dashboard bucket(s) corrected, {report.on_hand_mismatches} on-hand "
-        f"mismatch(es), {report.negative_items} item(s) below zero; details in stat_drift"
+        f"mismatch(es), {report.negative_items} item(s) below zero, {report.line_mismatches} line(s) whose "
+        "movements differ; details in stat_drift"
     )
 
 

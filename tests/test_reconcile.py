@@ -25,13 +25,31 @@ def test_drift_in_dashboard_stat_is_found_corrected_and_recorded(fresh_db: Setti
         )
         conn.execute("DELETE FROM dashboard_stat WHERE ctid = (SELECT ctid FROM dashboard_stat ORDER BY day LIMIT 1)")
         conn.execute("UPDATE stock_item SET on_hand = on_hand - 5 WHERE id = (SELECT min(id) FROM stock_item)")
-        assert {v.check for v in check_all(conn)} >= {"dashboard_stat_differs", "on_hand_differs_from_ledger"}
+        # A stray movement on one line, with on_hand moved alike: only the line's ledger is wrong.
+        line = conn.execute(
+            "SELECT o.sod_number, l.line_no, l.stock_item_id FROM service_order o JOIN service_order_line l "
+            "ON l.order_id = o.id AND l.created_at = o.created_at WHERE o.status <> 'CANCELLED' "
+            "AND l.stock_item_id <> (SELECT min(id) FROM stock_item) LIMIT 1"
+        ).fetchone()
+        assert line is not None
+        conn.execute(
+            "INSERT INTO stock_movement (stock_item_id, quantity, kind, sod_number, line_no, idempotency_key) "
+            "VALUES (%s, 3, 'CORRECTION', %s, %s, 'test:stray')",
+            [line[2], line[0], line[1]],
+        )
+        conn.execute("UPDATE stock_item SET on_hand = on_hand + 3 WHERE id = %s", [line[2]])
+        assert {v.check for v in check_all(conn)} >= {
+            "dashboard_stat_differs",
+            "on_hand_differs_from_ledger",
+            "line_movements_differ",
+        }
 
     # As the worker runs it: the worker role, through PgBouncer.
     report = reconcile(for_role(fresh_db.primary_url, fresh_db, "nexes_worker"))
 
     assert report.stat_corrections == 2
     assert report.on_hand_mismatches == 1
+    assert report.line_mismatches == 1
     with psycopg.connect(fresh_db.admin_url) as conn:
         drift = conn.execute(
             "SELECT check_name, bucket, expected, found, corrected FROM stat_drift WHERE run_id = %s ORDER BY 1, 2",
@@ -43,12 +61,13 @@ def test_drift_in_dashboard_stat_is_found_corrected_and_recorded(fresh_db: Setti
     kept_too_high = next(d for d in drift if d[1] == f"{day} {status} {currency}")
     assert kept_too_high[3] - kept_too_high[2] == 7 and kept_too_high[4] is True
     assert [d[0] for d in drift].count("on_hand") == 1
+    assert ("line_ledger", f"{line[0]} line {line[1]}") in {(d[0], d[1]) for d in drift}
     # The stats are right again (the monthly rollup too); stock is reported, not rewritten.
-    assert remaining == {"on_hand_differs_from_ledger"}
+    assert remaining == {"on_hand_differs_from_ledger", "line_movements_differ"}
 
 
 def test_reconciling_clean_data_changes_nothing(fresh_db: Settings) -> None:
     seed(fresh_db.admin_url, 300, defer=False)
     first = reconcile(fresh_db.admin_url)
-    assert (first.stat_corrections, first.on_hand_mismatches) == (0, 0)
+    assert (first.stat_corrections, first.on_hand_mismatches, first.line_mismatches) == (0, 0, 0)
     assert first.slices >= 20  # five years of quarters
