@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from nexes.settings import SettingsError, load
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 BASE = {"NEXES_PRIMARY_URL": "postgresql://h/db", "NEXES_ADMIN_URL": "postgresql://h/db"}
+
+
+def readme_default(variable: str) -> str:
+    """The default the README's settings table gives for `variable`."""
+    match = re.search(rf"^\| `{variable}` \| `([^`]*)` \|", README.read_text(), re.MULTILINE)
+    assert match, f"{variable} is missing from the README's table"
+    return match[1]
 
 
 def test_defaults_match_the_readme() -> None:
     s = load(BASE)
-    assert s.env == "production"
-    assert s.roles["nexes_api"].statement_timeout == 30.0
-    assert s.roles["nexes_owner"].statement_timeout == 0.0
-    assert s.archive_after_years == 2
+    assert s.env == readme_default("NEXES_ENV")
+    assert s.roles["nexes_api"].statement_timeout == float(readme_default("NEXES_STATEMENT_TIMEOUT"))
+    assert s.roles["nexes_owner"].statement_timeout == float(readme_default("NEXES_OWNER_STATEMENT_TIMEOUT"))
+    assert s.roles["nexes_worker"].connection_limit == int(readme_default("NEXES_WORKER_CONNECTION_LIMIT"))
+    assert s.archive_after_years == int(readme_default("NEXES_ARCHIVE_AFTER_YEARS"))
+    assert s.max_page_size == int(readme_default("NEXES_MAX_PAGE_SIZE"))
+    assert s.pool_timeout == float(readme_default("NEXES_POOL_TIMEOUT"))
     assert s.replica_urls == ()
 
 

@@ -155,6 +155,11 @@ async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
         limit=spec.limit,
         with_customer=spec.want_customer,
     )
+    return await with_nodes(conn, rows, spec)
+
+
+async def with_nodes(conn: AsyncConnection[Any], rows: list[OrderRow], spec: PageSpec) -> Keyed:
+    """Each row with its GraphQL object, related rows batched as the spec selects them."""
     nodes = await hydrate(
         conn, rows, customers=spec.want_customer, lines=spec.want_lines, archived=spec.flt.include_archived
     )
@@ -174,11 +179,8 @@ async def fetch_customers_pages(conn: AsyncConnection[Any], spec: PageSpec, cust
         limit=spec.limit,
         with_customer=spec.want_customer,
     )
-    rows = [row for group in grouped.values() for row in group]
-    nodes = await hydrate(
-        conn, rows, customers=spec.want_customer, lines=spec.want_lines, archived=spec.flt.include_archived
-    )
-    by_id = {row.id: node for row, node in zip(rows, nodes, strict=True)}
+    keyed = await with_nodes(conn, [row for group in grouped.values() for row in group], spec)
+    by_id = {row.id: node for row, node in keyed}
     return [[(row, by_id[row.id]) for row in grouped[cid]] for cid in customer_ids]
 
 

@@ -159,24 +159,12 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         field_details_list: Any,
         position_context: Any,
     ) -> Any:
-        """The field's completed value, or Undefined to hand it to the stock path."""
-        if isinstance(entry, Child):
-            return self._child(entry, source, path, response_name, parent_type, field_details_list, position_context)
-        value = _read(entry, source)
-        return Undefined if value is None else value
-
-    def _child(
-        self,
-        child: Child,
-        source: Any,
-        path: Path | None,
-        response_name: str,
-        parent_type: GraphQLObjectType,
-        field_details_list: Any,
-        position_context: Any,
-    ) -> Any:
-        """An object read straight off its parent, completed as graphql-core completes one;
-        Undefined hands the field to the stock path (nulls, wrong types)."""
+        """The field's completed value, or Undefined to hand it to the stock path (nulls,
+        errors, wrong types). An object is completed as graphql-core completes one."""
+        if isinstance(entry, Leaf):
+            value = _read(entry, source)
+            return Undefined if value is None else value
+        child = entry
         try:
             value = getattr(source, child.attr)
         except Exception:  # the stock path re-resolves it and reports the error
