@@ -17,6 +17,18 @@ class Code(StrEnum):
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     INTERNAL = "INTERNAL"
+    # The write path: mutation payload errors and import row errors.
+    DUPLICATE_CONFLICT = "DUPLICATE_CONFLICT"
+    CONFLICT = "CONFLICT"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    UNKNOWN_SKU = "UNKNOWN_SKU"
+    UNKNOWN_CUSTOMER = "UNKNOWN_CUSTOMER"
+    CREATED_AT_OUT_OF_RANGE = "CREATED_AT_OUT_OF_RANGE"
+    ORDER_REJECTED = "ORDER_REJECTED"
+    BAD_ENCODING = "BAD_ENCODING"
+    BAD_ROW = "BAD_ROW"
+    BAD_FILE = "BAD_FILE"
+    CSRF_HEADER_REQUIRED = "CSRF_HEADER_REQUIRED"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -29,6 +41,17 @@ HTTP_STATUS: dict[Code, int] = {
     Code.SERVICE_UNAVAILABLE: 503,
     Code.PAYLOAD_TOO_LARGE: 413,
     Code.INTERNAL: 500,
+    Code.DUPLICATE_CONFLICT: 409,
+    Code.CONFLICT: 409,
+    Code.INVALID_TRANSITION: 409,
+    Code.UNKNOWN_SKU: 400,
+    Code.UNKNOWN_CUSTOMER: 400,
+    Code.CREATED_AT_OUT_OF_RANGE: 400,
+    Code.ORDER_REJECTED: 400,
+    Code.BAD_ENCODING: 400,
+    Code.BAD_ROW: 400,
+    Code.BAD_FILE: 400,
+    Code.CSRF_HEADER_REQUIRED: 400,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -39,6 +62,18 @@ DESCRIPTION: dict[Code, str] = {
     Code.SERVICE_UNAVAILABLE: "no database connection could be had in time; retry later",
     Code.PAYLOAD_TOO_LARGE: "the request body is larger than the limit",
     Code.INTERNAL: "an unexpected error; the request id finds it in the logs",
+    Code.DUPLICATE_CONFLICT: "the SOD number exists with different content (or twice, differently, in one file)",
+    Code.CONFLICT: "the order changed since you read it (expectedUpdatedAt); read it again and retry",
+    Code.INVALID_TRANSITION: "the status change is not allowed (DRAFT > OPEN > IN_PROGRESS > COMPLETED; "
+    "any non-final > CANCELLED); COMPLETED and CANCELLED orders do not change",
+    Code.UNKNOWN_SKU: "no stock item has this SKU",
+    Code.UNKNOWN_CUSTOMER: "no customer has this code (or id)",
+    Code.CREATED_AT_OUT_OF_RANGE: "created_at falls in no live quarter (too old, archived, or too far ahead)",
+    Code.ORDER_REJECTED: "an import row rejected because another row of the same order is bad",
+    Code.BAD_ENCODING: "an import row holds bytes that are not UTF-8",
+    Code.BAD_ROW: "an import row cannot be parsed (quoting, number of columns)",
+    Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
+    Code.CSRF_HEADER_REQUIRED: "uploads need the header X-Nexes-CSRF (any value) so a browser cannot forge them",
 }
 
 

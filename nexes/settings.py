@@ -60,6 +60,11 @@ class Settings:
     cursor_secret: Secret = field(repr=False, default=Secret("nexes-cursor-dev-secret"))
     max_body_bytes: int = 1_000_000
     access_log: bool = True
+    import_max_bytes: int = 1 << 30
+    import_retention_days: int = 30
+    import_lease_seconds: float = 20.0
+    import_chunk_orders: int = 5_000
+    import_sweep_seconds: float = 10.0
 
     @property
     def development(self) -> bool:
@@ -126,6 +131,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             cursor_secret=Secret(config("NEXES_CURSOR_SECRET", default="nexes-cursor-dev-secret")),
             max_body_bytes=int(_positive(config, "NEXES_MAX_BODY_BYTES", 1_000_000, int)),
             access_log=config("NEXES_ACCESS_LOG", cast=bool, default=True),
+            import_max_bytes=int(_positive(config, "NEXES_IMPORT_MAX_BYTES", 1 << 30, int)),
+            import_retention_days=int(_positive(config, "NEXES_IMPORT_RETENTION_DAYS", 30, int)),
+            import_lease_seconds=_positive(config, "NEXES_IMPORT_LEASE_SECONDS", 20.0, float),
+            import_chunk_orders=max(1, int(_positive(config, "NEXES_IMPORT_CHUNK_ORDERS", 5_000, int))),
+            import_sweep_seconds=_positive(config, "NEXES_IMPORT_SWEEP_SECONDS", 10.0, float),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc

@@ -25,6 +25,8 @@ from nexes.schema.connections import (
 )
 from nexes.schema.dashboard import Dashboard
 from nexes.schema.executor import FastExecutor
+from nexes.schema.imports import ImportMutation, ImportQuery
+from nexes.schema.mutations import OrderMutation
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
 
@@ -32,7 +34,7 @@ Info = orders.Info
 
 
 @strawberry.type
-class Query:
+class Query(ImportQuery):
     @strawberry.field(description="Any object by its global id.")
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         return await nodes.node(info, id)
@@ -92,6 +94,11 @@ class Query:
         return await dashboard.dashboard(info, from_, to)
 
 
+@strawberry.type
+class Mutation(OrderMutation, ImportMutation):
+    """Writes, all on the primary."""
+
+
 LIMIT_RULES: list[type[ASTValidationRule]] = [depth_validator(10, None, None), aliases_validator(30)]
 MAX_TOKENS = 5000
 
@@ -106,6 +113,7 @@ def make_schema(execution_context_class: type | None = FastExecutor) -> NexesSch
     """The schema; tests make one with the stock executor (None) to compare the two."""
     return NexesSchema(
         query=Query,
+        mutation=Mutation,
         types=[ServiceOrder, Customer, StockItem],
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         execution_context_class=execution_context_class,
