@@ -1,0 +1,360 @@
+"""Mutations: validate, resolve references, stage and apply on the primary, in one
+transaction each. Expected failures come back as payload errors (UserError), never as
+GraphQL errors; the transaction then rolls back, so nothing is half-written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import strawberry
+from psycopg import AsyncConnection
+
+from nexes.db import master_write as db
+from nexes.db import orders as orders_db
+from nexes.errors import Code, NexesError
+from nexes.resolvers.ids import global_id, parse_global_id
+from nexes.resolvers.orders import Info, hydrate
+from nexes.schema.payloads import UserError
+from nexes.schema.types import Customer, ServiceOrder, StockItem
+
+SOD = re.compile(r"[A-Za-z0-9-]{1,40}")
+CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
+SKU = re.compile(r"[A-Za-z0-9._-]{1,40}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+REFERENCE = re.compile(r"[\x21-\x7e]{1,100}")
+MAX_LINES = 999
+MAX_DESCRIPTION = 2000
+MAX_QUANTITY = 1_000_000
+MAX_PRICE = Decimal("9999999999.99")
+
+
+class Rejected(Exception):
+    """Payload errors: the mutation's transaction rolls back and they are returned."""
+
+    def __init__(self, errors: list[UserError]) -> None:
+        super().__init__(errors[0].message if errors else "rejected")
+        self.errors = errors
+
+
+def user_error(code: Code | str, message: str, field: str | None = None) -> UserError:
+    return UserError(code=str(code), field=field, message=message)
+
+
+@dataclass(frozen=True)
+class LineIn:
+    sku: str
+    quantity: int
+    unit_price: Decimal
+    line_no: int | None = None
+
+
+@dataclass(frozen=True)
+class OrderIn:
+    sod_number: str
+    customer_id: str | None
+    customer_code: str | None
+    created_at: datetime | None
+    status: str
+    description: str
+    currency: str
+    lines: Sequence[LineIn]
+
+
+def check_lines(lines: Sequence[LineIn], errors: list[UserError]) -> list[tuple[int, LineIn]]:
+    """Validated (line_no, line) pairs: numbered by position unless lineNo is given."""
+    if len(lines) > MAX_LINES:
+        errors.append(user_error(Code.BAD_USER_INPUT, f"at most {MAX_LINES} lines per order", "lines"))
+        return []
+    numbered: list[tuple[int, LineIn]] = []
+    seen: set[int] = set()
+    for i, line in enumerate(lines):
+        where = f"lines.{i}"
+        line_no = line.line_no if line.line_no is not None else i + 1
+        if not 1 <= line_no <= MAX_LINES:
+            errors.append(user_error(Code.BAD_USER_INPUT, f"lineNo must be 1-{MAX_LINES}", f"{where}.lineNo"))
+        elif line_no in seen:
+            errors.append(user_error(Code.BAD_USER_INPUT, f"lineNo {line_no} appears twice", f"{where}.lineNo"))
+        seen.add(line_no)
+        if not SKU.fullmatch(line.sku.strip()):
+            errors.append(user_error(Code.BAD_USER_INPUT, "sku must be 1-40 of A-Z a-z 0-9 . _ -", f"{where}.sku"))
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            errors.append(
+                user_error(Code.BAD_USER_INPUT, f"quantity must be 1 to {MAX_QUANTITY:,}", f"{where}.quantity")
+            )
+        price = line.unit_price
+        if price < 0 or price > MAX_PRICE or price != price.quantize(Decimal("0.01")):
+            errors.append(
+                user_error(
+                    Code.BAD_USER_INPUT,
+                    "unitPrice must be 0 or more, with at most 2 decimal places and 10 digits before the point",
+                    f"{where}.unitPrice",
+                )
+            )
+        numbered.append((line_no, line))
+    return numbered
+
+
+def check_order_fields(order: OrderIn, errors: list[UserError]) -> None:
+    if not SOD.fullmatch(order.sod_number):
+        errors.append(user_error(Code.BAD_USER_INPUT, "sodNumber must be 1-40 of A-Z a-z 0-9 -", "sodNumber"))
+    if len(order.description) > MAX_DESCRIPTION:
+        errors.append(
+            user_error(Code.BAD_USER_INPUT, f"description is longer than {MAX_DESCRIPTION:,} characters", "description")
+        )
+    if not CURRENCY.fullmatch(order.currency):
+        errors.append(user_error(Code.BAD_USER_INPUT, "currency must be 3 letters (ISO 4217), e.g. EUR", "currency"))
+    if (order.customer_id is None) == (order.customer_code is None):
+        errors.append(user_error(Code.BAD_USER_INPUT, "give exactly one of customerId and customerCode", "customerId"))
+
+
+async def resolve_skus(
+    conn: AsyncConnection[Any], numbered: list[tuple[int, LineIn]], errors: list[UserError]
+) -> dict[str, int]:
+    skus = {line.sku.strip() for _, line in numbered}
+    found = await db.stock_item_ids_by_sku(conn, skus) if skus else {}
+    for i, (_, line) in enumerate(numbered):
+        if line.sku.strip() not in found:
+            errors.append(user_error(Code.UNKNOWN_SKU, f"no stock item has SKU {line.sku.strip()!r}", f"lines.{i}.sku"))
+    return found
+
+
+async def resolve_customer(conn: AsyncConnection[Any], order: OrderIn, errors: list[UserError]) -> int | None:
+    if order.customer_id is not None:
+        try:
+            customer_id = parse_global_id(order.customer_id, "Customer", field="customerId")
+        except NexesError as exc:
+            errors.append(user_error(exc.code, exc.message, "customerId"))
+            return None
+        if not await db.customer_exists(conn, customer_id):
+            errors.append(user_error(Code.UNKNOWN_CUSTOMER, "no customer has this id", "customerId"))
+            return None
+        return customer_id
+    code = (order.customer_code or "").strip()
+    found = await db.customer_ids_by_code(conn, [code]) if CODE.fullmatch(code) else {}
+    if code not in found:
+        errors.append(user_error(Code.UNKNOWN_CUSTOMER, f"no customer has code {code[:40]!r}", "customerCode"))
+        return None
+    return found[code]
+
+
+async def apply_one(
+    conn: AsyncConnection[Any],
+    *,
+    sod_number: str,
+    created_at: datetime | None,
+    customer_id: int,
+    status: str,
+    description: str,
+    currency: str,
+    lines: list[tuple[int, int, int, Decimal]],
+    mode: str,
+    expected_updated_at: datetime | None = None,
+) -> None:
+    """Stage one order and apply it; a rejection raises Rejected (so the caller's
+    transaction rolls back)."""
+    order = (
+        sod_number,
+        created_at or datetime.now().astimezone(),
+        created_at is not None,
+        customer_id,
+        status,
+        description,
+        currency,
+        expected_updated_at,
+        mode,
+    )
+    staged = [(sod_number, line_no, item, qty, price) for line_no, item, qty, price in lines]
+    ((_, outcome, code, field, message, _, _),) = await db.stage(conn, [order], staged)
+    if outcome == "rejected":
+        raise Rejected([user_error(code, message, field)])
+
+
+async def order_payload(conn: AsyncConnection[Any], info: Info, sod_number: str) -> ServiceOrder | None:
+    row = await orders_db.order_by_sod_number(conn, sod_number)
+    if row is None:
+        return None
+    (order,) = await hydrate(conn, [row], customers=True, lines=True, archived=True)
+    return order
+
+
+async def create_service_order(info: Info, order: OrderIn) -> tuple[ServiceOrder | None, list[UserError]]:
+    errors: list[UserError] = []
+    order = OrderIn(**{**order.__dict__, "sod_number": order.sod_number.strip(), "currency": order.currency.upper()})
+    check_order_fields(order, errors)
+    numbered = check_lines(order.lines, errors)
+    if errors:
+        return None, errors
+
+    async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
+        async with conn.transaction():
+            found: list[UserError] = []
+            customer_id = await resolve_customer(conn, order, found)
+            items = await resolve_skus(conn, numbered, found)
+            if found or customer_id is None:
+                raise Rejected(found)
+            lines = [(n, items[line.sku.strip()], line.quantity, line.unit_price) for n, line in numbered]
+            await apply_one(
+                conn,
+                sod_number=order.sod_number,
+                created_at=order.created_at,
+                customer_id=customer_id,
+                status=order.status,
+                description=order.description,
+                currency=order.currency,
+                lines=lines,
+                mode="create",
+            )
+            return await order_payload(conn, info, order.sod_number)
+
+    return await _run(info, work)
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    status: str | None = None
+    description: str | None = None
+    lines: Sequence[LineIn] | None = None
+    expected_updated_at: datetime | None = None
+
+
+async def update_service_order(
+    info: Info, sod_number: str, change: OrderChange
+) -> tuple[ServiceOrder | None, list[UserError]]:
+    errors: list[UserError] = []
+    sod = sod_number.strip()
+    if not SOD.fullmatch(sod):
+        errors.append(user_error(Code.BAD_USER_INPUT, "sodNumber must be 1-40 of A-Z a-z 0-9 -", "sodNumber"))
+    if change.description is not None and len(change.description) > MAX_DESCRIPTION:
+        errors.append(
+            user_error(Code.BAD_USER_INPUT, f"description is longer than {MAX_DESCRIPTION:,} characters", "description")
+        )
+    numbered = check_lines(change.lines, errors) if change.lines is not None else None
+    if errors:
+        return None, errors
+
+    async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
+        async with conn.transaction():
+            # The key's lock first: what is read below cannot change before it is applied.
+            if not await db.lock_order(conn, sod):
+                raise Rejected([user_error(Code.NOT_FOUND, f"no order has SOD number {sod!r}", "sodNumber")])
+            row = await orders_db.order_by_sod_number(conn, sod)
+            if row is None:
+                raise Rejected([user_error(Code.NOT_FOUND, f"no order has SOD number {sod!r}", "sodNumber")])
+            if numbered is None:
+                lines = [tuple(r) for r in await db.current_lines(conn, row.id, row.created_at)]
+            else:
+                found: list[UserError] = []
+                items = await resolve_skus(conn, numbered, found)
+                if found:
+                    raise Rejected(found)
+                lines = [(n, items[line.sku.strip()], line.quantity, line.unit_price) for n, line in numbered]
+            await apply_one(
+                conn,
+                sod_number=sod,
+                created_at=row.created_at,
+                customer_id=row.customer_id,
+                status=change.status or row.status,
+                description=change.description if change.description is not None else row.description,
+                currency=row.currency,
+                lines=lines,
+                mode="upsert",
+                expected_updated_at=change.expected_updated_at,
+            )
+            return await order_payload(conn, info, sod)
+
+    return await _run(info, work)
+
+
+async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
+    """Run a mutation's work on the primary; Rejected becomes payload errors."""
+    try:
+        return await info.context.router.write(work), []
+    except Rejected as exc:
+        return None, exc.errors
+
+
+def to_customer(row: Any) -> Customer:
+    return Customer(id=strawberry.ID(global_id("Customer", row.id)), code=row.code, name=row.name, row_id=row.id)
+
+
+def to_stock_item(row: Any) -> StockItem:
+    return StockItem(id=strawberry.ID(global_id("StockItem", row.id)), sku=row.sku, name=row.name, on_hand=row.on_hand)
+
+
+async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | None, list[UserError]]:
+    code, name = code.strip(), name.strip()
+    errors: list[UserError] = []
+    if not CODE.fullmatch(code):
+        errors.append(user_error(Code.BAD_USER_INPUT, "code must be 1-40 of A-Z a-z 0-9 -", "code"))
+    if not 1 <= len(name) <= 200:
+        errors.append(user_error(Code.BAD_USER_INPUT, "name must be 1-200 characters", "name"))
+    if errors:
+        return None, errors
+
+    async def work(conn: AsyncConnection[Any]) -> Customer:
+        async with conn.transaction():
+            row, made = await db.create_customer(conn, code, name)
+            if not made and row.name != name:
+                message = f"customer {code} exists with the name {row.name!r}"
+                raise Rejected([user_error(Code.DUPLICATE_CONFLICT, message, "code")])
+            return to_customer(row)
+
+    return await _run(info, work)
+
+
+async def create_stock_item(info: Info, sku: str, name: str, on_hand: int) -> tuple[StockItem | None, list[UserError]]:
+    sku, name = sku.strip(), name.strip()
+    errors: list[UserError] = []
+    if not SKU.fullmatch(sku):
+        errors.append(user_error(Code.BAD_USER_INPUT, "sku must be 1-40 of A-Z a-z 0-9 . _ -", "sku"))
+    if not 1 <= len(name) <= 200:
+        errors.append(user_error(Code.BAD_USER_INPUT, "name must be 1-200 characters", "name"))
+    if not 0 <= on_hand <= 1_000_000_000:
+        errors.append(
+            user_error(Code.BAD_USER_INPUT, "onHand (the opening balance) must be 0 to 1,000,000,000", "onHand")
+        )
+    if errors:
+        return None, errors
+
+    async def work(conn: AsyncConnection[Any]) -> StockItem:
+        async with conn.transaction():
+            row, made, opening = await db.create_stock_item(conn, sku, name, on_hand)
+            if not made and (row.name != name or opening != on_hand):
+                message = f"stock item {sku} exists with the name {row.name!r} and opening balance {opening}"
+                raise Rejected([user_error(Code.DUPLICATE_CONFLICT, message, "sku")])
+            return to_stock_item(row)
+
+    return await _run(info, work)
+
+
+async def receive_stock(
+    info: Info, sku: str, quantity: int, reference: str
+) -> tuple[StockItem | None, list[UserError]]:
+    sku, reference = sku.strip(), reference.strip()
+    errors: list[UserError] = []
+    if not 1 <= quantity <= 1_000_000_000:
+        errors.append(user_error(Code.BAD_USER_INPUT, "quantity must be 1 to 1,000,000,000", "quantity"))
+    if not REFERENCE.fullmatch(reference):
+        errors.append(
+            user_error(Code.BAD_USER_INPUT, "reference must be 1-100 printable characters without spaces", "reference")
+        )
+    if errors:
+        return None, errors
+
+    async def work(conn: AsyncConnection[Any]) -> StockItem:
+        async with conn.transaction():
+            found = await db.stock_item_ids_by_sku(conn, [sku]) if SKU.fullmatch(sku) else {}
+            if sku not in found:
+                raise Rejected([user_error(Code.UNKNOWN_SKU, f"no stock item has SKU {sku[:40]!r}", "sku")])
+            _, earlier = await db.receive_stock(conn, found[sku], quantity, reference)
+            if earlier is not None and earlier != (found[sku], quantity):
+                message = f"reference {reference!r} was already used for another receipt (another item or quantity)"
+                raise Rejected([user_error(Code.DUPLICATE_CONFLICT, message, "reference")])
+            return to_stock_item(await db.stock_item(conn, found[sku]))
+
+    return await _run(info, work)
