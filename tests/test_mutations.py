@@ -307,10 +307,12 @@ async def test_malformed_scalars_are_bad_user_input(
 
 async def test_master_data_is_create_or_identical(client: httpx.AsyncClient, db: psycopg.Connection) -> None:
     customer = (
-        "mutation($i: CreateCustomerInput!) "
-        "{ createCustomer(input: $i) { customer { code name } errors { code } } }"
+        "mutation($i: CreateCustomerInput!) { createCustomer(input: $i) { customer { code name } errors { code } } }"
     )
-    item = "mutation($i: CreateStockItemInput!) { createStockItem(input: $i) { stockItem { sku onHand } errors { code } } }"
+    item = (
+        "mutation($i: CreateStockItemInput!) "
+        "{ createStockItem(input: $i) { stockItem { sku onHand } errors { code } } }"
+    )
     for _ in range(2):
         body = await gql(client, customer, {"i": {"code": "CUST-NEW", "name": "New Customer Ltd"}})
         assert body["data"]["createCustomer"] == {
