@@ -1,4 +1,4 @@
-"""Periodic maintenance actors: partitions ahead of time, reconciliation."""
+"""Periodic maintenance actors: partitions ahead of time, reconciliation, archive."""
 
 from __future__ import annotations
 
@@ -39,3 +39,19 @@ def reconcile_stats() -> None:
         report.on_hand_mismatches,
         report.negative_items,
     )
+
+
+@dramatiq.actor(
+    queue_name="maintenance", max_retries=5, min_backoff=60_000, max_backoff=3_600_000, time_limit=3_600_000
+)
+def archive_quarters() -> None:
+    """Move quarters older than the setting to the archive tables (DDL, so as the owner, directly).
+
+    Safe to run twice or after a crash at any step: each run finishes what the catalog
+    shows unfinished, under an advisory lock. A detach can wait for old transactions, so
+    the time limit is generous; one cut short is left "detach pending" and finalized next time.
+    """
+    from nexes.db.archive import archive
+
+    steps = archive(settings.admin_url, after_years=settings.archive_after_years)
+    log.info("archive: %d step(s) done", len(steps))

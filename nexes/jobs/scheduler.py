@@ -25,7 +25,11 @@ LOCK_TTL = 30.0
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Wait to become the leader, then run the schedule until SIGTERM/SIGINT or `stop`."""
-    from nexes.jobs.maintenance import maintain_partitions, reconcile_stats  # the broker is set up on import
+    from nexes.jobs.maintenance import (  # the broker is set up on import
+        archive_quarters,
+        maintain_partitions,
+        reconcile_stats,
+    )
 
     stop = stop or threading.Event()
     client = redis.Redis.from_url(settings.redis_url)
@@ -41,6 +45,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     scheduler.add_job(maintain_partitions.send, "cron", hour=3, minute=0, id="partitions")
     scheduler.add_job(maintain_partitions.send, "date", id="partitions-at-start")
     scheduler.add_job(reconcile_stats.send, "cron", hour=2, minute=30, id="reconcile")
+    scheduler.add_job(archive_quarters.send, "cron", hour=3, minute=30, id="archive")
 
     def keep_lead() -> None:
         if not lock.extend(LOCK_TTL, replace_ttl=True):
