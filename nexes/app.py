@@ -22,11 +22,16 @@ from nexes.settings import Settings
 
 class RequestContextMiddleware:
     """X-Request-ID in (when safe) or made, set for logs and SQL, echoed back with a
-    Server-Timing entry for the database work; bodies past the limit get 413."""
+    Server-Timing entry for the database work; bodies past the limit get 413.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    Uploads (POST /api/imports, multipart POST /graphql) stream into PostgreSQL and may
+    reach `upload_max_bytes` plus one ordinary body for their other fields; the upload
+    code enforces the exact per-file limit as it stores."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, upload_max_bytes: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_max_bytes = upload_max_bytes + max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,29 +59,31 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await self._too_large(send_with_headers, request_id)
+        headers = dict(scope["headers"])
+        limit = self.upload_max_bytes if _is_upload(scope, headers) else self.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(send_with_headers, request_id, limit)
             return
-        await self.app(scope, self._limited(receive), send_with_headers)
+        await self.app(scope, self._limited(receive, limit), send_with_headers)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def limited() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise NexesError(Code.PAYLOAD_TOO_LARGE, f"the request body is larger than {self.max_body_bytes} bytes")
+            if seen > limit:
+                raise NexesError(Code.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes")
             return message
 
         return limited
 
-    async def _too_large(self, send: Send, request_id: str) -> None:
+    async def _too_large(self, send: Send, request_id: str, limit: int) -> None:
         body = (
             b'{"errors":[{"message":"the request body is larger than '
-            + str(self.max_body_bytes).encode()
+            + str(limit).encode()
             + b' bytes","extensions":{"code":"'
             + Code.PAYLOAD_TOO_LARGE.value.encode()
             + b'","requestId":"'
@@ -91,6 +98,14 @@ class RequestContextMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _is_upload(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    if scope["method"] != "POST":
+        return False
+    if scope["path"] == "/api/imports":
+        return True
+    return scope["path"] == "/graphql" and headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -111,6 +126,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/graphql", endpoints.graphql, methods=["GET", "POST"]),
+            Route("/api/imports", endpoints.imports, methods=["POST"]),
             Route("/api/health", endpoints.health),
             Route("/api/health/live", endpoints.health_live),
         ],
@@ -120,7 +136,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.pools = pools
     app.state.router = Router(pools)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
+    )
     return app
 
 

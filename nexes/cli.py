@@ -10,13 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 
 from nexes import settings as settings_module
 
 log = logging.getLogger("nexes.cli")
+T = TypeVar("T")
 
 
 def _settings() -> settings_module.Settings:
@@ -93,6 +96,86 @@ def cmd_archive(args: argparse.Namespace) -> None:
     for step in steps:
         print(("would " if args.dry_run else "") + step)
     print(f"{len(steps)} step(s) {'planned' if args.dry_run else 'done'} for quarters older than {years} year(s)")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    """Store FILE in PostgreSQL as nexes_worker, enqueue it, print the job's id; --wait for the outcome."""
+    import asyncio
+
+    from nexes.errors import NexesError
+    from nexes.resolvers.ids import global_id
+
+    settings = _settings()
+    path = Path(args.file)
+    if not path.is_file():
+        sys.exit(f"nexes import: {args.file}: not a readable file")
+    if path.stat().st_size > settings.import_max_bytes:
+        sys.exit(f"nexes import: {args.file} is larger than NEXES_IMPORT_MAX_BYTES ({settings.import_max_bytes})")
+    try:
+        job_id = asyncio.run(_store_import(settings, path))
+    except NexesError as exc:
+        sys.exit(f"nexes import: {exc.message}")
+    print(global_id("ImportJob", job_id), flush=True)
+    if args.wait:
+        sys.exit(asyncio.run(_wait_import(settings, job_id, args.timeout)))
+
+
+async def _import_connection(settings: settings_module.Settings) -> psycopg.AsyncConnection[Any]:
+    from nexes.db.conninfo import for_role
+
+    conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-import")
+    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None)
+
+
+async def _store_import(settings: settings_module.Settings, path: Path) -> int:
+    from nexes.observability import new_request_id, request_id_var
+    from nexes.uploads import CHUNK_BYTES, UploadWriter, enqueue
+
+    request_id_var.set(new_request_id())  # travels with the job and its message
+    async with await _import_connection(settings) as conn:
+
+        async def run(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+            return await work(conn)
+
+        writer = UploadWriter(
+            run, filename=path.name, max_bytes=settings.import_max_bytes, retention_days=settings.import_retention_days
+        )
+        await writer.start()
+        try:
+            with path.open("rb") as file:
+                while block := file.read(CHUNK_BYTES):
+                    await writer.write(block)
+            upload = await writer.finish()
+        except BaseException:
+            await writer.abort()
+            raise
+    await enqueue(upload)
+    return upload.job_id
+
+
+async def _wait_import(settings: settings_module.Settings, job_id: int, timeout: float | None) -> int:
+    """Poll until the job is final: 0 SUCCEEDED, 1 PARTIAL/FAILED/CANCELLED, 2 timed out."""
+    import asyncio
+
+    from nexes.db import import_jobs
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    async with await _import_connection(settings) as conn:
+        while True:
+            job = await import_jobs.get_job(conn, job_id)
+            if job is None:
+                print("the job no longer exists", file=sys.stderr)
+                return 1
+            if job.status in import_jobs.FINAL_STATUSES:
+                print(
+                    f"{job.status}: {job.inserted} inserted, {job.updated} updated, {job.unchanged} unchanged, "
+                    f"{job.failed} row(s) failed" + (f"; {job.message}" if job.message else "")
+                )
+                return 0 if job.status == "SUCCEEDED" else 1
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"timed out: still {job.status} after {timeout}s, {job.processed_rows} row(s) processed")
+                return 2
+            await asyncio.sleep(0.5)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -221,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--after-years", type=int, default=None, help="default: NEXES_ARCHIVE_AFTER_YEARS; 0 = off")
     archive.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
     archive.set_defaults(func=cmd_archive)
+    imp = sub.add_parser("import", help="store a CSV/XLSX file and queue its import; prints the job id")
+    imp.add_argument("file")
+    imp.add_argument("--wait", action="store_true", help="wait for the outcome: exit 0 SUCCEEDED, 1 otherwise")
+    imp.add_argument("--timeout", type=float, default=None, help="with --wait: give up after S seconds (exit 2)")
+    imp.set_defaults(func=cmd_import)
     serve = sub.add_parser("serve", help="serve the API with uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)

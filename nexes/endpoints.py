@@ -1,4 +1,4 @@
-"""HTTP endpoints: GraphQL (POST JSON, GET for queries), health and liveness.
+"""HTTP endpoints: GraphQL (POST JSON, GET for queries, multipart uploads), imports, health.
 
 GraphQL over HTTP is handled here rather than by Strawberry's view: one orjson
 parse, one `schema.execute`, one orjson dump, and error formatting with the
@@ -16,16 +16,20 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 from graphql import GraphQLError
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 
+from nexes import multipart
 from nexes.context import Context
 from nexes.db import health as db_health
 from nexes.db.router import translate
 from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
 from nexes.observability import request_id_var
+from nexes.resolvers.ids import global_id
 from nexes.schema import execution
+from nexes.uploads import StoredUpload, UploadWriter, abort_all, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +85,13 @@ class GraphQLRequest:
 async def parse_request(request: Request) -> GraphQLRequest:
     """The GraphQL parameters of a POST (JSON) or GET request, validated; else NexesError."""
     if request.method == "GET":
-        params: dict[str, Any] = dict(request.query_params)
-        queries_only = True
-    else:
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            raise bad_input("send GraphQL as application/json (or GET for queries)")
-        params = _loads(await request.body(), "the body")
-        queries_only = False
+        return request_from_params(dict(request.query_params), queries_only=True)
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise bad_input("send GraphQL as application/json (or GET for queries)")
+    return request_from_params(_loads(await request.body(), "the body"), queries_only=False)
+
+
+def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
     if not isinstance(params, dict):
         raise bad_input("the request body must be a JSON object with a 'query'")
     query, variables, operation_name = params.get("query"), params.get("variables"), params.get("operationName")
@@ -113,10 +117,17 @@ async def graphql(request: Request) -> Response:
     app = request.app.state
     if request.method == "GET" and "query" not in request.query_params and app.settings.development:
         return HTMLResponse(get_graphql_ide_html(graphql_ide="graphiql"))
+    if request.method == "POST" and multipart.is_multipart(request.headers.get("content-type", "")):
+        return await graphql_multipart(request)
     try:
         gql = await parse_request(request)
     except NexesError as exc:
-        return _json({"errors": [error_payload(exc.code, exc.message)]}, HTTP_STATUS[exc.code])
+        return _error(exc)
+    return await _execute(request, gql)
+
+
+async def _execute(request: Request, gql: GraphQLRequest) -> Response:
+    app = request.app.state
     context = Context(
         request_id=request_id_var.get() or "", settings=app.settings, router=app.router, cursors=app.cursors
     )
@@ -137,6 +148,107 @@ async def graphql(request: Request) -> Response:
         if result.data is None:
             status = _request_status(payload["errors"])
     return _json(payload, status)
+
+
+def _error(exc: NexesError) -> Response:
+    extra = {"field": exc.field} if exc.field else {}
+    return _json({"errors": [error_payload(exc.code, exc.message, **extra)]}, HTTP_STATUS[exc.code])
+
+
+CSRF_HEADER = "x-nexes-csrf"
+
+
+def _csrf_error(request: Request) -> Response | None:
+    """Uploads need a non-simple header: a browser cannot send one cross-site without CORS."""
+    if request.headers.get(CSRF_HEADER, "").strip():
+        return None
+    message = "uploads need the header X-Nexes-CSRF (any non-empty value)"
+    return _json({"errors": [error_payload(Code.CSRF_HEADER_REQUIRED, message)]}, 400)
+
+
+def _writer_factory(request: Request) -> multipart.WriterFactory:
+    app = request.app.state
+
+    def new_writer(filename: str | None) -> UploadWriter:
+        return UploadWriter(
+            app.router.write,
+            filename=filename,
+            max_bytes=app.settings.import_max_bytes,
+            retention_days=app.settings.import_retention_days,
+        )
+
+    return new_writer
+
+
+async def graphql_multipart(request: Request) -> Response:
+    """The GraphQL multipart request spec: files stored as they stream, then the operation runs
+    with each file's `StoredUpload` in its variables; uploads it did not enqueue are deleted."""
+    refused = _csrf_error(request)
+    if refused is not None:
+        return refused
+    reader = multipart.GraphQLMultipartReader(
+        _writer_factory(request), max_field_bytes=request.app.state.settings.max_body_bytes
+    )
+    try:
+        await reader.read(request)
+        assert reader.operations is not None
+        gql = request_from_params(reader.operations, queries_only=False)
+    except NexesError as exc:
+        await abort_all(reader.writers)
+        return _error(exc)
+    except BaseException:
+        await abort_all(reader.writers)
+        raise
+    try:
+        return await _execute(request, gql)
+    finally:
+        await abort_all(reader.writers, keep_enqueued=True)
+
+
+async def imports(request: Request) -> Response:
+    """POST /api/imports: a multipart field `file`, or the raw body (filename from ?filename=
+    or Content-Disposition); stored, then enqueued. 202 with the job's id and status."""
+    refused = _csrf_error(request)
+    if refused is not None:
+        return refused
+    new_writer = _writer_factory(request)
+    content_type = request.headers.get("content-type", "")
+    writers: list[UploadWriter] = []
+    try:
+        if multipart.is_multipart(content_type):
+            reader = multipart.FileFieldReader(new_writer)
+            writers = reader.writers
+            await reader.read(request)
+            assert reader.upload is not None
+            upload = reader.upload
+        else:
+            writer = new_writer(_raw_filename(request))
+            writers.append(writer)
+            upload = await _store_body(request, writer)
+    except NexesError as exc:
+        await abort_all(writers)
+        return _error(exc)
+    except BaseException:
+        await abort_all(writers)
+        raise
+    await enqueue(upload)
+    return _json({"id": global_id("ImportJob", upload.job_id), "status": "QUEUED"}, 202)
+
+
+def _raw_filename(request: Request) -> str | None:
+    name = request.query_params.get("filename")
+    if name:
+        return name
+    _, options = parse_options_header(request.headers.get("content-disposition", ""))
+    raw = options.get(b"filename")
+    return raw.decode("utf-8", "replace") if raw else None
+
+
+async def _store_body(request: Request, writer: UploadWriter) -> StoredUpload:
+    await writer.start()
+    async for block in request.stream():
+        await writer.write(block)
+    return await writer.finish()
 
 
 async def health_live(request: Request) -> Response:

@@ -28,6 +28,10 @@ async def node(info: Info, id: strawberry.ID) -> Node | None:
         return await loaders.customer_by_id.load(key)
     if type_name == "StockItem":
         return await loaders.stock_item_by_id.load(key)
+    if type_name == "ImportJob":
+        from nexes.resolvers.imports import import_job_by_key
+
+        return await import_job_by_key(info, key)
     raise bad_input(f"id {id[:64]!r} is not the global id of a known type", field="id")
 
 

@@ -1,19 +1,135 @@
-"""Import jobs in GraphQL: importJob, importJobs, startImport, cancelImport (in progress)."""
+"""Import jobs in GraphQL: importJob, importJobs, startImport, cancelImport."""
 
 from __future__ import annotations
 
+import datetime as dt
+from enum import Enum
+from typing import Any
+
 import strawberry
+
+from nexes.context import Context
+from nexes.schema.connections import Edge, PageInfo
+from nexes.schema.payloads import UserError
+from nexes.schema.scalars import Upload
+from nexes.schema.types import Node
+
+Info = strawberry.Info[Context, Any]
+
+
+@strawberry.enum(
+    description="QUEUED → RUNNING → SUCCEEDED (every row landed), PARTIAL (some rows rejected), "
+    "FAILED (the file could not be read) or CANCELLED."
+)
+class ImportJobStatus(Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.type(description="A rejected row of an import file, with its raw text.")
+class ImportRowError:
+    row_no: int = strawberry.field(description="The row's number in the file; the header is row 1.")
+    sod_number: str | None
+    column: str | None
+    code: str
+    message: str
+    raw: str
+
+
+@strawberry.type
+class ImportErrorConnection:
+    edges: list[Edge[ImportRowError]]
+    page_info: PageInfo
+
+
+@strawberry.type(description="An uploaded CSV/XLSX file and its import into service orders.")
+class ImportJob(Node):
+    id: strawberry.ID
+    status: ImportJobStatus
+    filename: str | None
+    size_bytes: float = strawberry.field(description="Bytes uploaded (a Float: GraphQL's Int has 32 bits).")
+    sha256: str | None = strawberry.field(description="SHA-256 of the uploaded bytes, in hex.")
+    processed_rows: int
+    total_rows: int | None = strawberry.field(description="Known once the file has been read through.")
+    inserted: int = strawberry.field(description="Orders created.")
+    updated: int = strawberry.field(description="Orders changed to match the file.")
+    unchanged: int = strawberry.field(description="Orders already identical to the file.")
+    failed: int = strawberry.field(description="Rows rejected; see errors.")
+    message: str | None
+    request_id: str | None = strawberry.field(description="The request id of the upload, for the logs.")
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    lsn: str | None = strawberry.field(
+        description="Once finished: the primary's WAL position; send it as X-Nexes-Min-LSN to read the result."
+    )
+    row_id: strawberry.Private[int]
+
+    @strawberry.field(description="Rejected rows in file order. Default 20 per page.")
+    async def errors(self, info: Info, first: int | None = None, after: str | None = None) -> ImportErrorConnection:
+        from nexes.resolvers import imports
+
+        return await imports.import_errors(info, self.row_id, first, after)
+
+
+@strawberry.type
+class ImportJobConnection:
+    edges: list[Edge[ImportJob]]
+    page_info: PageInfo
+
+
+@strawberry.type
+class StartImportPayload:
+    import_job: ImportJob | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class CancelImportPayload:
+    import_job: ImportJob | None
+    errors: list[UserError]
 
 
 @strawberry.type
 class ImportQuery:
-    @strawberry.field(description="Placeholder until import jobs land.")
-    def import_jobs_ready(self) -> bool:
-        return False
+    @strawberry.field(description="One import job by its global id (read from the primary: progress is fresh).")
+    async def import_job(self, info: Info, id: strawberry.ID) -> ImportJob | None:
+        from nexes.resolvers import imports
+
+        return await imports.import_job(info, id)
+
+    @strawberry.field(description="Import jobs, newest first, optionally of one status. Default 20 per page.")
+    async def import_jobs(
+        self,
+        info: Info,
+        status: ImportJobStatus | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> ImportJobConnection:
+        from nexes.resolvers import imports
+
+        return await imports.import_jobs(info, status.value if status else None, first, after)
 
 
 @strawberry.type
 class ImportMutation:
-    @strawberry.mutation(description="Placeholder until import jobs land.")
-    def import_ping(self) -> bool:
-        return False
+    @strawberry.mutation(
+        description="Import an uploaded CSV or XLSX file (a multipart request with the header X-Nexes-CSRF); "
+        "the job is queued for the workers."
+    )
+    async def start_import(self, info: Info, file: Upload) -> StartImportPayload:
+        from nexes.resolvers import imports
+
+        return await imports.start_import(info, file)
+
+    @strawberry.mutation(
+        description="Cancel a QUEUED job at once, or ask a RUNNING one to stop after its current chunk."
+    )
+    async def cancel_import(self, info: Info, id: strawberry.ID) -> CancelImportPayload:
+        from nexes.resolvers import imports
+
+        return await imports.cancel_import(info, id)

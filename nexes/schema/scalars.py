@@ -1,12 +1,15 @@
-"""Scalars: DateTime always with microseconds and an offset, Decimal as a fixed-point string."""
+"""Scalars: DateTime always with microseconds and an offset, Decimal as a fixed-point string,
+Upload for the GraphQL multipart request spec."""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NewType
 
 import strawberry
+
+from nexes.uploads import StoredUpload
 
 
 def serialize_datetime(value: dt.datetime) -> str:
@@ -50,6 +53,23 @@ def parse_date(value: Any) -> dt.date:
         raise ValueError(f"Date {value[:64]!r} is not an ISO-8601 date (YYYY-MM-DD)") from None
 
 
+# The value of an Upload argument: the file, already stored and finalized by the endpoint.
+Upload = NewType("Upload", StoredUpload)
+
+
+def parse_upload(value: Any) -> Upload:
+    if not isinstance(value, StoredUpload):
+        raise ValueError(
+            "Upload values come only from the files of a multipart request (graphql-multipart-request-spec): "
+            "send the file as a part, named in 'map', with null in its place in 'variables'"
+        )
+    return Upload(value)
+
+
+def serialize_upload(value: Any) -> Any:
+    raise ValueError("Upload is an input-only scalar")
+
+
 # Overrides of Strawberry's built-in DateTime, Decimal and Date (StrawberryConfig.scalar_map).
 SCALAR_MAP: dict[object, Any] = {
     dt.datetime: strawberry.scalar(
@@ -69,5 +89,11 @@ SCALAR_MAP: dict[object, Any] = {
         description="An ISO-8601 calendar date, e.g. 2025-01-31 (UTC days).",
         serialize=dt.date.isoformat,
         parse_value=parse_date,
+    ),
+    Upload: strawberry.scalar(
+        name="Upload",
+        description="A file sent as a part of a multipart request (graphql-multipart-request-spec).",
+        serialize=serialize_upload,
+        parse_value=parse_upload,
     ),
 }

@@ -1,0 +1,137 @@
+"""Import jobs: reads on the primary (progress must be fresh), start and cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from psycopg import AsyncConnection
+
+from nexes.context import Context
+from nexes.db import import_jobs as db
+from nexes.db.import_jobs import FINAL_STATUSES, ImportErrorRow, ImportJobRow
+from nexes.errors import Code, NexesError
+from nexes.resolvers.ids import global_id, parse_global_id
+from nexes.resolvers.pagination import PageArgs, build_page, page_request
+from nexes.schema.imports import (
+    CancelImportPayload,
+    ImportErrorConnection,
+    ImportJob,
+    ImportJobConnection,
+    ImportJobStatus,
+    ImportRowError,
+    StartImportPayload,
+)
+from nexes.schema.payloads import UserError, user_error
+from nexes.uploads import StoredUpload, enqueue
+
+Info = strawberry.Info[Context, Any]
+JOBS_ORDER = "IMPORT_JOBS_ID_DESC"
+ERRORS_ORDER = "IMPORT_ERRORS_ROW_NO"
+
+
+def to_import_job(row: ImportJobRow) -> ImportJob:
+    final = row.status in FINAL_STATUSES
+    return ImportJob(
+        id=strawberry.ID(global_id("ImportJob", row.id)),
+        status=ImportJobStatus(row.status),
+        filename=row.filename,
+        size_bytes=float(row.size_bytes),
+        sha256=row.sha256,
+        processed_rows=row.processed_rows,
+        total_rows=row.total_rows,
+        inserted=row.inserted,
+        updated=row.updated,
+        unchanged=row.unchanged,
+        failed=row.failed,
+        message=row.message,
+        request_id=row.request_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        lsn=row.lsn if final else None,
+        row_id=row.id,
+    )
+
+
+def to_row_error(row: ImportErrorRow) -> ImportRowError:
+    return ImportRowError(
+        row_no=row.row_no,
+        sod_number=row.sod_number,
+        column=row.column_name,
+        code=row.code,
+        message=row.message,
+        raw=row.raw,
+    )
+
+
+async def import_job_by_key(info: Info, key: int) -> ImportJob | None:
+    row = await info.context.router.read(lambda conn: db.get_job(conn, key), fresh=True)
+    return to_import_job(row) if row is not None else None
+
+
+async def import_job(info: Info, id: strawberry.ID) -> ImportJob | None:
+    return await import_job_by_key(info, parse_global_id(id, "ImportJob"))
+
+
+async def import_jobs(info: Info, status: str | None, first: int | None, after: str | None) -> ImportJobConnection:
+    ctx = info.context
+    request = page_request(PageArgs(first, after), max_size=ctx.settings.max_page_size)
+    after_id = ctx.cursors.decode(request.cursor, JOBS_ORDER, str).id if request.cursor is not None else None
+
+    async def work(conn: AsyncConnection[Any]) -> list[ImportJobRow]:
+        return await db.jobs_page(conn, status=status, after_id=after_id, limit=request.limit + 1)
+
+    rows = await ctx.router.read(work, fresh=True) if request.limit else []
+    edges, page_info = build_page(
+        rows, request, node=to_import_job, cursor=lambda r: ctx.cursors.encode(JOBS_ORDER, "", r.id)
+    )
+    return ImportJobConnection(edges=edges, page_info=page_info)
+
+
+async def import_errors(info: Info, job_id: int, first: int | None, after: str | None) -> ImportErrorConnection:
+    ctx = info.context
+    request = page_request(PageArgs(first, after), max_size=ctx.settings.max_page_size)
+    keyset = None
+    if request.cursor is not None:
+        position = ctx.cursors.decode(request.cursor, ERRORS_ORDER, str)
+        if not position.value.isdigit():
+            raise NexesError(Code.BAD_CURSOR, "the cursor's position is malformed; take one from a page")
+        keyset = (int(position.value), position.id)
+
+    async def work(conn: AsyncConnection[Any]) -> list[ImportErrorRow]:
+        return await db.errors_page(conn, job_id, after=keyset, limit=request.limit + 1)
+
+    rows = await ctx.router.read(work, fresh=True) if request.limit else []
+    edges, page_info = build_page(
+        rows, request, node=to_row_error, cursor=lambda r: ctx.cursors.encode(ERRORS_ORDER, str(r.row_no), r.id)
+    )
+    return ImportErrorConnection(edges=edges, page_info=page_info)
+
+
+async def start_import(info: Info, upload: StoredUpload) -> StartImportPayload:
+    """The upload is stored and QUEUED already: enqueue it (once, even if named twice)."""
+    await enqueue(upload)
+    return StartImportPayload(import_job=await import_job_by_key(info, upload.job_id), errors=[])
+
+
+async def cancel_import(info: Info, id: strawberry.ID) -> CancelImportPayload:
+    try:
+        key = parse_global_id(id, "ImportJob")
+    except NexesError as exc:
+        return CancelImportPayload(import_job=None, errors=[user_error(exc)])
+
+    async def work(conn: AsyncConnection[Any]) -> tuple[bool, ImportJobRow | None]:
+        cancelled = await db.cancel(conn, key)
+        return cancelled, await db.get_job(conn, key)
+
+    cancelled, row = await info.context.router.write(work)
+    if row is None:
+        error = UserError(code=Code.NOT_FOUND.value, field="id", message="no import job has this id")
+        return CancelImportPayload(import_job=None, errors=[error])
+    job = to_import_job(row)
+    if cancelled:
+        return CancelImportPayload(import_job=job, errors=[])
+    message = f"the import job is already {job.status.value}; only QUEUED or RUNNING jobs can be cancelled"
+    error = UserError(code=Code.INVALID_TRANSITION.value, field="id", message=message)
+    return CancelImportPayload(import_job=job, errors=[error])
