@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from graphql import GraphQLError
 from python_multipart.multipart import parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 
@@ -193,9 +193,9 @@ async def graphql_multipart(request: Request) -> Response:
         await reader.read(request)
         assert reader.operations is not None
         gql = request_from_params(reader.operations, queries_only=False)
-    except NexesError as exc:
+    except (NexesError, ClientDisconnect) as exc:
         await abort_all(reader.writers)
-        return _error(exc)
+        return _upload_failed(exc)
     except BaseException:
         await abort_all(reader.writers)
         raise
@@ -225,14 +225,21 @@ async def imports(request: Request) -> Response:
             writer = new_writer(_raw_filename(request))
             writers.append(writer)
             upload = await _store_body(request, writer)
-    except NexesError as exc:
+    except (NexesError, ClientDisconnect) as exc:
         await abort_all(writers)
-        return _error(exc)
+        return _upload_failed(exc)
     except BaseException:
         await abort_all(writers)
         raise
     await enqueue(upload)
     return _json({"id": global_id("ImportJob", upload.job_id), "status": "QUEUED"}, 202)
+
+
+def _upload_failed(exc: NexesError | ClientDisconnect) -> Response:
+    if isinstance(exc, NexesError):
+        return _error(exc)
+    log.info("the client went away mid-upload; what was stored is deleted")
+    return _error(bad_input("the client disconnected before the upload was complete"))
 
 
 def _raw_filename(request: Request) -> str | None:

@@ -1,8 +1,9 @@
 """Uploads stored in PostgreSQL while they stream: the API's and the CLI's one way to store a file.
 
-Bytes are buffered only up to one chunk (1 MiB), so a 1 GiB upload keeps the process's
-memory flat; each chunk is its own short autocommit statement, and the next block of the
-body is read only once the chunk before it is stored (backpressure on the client).
+Bytes are buffered only up to one chunk (1 MiB) plus the one being stored, so a 1 GiB
+upload keeps the process's memory flat. Each chunk is its own short autocommit statement,
+stored while the next one is read; reading waits when a chunk is still being stored, so a
+fast client is held back by the database (backpressure), never buffered.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class UploadWriter:
         self._seq = 0
         self._size = 0
         self._hash = hashlib.sha256()
+        self._inflight: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Create the UPLOADING job, tagged with the request id and trace context."""
@@ -81,7 +83,7 @@ class UploadWriter:
         )
 
     async def write(self, data: bytes) -> None:
-        """Take the next bytes; every full chunk is stored before this returns."""
+        """Take the next bytes; returns once every full chunk but the last is stored."""
         self._size += len(data)
         if self._size > self._max_bytes:
             raise too_large(self._max_bytes)
@@ -93,15 +95,25 @@ class UploadWriter:
             await self._store(chunk)
 
     async def _store(self, chunk: bytes) -> None:
+        """Store `chunk` in the background while the next one is read; at most one in flight."""
+        await self._drain()
         job_id, seq = self._require_job(), self._seq
-        await self._run(lambda conn: import_jobs.append_chunk(conn, job_id, seq, chunk))
         self._seq += 1
+        self._inflight = asyncio.ensure_future(
+            self._run(lambda conn: import_jobs.append_chunk(conn, job_id, seq, chunk))
+        )
+
+    async def _drain(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
 
     async def finish(self) -> StoredUpload:
         """Store the last chunk and mark the job QUEUED (not yet enqueued)."""
         if self._buffer:
             await self._store(bytes(self._buffer))
             self._buffer.clear()
+        await self._drain()
         job_id, size, digest = self._require_job(), self._size, self._hash.hexdigest()
         row = await self._run(
             lambda conn: import_jobs.finalize(
@@ -116,6 +128,9 @@ class UploadWriter:
     async def abort(self) -> None:
         """Delete what was stored; safe to call twice, and after `finish` for an unused upload."""
         self._buffer.clear()
+        task, self._inflight = self._inflight, None
+        if task is not None:  # let the one insert in flight end (its outcome no longer matters)
+            await asyncio.gather(task, return_exceptions=True)
         job_id, self.job_id = self.job_id, None
         if job_id is not None:
             await self._run(lambda conn: import_jobs.abort(conn, job_id))
