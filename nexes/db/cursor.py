@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from psycopg import AsyncCopy, AsyncCursor, sql
+from psycopg import AsyncCopy, AsyncCursor, Cursor, sql
 from psycopg.abc import Params, Query
 from psycopg.rows import Row
 
@@ -51,4 +51,14 @@ class TaggedCursor(AsyncCursor[Row]):
         return super().copy(tagged(statement), params, **kwargs)
 
 
-__all__ = ["AsyncCopy", "TaggedCursor", "tagged"]
+class SyncTaggedCursor(Cursor[Row]):
+    """The same tag for the workers' blocking connections (request id of the job)."""
+
+    def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
+        return super().execute(tagged(query), params, **kwargs)
+
+    def copy(self, statement: Query, params: Params | None = None, **kwargs: Any) -> Any:
+        return super().copy(tagged(statement), params, **kwargs)
+
+
+__all__ = ["AsyncCopy", "SyncTaggedCursor", "TaggedCursor", "tagged"]

@@ -21,7 +21,8 @@ How exactly-once holds, whatever is retried:
 
 Lookups of existing orders join the partitioned tables on (id, created_at): nested
 loops with run-time partition pruning. Hash joins would scan every partition, so they
-are switched off (SET LOCAL) for these statements.
+are switched off (SET LOCAL) around those statements only (NESTED_ON / NESTED_OFF);
+joins between the small temp tables keep their hash joins.
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ ALLOWED_TRANSITIONS = (
 )
 _TRANSITIONS_SQL = ", ".join(f"('{a}', '{b}')" for a, b in ALLOWED_TRANSITIONS)
 
+NESTED_ON: LiteralString = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+NESTED_OFF: LiteralString = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
+
 APPLY: list[LiteralString] = [
-    "SET LOCAL enable_hashjoin = off",
-    "SET LOCAL enable_mergejoin = off",
     "ANALYZE stage_order",
     "ANALYZE stage_line",
     # Orders whose created_at no live partition holds are refused before any key is made.
@@ -97,6 +99,7 @@ APPLY: list[LiteralString] = [
     SELECT * FROM k
     """,
     "ANALYZE w_key",
+    NESTED_ON,
     """
     CREATE TEMP TABLE w_order ON COMMIT DROP AS
     SELECT s.sod_number, k.id, k.inserted, k.revision,
@@ -113,8 +116,10 @@ APPLY: list[LiteralString] = [
     JOIN w_key AS k USING (sod_number)
     LEFT JOIN service_order AS o ON NOT k.inserted AND o.id = k.id AND o.created_at = k.created_at
     """,
+    NESTED_OFF,
     "ANALYZE w_order",
     # The existing lines of the existing orders, to compare and to correct.
+    NESTED_ON,
     """
     CREATE TEMP TABLE w_old_line ON COMMIT DROP AS
     SELECT w.sod_number, l.line_no, l.stock_item_id, l.quantity, l.unit_price
@@ -122,6 +127,7 @@ APPLY: list[LiteralString] = [
     JOIN service_order_line AS l ON l.order_id = w.id AND l.created_at = w.key_created_at
     WHERE w.live
     """,
+    NESTED_OFF,
     """
     UPDATE w_order SET outcome = 'rejected', code = 'BAD_USER_INPUT', field = 'createdAt',
            message = 'created_at differs from the existing order''s ('
@@ -191,6 +197,7 @@ APPLY: list[LiteralString] = [
     WHERE w.outcome = 'inserted'
     ORDER BY w.created_at
     """,
+    NESTED_ON,
     """
     UPDATE service_order AS o
     SET customer_id = w.customer_id, status = w.status, description = w.description, currency = w.currency,
@@ -198,12 +205,15 @@ APPLY: list[LiteralString] = [
     FROM w_order AS w
     WHERE w.outcome = 'updated' AND o.id = w.id AND o.created_at = w.created_at
     """,
+    NESTED_OFF,
+    NESTED_ON,
     """
     DELETE FROM service_order_line AS l
     USING w_order AS w
     WHERE w.outcome = 'updated' AND l.order_id = w.id AND l.created_at = w.created_at
       AND NOT EXISTS (SELECT 1 FROM stage_line AS s WHERE s.sod_number = w.sod_number AND s.line_no = l.line_no)
     """,
+    NESTED_OFF,
     """
     INSERT INTO service_order_line AS t (order_id, created_at, line_no, stock_item_id, quantity, unit_price)
     SELECT w.id, w.created_at, l.line_no, l.stock_item_id, l.quantity, l.unit_price
@@ -216,6 +226,7 @@ APPLY: list[LiteralString] = [
     """,
     # Stock: per (order, line, item), target minus what its movements already sum to.
     # New orders have no movements yet (their key was made in this transaction).
+    NESTED_ON,
     """
     CREATE TEMP TABLE w_move ON COMMIT DROP AS
     SELECT sod_number, line_no, stock_item_id,
@@ -233,6 +244,7 @@ APPLY: list[LiteralString] = [
     GROUP BY 1, 2, 3
     HAVING sum(target) <> sum(current)
     """,
+    NESTED_OFF,
     """
     CREATE TEMP TABLE w_item ON COMMIT DROP AS
     WITH ins AS (
@@ -270,8 +282,6 @@ APPLY: list[LiteralString] = [
     ON CONFLICT (day, status, currency) DO UPDATE
     SET order_count = d.order_count + excluded.order_count, total_amount = d.total_amount + excluded.total_amount
     """,
-    "SET LOCAL enable_hashjoin = on",
-    "SET LOCAL enable_mergejoin = on",
 ]
 
 # The live quarters' bounds, parsed from the partition definitions of service_order.

@@ -1,0 +1,222 @@
+"""The SQL of an import job's two phases, each chunk one transaction with its checkpoint.
+
+Stage: parsed rows are COPied into `import_row` (unlogged, re-derivable from the
+stored upload) together with `staged_rows`, the checkpoint.
+Apply: whole orders, a chunk of SOD numbers at a time in SOD order, are checked as
+sets (rows with their own errors, unknown customers and SKUs, conflicting duplicates
+of one SOD number in the file), the good ones are staged into `order_write` and
+applied, every rejected order's rows are written to `import_error`, and the counts
+and `applied_through` (the checkpoint) move in the same transaction.
+
+Every job update is fenced by the lease: `WHERE lease_owner = %(owner)s`. A worker
+that lost its lease (it stalled, and another took the job over) updates no row, and
+its chunk is rolled back instead of committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, LiteralString
+
+import psycopg
+
+from nexes.db import order_write
+
+
+class LeaseLost(RuntimeError):
+    """Another worker owns the job now; this one must stop without committing."""
+
+
+CLAIM = """
+UPDATE import_job
+SET status = 'RUNNING', lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = attempts + 1, started_at = coalesce(started_at, now())
+WHERE id = %(job)s AND status IN ('QUEUED', 'RUNNING') AND NOT cancel_requested
+  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %(owner)s)
+RETURNING phase, staged_rows, applied_through, request_id, trace_context ->> 'traceparent', format
+"""
+
+RENEW = """
+UPDATE import_job SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = %(job)s AND lease_owner = %(owner)s AND status = 'RUNNING'
+RETURNING cancel_requested
+"""
+
+STAGED_COUNT = "SELECT count(*) FROM import_row WHERE job_id = %(job)s"
+RESET_STAGE = """
+WITH gone AS (DELETE FROM import_row WHERE job_id = %(job)s)
+UPDATE import_job SET staged_rows = 0 WHERE id = %(job)s AND lease_owner = %(owner)s
+"""
+
+COPY_ROWS: LiteralString = (
+    "COPY import_row (job_id, row_no, sod_number, created_at, customer_code, status, description, currency, "
+    "line_no, sku, quantity, unit_price, errors, raw) FROM STDIN"
+)
+
+STAGED = """
+UPDATE import_job SET staged_rows = staged_rows + %(n)s, format = %(format)s,
+       lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = %(job)s AND lease_owner = %(owner)s AND staged_rows = %(before)s
+"""
+
+STAGE_DONE = """
+UPDATE import_job SET phase = 'apply', total_rows = staged_rows
+WHERE id = %(job)s AND lease_owner = %(owner)s
+"""
+
+# Rows without a usable SOD number belong to no order: reported once, before the chunks.
+ORPHANS = """
+WITH orphan AS (
+    SELECT r.row_no, e.value AS e, r.raw
+    FROM import_row AS r, jsonb_array_elements(coalesce(r.errors, '[]')) AS e
+    WHERE r.job_id = %(job)s AND r.sod_number IS NULL
+), written AS (
+    INSERT INTO import_error (job_id, row_no, sod_number, column_name, code, message, raw)
+    SELECT %(job)s, row_no, NULL, e ->> 'column', e ->> 'code', e ->> 'message', raw FROM orphan ORDER BY row_no
+)
+UPDATE import_job
+SET applied_through = '',
+    failed = failed + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL),
+    processed_rows = processed_rows + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL)
+WHERE id = %(job)s AND lease_owner = %(owner)s AND applied_through IS NULL
+"""
+
+# The last SOD number of the next chunk (NULL when none is left).
+NEXT_UPTO = """
+SELECT max(sod_number) FROM (
+    SELECT DISTINCT sod_number FROM import_row
+    WHERE job_id = %(job)s AND sod_number > %(after)s
+    ORDER BY sod_number LIMIT %(orders)s
+) AS chunk
+"""
+
+CHUNK: list[LiteralString] = [
+    """
+    CREATE TEMP TABLE c_row ON COMMIT DROP AS
+    SELECT r.row_no, r.sod_number, r.created_at, r.customer_code, r.status, r.description, r.currency,
+           r.line_no, r.sku, r.quantity, r.unit_price, r.errors, r.raw,
+           c.id AS customer_id, s.id AS stock_item_id
+    FROM import_row AS r
+    LEFT JOIN customer AS c ON c.code = r.customer_code
+    LEFT JOIN stock_item AS s ON s.sku = r.sku
+    WHERE r.job_id = %(job)s AND r.sod_number > %(after)s AND r.sod_number <= %(upto)s
+    """,
+    "ANALYZE c_row",
+    """
+    CREATE TEMP TABLE c_err ON COMMIT DROP AS
+    SELECT r.row_no, r.sod_number, e.value ->> 'column' AS column_name, e.value ->> 'code' AS code,
+           e.value ->> 'message' AS message, r.raw
+    FROM c_row AS r, jsonb_array_elements(r.errors) AS e
+    WHERE r.errors IS NOT NULL
+    """,
+    """
+    INSERT INTO c_err
+    SELECT row_no, sod_number, 'customer_code', 'UNKNOWN_CUSTOMER', 'no customer has code ' || customer_code, raw
+    FROM c_row WHERE customer_code IS NOT NULL AND customer_id IS NULL
+    """,
+    """
+    INSERT INTO c_err
+    SELECT row_no, sod_number, 'sku', 'UNKNOWN_SKU', 'no stock item has SKU ' || sku, raw
+    FROM c_row WHERE sku IS NOT NULL AND stock_item_id IS NULL
+    """,
+    # One SOD number, different order fields or different versions of one line: which
+    # one the operator meant is unknowable, so the whole SOD number is rejected.
+    """
+    INSERT INTO c_err
+    SELECT r.row_no, r.sod_number, NULL, 'DUPLICATE_CONFLICT',
+           'SOD number ' || r.sod_number || ' appears more than once in this file with different '
+           || 'order fields or different versions of a line; keep one version', r.raw
+    FROM c_row AS r
+    WHERE r.sod_number IN (
+        SELECT sod_number FROM c_row WHERE errors IS NULL GROUP BY sod_number
+        HAVING count(DISTINCT (created_at, customer_code, status, description, currency)) > 1
+        UNION
+        SELECT sod_number FROM c_row WHERE errors IS NULL GROUP BY sod_number, line_no
+        HAVING count(DISTINCT (sku, quantity, unit_price)) > 1)
+      AND NOT EXISTS (SELECT 1 FROM c_err AS e WHERE e.row_no = r.row_no)
+    """,
+    # The order is the unit: every other row of a rejected order is reported too.
+    """
+    INSERT INTO c_err
+    SELECT r.row_no, r.sod_number, NULL, 'ORDER_REJECTED',
+           'order ' || r.sod_number || ' is rejected with its row ' || b.first_row || ' (' || b.first_code || ')',
+           r.raw
+    FROM c_row AS r
+    JOIN (SELECT sod_number, min(row_no) AS first_row, (array_agg(code ORDER BY row_no))[1] AS first_code
+          FROM c_err GROUP BY sod_number) AS b USING (sod_number)
+    WHERE NOT EXISTS (SELECT 1 FROM c_err AS e WHERE e.row_no = r.row_no)
+    """,
+    order_write.STAGE_SCRIPT,
+    """
+    INSERT INTO stage_order
+        (sod_number, created_at, created_at_given, customer_id, status, description, currency, mode)
+    SELECT DISTINCT ON (sod_number) sod_number, created_at, true, customer_id, status, description, currency, 'upsert'
+    FROM c_row AS r
+    WHERE NOT EXISTS (SELECT 1 FROM c_err AS e WHERE e.sod_number = r.sod_number)
+    ORDER BY sod_number, row_no
+    """,
+    """
+    INSERT INTO stage_line (sod_number, line_no, stock_item_id, quantity, unit_price)
+    SELECT DISTINCT ON (sod_number, line_no) sod_number, line_no, stock_item_id, quantity, unit_price
+    FROM c_row AS r
+    WHERE NOT EXISTS (SELECT 1 FROM c_err AS e WHERE e.sod_number = r.sod_number)
+    ORDER BY sod_number, line_no, row_no
+    """,
+]
+
+# After order_write.APPLY: what the database refused, reported on every row of the order.
+CHUNK_RESULTS: list[LiteralString] = [
+    """
+    INSERT INTO c_err
+    SELECT r.row_no, r.sod_number,
+           CASE x.field WHEN 'createdAt' THEN 'created_at' WHEN 'status' THEN 'status'
+                        WHEN 'sodNumber' THEN 'sod_number' END,
+           x.code, x.message, r.raw
+    FROM (SELECT sod_number, field, code, message FROM w_order WHERE outcome = 'rejected'
+          UNION ALL
+          SELECT sod_number, field, code, message FROM w_reject) AS x
+    JOIN c_row AS r USING (sod_number)
+    """,
+    """
+    INSERT INTO import_error (job_id, row_no, sod_number, column_name, code, message, raw)
+    SELECT %(job)s, row_no, sod_number, column_name, code, message, raw FROM c_err ORDER BY row_no
+    """,
+]
+
+CHECKPOINT = """
+UPDATE import_job
+SET inserted = inserted + (SELECT count(*) FROM w_order WHERE outcome = 'inserted'),
+    updated = updated + (SELECT count(*) FROM w_order WHERE outcome = 'updated'),
+    unchanged = unchanged + (SELECT count(*) FROM w_order WHERE outcome = 'unchanged'),
+    failed = failed + (SELECT count(DISTINCT sod_number) FROM c_err),
+    processed_rows = processed_rows + (SELECT count(*) FROM c_row),
+    applied_through = %(upto)s,
+    lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = %(job)s AND lease_owner = %(owner)s AND applied_through = %(after)s
+RETURNING cancel_requested
+"""
+
+FINISH = """
+UPDATE import_job
+SET status = (CASE WHEN %(status)s::text IS NOT NULL THEN %(status)s::text
+                   WHEN failed > 0 THEN 'PARTIAL' ELSE 'SUCCEEDED' END)::import_status,
+    phase = 'done', message = %(message)s, finished_at = now(), lease_owner = NULL, lease_until = NULL,
+    lsn = pg_current_wal_lsn(), expires_at = now() + make_interval(days => %(retention)s)
+WHERE id = %(job)s AND lease_owner = %(owner)s
+RETURNING status::text
+"""
+
+DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
+
+
+def run_chunk(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
+    """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
+    transaction and move the checkpoint; returns whether a cancel was requested."""
+    for statement in CHUNK:
+        conn.execute(statement, params if "%(" in statement else None)
+    order_write.apply(conn)
+    for statement in CHUNK_RESULTS:
+        conn.execute(statement, params if "%(" in statement else None)
+    row = conn.execute(CHECKPOINT, params).fetchone()
+    if row is None:
+        raise LeaseLost(f"import job {params['job']}: lease lost; chunk not committed")
+    return bool(row[0])

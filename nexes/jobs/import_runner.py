@@ -1,0 +1,214 @@
+"""Running one import job: lease, stage (parse + COPY), apply (set-based, per chunk), finish.
+
+At least once, exactly-once effects: the actor may run a job twice, concurrently or
+after a crash. The lease makes one worker the executor; every chunk commits with its
+checkpoint and is fenced by the lease; re-applying an order is a no-op (order_write).
+A heartbeat thread keeps the lease while the worker lives; a SIGKILLed worker's lease
+runs out and the scheduler's sweep (`sweep_stuck_imports`) sends the job again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from nexes.db import import_apply as sql
+from nexes.db.conninfo import for_role
+from nexes.db.cursor import SyncTaggedCursor
+from nexes.db.import_jobs import upload_chunks
+from nexes.jobs import importfile
+from nexes.observability import request_id_var, traceparent_var
+from nexes.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE_BATCH = 20_000  # rows per staging transaction (one checkpoint each)
+
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def worker_pool(settings: Settings) -> ConnectionPool:
+    """The worker process's pool: nexes_worker on the primary, through PgBouncer."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ConnectionPool(
+                for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-worker"),
+                min_size=1,
+                max_size=max(2, settings.worker_pool_size),
+                timeout=30,
+                name="worker-primary",
+                kwargs={"prepare_threshold": None, "autocommit": True, "cursor_factory": SyncTaggedCursor},
+                open=True,
+            )
+        return _pool
+
+
+class Cancelled(Exception):
+    pass
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every third of its length while the job runs."""
+
+    def __init__(self, pool: ConnectionPool, params: dict[str, Any], every: float) -> None:
+        super().__init__(name=f"import-{params['job']}-lease", daemon=True)
+        self.pool, self.params, self.every = pool, params, every
+        self.stop = threading.Event()
+        self.lost = threading.Event()
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                with self.pool.connection() as conn:
+                    row = conn.execute(sql.RENEW, self.params).fetchone()
+            except psycopg.Error as exc:
+                log.warning("import %s: lease renewal failed (%s); retrying", self.params["job"], exc)
+                continue
+            if row is None:
+                self.lost.set()
+                return
+            if row[0]:
+                self.cancel.set()
+
+
+def run(job_id: int, settings: Settings, *, request_id: str | None = None, traceparent: str | None = None) -> str:
+    """Run or resume job `job_id`; returns what happened (for logs and tests)."""
+    pool = worker_pool(settings)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    params: dict[str, Any] = {"job": job_id, "owner": owner, "lease": settings.import_lease_seconds}
+    with pool.connection() as conn:
+        claimed = conn.execute(sql.CLAIM, params).fetchone()
+    if claimed is None:
+        log.info("import %d: not claimable (finished, cancelled, or leased by another worker)", job_id)
+        return "skipped"
+    phase, staged_rows, applied_through, job_request_id, job_traceparent, _ = claimed
+    request_id_var.set(request_id or job_request_id)
+    traceparent_var.set(traceparent or job_traceparent)
+    log.info("import %d: running (phase %s, %d rows staged, through %r)", job_id, phase, staged_rows, applied_through)
+    heartbeat = Heartbeat(pool, params, max(0.5, settings.import_lease_seconds / 3))
+    heartbeat.start()
+    try:
+        if phase == "stage":
+            _stage(pool, params, staged_rows, heartbeat)
+        _apply(pool, params, settings, heartbeat)
+        return _finish(pool, params, settings, None, None)
+    except importfile.FileError as exc:
+        log.info("import %d: the file cannot be imported: %s", job_id, exc.message)
+        return _finish(pool, params, settings, "FAILED", exc.message)
+    except Cancelled:
+        return _finish(pool, params, settings, "CANCELLED", "cancelled on request; orders applied before stay")
+    except sql.LeaseLost:
+        log.warning("import %d: lease lost to another worker; stopping", job_id)
+        return "lease-lost"
+    finally:
+        heartbeat.stop.set()
+
+
+@contextmanager
+def _upload_file(pool: ConnectionPool, job_id: int) -> Iterator[BinaryIO]:
+    """The stored upload in a temporary file (XLSX needs to seek; memory stays flat)."""
+    with tempfile.TemporaryFile() as file:
+        with pool.connection() as conn:
+            for data in upload_chunks(conn, job_id):
+                file.write(data)
+        file.seek(0)
+        yield file
+
+
+def _check(heartbeat: Heartbeat) -> None:
+    if heartbeat.lost.is_set():
+        raise sql.LeaseLost("lease lost")
+    if heartbeat.cancel.is_set():
+        raise Cancelled
+
+
+def _stage(pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heartbeat: Heartbeat) -> None:
+    job = params["job"]
+    with pool.connection() as conn:
+        row = conn.execute(sql.STAGED_COUNT, params).fetchone()
+        if row is None or row[0] != staged_rows:
+            # import_row is unlogged: a server crash empties it. Stage again from the start.
+            log.info("import %d: %s staged rows found, %d expected; staging again", job, row and row[0], staged_rows)
+            conn.execute(sql.RESET_STAGE, params)
+            staged_rows = 0
+    with _upload_file(pool, job) as file:
+        fmt = importfile.detect_format(file.read(8192))
+        file.seek(0)
+        batch: list[importfile.Row] = []
+        for parsed in importfile.read_rows(file, skip=staged_rows):
+            batch.append(parsed)
+            if len(batch) >= STAGE_BATCH:
+                staged_rows = _stage_batch(pool, params, batch, staged_rows, fmt)
+                batch = []
+                _check(heartbeat)
+        staged_rows = _stage_batch(pool, params, batch, staged_rows, fmt)
+    with pool.connection() as conn:
+        conn.execute(sql.STAGE_DONE, params)
+    log.info("import %d: %d rows staged", job, staged_rows)
+
+
+def _stage_batch(
+    pool: ConnectionPool, params: dict[str, Any], batch: list[importfile.Row], before: int, fmt: str
+) -> int:
+    job = params["job"]
+    with pool.connection() as conn, conn.transaction():
+        with conn.cursor().copy(sql.COPY_ROWS) as copy:
+            for r in batch:
+                errors = json.dumps([_error(e) for e in r.errors]) if r.errors else None
+                copy.write_row((job, r.row_no, *r.values, errors, r.raw))
+        moved = conn.execute(sql.STAGED, {**params, "n": len(batch), "before": before, "format": fmt})
+        if moved.rowcount != 1:
+            raise sql.LeaseLost(f"import {job}: lease lost while staging")
+    return before + len(batch)
+
+
+def _error(e: importfile.RowError) -> dict[str, Any]:
+    return {"column": e.column, "code": e.code, "message": e.message}
+
+
+def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, heartbeat: Heartbeat) -> None:
+    job = params["job"]
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(sql.ORPHANS, params)
+    while True:
+        _check(heartbeat)
+        with pool.connection() as conn:
+            row = conn.execute("SELECT applied_through FROM import_job WHERE id = %s", [job]).fetchone()
+            after = row[0] if row else ""
+            found = conn.execute(sql.NEXT_UPTO, {**params, "after": after, "orders": settings.import_chunk_orders})
+            upto_row = found.fetchone()
+            upto = upto_row[0] if upto_row else None
+            if upto is None:
+                return
+            with conn.transaction():
+                cancel = sql.run_chunk(conn, {**params, "after": after, "upto": upto})
+        if cancel:
+            raise Cancelled
+
+
+def _finish(
+    pool: ConnectionPool, params: dict[str, Any], settings: Settings, status: str | None, message: str | None
+) -> str:
+    with pool.connection() as conn, conn.transaction():
+        row = conn.execute(
+            sql.FINISH, {**params, "status": status, "message": message, "retention": settings.import_retention_days}
+        ).fetchone()
+        if row is None:
+            return "lease-lost"
+        conn.execute(sql.DROP_STAGED, params)
+    log.info("import %d: %s", params["job"], row[0])
+    return str(row[0])
