@@ -8,6 +8,7 @@ registry's codes and the request id, in one place.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 
 from nexes import multipart
-from nexes.context import Context
+from nexes.context import Context, Viewer
 from nexes.db import health as db_health
 from nexes.db.router import translate
 from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
 from nexes.observability import request_id_var
 from nexes.resolvers.ids import global_id
 from nexes.schema import execution
+from nexes.settings import Settings
 from nexes.uploads import StoredUpload, UploadWriter, abort_all, enqueue
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,27 @@ async def graphql(request: Request) -> Response:
     return await _execute(request, gql)
 
 
+def viewer_of(request: Request, settings: Settings) -> Viewer:
+    """Admin when the request carries the configured admin token (compared in constant
+    time); in development with no token configured, everyone is admin."""
+    token = str(settings.admin_token)
+    given = request.headers.get("x-nexes-admin-token", "")
+    if (token and hmac.compare_digest(given.encode(), token.encode())) or (not token and settings.development):
+        return ADMIN
+    return Viewer()
+
+
+ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
+
+
 async def _execute(request: Request, gql: GraphQLRequest) -> Response:
     app = request.app.state
     context = Context(
-        request_id=request_id_var.get() or "", settings=app.settings, router=app.router, cursors=app.cursors
+        request_id=request_id_var.get() or "",
+        settings=app.settings,
+        router=app.router,
+        cursors=app.cursors,
+        viewer=viewer_of(request, app.settings),
     )
     try:
         result = await execution.run(

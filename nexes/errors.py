@@ -29,6 +29,7 @@ class Code(StrEnum):
     BAD_ROW = "BAD_ROW"
     BAD_FILE = "BAD_FILE"
     CSRF_HEADER_REQUIRED = "CSRF_HEADER_REQUIRED"
+    FORBIDDEN = "FORBIDDEN"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -52,6 +53,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.BAD_ROW: 400,
     Code.BAD_FILE: 400,
     Code.CSRF_HEADER_REQUIRED: 400,
+    Code.FORBIDDEN: 403,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -73,6 +75,7 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_ENCODING: "an import row holds bytes that are not UTF-8",
     Code.BAD_ROW: "an import row cannot be parsed (quoting, number of columns)",
     Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
+    Code.FORBIDDEN: "an admin operation without the admin token (header X-Nexes-Admin-Token)",
     Code.CSRF_HEADER_REQUIRED: "uploads need the header X-Nexes-CSRF (any value) so a browser cannot forge them",
 }
 

@@ -65,6 +65,7 @@ class Settings:
     import_lease_seconds: float = 20.0
     import_chunk_orders: int = 5_000
     import_sweep_seconds: float = 10.0
+    admin_token: Secret = field(repr=False, default=Secret(""))
 
     @property
     def development(self) -> bool:
@@ -136,6 +137,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             import_lease_seconds=_positive(config, "NEXES_IMPORT_LEASE_SECONDS", 20.0, float),
             import_chunk_orders=max(1, int(_positive(config, "NEXES_IMPORT_CHUNK_ORDERS", 5_000, int))),
             import_sweep_seconds=_positive(config, "NEXES_IMPORT_SWEEP_SECONDS", 10.0, float),
+            admin_token=Secret(config("NEXES_ADMIN_TOKEN", default="")),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc

@@ -348,3 +348,31 @@ async def test_receive_stock_is_idempotent_by_reference(client: httpx.AsyncClien
     assert zero["data"]["receiveStock"]["errors"] == [{"code": "BAD_USER_INPUT", "field": "quantity"}]
     assert on_hand(db, "SKU-00010") == before + 25
     assert_invariants(db)
+
+
+async def test_reconcile_dashboard_needs_the_admin_token_and_enqueues_the_job(write_db: Settings) -> None:
+    import dataclasses
+
+    import redis
+    from starlette.datastructures import Secret
+
+    query = "mutation { reconcileDashboard { queued errors { code } } }"
+    admin = dataclasses.replace(write_db, admin_token=Secret("s3cret-admin"))
+    client = redis.Redis.from_url(write_db.redis_url)
+    queue = "dramatiq:maintenance"
+    before = client.llen(queue)
+    async with client_for(admin) as c:
+        refused = await gql(c, query)
+        assert refused["data"]["reconcileDashboard"] == {"queued": False, "errors": [{"code": "FORBIDDEN"}]}
+        wrong = await gql(c, query, **{"X-Nexes-Admin-Token": "guess"})
+        assert wrong["data"]["reconcileDashboard"]["errors"] == [{"code": "FORBIDDEN"}]
+        assert client.llen(queue) == before
+        accepted = await gql(c, query, **{"X-Nexes-Admin-Token": "s3cret-admin"})
+        assert accepted["data"]["reconcileDashboard"] == {"queued": True, "errors": []}
+    messages = [
+        m for m in client.lrange(queue, 0, -1) if b"reconcile_stats" in (client.hget(f"{queue}.msgs", m) or b"")
+    ]
+    assert messages, "the reconcile_stats message is in the maintenance queue"
+    for message_id in messages:  # leave no work behind for a worker of another test
+        client.lrem(queue, 0, message_id)
+        client.hdel(f"{queue}.msgs", message_id)

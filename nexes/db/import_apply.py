@@ -220,3 +220,46 @@ def run_chunk(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
     if row is None:
         raise LeaseLost(f"import job {params['job']}: lease lost; chunk not committed")
     return bool(row[0])
+
+
+# The scheduler's sweep: jobs whose worker died (lease ran out), and QUEUED jobs whose
+# message may be lost (a dead worker had prefetched it); each at most once per
+# `requeue_after` seconds, so a job waiting behind others is not flooded with copies. A cancel asked of a dead job is
+# done here. Returns the ids to send again; marks them sent.
+SWEEP_CANCEL = """
+UPDATE import_job
+SET status = 'CANCELLED', phase = 'done', finished_at = now(), lease_owner = NULL, lease_until = NULL,
+    message = 'cancelled on request; orders applied before stay', lsn = pg_current_wal_lsn(),
+    expires_at = now() + make_interval(days => %(retention)s)
+WHERE status = 'RUNNING' AND cancel_requested AND lease_until < now()
+RETURNING id
+"""
+
+SWEEP = """
+UPDATE import_job SET enqueued_at = now()
+WHERE id IN (
+    SELECT id FROM import_job
+    WHERE coalesce(enqueued_at, created_at) < now() - make_interval(secs => %(requeue_after)s)
+      AND ((status = 'RUNNING' AND lease_until < now()) OR (status = 'QUEUED' AND lease_until IS NULL))
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+MARK_ENQUEUED = "UPDATE import_job SET enqueued_at = now() WHERE id = %(job)s"
+
+# Retention: finished jobs past expires_at, and abandoned uploads, go with their chunks
+# and errors (ON DELETE CASCADE); staged rows of vanished jobs go too.
+PURGE = """
+WITH gone AS (
+    DELETE FROM import_job
+    WHERE id IN (SELECT id FROM import_job WHERE expires_at < now()
+                 AND status IN ('UPLOADING', 'SUCCEEDED', 'PARTIAL', 'FAILED', 'CANCELLED')
+                 ORDER BY id LIMIT %(limit)s)
+    RETURNING id
+), staged AS (
+    DELETE FROM import_row WHERE job_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone
+"""

@@ -55,3 +55,37 @@ def archive_quarters() -> None:
 
     steps = archive(settings.admin_url, after_years=settings.archive_after_years)
     log.info("archive: %d step(s) done", len(steps))
+
+
+@dramatiq.actor(queue_name="maintenance", max_retries=0, time_limit=60_000)
+def sweep_imports() -> None:
+    """Send again the import jobs whose worker died (lease ran out) or whose message
+    was lost; finish a cancel asked of a dead job. The lease makes a resend harmless."""
+    from nexes.db import import_apply
+    from nexes.jobs.import_runner import worker_pool
+    from nexes.jobs.imports import enqueue_import
+
+    with worker_pool(settings).connection() as conn:
+        cancelled = conn.execute(import_apply.SWEEP_CANCEL, {"retention": settings.import_retention_days}).fetchall()
+        resend = conn.execute(import_apply.SWEEP, {"requeue_after": 3 * settings.import_lease_seconds}).fetchall()
+    for (job_id,) in resend:
+        enqueue_import(job_id)
+    if resend or cancelled:
+        log.info("import sweep: %d sent again, %d cancelled", len(resend), len(cancelled))
+
+
+@dramatiq.actor(queue_name="maintenance", max_retries=3, min_backoff=60_000, max_backoff=600_000, time_limit=600_000)
+def purge_imports() -> None:
+    """Delete import jobs past their retention (uploads and error rows go with them)."""
+    from nexes.db import import_apply
+    from nexes.jobs.import_runner import worker_pool
+
+    total, batch = 0, 100
+    while True:  # bounded batches: each a short transaction
+        with worker_pool(settings).connection() as conn:
+            row = conn.execute(import_apply.PURGE, {"limit": batch}).fetchone()
+        deleted = int(row[0]) if row else 0
+        total += deleted
+        if deleted < batch:
+            break
+    log.info("import purge: %d expired jobs deleted", total)

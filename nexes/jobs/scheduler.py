@@ -28,7 +28,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     from nexes.jobs.maintenance import (  # the broker is set up on import
         archive_quarters,
         maintain_partitions,
+        purge_imports,
         reconcile_stats,
+        sweep_imports,
     )
 
     stop = stop or threading.Event()
@@ -46,6 +48,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     scheduler.add_job(maintain_partitions.send, "date", id="partitions-at-start")
     scheduler.add_job(reconcile_stats.send, "cron", hour=2, minute=30, id="reconcile")
     scheduler.add_job(archive_quarters.send, "cron", hour=3, minute=30, id="archive")
+    # Import recovery: a dead worker's job is sent again once its lease runs out.
+    scheduler.add_job(sweep_imports.send, "interval", seconds=settings.import_sweep_seconds, id="import-sweep")
+    scheduler.add_job(purge_imports.send, "cron", minute=15, id="import-purge")
 
     def keep_lead() -> None:
         if not lock.extend(LOCK_TTL, replace_ttl=True):

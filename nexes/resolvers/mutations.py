@@ -4,6 +4,8 @@ GraphQL errors; the transaction then rolls back, so nothing is half-written."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
 SKU = re.compile(r"[A-Za-z0-9._-]{1,40}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 REFERENCE = re.compile(r"[\x21-\x7e]{1,100}")
+log = logging.getLogger(__name__)
 MAX_LINES = 999
 MAX_DESCRIPTION = 2000
 MAX_QUANTITY = 1_000_000
@@ -358,3 +361,17 @@ async def receive_stock(
             return to_stock_item(await db.stock_item(conn, found[sku]))
 
     return await _run(info, work)
+
+
+async def reconcile_dashboard(info: Info) -> list[UserError]:
+    """Send the reconciliation actor (admins only); its findings land in stat_drift."""
+    if "admin" not in info.context.viewer.roles:
+        return [user_error(Code.FORBIDDEN, "reconcileDashboard needs the admin token (X-Nexes-Admin-Token)")]
+    from nexes.jobs.maintenance import reconcile_stats  # importing nexes.jobs configures the broker
+
+    try:
+        await asyncio.to_thread(reconcile_stats.send)
+    except Exception as exc:  # the broker is down: say so, the caller may retry
+        log.warning("reconcileDashboard: could not enqueue (%s)", exc)
+        return [user_error(Code.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly")]
+    return []

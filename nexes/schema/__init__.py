@@ -26,7 +26,7 @@ from nexes.schema.connections import (
 from nexes.schema.dashboard import Dashboard
 from nexes.schema.executor import FastExecutor
 from nexes.schema.imports import ImportMutation, ImportQuery
-from nexes.schema.mutations import OrderMutation
+from nexes.schema.mutations import AdminMutation, OrderMutation
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
 
@@ -95,7 +95,7 @@ class Query(ImportQuery):
 
 
 @strawberry.type
-class Mutation(OrderMutation, ImportMutation):
+class Mutation(OrderMutation, ImportMutation, AdminMutation):
     """Writes, all on the primary."""
 
 

@@ -127,3 +127,20 @@ class OrderMutation:
     async def receive_stock(self, info: Info, sku: str, quantity: int, reference: str) -> StockItemPayload:
         found, errors = await m.receive_stock(info, sku, quantity, reference)
         return StockItemPayload(stock_item=found, errors=errors)
+
+
+@strawberry.type
+class ReconcilePayload:
+    queued: bool = strawberry.field(description="The reconciliation job was sent to the workers.")
+    errors: list[UserError]
+
+
+@strawberry.type
+class AdminMutation:
+    @strawberry.mutation(
+        description="Admin: recompute dashboard_stat from all orders, correct and record drift (stat_drift), "
+        "and check the stock invariants, in a background job (nexes reconcile runs the same)."
+    )
+    async def reconcile_dashboard(self, info: Info) -> ReconcilePayload:
+        errors = await m.reconcile_dashboard(info)
+        return ReconcilePayload(queued=not errors, errors=errors)
