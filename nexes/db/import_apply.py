@@ -26,11 +26,13 @@ class LeaseLost(RuntimeError):
     """Another worker owns the job now; this one must stop without committing."""
 
 
+# A job is claimed at most 50 times; past that the sweep fails it (SWEEP_GIVE_UP), so
+# a file that crashes every worker cannot loop forever.
 CLAIM = """
 UPDATE import_job
 SET status = 'RUNNING', lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s),
     attempts = attempts + 1, started_at = coalesce(started_at, now())
-WHERE id = %(job)s AND status IN ('QUEUED', 'RUNNING') AND NOT cancel_requested
+WHERE id = %(job)s AND status IN ('QUEUED', 'RUNNING') AND NOT cancel_requested AND attempts < 50
   AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %(owner)s)
 RETURNING phase, staged_rows, applied_through, request_id, trace_context ->> 'traceparent', format
 """
@@ -40,6 +42,8 @@ UPDATE import_job SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = %(job)s AND lease_owner = %(owner)s AND status = 'RUNNING'
 RETURNING cancel_requested
 """
+
+RELEASE = "UPDATE import_job SET lease_until = now() WHERE id = %(job)s AND lease_owner = %(owner)s"
 
 STAGED_COUNT = "SELECT count(*) FROM import_row WHERE job_id = %(job)s"
 RESET_STAGE = """
@@ -187,7 +191,7 @@ UPDATE import_job
 SET inserted = inserted + (SELECT count(*) FROM w_order WHERE outcome = 'inserted'),
     updated = updated + (SELECT count(*) FROM w_order WHERE outcome = 'updated'),
     unchanged = unchanged + (SELECT count(*) FROM w_order WHERE outcome = 'unchanged'),
-    failed = failed + (SELECT count(DISTINCT sod_number) FROM c_err),
+    failed = failed + (SELECT count(DISTINCT row_no) FROM c_err),
     processed_rows = processed_rows + (SELECT count(*) FROM c_row),
     applied_through = %(upto)s,
     lease_until = now() + make_interval(secs => %(lease)s)
@@ -222,9 +226,10 @@ def run_chunk(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
     return bool(row[0])
 
 
-# The scheduler's sweep: jobs whose worker died (lease ran out), and QUEUED jobs whose
-# message may be lost (a dead worker had prefetched it); each at most once per
-# `requeue_after` seconds, so a job waiting behind others is not flooded with copies. A cancel asked of a dead job is
+# The scheduler's sweep: jobs whose worker died (lease ran out: sent again at most once
+# per lease), and QUEUED jobs whose message may be lost (a dead worker had prefetched
+# it: sent again at most once per three leases, so a job waiting behind others is not
+# flooded with copies). A cancel asked of a dead job is
 # done here. Returns the ids to send again; marks them sent.
 SWEEP_CANCEL = """
 UPDATE import_job
@@ -235,12 +240,24 @@ WHERE status = 'RUNNING' AND cancel_requested AND lease_until < now()
 RETURNING id
 """
 
+SWEEP_GIVE_UP = """
+UPDATE import_job
+SET status = 'FAILED', phase = 'done', finished_at = now(), lease_owner = NULL, lease_until = NULL,
+    message = 'gave up after ' || attempts || ' attempts; the worker logs (request id ' || coalesce(request_id, '-')
+              || ') say why. Orders applied before stay.',
+    lsn = pg_current_wal_lsn(), expires_at = now() + make_interval(days => %(retention)s)
+WHERE status IN ('QUEUED', 'RUNNING') AND attempts >= 50 AND (lease_until IS NULL OR lease_until < now())
+RETURNING id
+"""
+
 SWEEP = """
 UPDATE import_job SET enqueued_at = now()
 WHERE id IN (
     SELECT id FROM import_job
-    WHERE coalesce(enqueued_at, created_at) < now() - make_interval(secs => %(requeue_after)s)
-      AND ((status = 'RUNNING' AND lease_until < now()) OR (status = 'QUEUED' AND lease_until IS NULL))
+    WHERE (status = 'RUNNING' AND lease_until < now()
+           AND coalesce(enqueued_at, created_at) < now() - make_interval(secs => %(lease)s))
+       OR (status = 'QUEUED' AND lease_until IS NULL
+           AND coalesce(enqueued_at, created_at) < now() - make_interval(secs => 3 * %(lease)s))
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 )

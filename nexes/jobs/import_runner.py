@@ -33,7 +33,11 @@ from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGE_BATCH = 20_000  # rows per staging transaction (one checkpoint each)
+
+def stage_batch_rows(settings: Settings) -> int:
+    """Rows per staging transaction (one checkpoint each): about as many as a chunk's orders hold."""
+    return max(1_000, 4 * settings.import_chunk_orders)
+
 
 _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
@@ -96,14 +100,15 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
         log.info("import %d: not claimable (finished, cancelled, or leased by another worker)", job_id)
         return "skipped"
     phase, staged_rows, applied_through, job_request_id, job_traceparent, _ = claimed
-    request_id_var.set(request_id or job_request_id)
-    traceparent_var.set(traceparent or job_traceparent)
+    # Worker threads live on: the ids are reset when this job is done.
+    request_token = request_id_var.set(request_id or job_request_id)
+    trace_token = traceparent_var.set(traceparent or job_traceparent)
     log.info("import %d: running (phase %s, %d rows staged, through %r)", job_id, phase, staged_rows, applied_through)
     heartbeat = Heartbeat(pool, params, max(0.5, settings.import_lease_seconds / 3))
     heartbeat.start()
     try:
         if phase == "stage":
-            _stage(pool, params, staged_rows, heartbeat)
+            _stage(pool, params, staged_rows, heartbeat, stage_batch_rows(settings))
         _apply(pool, params, settings, heartbeat)
         return _finish(pool, params, settings, None, None)
     except importfile.FileError as exc:
@@ -114,8 +119,24 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
     except sql.LeaseLost:
         log.warning("import %d: lease lost to another worker; stopping", job_id)
         return "lease-lost"
+    except Exception:
+        # Unexpected (the database went away, a bug): give the lease up so that the
+        # actor's retry can take the job at once; it resumes from the last checkpoint.
+        log.exception("import %d: failed; the job will be retried from its last checkpoint", job_id)
+        _release(pool, params)
+        raise
     finally:
         heartbeat.stop.set()
+        request_id_var.reset(request_token)
+        traceparent_var.reset(trace_token)
+
+
+def _release(pool: ConnectionPool, params: dict[str, Any]) -> None:
+    try:
+        with pool.connection(timeout=5) as conn:
+            conn.execute(sql.RELEASE, params)
+    except Exception as exc:  # the lease then simply runs out
+        log.warning("import %s: could not release the lease (%s)", params["job"], exc)
 
 
 @contextmanager
@@ -136,7 +157,9 @@ def _check(heartbeat: Heartbeat) -> None:
         raise Cancelled
 
 
-def _stage(pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heartbeat: Heartbeat) -> None:
+def _stage(
+    pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heartbeat: Heartbeat, batch_rows: int
+) -> None:
     job = params["job"]
     with pool.connection() as conn:
         row = conn.execute(sql.STAGED_COUNT, params).fetchone()
@@ -151,7 +174,7 @@ def _stage(pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heart
         batch: list[importfile.Row] = []
         for parsed in importfile.read_rows(file, skip=staged_rows):
             batch.append(parsed)
-            if len(batch) >= STAGE_BATCH:
+            if len(batch) >= batch_rows:
                 staged_rows = _stage_batch(pool, params, batch, staged_rows, fmt)
                 batch = []
                 _check(heartbeat)

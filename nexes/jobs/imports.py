@@ -22,9 +22,10 @@ QUEUE = "imports"
 @dramatiq.actor(queue_name=QUEUE, max_retries=20, min_backoff=1_000, max_backoff=30_000, time_limit=6 * 3_600_000)
 def run_import(job_id: int) -> None:
     """Run (or resume) import job `job_id`; a no-op when another worker holds its lease."""
-    from nexes.jobs import settings
+    from nexes.jobs import settings, tag_worker_logs
     from nexes.jobs.import_runner import run
 
+    tag_worker_logs()
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
     run(

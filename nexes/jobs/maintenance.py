@@ -66,12 +66,14 @@ def sweep_imports() -> None:
     from nexes.jobs.imports import enqueue_import
 
     with worker_pool(settings).connection() as conn:
-        cancelled = conn.execute(import_apply.SWEEP_CANCEL, {"retention": settings.import_retention_days}).fetchall()
-        resend = conn.execute(import_apply.SWEEP, {"requeue_after": 3 * settings.import_lease_seconds}).fetchall()
+        retention = {"retention": settings.import_retention_days}
+        cancelled = conn.execute(import_apply.SWEEP_CANCEL, retention).fetchall()
+        given_up = conn.execute(import_apply.SWEEP_GIVE_UP, retention).fetchall()
+        resend = conn.execute(import_apply.SWEEP, {"lease": settings.import_lease_seconds}).fetchall()
     for (job_id,) in resend:
         enqueue_import(job_id)
-    if resend or cancelled:
-        log.info("import sweep: %d sent again, %d cancelled", len(resend), len(cancelled))
+    if resend or cancelled or given_up:
+        log.info("import sweep: %d sent again, %d cancelled, %d given up", len(resend), len(cancelled), len(given_up))
 
 
 @dramatiq.actor(queue_name="maintenance", max_retries=3, min_backoff=60_000, max_backoff=600_000, time_limit=600_000)

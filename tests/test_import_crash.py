@@ -1,0 +1,288 @@
+"""Crash test: a 20k-row import under real Dramatiq workers that are SIGKILLed at random
+moments, again and again, and restarted; recovery comes from the lease and the
+scheduler's sweep. The result must equal a clean single run of the same file.
+
+Test settings that make recovery fast (production: 20 s lease, 10 s sweep, 5,000
+orders per chunk): NEXES_IMPORT_LEASE_SECONDS=2, NEXES_IMPORT_SWEEP_SECONDS=1 and
+NEXES_IMPORT_CHUNK_ORDERS=25 (many small checkpoints, so a kill lands mid-job).
+The workers, the scheduler and this test use a Redis database of their own (db 7),
+so no other worker on the machine can take these messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from bench.gen_import import generate_csv
+from nexes import settings as settings_module
+from nexes.db.conninfo import environ_for_database
+from nexes.db.invariants import check_all
+from nexes.db.seed import seed
+from nexes.settings import Settings
+from tests.conftest import TEMPLATE_DB, drop_database, recreate_database
+
+ORDERS = 6_800  # about 20,000 rows
+KILLS = 10
+REDIS_DB = 7
+
+
+def environ(dbname: str) -> dict[str, str]:
+    env = environ_for_database(os.environ, dbname)
+    url = urlsplit(env["NEXES_REDIS_URL"])
+    env.update(
+        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
+        NEXES_IMPORT_LEASE_SECONDS="2",
+        NEXES_IMPORT_SWEEP_SECONDS="1",
+        NEXES_IMPORT_CHUNK_ORDERS="25",
+        NEXES_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def import_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("crash") / "orders.csv"
+    rows = generate_csv(path, ORDERS, prefix="CRASH", seed=7)
+    assert rows >= 20_000
+    return path
+
+
+def fresh(template_settings: Settings, name: str) -> Settings:
+    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
+    settings = settings_module.load(environ(name))
+    seed(settings.admin_url, 100, defer=False)
+    return settings
+
+
+def store(settings: Settings, path: Path, request_id: str) -> int:
+    """The upload as `nexes import` stores it: chunks, then QUEUED."""
+    data = path.read_bytes()
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO import_job (status, filename, size_bytes, request_id) VALUES ('UPLOADING', %s, %s, %s) "
+            "RETURNING id",
+            [path.name, len(data), request_id],
+        ).fetchone()
+        assert row
+        job_id = int(row[0])
+        for seq, start in enumerate(range(0, len(data), 1 << 20)):
+            conn.execute(
+                "INSERT INTO import_upload_chunk (job_id, seq, data) VALUES (%s, %s, %s)",
+                [job_id, seq, data[start : start + (1 << 20)]],
+            )
+        conn.execute("UPDATE import_job SET status = 'QUEUED' WHERE id = %s", [job_id])
+    return job_id
+
+
+def business_data(settings: Settings, before: dict[str, int]) -> dict[str, Any]:
+    """What must not depend on crashes: orders, lines, stock deltas, ledger per line."""
+    with psycopg.connect(settings.admin_url) as conn:
+        orders = conn.execute(
+            "SELECT o.sod_number, o.created_at, c.code, o.status::text, o.description, o.currency, o.total_amount "
+            "FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id "
+            "WHERE o.sod_number LIKE 'CRASH-%' ORDER BY 1"
+        ).fetchall()
+        lines = conn.execute(
+            "SELECT o.sod_number, l.line_no, s.sku, l.quantity, l.unit_price FROM service_order_line AS l "
+            "JOIN service_order AS o ON o.id = l.order_id AND o.created_at = l.created_at "
+            "JOIN stock_item AS s ON s.id = l.stock_item_id WHERE o.sod_number LIKE 'CRASH-%' ORDER BY 1, 2"
+        ).fetchall()
+        ledger = conn.execute(
+            "SELECT sod_number, line_no, sum(quantity) FROM stock_movement WHERE sod_number LIKE 'CRASH-%' "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        on_hand = {sku: int(q) - before[sku] for sku, q in conn.execute("SELECT sku, on_hand FROM stock_item")}
+        duplicates = conn.execute(
+            "SELECT count(*) FROM (SELECT sod_number, line_no, stock_item_id, count(*) FROM stock_movement "
+            "WHERE sod_number LIKE 'CRASH-%' AND kind = 'CONSUMPTION' GROUP BY 1, 2, 3 HAVING count(*) > 1) AS d"
+        ).fetchone()
+        assert check_all(conn) == []
+    return {"orders": orders, "lines": lines, "ledger": ledger, "on_hand": on_hand, "dup": duplicates}
+
+
+def on_hand_now(settings: Settings) -> dict[str, int]:
+    with psycopg.connect(settings.admin_url) as conn:
+        return {sku: int(q) for sku, q in conn.execute("SELECT sku, on_hand FROM stock_item")}
+
+
+def job_state(settings: Settings, job_id: int) -> tuple[str, int, int, int]:
+    with psycopg.connect(settings.admin_url) as conn:
+        row = conn.execute(
+            "SELECT status::text, attempts, staged_rows, processed_rows FROM import_job WHERE id = %s", [job_id]
+        ).fetchone()
+    assert row
+    return row[0], int(row[1]), int(row[2]), int(row[3])
+
+
+class Processes:
+    """The worker (restartable) and the scheduler, started and stopped by pid."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start_worker(self) -> None:
+        self.starts += 1
+        log = (self.log_dir / f"worker-{self.starts}.log").open("wb")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "2"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_scheduler(self) -> None:
+        log = (self.log_dir / "scheduler.log").open("wb")
+        self.scheduler = subprocess.Popen(
+            [sys.executable, "-m", "nexes.cli", "scheduler"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def worker_children(self) -> list[int]:
+        assert self.worker
+        path = Path(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children")
+        try:
+            return [int(p) for p in path.read_text().split()]
+        except OSError:
+            return []
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker process(es) that run actors; the dramatiq parent then exits."""
+        assert self.worker
+        children = self.worker_children()
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        try:
+            self.worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait(timeout=5)
+
+    def stop(self) -> None:
+        for proc in (self.worker, self.scheduler):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.worker:  # the worker's own children, by its process group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.worker.pid, signal.SIGKILL)
+
+
+def activity_sampler(settings: Settings, needle: str, seen: threading.Event, stop: threading.Event) -> None:
+    """Watch pg_stat_activity for the worker's SQL carrying the upload's request id."""
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        while not stop.is_set() and not seen.is_set():
+            row = conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE usename = 'nexes_worker' AND query LIKE %s LIMIT 1",
+                [f"%request_id='{needle}'%"],
+            ).fetchone()
+            if row:
+                seen.set()
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def databases(template_settings: Settings) -> Iterator[tuple[Settings, Settings]]:
+    names = ("nexes_t_crash", "nexes_t_crash_clean")
+    yield fresh(template_settings, names[0]), fresh(template_settings, names[1])
+    for name in names:
+        drop_database(template_settings.admin_url, name)
+
+
+def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
+    databases: tuple[Settings, Settings], import_file: Path, tmp_path: Path
+) -> None:
+    crashed, clean = databases
+    redis.Redis.from_url(crashed.redis_url).flushdb()
+    broker = RedisBroker(url=crashed.redis_url)  # type: ignore[no-untyped-call]
+
+    # The reference: the same file, one clean run, in a database seeded the same way.
+    from nexes.jobs.import_runner import run
+
+    clean_before = on_hand_now(clean)
+    clean_job = store(clean, import_file, "clean-run")
+    assert run(clean_job, clean) == "SUCCEEDED"
+    expected = business_data(clean, clean_before)
+    assert len(expected["orders"]) == ORDERS
+
+    request_id = "crash-test-upload-0001"
+    before = on_hand_now(crashed)
+    job_id = store(crashed, import_file, request_id)
+    procs = Processes(environ("nexes_t_crash"), tmp_path)
+    seen_sql, stop_sampling = threading.Event(), threading.Event()
+    sampler = threading.Thread(target=activity_sampler, args=(crashed, request_id, seen_sql, stop_sampling))
+    sampler.start()
+    recoveries: list[float] = []
+    kills = 0
+    rng = random.Random(4)
+    try:
+        procs.start_scheduler()
+        procs.start_worker()
+        from nexes.jobs.imports import run_import
+
+        broker.enqueue(run_import.message_with_options(args=(job_id,), nexes_request_id=request_id))
+        deadline = time.monotonic() + 600
+        claimed_attempts = 0  # the job's claim count when it was last seen claimed (or killed)
+        killed_at: float | None = None
+        while time.monotonic() < deadline:
+            status, attempts, _, _ = job_state(crashed, job_id)
+            if status not in ("QUEUED", "RUNNING"):
+                break
+            if attempts > claimed_attempts:  # a worker has (re)claimed the job: it is running
+                if killed_at is not None:
+                    recoveries.append(time.monotonic() - killed_at)
+                    killed_at = None
+                claimed_attempts = attempts
+                if kills < KILLS:
+                    time.sleep(rng.uniform(0.05, 0.8))  # a random moment of its work
+                    procs.kill_worker()
+                    kills += 1
+                    killed_at = time.monotonic()
+                    claimed_attempts = job_state(crashed, job_id)[1]
+                    procs.start_worker()
+                    continue
+            time.sleep(0.05)
+        status, attempts, staged, processed = job_state(crashed, job_id)
+    finally:
+        stop_sampling.set()
+        sampler.join()
+        procs.stop()
+        redis.Redis.from_url(crashed.redis_url).flushdb()
+
+    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
+    assert status == "SUCCEEDED", (status, logs[-3000:])
+    assert kills == KILLS, f"the job finished after {kills} kills"
+    assert recoveries and max(recoveries) < 60, recoveries
+    assert processed == staged >= 20_000
+    actual = business_data(crashed, before)
+    assert actual["dup"] == (0,)
+    for key in ("orders", "lines", "ledger", "on_hand"):
+        assert actual[key] == expected[key], key
+    # The upload's request id reached the worker's logs and its SQL.
+    assert f"request_id={request_id}" in logs
+    assert seen_sql.is_set()
+    print(f"recoveries after SIGKILL: max {max(recoveries):.1f}s, mean {sum(recoveries) / len(recoveries):.1f}s")
