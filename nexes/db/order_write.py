@@ -260,7 +260,12 @@ APPLY: list[LiteralString] = [
     SELECT stock_item_id AS id, sum(quantity)::bigint AS delta FROM ins GROUP BY 1
     """,
     # Hot rows last, in key order.
-    "SELECT s.id FROM stock_item AS s WHERE s.id IN (SELECT id FROM w_item WHERE delta <> 0) ORDER BY s.id FOR UPDATE",
+    # NO KEY UPDATE, the lock UPDATE takes anyway: it does not conflict with the KEY SHARE
+    # locks that foreign keys (lines, movements) take, so it cannot deadlock with them.
+    """
+    SELECT s.id FROM stock_item AS s WHERE s.id IN (SELECT id FROM w_item WHERE delta <> 0)
+    ORDER BY s.id FOR NO KEY UPDATE
+    """,
     """
     UPDATE stock_item AS s SET on_hand = s.on_hand + d.delta, updated_at = now()
     FROM w_item AS d

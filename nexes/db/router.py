@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from nexes.db.pools import Pools
 from nexes.errors import Code, NexesError
@@ -62,6 +63,10 @@ def is_connection_problem(exc: BaseException) -> bool:
 
 def translate(exc: BaseException) -> NexesError | None:
     """Driver errors as the registry's codes, in this one place."""
+    if isinstance(exc, errors.LockNotAvailable):
+        return NexesError(Code.TIMEOUT, "the data is locked by other work (an import?) past the lock timeout; retry")
+    if isinstance(exc, errors.TransactionRollback):
+        return NexesError(Code.SERVICE_UNAVAILABLE, "the write collided with concurrent writes; retry shortly")
     if isinstance(exc, errors.QueryCanceled):
         return NexesError(Code.TIMEOUT, "the query ran past its statement timeout; narrow the filter or page size")
     if isinstance(exc, PoolTimeout):
@@ -128,11 +133,20 @@ class Router:
         raise _translated(last) from last
 
     async def write(self, work: Work[T]) -> T:
-        """Run `work` on the primary."""
+        """Run `work` on the primary. A deadlock or serialization failure rolled the whole
+        transaction back, so `work` runs again (tenacity: 3 tries, short jittered waits)."""
         try:
-            return await self._run(self.pools.primary, work, timeout=None)
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(errors.TransactionRollback),
+                stop=stop_after_attempt(3),
+                wait=wait_random(0.01, 0.1),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._run(self.pools.primary, work, timeout=None)
         except Exception as exc:
             raise _translated(exc) from exc
+        raise AssertionError("unreachable: tenacity reraises")
 
     async def _read_on(self, pool: AsyncConnectionPool, work: Work[T], *, timeout: float | None) -> T:
         """A read on `pool`, once more when the pooled connection was broken: a server
