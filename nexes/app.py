@@ -15,6 +15,7 @@ from nexes import endpoints
 from nexes.db.pools import Pools
 from nexes.db.router import Router
 from nexes.errors import Code, NexesError
+from nexes.graphql_post import GraphQLPostMiddleware
 from nexes.observability import new_request_id, request_id_var, sql_stats_var, valid_request_id
 from nexes.resolvers.ids import CursorCodec
 from nexes.settings import Settings
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.pools = pools
     app.state.router = Router(pools)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
+    app.add_middleware(GraphQLPostMiddleware)  # inside the request context: it sees the request id
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
     )

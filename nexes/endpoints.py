@@ -90,7 +90,12 @@ async def parse_request(request: Request) -> GraphQLRequest:
         return request_from_params(dict(request.query_params), queries_only=True)
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise bad_input("send GraphQL as application/json (or GET for queries)")
-    return request_from_params(_loads(await request.body(), "the body"), queries_only=False)
+    return request_from_json(await request.body())
+
+
+def request_from_json(body: bytes) -> GraphQLRequest:
+    """The GraphQL parameters of a JSON POST body, validated; else NexesError."""
+    return request_from_params(_loads(body, "the body"), queries_only=False)
 
 
 def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
@@ -142,7 +147,12 @@ ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
 
 
 async def _execute(request: Request, gql: GraphQLRequest) -> Response:
-    app = request.app.state
+    return _json(*await execute_graphql(request.app.state, gql))
+
+
+async def execute_graphql(app: Any, gql: GraphQLRequest) -> tuple[dict[str, Any], int]:
+    """The payload and HTTP status of a parsed request, executed with the app's state
+    (also by nexes.graphql_post, the plain-ASGI path of JSON POSTs)."""
     context = Context(
         request_id=request_id_var.get() or "",
         settings=app.settings,
@@ -156,22 +166,27 @@ async def _execute(request: Request, gql: GraphQLRequest) -> Response:
         )
     except execution.OperationNotAllowed:
         message = "GET runs only queries; send mutations with POST"
-        return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 405)
+        return {"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 405
     except execution.UnknownOperation:
         message = "the document has no operation by that operationName (or several and no operationName)"
-        return _json({"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 400)
+        return {"errors": [error_payload(Code.BAD_USER_INPUT, message)]}, 400
     payload: dict[str, Any] = {"data": result.data}
     status = 200
     if result.errors:
         payload["errors"] = [format_error(e) for e in result.errors]
         if result.data is None:
             status = _request_status(payload["errors"])
-    return _json(payload, status)
+    return payload, status
 
 
 def _error(exc: NexesError) -> Response:
+    return _json(*error_result(exc))
+
+
+def error_result(exc: NexesError) -> tuple[dict[str, Any], int]:
+    """The payload and HTTP status of a request refused before execution."""
     extra = {"field": exc.field} if exc.field else {}
-    return _json({"errors": [error_payload(exc.code, exc.message, **extra)]}, HTTP_STATUS[exc.code])
+    return {"errors": [error_payload(exc.code, exc.message, **extra)]}, HTTP_STATUS[exc.code]
 
 
 CSRF_HEADER = "x-nexes-csrf"

@@ -88,7 +88,12 @@ async def hydrate(
     by_customer: dict[int, Customer] = {}
     if customers and rows and rows[0].customer_name is not None:  # joined into the page query
         by_customer = {
-            r.customer_id: to_customer(CustomerRow(r.customer_id, r.customer_code or "", r.customer_name or ""))
+            r.customer_id: Customer(
+                id=strawberry.ID(global_id("Customer", r.customer_id)),
+                code=r.customer_code or "",
+                name=r.customer_name or "",
+                row_id=r.customer_id,
+            )
             for r in rows
         }
     elif customers and rows:

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import GraphQLNonNull, GraphQLObjectType, is_leaf_type
+from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, is_leaf_type
 from graphql.execution.executor import gather_with_cancel  # type: ignore[attr-defined]
 from graphql.pyutils import Path, Undefined
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from nexes.schema.compiled import CompiledCache, Completer, compile_completer, no_directives
 
 PLAN_CACHE_LIMIT = 10_000
 
@@ -46,6 +48,7 @@ class Child:
 
 Plan = dict[str, Leaf | Child]
 _plans: dict[tuple[Any, ...], Plan] = {}
+_completers = CompiledCache()
 
 
 def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | Child | None:
@@ -89,7 +92,53 @@ def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
 
 
 class FastExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's execution context with plain leaves read directly."""
+    """Strawberry's execution context with plain leaves read directly, and whole
+    plain selection sets completed by compiled functions (nexes.schema.compiled)."""
+
+    def complete_value(
+        self,
+        return_type: GraphQLOutputType,
+        field_details_list: Any,
+        info: Any,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        if not isinstance(result, Exception) and not is_leaf_type(return_type):
+            completer = self._completer(return_type, field_details_list)
+            if completer is not None:
+                try:
+                    return completer(result)
+                except Exception:  # noqa: S110  # the stock path below reports it exactly
+                    pass
+        return super().complete_value(return_type, field_details_list, info, path, result, position_context)
+
+    def _completer(self, return_type: GraphQLOutputType, field_details_list: Any) -> Completer | None:
+        """The compiled completer for this field's selection (memoized per execution too:
+        list items come back with the same field details)."""
+        memo: dict[tuple[int, int], Completer | None] = self.__dict__.setdefault("_nexes_completers", {})
+        key = (id(return_type), id(field_details_list))
+        if key in memo:
+            return memo[key]
+        manager = self.middleware_manager
+        if manager is not None and manager.middlewares:
+            completer = None
+        else:
+            nodes = [details.node for details in field_details_list]
+            completer = _completers.get(return_type, nodes, lambda: self._compile(return_type, field_details_list))
+        memo[key] = completer
+        self.__dict__.setdefault("_nexes_keep", []).append(field_details_list)  # its id stays unique
+        return completer
+
+    def _compile(self, return_type: GraphQLOutputType, field_details_list: Any) -> Completer | None:
+        if not no_directives([d.node for d in field_details_list], self.fragments):
+            return None
+
+        def collect(type_: GraphQLObjectType, details: Any) -> tuple[dict[str, Any], bool]:
+            collected = self.collect_subfields(type_, details)
+            return collected.grouped_field_set, bool(collected.new_defer_usages)
+
+        return compile_completer(return_type, field_details_list, collect)
 
     def execute_fields(
         self,
@@ -172,6 +221,22 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         if value is None or child.object_type.is_type_of(value, None) is not True:  # type: ignore[arg-type,misc]
             return Undefined
         field_path = Path(path, response_name, parent_type.name)
+        return self._complete_child(child, value, field_path, field_details_list, position_context)
+
+    def _complete_child(
+        self,
+        child: Child,
+        value: Any,
+        field_path: Path,
+        field_details_list: Any,
+        position_context: Any,
+    ) -> Any:
+        completer = self._completer(child.object_type, field_details_list)
+        if completer is not None:
+            try:
+                return completer(value)
+            except Exception:  # noqa: S110  # the stock path below reports it exactly
+                pass
         try:
             completed = self.collect_and_execute_subfields(
                 child.object_type, field_details_list, field_path, value, position_context
