@@ -68,20 +68,23 @@ WHERE id = %(job)s AND lease_owner = %(owner)s
 """
 
 # Rows without a usable SOD number belong to no order: reported once, before the chunks.
+# The errors are written only when the job's checkpoint moves (a resumed job has moved
+# it already), so a job taken over or run again does not report them twice.
 ORPHANS = """
-WITH orphan AS (
-    SELECT r.row_no, e.value AS e, r.raw
-    FROM import_row AS r, jsonb_array_elements(coalesce(r.errors, '[]')) AS e
-    WHERE r.job_id = %(job)s AND r.sod_number IS NULL
-), written AS (
-    INSERT INTO import_error (job_id, row_no, sod_number, column_name, code, message, raw)
-    SELECT %(job)s, row_no, NULL, e ->> 'column', e ->> 'code', e ->> 'message', raw FROM orphan ORDER BY row_no
+WITH job AS (
+    UPDATE import_job
+    SET applied_through = '',
+        failed = failed + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL),
+        processed_rows = processed_rows
+            + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL)
+    WHERE id = %(job)s AND lease_owner = %(owner)s AND applied_through IS NULL
+    RETURNING id
 )
-UPDATE import_job
-SET applied_through = '',
-    failed = failed + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL),
-    processed_rows = processed_rows + (SELECT count(*) FROM import_row WHERE job_id = %(job)s AND sod_number IS NULL)
-WHERE id = %(job)s AND lease_owner = %(owner)s AND applied_through IS NULL
+INSERT INTO import_error (job_id, row_no, sod_number, column_name, code, message, raw)
+SELECT job.id, r.row_no, NULL, e.value ->> 'column', e.value ->> 'code', e.value ->> 'message', r.raw
+FROM job, import_row AS r, jsonb_array_elements(coalesce(r.errors, '[]')) AS e
+WHERE r.job_id = %(job)s AND r.sod_number IS NULL
+ORDER BY r.row_no
 """
 
 # The last SOD number of the next chunk (NULL when none is left).
