@@ -235,7 +235,7 @@ def generated(tmp_path: Path, orders_: int, prefix: str, *, seed_: int = 1) -> b
 
 
 def bad_input_file() -> tuple[bytes, list[tuple[int, str | None, str | None, str]], dict[int, str]]:
-    """Good orders G-1, G-2 among one bad order per broken rule, each with a good sibling.
+    """Good orders G-1..G-3 among one bad order per broken rule, most with a good sibling.
 
     Returns the file, the expected errors (row, sod, column, code) and the raw text of rows.
     """
@@ -802,4 +802,53 @@ async def test_import_job_over_graphql_shows_the_outcome_and_the_rejected_rows(
     assert nodes[1]["raw"] == bad and "SKU-99999" in nodes[1]["message"]
     assert '"E1"' in nodes[2]["message"]
     assert got["errors"]["pageInfo"]["hasNextPage"] is False
+    assert_invariants(import_db)
+
+
+def test_reimporting_an_order_made_elsewhere_moves_only_the_difference(
+    import_db: Settings, db: psycopg.Connection
+) -> None:
+    """A seeded order (its movements made by the seed, not by order_write) imported with
+    one quantity changed: exactly that difference moves."""
+    found = db.execute(
+        """
+        SELECT o.sod_number, o.created_at, c.code, o.status::text, o.description, o.currency,
+               array_agg(ARRAY[l.line_no::text, s.sku, l.quantity::text, l.unit_price::text] ORDER BY l.line_no)
+        FROM service_order AS o
+        JOIN customer AS c ON c.id = o.customer_id
+        JOIN service_order_line AS l ON l.order_id = o.id AND l.created_at = o.created_at
+        JOIN stock_item AS s ON s.id = l.stock_item_id
+        WHERE o.status IN ('OPEN', 'IN_PROGRESS') AND o.description NOT LIKE '%,%' AND o.description NOT LIKE '%"%'
+        GROUP BY o.id, o.created_at, c.code HAVING count(*) >= 2
+        ORDER BY o.sod_number LIMIT 1
+        """
+    ).fetchone()
+    assert found is not None
+    sod, created_at, customer, status, description, currency, seeded = found
+    rows = [
+        line(
+            sod,
+            int(n),
+            created_at=created_at.isoformat(),
+            customer=customer,
+            status=status,
+            description=description,
+            currency=currency,
+            sku=sku,
+            quantity=int(q) + (5 if i == 0 else 0),
+            price=price,
+        )
+        for i, (n, sku, q, price) in enumerate(seeded)
+    ]
+    first_sku = seeded[0][1]
+    ledger_before = {k: v for k, v in ledger(db, sod).items() if k[0] == sod}
+    before = on_hand(db)
+    job, result = run_file(import_db, csv_bytes(*rows))
+    assert (result, *counts(db, job)[1:]) == ("SUCCEEDED", 0, 1, 0, 0)
+    first_line = int(seeded[0][0])
+    assert {k: v for k, v in ledger(db, sod).items() if k[0] == sod} == {
+        **ledger_before,
+        (sod, first_line): ledger_before[(sod, first_line)] - 5,
+    }
+    assert delta(before, on_hand(db)) == {first_sku: -5}
     assert_invariants(import_db)
