@@ -133,11 +133,13 @@ async def graphql(request: Request) -> Response:
     return await _execute(request, gql)
 
 
-def viewer_of(request: Request, settings: Settings) -> Viewer:
-    """Admin when the request carries the configured admin token (compared in constant
-    time); in development with no token configured, everyone is admin."""
+ADMIN_HEADER = "x-nexes-admin-token"
+
+
+def viewer_of(given: str, settings: Settings) -> Viewer:
+    """Admin when the request carries the configured admin token (`given`, compared in
+    constant time); in development with no token configured, everyone is admin."""
     token = str(settings.admin_token)
-    given = request.headers.get("x-nexes-admin-token", "")
     if (token and hmac.compare_digest(given.encode(), token.encode())) or (not token and settings.development):
         return ADMIN
     return Viewer()
@@ -147,10 +149,10 @@ ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
 
 
 async def _execute(request: Request, gql: GraphQLRequest) -> Response:
-    return _json(*await execute_graphql(request.app.state, gql))
+    return _json(*await execute_graphql(request.app.state, gql, request.headers.get(ADMIN_HEADER, "")))
 
 
-async def execute_graphql(app: Any, gql: GraphQLRequest) -> tuple[dict[str, Any], int]:
+async def execute_graphql(app: Any, gql: GraphQLRequest, admin_token: str = "") -> tuple[dict[str, Any], int]:
     """The payload and HTTP status of a parsed request, executed with the app's state
     (also by nexes.graphql_post, the plain-ASGI path of JSON POSTs)."""
     context = Context(
@@ -158,7 +160,7 @@ async def execute_graphql(app: Any, gql: GraphQLRequest) -> tuple[dict[str, Any]
         settings=app.settings,
         router=app.router,
         cursors=app.cursors,
-        viewer=viewer_of(request, app.settings),
+        viewer=viewer_of(admin_token, app.settings),
     )
     try:
         result = await execution.run(

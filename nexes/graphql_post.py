@@ -28,6 +28,13 @@ def _is_json_post(scope: Scope) -> bool:
     return False
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
 async def _body(receive: Receive) -> bytes | None:
     """The whole request body, or None when the client went away first."""
     chunks = []
@@ -56,7 +63,7 @@ class GraphQLPostMiddleware:
         except NexesError as exc:
             payload, status = error_result(exc)
         else:
-            payload, status = await execute_graphql(scope["app"].state, gql)
+            payload, status = await execute_graphql(scope["app"].state, gql, _header(scope, b"x-nexes-admin-token"))
         content = orjson.dumps(payload)
         headers = [(b"content-length", str(len(content)).encode()), (b"content-type", JSON)]
         await send({"type": "http.response.start", "status": status, "headers": headers})
