@@ -161,3 +161,13 @@ async def test_graphiql_only_in_development(seeded: object) -> None:
     assert production.status_code == 400
     assert production.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert development.status_code == 200 and "graphiql" in development.text.lower()
+
+
+def test_every_error_code_is_documented_in_the_readme_with_its_status() -> None:
+    from pathlib import Path
+
+    from nexes.errors import HTTP_STATUS, Code
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for code in Code:
+        assert f"| `{code.value}` | {HTTP_STATUS[code]} |" in readme, code
