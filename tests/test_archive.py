@@ -320,3 +320,33 @@ def test_cli_dry_run_lists_the_steps_and_changes_nothing(fresh_db: Settings) -> 
     assert out[-1].startswith(f"{4 * expected} step(s) planned")
     with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
         assert layout(conn) == before
+
+
+async def test_a_new_order_cannot_reuse_an_archived_sod_number(fresh_db: Settings) -> None:
+    """Through the write paths: createServiceOrder refuses it, whatever its createdAt."""
+    from tests.conftest import client_for, gql
+
+    seed(fresh_db.admin_url, ORDERS, defer=False)
+    archive.archive(fresh_db.admin_url, after_years=AFTER_YEARS)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        sod, customer = conn.execute(
+            "SELECT o.sod_number, c.code FROM service_order_archive AS o JOIN customer AS c ON c.id = o.customer_id "
+            "LIMIT 1"
+        ).fetchone()
+        keys_before = conn.execute("SELECT count(*) FROM service_order_key").fetchone()
+    create = """mutation($input: CreateServiceOrderInput!) {
+      createServiceOrder(input: $input) { serviceOrder { id } errors { code field } } }"""
+    line = [{"sku": "SKU-00001", "quantity": 1, "unitPrice": "1.00"}]
+    async with client_for(fresh_db) as client:
+        for created_at in (None, "2026-11-01T00:00:00+00:00"):
+            payload = {"sodNumber": sod, "customerCode": customer, "lines": line}
+            if created_at:
+                payload["createdAt"] = created_at
+            body = await gql(client, create, {"input": payload})
+            result = body["data"]["createServiceOrder"]
+            assert result["serviceOrder"] is None
+            assert [e["code"] for e in result["errors"]] in (["DUPLICATE_CONFLICT"], ["BAD_USER_INPUT"]), result
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM service_order_key").fetchone() == keys_before
+        assert conn.execute("SELECT count(*) FROM service_order WHERE sod_number = %s", [sod]).fetchone() == (0,)
+        assert check_all(conn) == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import psycopg
 
 from nexes.db.conninfo import for_role
@@ -71,3 +74,36 @@ def test_reconciling_clean_data_changes_nothing(fresh_db: Settings) -> None:
     first = reconcile(fresh_db.admin_url)
     assert (first.stat_corrections, first.on_hand_mismatches, first.line_mismatches) == (0, 0, 0)
     assert first.slices >= 20  # five years of quarters
+
+
+def test_reconciliation_while_an_import_runs_corrects_nothing_that_was_right(
+    fresh_db: Settings, tmp_path: Path
+) -> None:
+    """Reconcile again and again while an import writes orders and stats chunk by chunk:
+    no correction may be made (every chunk commits orders and stats together), and the
+    figures are right at the end."""
+    import dataclasses
+
+    from bench.gen_import import generate_csv
+    from nexes.jobs.import_runner import run
+    from tests.test_import_crash import store
+
+    seed(fresh_db.admin_url, 200, defer=False)
+    path = tmp_path / "orders.csv"
+    generate_csv(path, 3_000, prefix="RECON", seed=3)
+    settings = dataclasses.replace(fresh_db, import_chunk_orders=100)
+    job_id = store(settings, path, "reconcile-during-import")
+    outcome: list[str] = []
+    importer = threading.Thread(target=lambda: outcome.append(run(job_id, settings)))
+    importer.start()
+    reports = []
+    while importer.is_alive() or not reports:
+        reports.append(reconcile(for_role(fresh_db.primary_url, fresh_db, "nexes_worker")))
+    importer.join()
+    assert outcome == ["SUCCEEDED"]
+    assert len(reports) >= 2, "reconciliation overlapped the import"
+    assert [r.stat_corrections for r in reports] == [0] * len(reports)
+    assert [r.line_mismatches for r in reports] == [0] * len(reports)
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        assert check_all(conn) == []
+        assert conn.execute("SELECT count(*) FROM stat_drift WHERE corrected").fetchone() == (0,)
