@@ -107,7 +107,6 @@ CHUNK: list[LiteralString] = [
     LEFT JOIN stock_item AS s ON s.sku = r.sku
     WHERE r.job_id = %(job)s AND r.sod_number > %(after)s AND r.sod_number <= %(upto)s
     """,
-    "ANALYZE c_row",
     """
     CREATE TEMP TABLE c_err ON COMMIT DROP AS
     SELECT r.row_no, r.sod_number, e.value ->> 'column' AS column_name, e.value ->> 'code' AS code,
