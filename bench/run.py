@@ -1,8 +1,16 @@
 """`make bench`: benchmarks on a database of their own (`nexes_bench`), never run by CI.
 
     python -m bench.run seed [--orders N]    fresh nexes_bench, timed seed, size on disk
+    python -m bench.run pages                page latency: raw keyset SQL against GraphQL
     python -m bench.run api [--seconds S]    a 50-order page: Nexes vs PostGraphile v5 (wrk)
-    python -m bench.run                      both, seeding only when nexes_bench is missing
+    python -m bench.run import [--orders N] [--py-spy EXE]
+                                             a CSV of N orders (default 1M) through the workers, against raw COPY
+    python -m bench.run import-load [--orders N] [--requests R]
+                                             page p50/p99 idle, then while imports of N orders (default 300k) run
+    python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
+    python -m bench.run                      pages and api, seeding only when nexes_bench is missing
+
+The write-path commands (bench/write_path.py) need a seeded nexes_bench.
 
 Figures go to stdout as JSON lines and are copied by hand into bench/README.md.
 """
@@ -261,12 +269,25 @@ def _p99(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="?", choices=["seed", "api", "pages", "all"], default="all")
-    parser.add_argument("--orders", type=int, default=10_000_000)
+    parser.add_argument(
+        "what", nargs="?", choices=["seed", "api", "pages", "import", "import-load", "reconcile", "all"], default="all"
+    )
+    parser.add_argument("--orders", type=int, default=None, help="seed: 10M; import: 1M; import-load: 300k")
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=400, help="import-load: page requests idle and loaded")
+    parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
     args = parser.parse_args()
-    if args.what == "seed":
-        bench_seed(args.orders)
+    if args.what in ("import", "import-load", "reconcile"):
+        from bench import write_path  # it imports this module's helpers
+
+        if args.what == "import":
+            write_path.bench_import(args.orders or 1_000_000, args.py_spy)
+        elif args.what == "import-load":
+            write_path.bench_import_load(args.orders or 300_000, args.requests)
+        else:
+            write_path.bench_reconcile()
+    elif args.what == "seed":
+        bench_seed(args.orders or 10_000_000)
     elif args.what == "api":
         bench_api(args.seconds)
     elif args.what == "pages":
@@ -276,7 +297,7 @@ def main() -> None:
         with psycopg.connect(superuser(settings.admin_url)) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
         if not exists:
-            bench_seed(args.orders)
+            bench_seed(args.orders or 10_000_000)
         asyncio.run(_latencies(200))
         bench_api(args.seconds)
 

@@ -1,0 +1,339 @@
+"""The write path over nexes_bench: an import against raw COPY, the API under import load, reconciliation.
+
+    python -m bench.run import [--orders 1000000] [--py-spy /tmp/pyspy/bin/py-spy]
+    python -m bench.run import-load [--orders 300000] [--requests 400]
+    python -m bench.run reconcile
+
+Imports go the way `nexes import FILE` sends them (the file stored in PostgreSQL, the
+job enqueued) to real Dramatiq workers (`dramatiq nexes.jobs --processes 1 --threads 2`)
+started here. Their messages go through a Redis database of the benchmark's own, so
+that workers of other checkouts on the same Redis never take them (and ours never
+take theirs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from bench.gen_import import COLUMNS, generate_csv
+from bench.run import DB, ROOT, _p99, bench_env, process, report, superuser
+from bench.samplers import PySpy, Sampler, descendants
+from nexes import settings as settings_module
+from nexes.db import reconcile as reconcile_sql
+from nexes.db.partitions import next_quarter, quarters
+from nexes.resolvers.ids import decode_any_global_id
+
+REDIS_DB = 7
+API_PORT = 18050
+PAGE = "{ serviceOrders(first: 50) { edges { node { sodNumber status totalAmount customer { name } } } } }"
+FINAL = ("SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED")
+JOB = """
+SELECT status::text, phase, staged_rows, processed_rows, inserted, updated, unchanged, failed, message,
+       extract(epoch FROM finished_at - started_at)::float8
+FROM import_job WHERE id = %s
+"""
+
+
+def worker_env() -> dict[str, str]:
+    """nexes_bench everywhere, and the benchmark's own Redis database."""
+    env = bench_env()
+    env["NEXES_REDIS_URL"] = urlsplit(env["NEXES_REDIS_URL"])._replace(path=f"/{REDIS_DB}").geturl()
+    return env
+
+
+def code_state() -> dict[str, Any]:
+    """The commit measured, and the files under nexes/ that others had changed in the shared tree."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "nexes"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    return {"commit": head.strip(), "uncommitted": [line[3:] for line in dirty.splitlines()]}
+
+
+def admin_url(env: dict[str, str]) -> str:
+    return settings_module.load(env).admin_url
+
+
+def make_file(directory: Path, orders: int, tag: str) -> tuple[Path, int]:
+    """A valid import file whose SOD numbers no earlier run used, so every order inserts."""
+    prefix = f"W{time.strftime('%y%m%d%H%M%S')}{tag}"
+    with psycopg.connect(admin_url(worker_env())) as conn:
+        row = conn.execute("SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM stock_item)").fetchone()
+    customers, skus = row if row else (200, 50)
+    path = directory / f"{prefix}.csv"
+    started = time.monotonic()
+    lines = generate_csv(path, orders, prefix=prefix, customers=min(customers, 50_000), skus=min(skus, 2_000))
+    report(
+        bench="import-file",
+        orders=orders,
+        lines=lines,
+        bytes=path.stat().st_size,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return path, lines
+
+
+@contextmanager
+def workers(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dramatiq nexes.jobs --processes 1 --threads 2`, stopped by its process group."""
+    cmd = [str(Path(sys.executable).parent / "dramatiq"), "nexes.jobs", "--processes", "1", "--threads", "2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(descendants(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(f"dramatiq exited ({proc.returncode}); see {log}")
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def store(env: dict[str, str], path: Path) -> int:
+    """`nexes import FILE`: stored in PostgreSQL, enqueued; the job's id."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "nexes.cli", "import", str(path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    decoded = decode_any_global_id(out.split()[-1])
+    assert decoded and decoded[0] == "ImportJob", out
+    report(bench="import-upload", file=path.name, job=decoded[1], seconds=round(time.monotonic() - started, 1))
+    return decoded[1]
+
+
+def job(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    row = conn.execute(JOB, [job_id]).fetchone()
+    assert row, f"import job {job_id} is gone"
+    names = (
+        "status",
+        "phase",
+        "staged_rows",
+        "processed_rows",
+        "inserted",
+        "updated",
+        "unchanged",
+        "failed",
+        "message",
+        "job_seconds",
+    )
+    return dict(zip(names, row, strict=True))
+
+
+def wait_final(
+    conn: psycopg.Connection[Any], job_id: int, timeout: float = 4 * 3600
+) -> tuple[dict[str, Any], float | None]:
+    """Poll every 0.5 s until the job is final; also when its apply phase began (seconds from now)."""
+    started = time.monotonic()
+    apply_at = None
+    while time.monotonic() - started < timeout:
+        state = job(conn, job_id)
+        if apply_at is None and state["phase"] in ("apply", "done"):
+            apply_at = time.monotonic() - started
+        if state["status"] in FINAL:
+            return state, apply_at
+        time.sleep(0.5)
+    raise TimeoutError(f"import job {job_id} not final after {timeout}s")
+
+
+def raw_copy(conninfo: str, path: Path, orders: int) -> float:
+    """COPY of the same file into a plain 10-text-column table without indexes; rows/s."""
+    columns = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in COLUMNS)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy_raw")
+        conn.execute(sql.SQL("CREATE TABLE bench_copy_raw ({})").format(columns))
+        try:
+            started = time.monotonic()
+            with (
+                conn.cursor().copy("COPY bench_copy_raw FROM STDIN (FORMAT csv, HEADER true)") as copy,
+                path.open("rb") as file,
+            ):
+                while block := file.read(1 << 20):
+                    copy.write(block)
+            seconds = time.monotonic() - started
+            row = conn.execute("SELECT count(*) FROM bench_copy_raw").fetchone()
+        finally:
+            conn.execute("DROP TABLE IF EXISTS bench_copy_raw")
+    rows = row[0] if row else 0
+    report(
+        bench="raw-copy",
+        rows=rows,
+        seconds=round(seconds, 1),
+        rows_per_s=round(rows / seconds),
+        orders_per_s=round(orders / seconds),
+    )
+    return orders / seconds
+
+
+def bench_import(orders: int, py_spy: str | None) -> None:
+    env = worker_env()
+    conninfo = admin_url(env)
+    with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
+        path, lines = make_file(Path(tmp), orders, "I")
+        copy_orders_per_s = raw_copy(conninfo, path, orders)
+        with workers(env, Path(tmp) / "worker.log") as proc, psycopg.connect(conninfo, autocommit=True) as conn:
+            child = next(p for p in descendants(proc.pid) if p != proc.pid)
+            profiler = PySpy(py_spy, child, Path(tmp) / "py-spy.txt") if py_spy else None
+            job_id = store(env, path)
+            sampler = Sampler(proc.pid, superuser(conninfo), DB)
+            sampler.start()
+            started = time.monotonic()
+            state, apply_at = wait_final(conn, job_id)
+            wall = time.monotonic() - started
+            sampler.stop.set()
+            sampler.join()
+            stacks = profiler.finish() if profiler else {}
+            if state["status"] != "SUCCEEDED":
+                print((Path(tmp) / "worker.log").read_text()[-4000:], file=sys.stderr)
+    seconds = state["job_seconds"]
+    report(
+        bench="import",
+        orders=orders,
+        lines=lines,
+        job=job_id,
+        outcome={k: state[k] for k in ("status", "inserted", "updated", "unchanged", "failed", "message")},
+        job_seconds=round(seconds, 1),
+        wall_seconds=round(wall, 1),
+        stage_seconds=round(apply_at, 1) if apply_at is not None else None,
+        orders_per_s=round(orders / seconds),
+        lines_per_s=round(lines / seconds),
+        wall_orders_per_s=round(orders / wall),
+        wall_lines_per_s=round(lines / wall),
+        raw_copy_orders_per_s=round(copy_orders_per_s),
+        import_over_copy=round(orders / seconds / copy_orders_per_s, 3),
+        loadavg=os.getloadavg(),
+        code=code_state(),
+        **sampler.figures(),
+    )
+    if stacks:
+        report(bench="import-py-spy", **stacks)
+
+
+def latencies(client: httpx.Client, url: str, count: int, keep_going: Any = None) -> dict[str, Any]:
+    """`count` sequential page requests (fewer when `keep_going()` turns false); failures counted."""
+    ms: list[float] = []
+    failures: dict[str, int] = {}
+    for n in range(count):
+        if keep_going is not None and n % 20 == 0 and not keep_going():
+            break
+        started = time.perf_counter()
+        try:
+            response = client.post(url, json={"query": PAGE})
+            body = response.json()
+            problem = None if response.status_code == 200 and "errors" not in body else f"HTTP {response.status_code}"
+            if problem is None and len(body["data"]["serviceOrders"]["edges"]) != 50:
+                problem = "short page"
+        except (httpx.HTTPError, ValueError) as exc:
+            problem = type(exc).__name__
+        ms.append((time.perf_counter() - started) * 1000)
+        if problem:
+            failures[problem] = failures.get(problem, 0) + 1
+    return {
+        "requests": len(ms),
+        "p50_ms": round(statistics.median(ms), 1),
+        "p99_ms": round(_p99(ms), 1),
+        "max_ms": round(max(ms), 1),
+        "failures": failures,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def bench_import_load(orders: int, requests: int) -> None:
+    """Page latency idle, then with both worker threads busy with one import each (orders/2 apiece)."""
+    env = worker_env()
+    conninfo = admin_url(env)
+    url = f"http://127.0.0.1:{API_PORT}/graphql"
+    serve = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(API_PORT), "--workers", "2"]
+    with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
+        files = [make_file(Path(tmp), orders // 2, tag)[0] for tag in ("L", "M")]
+        with (
+            process(serve, env, url, {"query": PAGE}),
+            workers(env, Path(tmp) / "worker.log"),
+            psycopg.connect(conninfo, autocommit=True) as conn,
+            httpx.Client(timeout=30) as client,
+        ):
+            latencies(client, url, 50)  # warm-up: connections, parse caches
+            idle = latencies(client, url, requests)
+            jobs = [store(env, f) for f in files]
+            while not all(job(conn, j)["status"] == "RUNNING" for j in jobs):
+                time.sleep(0.2)
+            loaded = latencies(client, url, requests, lambda: all(job(conn, j)["status"] == "RUNNING" for j in jobs))
+            still_running = all(job(conn, j)["status"] == "RUNNING" for j in jobs)
+            outcomes = [wait_final(conn, j)[0] for j in jobs]
+    report(
+        bench="import-load",
+        import_orders=orders,
+        jobs=len(jobs),
+        idle=idle,
+        loaded=loaded,
+        both_imports_ran_throughout=still_running,
+        p99_loaded_over_idle=round(loaded["p99_ms"] / idle["p99_ms"], 2),
+        code=code_state(),
+        import_outcomes=[{k: o[k] for k in ("status", "inserted", "failed", "job_seconds")} for o in outcomes],
+    )
+
+
+def stats_and_stock(conninfo: str) -> float:
+    """The reconciliation without its per-line ledger check: the same statements of
+    nexes.db.reconcile, timed alone (the command runs all three together)."""
+    run = uuid.uuid4()
+    started = time.monotonic()
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        row = conn.execute(reconcile_sql.BOUNDS).fetchone()
+        first, last = row if row else (None, None)
+        for start in quarters(first, last) if first and last else []:
+            conn.execute(reconcile_sql.SLICE, {"lo": start, "hi": next_quarter(start), "run": run})
+        conn.execute(reconcile_sql.STOCK, {"run": run})
+    return time.monotonic() - started
+
+
+def bench_reconcile() -> None:
+    env = bench_env()
+    conninfo = admin_url(env)
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SELECT count(*) FROM service_order").fetchone()
+    partial = stats_and_stock(conninfo)
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "nexes.cli", "reconcile"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    seconds = time.monotonic() - started
+    counts = {name: int(n) for n, name in re.findall(r"(\d+) (dashboard|on-hand|item|line)", out)}
+    report(
+        bench="reconcile",
+        orders=row[0] if row else None,
+        stats_and_on_hand_seconds=round(partial, 1),
+        full_seconds=round(seconds, 1),
+        output=out.strip(),
+        counts=counts,
+        # Stock below zero is allowed (and reported); drift is a correction or a mismatch.
+        zero_drift=len(counts) == 4 and counts["dashboard"] == counts["on-hand"] == counts["line"] == 0,
+        loadavg=os.getloadavg(),
+    )
