@@ -212,6 +212,31 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_reindex(args: argparse.Namespace) -> None:
+    """Build a new search collection from a replica, swap the alias, drop the old one."""
+    from tqdm import tqdm
+
+    from nexes.search.client import sync_client
+    from nexes.search.reindex import ReindexBusy, reindex
+
+    settings = _settings()
+    with tqdm(unit="docs", unit_scale=True, desc="reindex") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+
+        try:
+            report = reindex(settings, sync_client(settings), batch=args.batch, progress=progress)
+        except ReindexBusy as exc:
+            sys.exit(f"nexes reindex: {exc}")
+    print(
+        f"indexed {report.documents:,} orders into {report.collection} in {report.seconds:.1f}s "
+        f"({report.rate:,.0f}/s); {report.failed} failed and re-queued, {report.requeued} changed meanwhile "
+        f"re-queued; dropped {', '.join(report.dropped) or 'nothing'}"
+    )
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from nexes.schema import schema
 
@@ -318,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reconcile", help="recompute dashboard stats, check stock; drift goes to stat_drift").set_defaults(
         func=cmd_reconcile
     )
+    reindex = sub.add_parser("reindex", help="rebuild the search index from a replica and swap the alias")
+    reindex.add_argument("--batch", type=int, default=5_000, help="documents per import request (default 5000)")
+    reindex.set_defaults(func=cmd_reindex)
     sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
         func=cmd_schema
     )

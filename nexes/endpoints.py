@@ -30,6 +30,7 @@ from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
 from nexes.observability import request_id_var
 from nexes.resolvers.ids import global_id
 from nexes.schema import execution
+from nexes.search.health import search_health
 from nexes.settings import Settings
 from nexes.uploads import StoredUpload, UploadWriter, abort_all, enqueue
 
@@ -341,5 +342,6 @@ async def health(request: Request) -> Response:
         "pools": app.pools.stats(),
         "redis": redis_state,
         "typesense": search_state,
+        "search": await search_health(settings, app.router),
     }
     return JSONResponse(body, status_code=200 if serving else 503)

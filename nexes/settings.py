@@ -59,6 +59,12 @@ class Settings:
     count_cap: int = 100_000
     cursor_secret: Secret = field(repr=False, default=Secret("nexes-cursor-dev-secret"))
     max_body_bytes: int = 1_000_000
+    typesense_collection: str = "service_orders"
+    typesense_timeout: float = 1.0
+    search_sync_batch: int = 1_000
+    search_sweep_seconds: float = 2.0
+    search_breaker_failures: int = 3
+    search_breaker_reset: float = 10.0
     access_log: bool = True
     import_max_bytes: int = 1 << 30
     import_retention_days: int = 30
@@ -131,6 +137,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             count_cap=int(_positive(config, "NEXES_COUNT_CAP", 100_000, int)),
             cursor_secret=Secret(config("NEXES_CURSOR_SECRET", default="nexes-cursor-dev-secret")),
             max_body_bytes=int(_positive(config, "NEXES_MAX_BODY_BYTES", 1_000_000, int)),
+            typesense_collection=config("NEXES_TYPESENSE_COLLECTION", default="service_orders"),
+            typesense_timeout=max(0.05, _positive(config, "NEXES_TYPESENSE_TIMEOUT", 1.0, float)),
+            search_sync_batch=max(1, int(_positive(config, "NEXES_SEARCH_SYNC_BATCH", 1_000, int))),
+            search_sweep_seconds=max(0.1, _positive(config, "NEXES_SEARCH_SWEEP_SECONDS", 2.0, float)),
+            search_breaker_failures=max(1, int(_positive(config, "NEXES_SEARCH_BREAKER_FAILURES", 3, int))),
+            search_breaker_reset=max(0.1, _positive(config, "NEXES_SEARCH_BREAKER_RESET", 10.0, float)),
             access_log=config("NEXES_ACCESS_LOG", cast=bool, default=True),
             import_max_bytes=int(_positive(config, "NEXES_IMPORT_MAX_BYTES", 1 << 30, int)),
             import_retention_days=int(_positive(config, "NEXES_IMPORT_RETENTION_DAYS", 30, int)),

@@ -49,6 +49,6 @@ broker.add_middleware(AsyncIO())
 broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
 
-from nexes.jobs import imports, maintenance  # noqa: E402  (actors register on the broker set above)
+from nexes.jobs import imports, maintenance, search  # noqa: E402  (actors register on the broker set above)
 
-__all__ = ["broker", "imports", "maintenance", "settings"]
+__all__ = ["broker", "imports", "maintenance", "search", "settings"]

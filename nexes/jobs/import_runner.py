@@ -29,6 +29,7 @@ from nexes.db.cursor import SyncTaggedCursor
 from nexes.db.import_jobs import upload_chunks
 from nexes.jobs import importfile
 from nexes.observability import request_id_var, traceparent_var
+from nexes.search.trigger import request_sync
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
                 return
             with conn.transaction():
                 cancel = sql.run_chunk(conn, {**params, "after": after, "upto": upto})
+            request_sync()  # the chunk is committed: search picks its orders up now
         if cancel:
             raise Cancelled
 

@@ -23,6 +23,7 @@ from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.orders import Info, hydrate
 from nexes.schema.payloads import UserError
 from nexes.schema.types import Customer, ServiceOrder, StockItem
+from nexes.search.trigger import after_commit
 
 SOD = re.compile(r"[A-Za-z0-9-]{1,40}")
 CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
@@ -276,7 +277,7 @@ async def update_service_order(
 async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
     """Run a mutation's work on the primary; Rejected becomes payload errors."""
     try:
-        return await info.context.router.write(work), []
+        return after_commit(await info.context.router.write(work)), []
     except Rejected as exc:
         return None, exc.errors
 

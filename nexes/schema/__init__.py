@@ -28,13 +28,14 @@ from nexes.schema.executor import FastExecutor
 from nexes.schema.imports import ImportMutation, ImportQuery
 from nexes.schema.mutations import AdminMutation, OrderMutation
 from nexes.schema.scalars import SCALAR_MAP
+from nexes.schema.search import SearchMutation, SearchQueries
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
 
 Info = orders.Info
 
 
 @strawberry.type
-class Query(ImportQuery):
+class Query(SearchQueries, ImportQuery):
     @strawberry.field(description="Any object by its global id.")
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         return await nodes.node(info, id)
@@ -95,7 +96,7 @@ class Query(ImportQuery):
 
 
 @strawberry.type
-class Mutation(OrderMutation, ImportMutation, AdminMutation):
+class Mutation(OrderMutation, ImportMutation, AdminMutation, SearchMutation):
     """Writes, all on the primary."""
 
 

@@ -1,0 +1,305 @@
+"""Search's SQL: the outbox claim, order documents (fresh on the primary, streamed from a
+replica for a reindex), reindex bookkeeping, sync lag, and the pg_trgm fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import args_row
+
+# Advisory-lock namespace of the per-order sync lock (the two-int form keeps it apart
+# from every single-bigint lock, such as the migrations').
+ORDER_LOCK_SPACE = 0x5EA5
+
+
+class DocRow(NamedTuple):
+    """What the search index holds of one order."""
+
+    id: int
+    sod_number: str
+    customer_name: str
+    customer_code: str
+    description: str
+    status: str
+    currency: str
+    created_at: datetime
+    total_amount: Decimal
+    updated_at: datetime
+
+
+DOC_ROW = args_row(DocRow)
+DOC_COLUMNS = (
+    "o.id, o.sod_number, c.name, c.code, o.description, o.status::text, o.currency, o.created_at, "
+    "o.total_amount, o.updated_at"
+)
+
+CLAIM = "SELECT id, order_id FROM search_outbox ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+# Try-locks: an order another sync holds is skipped (its rows stay for later), never waited for.
+LOCK_ORDERS = (
+    "SELECT t.id FROM unnest(%(ids)s::bigint[]) AS t(id) "
+    "WHERE pg_try_advisory_xact_lock(%(space)s, (t.id %% 2147483647)::int) ORDER BY t.id"
+)
+FRESH_DOCUMENTS = (
+    "SELECT " + DOC_COLUMNS + " FROM service_order_key AS k "
+    "JOIN service_order AS o ON o.id = k.id AND o.created_at = k.created_at "
+    "JOIN customer AS c ON c.id = o.customer_id WHERE k.id = ANY(%(ids)s)"
+)
+DELETE_HANDLED = "DELETE FROM search_outbox WHERE id = ANY(%(ids)s)"
+# FOR SHARE: the reindex's finishing UPDATE waits for every sync that saw it running,
+# so the changes those syncs record are all there when it queues them again.
+RUNNING_REINDEX = "SELECT id FROM search_reindex WHERE finished_at IS NULL FOR SHARE"
+RECORD_CHANGES = (
+    "INSERT INTO search_reindex_change (reindex_id, order_id) SELECT %(run)s, unnest(%(ids)s::bigint[]) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outbox rows of one sync transaction: every claimed row id per order it locked."""
+
+    rows_by_order: dict[int, list[int]]
+
+
+def claim(conn: psycopg.Connection[Any], limit: int) -> Claim:
+    """Claim up to `limit` outbox rows and lock their orders (inside the caller's transaction)."""
+    rows = conn.execute(CLAIM, {"limit": limit}).fetchall()
+    by_order: dict[int, list[int]] = {}
+    for row_id, order_id in rows:
+        by_order.setdefault(order_id, []).append(row_id)
+    if not by_order:
+        return Claim({})
+    locked = conn.execute(LOCK_ORDERS, {"ids": sorted(by_order), "space": ORDER_LOCK_SPACE}).fetchall()
+    return Claim({order_id: by_order[order_id] for (order_id,) in locked})
+
+
+def fresh_documents(conn: psycopg.Connection[Any], order_ids: Sequence[int]) -> list[DocRow]:
+    """The current state of these live orders; a missing id was deleted or archived."""
+    with conn.cursor(row_factory=DOC_ROW) as cur:
+        return cur.execute(FRESH_DOCUMENTS, {"ids": list(order_ids)}).fetchall()
+
+
+def delete_handled(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int:
+    """Delete the outbox rows the sync has written; rows added since stay."""
+    return conn.execute(DELETE_HANDLED, {"ids": list(row_ids)}).rowcount
+
+
+def running_reindex(conn: psycopg.Connection[Any]) -> int | None:
+    """The unfinished reindex run, share-locked until the caller commits (call it before writing
+    to Typesense: a run that finishes after this waits, and one finished before it has swapped)."""
+    row = conn.execute(RUNNING_REINDEX).fetchone()
+    return int(row[0]) if row else None
+
+
+def record_changes(conn: psycopg.Connection[Any], run: int, order_ids: Sequence[int]) -> None:
+    """Remember the orders this sync wrote while reindex `run` builds its collection."""
+    conn.execute(RECORD_CHANGES, {"run": run, "ids": list(order_ids)})
+
+
+# --- reindex -------------------------------------------------------------------------
+
+ABANDON_STALE = (
+    "UPDATE search_reindex SET finished_at = now(), outcome = 'abandoned' "
+    "WHERE finished_at IS NULL AND heartbeat_at < now() - make_interval(secs => %(stale)s) RETURNING collection"
+)
+START_REINDEX = "INSERT INTO search_reindex (collection) VALUES (%(collection)s) ON CONFLICT DO NOTHING RETURNING id"
+HEARTBEAT = "UPDATE search_reindex SET heartbeat_at = now(), documents = %(documents)s WHERE id = %(run)s"
+FINISH_REINDEX = (
+    "UPDATE search_reindex SET finished_at = now(), outcome = %(outcome)s, documents = %(documents)s "
+    "WHERE id = %(run)s AND finished_at IS NULL RETURNING id"
+)
+REQUEUE_CHANGES = (
+    "INSERT INTO search_outbox (order_id, op) SELECT order_id, 'upsert' FROM search_reindex_change "
+    "WHERE reindex_id = %(run)s"
+)
+FORGET_CHANGES = "DELETE FROM search_reindex_change WHERE reindex_id = %(run)s"
+CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
+# On a standby: has it replayed that far? On a primary (no replicas configured): yes.
+REPLAYED = "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn"
+REINDEX_DOCUMENTS = "SELECT " + DOC_COLUMNS + " FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id"
+ESTIMATE_ORDERS = "SELECT coalesce(sum(reltuples), 0)::bigint FROM pg_class WHERE relname LIKE 'service_order_p%%'"
+COUNT_ORDERS = "SELECT count(*) FROM service_order"
+
+
+def start_reindex(conn: psycopg.Connection[Any], collection: str, *, stale_after: float) -> int | None:
+    """Register a run (None while another live run holds the slot); takes over dead ones."""
+    with conn.transaction():
+        conn.execute(ABANDON_STALE, {"stale": stale_after})
+        row = conn.execute(START_REINDEX, {"collection": collection}).fetchone()
+    return int(row[0]) if row else None
+
+
+def heartbeat(conn: psycopg.Connection[Any], run: int, documents: int) -> None:
+    conn.execute(HEARTBEAT, {"run": run, "documents": documents})
+
+
+def finish_reindex(conn: psycopg.Connection[Any], run: int, documents: int, *, swapped: bool) -> int:
+    """Close the run; when it swapped, queue every order the sync wrote meanwhile. Returns that count."""
+    with conn.transaction():
+        done = conn.execute(
+            FINISH_REINDEX, {"run": run, "documents": documents, "outcome": "swapped" if swapped else "abandoned"}
+        ).fetchone()
+        if done is None or not swapped:
+            conn.execute(FORGET_CHANGES, {"run": run})
+            return 0
+        queued = conn.execute(REQUEUE_CHANGES, {"run": run}).rowcount
+        conn.execute(FORGET_CHANGES, {"run": run})
+    return queued
+
+
+def current_lsn(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(CURRENT_LSN).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def replayed(conn: psycopg.Connection[Any], lsn: str) -> bool:
+    row = conn.execute(REPLAYED, {"lsn": lsn}).fetchone()
+    return bool(row and row[0])
+
+
+def estimate_orders(conn: psycopg.Connection[Any]) -> int:
+    """The planner's estimate of live orders (progress only); -1 when never analyzed."""
+    row = conn.execute(ESTIMATE_ORDERS).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stream_documents(conn: psycopg.Connection[Any], batch: int) -> Iterator[list[DocRow]]:
+    """Every live order, through a server-side cursor, `batch` rows at a time (constant memory).
+    The caller holds the transaction (one snapshot for the whole stream)."""
+    with conn.cursor(name="nexes_reindex", row_factory=DOC_ROW) as cur:
+        cur.itersize = batch
+        cur.execute(REINDEX_DOCUMENTS)
+        while rows := cur.fetchmany(batch):
+            yield rows
+
+
+# --- lag and drift -------------------------------------------------------------------
+
+OLDEST_PENDING = (
+    "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(enqueued_at)), 0)::float8 FROM search_outbox"
+)
+QUEUE_REPAIRS = "INSERT INTO search_outbox (order_id, op) SELECT unnest(%(ids)s::bigint[]), 'upsert'"
+ORDERS_EXIST = (
+    "SELECT k.id FROM service_order_key AS k JOIN service_order AS o ON o.id = k.id AND o.created_at = k.created_at "
+    "WHERE k.id = ANY(%(ids)s)"
+)
+
+
+async def outbox_lag(conn: AsyncConnection[Any]) -> tuple[int, float]:
+    """Pending outbox rows, and the age in seconds of the oldest (0 when empty)."""
+    cur = await conn.execute(OLDEST_PENDING)
+    row = await cur.fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+
+def outbox_lag_sync(conn: psycopg.Connection[Any]) -> tuple[int, float]:
+    row = conn.execute(OLDEST_PENDING).fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+
+def count_orders(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(COUNT_ORDERS).fetchone()
+    return int(row[0]) if row else 0
+
+
+SAMPLE_IDS = "SELECT id FROM service_order_key TABLESAMPLE BERNOULLI (%(pct)s) LIMIT %(n)s"
+KEY_ESTIMATE = "SELECT greatest(reltuples, 1)::float8 FROM pg_class WHERE relname = 'service_order_key'"
+
+
+def random_documents(conn: psycopg.Connection[Any], n: int) -> list[DocRow]:
+    """About `n` random live orders as documents (a Bernoulli sample: cheap at any size)."""
+    row = conn.execute(KEY_ESTIMATE).fetchone()
+    pct = min(100.0, 400.0 * n / float(row[0])) if row else 100.0
+    ids = [i for (i,) in conn.execute(SAMPLE_IDS, {"pct": pct, "n": n}).fetchall()]
+    return fresh_documents(conn, ids)
+
+
+def existing_orders(conn: psycopg.Connection[Any], ids: Sequence[int]) -> set[int]:
+    """Which of these ids are live orders."""
+    return {i for (i,) in conn.execute(ORDERS_EXIST, {"ids": list(ids)}).fetchall()}
+
+
+def queue_repairs(conn: psycopg.Connection[Any], order_ids: Sequence[int]) -> int:
+    """Queue these orders for the sync (which re-reads each: upsert, or delete when gone)."""
+    return conn.execute(QUEUE_REPAIRS, {"ids": list(order_ids)}).rowcount
+
+
+# --- the pg_trgm fallback ------------------------------------------------------------
+
+# Each branch is index-driven (trigram GIN, or the (customer_id, created_at) index) and
+# ordered and limited on its own, so the planner can stop early on common words; the
+# union is bounded by `cap` per branch, which bounds `found` too.
+FALLBACK = sql.SQL("""
+WITH matched AS (
+    (SELECT o.id, o.created_at FROM service_order AS o
+     WHERE o.sod_number ILIKE %(like)s AND {conds} ORDER BY o.created_at DESC, o.id DESC LIMIT %(cap)s)
+    UNION
+    (SELECT o.id, o.created_at FROM service_order AS o
+     WHERE o.description ILIKE %(like)s AND {conds} ORDER BY o.created_at DESC, o.id DESC LIMIT %(cap)s)
+    UNION
+    (SELECT o.id, o.created_at FROM service_order AS o
+     WHERE o.customer_id IN (SELECT id FROM customer WHERE name %% %(q)s OR code ILIKE %(like)s
+                             ORDER BY similarity(name, %(q)s) DESC LIMIT 200)
+       AND {conds}
+     ORDER BY o.created_at DESC, o.id DESC LIMIT %(cap)s)
+)
+SELECT m.id, greatest(similarity(o.sod_number, %(q)s), similarity(c.name, %(q)s),
+                      word_similarity(%(q)s, o.description))::float8 AS score,
+       o.sod_number, c.name, o.description
+FROM (SELECT id, created_at FROM matched ORDER BY created_at DESC, id DESC LIMIT %(cap)s) AS m
+JOIN service_order AS o ON o.id = m.id AND o.created_at = m.created_at
+JOIN customer AS c ON c.id = o.customer_id
+ORDER BY m.created_at DESC, m.id DESC
+""")
+CONDITIONS = sql.SQL(
+    "(cardinality(%(statuses)s::text[]) = 0 OR o.status::text = ANY(%(statuses)s::text[])) "
+    "AND (%(from)s::timestamptz IS NULL OR o.created_at >= %(from)s::timestamptz) "
+    "AND (%(to)s::timestamptz IS NULL OR o.created_at < %(to)s::timestamptz)"
+)
+
+
+class FallbackHit(NamedTuple):
+    id: int
+    score: float
+    sod_number: str
+    customer_name: str
+    description: str
+
+
+FALLBACK_HIT = args_row(FallbackHit)
+
+
+def like_pattern(text: str) -> str:
+    """`text` as a literal substring pattern for ILIKE."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def fallback_search(
+    conn: AsyncConnection[Any],
+    query: str,
+    *,
+    statuses: Sequence[str],
+    created_from: datetime | None,
+    created_to: datetime | None,
+    cap: int,
+) -> list[FallbackHit]:
+    """Up to `cap` orders matching `query` by SOD infix, description substring, or a
+    customer whose name is similar (typos) or whose code contains it; newest first."""
+    params = {
+        "q": query,
+        "like": like_pattern(query),
+        "cap": cap,
+        "statuses": list(statuses),
+        "from": created_from,
+        "to": created_to,
+    }
+    async with conn.cursor(row_factory=FALLBACK_HIT) as cur:
+        await cur.execute(FALLBACK.format(conds=CONDITIONS), params)
+        return await cur.fetchall()

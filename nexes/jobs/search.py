@@ -1,0 +1,85 @@
+"""Search actors: the outbox sync (after writes, and swept on a schedule), the reindex,
+and the daily drift check. All take no arguments and re-read everything: safe twice."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+import typesense
+
+from nexes.jobs import settings
+
+log = logging.getLogger(__name__)
+QUEUE = "search"
+_client: typesense.Client | None = None
+_client_lock = threading.Lock()
+
+
+def client() -> typesense.Client:
+    """The worker process's Typesense client."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            from nexes.search.client import sync_client
+
+            _client = sync_client(settings)
+        return _client
+
+
+# No retries: a failed sync leaves its rows in the outbox, and the next trigger or the
+# sweep (every NEXES_SEARCH_SWEEP_SECONDS) runs it again.
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
+def sync_search() -> None:
+    """Drain the search outbox into Typesense."""
+    from nexes.jobs.import_runner import worker_pool
+    from nexes.search.sync import drain
+
+    report = drain(worker_pool(settings), client(), settings.typesense_collection, batch=settings.search_sync_batch)
+    if report.batches:
+        log.info(
+            "search sync: %d upserted, %d deleted, %d failed, %d outbox rows done",
+            report.upserted,
+            report.deleted,
+            report.failed,
+            report.rows,
+        )
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
+def sweep_search() -> None:
+    """The scheduled sweep: drain, and start a reindex a bulk load asked for."""
+    from nexes.jobs.import_runner import worker_pool
+
+    sync_search()
+    with worker_pool(settings).connection() as conn:
+        wanted = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_needed') "
+            "AND NOT EXISTS (SELECT 1 FROM search_reindex WHERE finished_at IS NULL)"
+        ).fetchone()
+    if wanted and wanted[0]:
+        reindex_search.send()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=30_000, max_backoff=600_000, time_limit=6 * 3_600_000)
+def reindex_search() -> None:
+    """Build a new collection from a replica and swap the alias (a no-op while another runs)."""
+    from nexes.search.reindex import ReindexBusy, reindex
+
+    try:
+        reindex(settings, client())
+    except ReindexBusy:
+        log.info("reindex: another run is in progress; nothing to do")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=60_000, max_backoff=3_600_000, time_limit=600_000)
+def check_search_drift() -> None:
+    """Compare Typesense with PostgreSQL and queue repairs, then sync them."""
+    from nexes.jobs.import_runner import worker_pool
+    from nexes.search.drift import check
+
+    with worker_pool(settings).connection() as conn:
+        report = check(conn, client(), settings.typesense_collection)
+    if report.queued:
+        sync_search.send()

@@ -1,0 +1,89 @@
+"""The drift check: Typesense's document count and a sample of documents against PostgreSQL;
+every missing, stale or extra document is queued for the sync to repair."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import typesense
+
+from nexes.db import search as search_db
+from nexes.search import collection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriftReport:
+    database_count: int
+    index_count: int
+    sampled: int = 0
+    missing: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)
+    queued: int = 0
+
+
+def check(conn: psycopg.Connection[Any], client: typesense.Client, alias: str, *, sample: int = 500) -> DriftReport:
+    """Compare, queue repairs (the sync upserts what exists and deletes what does not)."""
+    documents = client.collections[alias].documents
+    index_count = int(client.collections[alias].retrieve()["num_documents"])
+    report = DriftReport(database_count=search_db.count_orders(conn), index_count=index_count)
+    rows = search_db.random_documents(conn, sample)
+    report.sampled = len(rows)
+    if rows:
+        ids = ",".join(str(r.id) for r in rows)
+        indexed = _indexed(documents, f"id:[{ids}]", len(rows))
+        for row in rows:
+            stamp = indexed.get(row.id)
+            if stamp is None:
+                report.missing.append(row.id)
+            elif stamp != collection.updated_stamp(row.updated_at):
+                report.stale.append(row.id)
+    if index_count > report.database_count or report.missing:
+        report.extra = _extra(conn, documents, index_count, sample)
+    repairs = sorted(set(report.missing + report.stale + report.extra))
+    if repairs:
+        report.queued = search_db.queue_repairs(conn, repairs)
+    log.info(
+        "search drift: %d in PostgreSQL, %d in Typesense; sample of %d: %d missing, %d stale; %d extra; %d queued",
+        report.database_count,
+        report.index_count,
+        report.sampled,
+        len(report.missing),
+        len(report.stale),
+        len(report.extra),
+        report.queued,
+    )
+    return report
+
+
+def _indexed(documents: Any, filter_by: str, per_page: int) -> dict[int, int]:
+    """id -> updated_at stamp of the documents matching `filter_by`."""
+    found: dict[int, int] = {}
+    for page in range(1, per_page // 250 + 2):
+        answer = documents.search(
+            {"q": "*", "filter_by": filter_by, "per_page": 250, "page": page, "include_fields": "id,updated_at"}
+        )
+        hits = answer.get("hits", [])
+        for hit in hits:
+            doc = hit["document"]
+            found[int(doc["id"])] = int(doc.get("updated_at", -1))
+        if len(hits) < 250:
+            break
+    return found
+
+
+def _extra(conn: psycopg.Connection[Any], documents: Any, index_count: int, sample: int) -> list[int]:
+    """Documents of a random stretch of the index whose order is not live."""
+    pages = max(1, index_count // 250)
+    ids: list[int] = []
+    for page in random.sample(range(1, pages + 1), min(pages, max(1, sample // 250))):
+        answer = documents.search({"q": "*", "per_page": 250, "page": page, "include_fields": "id"})
+        ids += [int(h["document"]["id"]) for h in answer.get("hits", [])]
+    live = search_db.existing_orders(conn, ids)
+    return [i for i in ids if i not in live]

@@ -1,0 +1,198 @@
+"""Search queries: Typesense through the alias, or pg_trgm on a replica when Typesense is
+down, slow or erroring.
+
+The circuit breaker is purgatory's asyncio one (PyPI `purgatory`, pinned): pybreaker's
+async support needs Tornado. After `search_breaker_failures` failures in a row the
+breaker opens and every search goes straight to PostgreSQL for `search_breaker_reset`
+seconds; then one search tries Typesense again and closes it on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
+from typesense.async_.client import AsyncClient
+from typesense.exceptions import TypesenseClientError
+
+from nexes.db import search as search_db
+from nexes.db.router import Router
+from nexes.errors import bad_input
+from nexes.search import collection
+from nexes.search.client import async_client
+from nexes.settings import Settings
+
+log = logging.getLogger(__name__)
+Engine = Literal["TYPESENSE", "POSTGRES"]
+MAX_QUERY = 200
+MIN_FALLBACK_QUERY = 3
+FALLBACK_CAP = 1_000  # the fallback pages through the newest 1,000 matches at most
+TYPESENSE_MAX_PAGE = 250
+WORD = re.compile(r"\w", re.UNICODE)
+BREAKER = "typesense"
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    statuses: tuple[str, ...]
+    created_from: datetime | None
+    created_to: datetime | None  # exclusive
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    order_id: int
+    score: float
+    highlights: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Found:
+    engine: Engine
+    hits: list[Hit]
+    found: int
+    exact: bool
+    more: bool
+
+
+def checked_text(text: str) -> str:
+    """The query text, or BAD_USER_INPUT: it must hold a letter or digit, and be short."""
+    text = text.strip()
+    if not text:
+        raise bad_input("query must not be empty", field="query")
+    if len(text) > MAX_QUERY:
+        raise bad_input(f"query must be at most {MAX_QUERY} characters", field="query")
+    if not WORD.search(text):
+        raise bad_input("query must contain a letter or a digit", field="query")
+    return text
+
+
+def filter_by(query: SearchQuery) -> str:
+    """Typesense's filter_by, built only from enum names and integers: the user's text
+    never reaches it, so no query can change the filter."""
+    parts = []
+    if query.statuses:
+        parts.append("status:=[" + ",".join(query.statuses) + "]")
+    if query.created_from is not None:
+        parts.append(f"created_at:>={int(query.created_from.timestamp())}")
+    if query.created_to is not None:
+        parts.append(f"created_at:<{int(query.created_to.timestamp())}")
+    return " && ".join(parts)
+
+
+def _paging(query: SearchQuery) -> tuple[int, int, int]:
+    """(page, per_page, skip): Typesense pages by number; an offset that is not a
+    multiple of the size is served from page 1."""
+    if query.offset % max(query.size, 1) == 0:
+        return query.offset // max(query.size, 1) + 1, query.size, 0
+    if query.offset + query.size > TYPESENSE_MAX_PAGE:
+        raise bad_input("page with the same `first` as the page the cursor came from", field="after")
+    return 1, query.offset + query.size, query.offset
+
+
+class SearchService:
+    """One per process and event loop: the async client and the breaker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.alias = settings.typesense_collection
+        self.client: AsyncClient = async_client(settings)
+        self.breakers = AsyncCircuitBreakerFactory(
+            default_threshold=settings.search_breaker_failures, default_ttl=settings.search_breaker_reset
+        )
+
+    async def breaker_state(self) -> str:
+        """closed, opened or half-opened."""
+        breaker = await self.breakers.get_breaker(BREAKER)
+        return str(breaker.context.state)
+
+    async def search(self, query: SearchQuery, router: Router) -> Found:
+        try:
+            async with await self.breakers.get_breaker(BREAKER):
+                return await asyncio.wait_for(self._typesense(query), self.settings.typesense_timeout)
+        except OpenedState:
+            pass
+        except (TypesenseClientError, httpx.HTTPError, TimeoutError, OSError) as exc:
+            log.warning("search: Typesense failed (%s: %s); answering from PostgreSQL", type(exc).__name__, exc)
+        return await self._postgres(query, router)
+
+    async def _typesense(self, query: SearchQuery) -> Found:
+        page, per_page, skip = _paging(query)
+        params: dict[str, Any] = {
+            "q": query.text,
+            "query_by": collection.QUERY_BY,
+            "num_typos": collection.NUM_TYPOS,
+            "infix": collection.INFIX,
+            "sort_by": "_text_match:desc,created_at:desc",
+            "page": page,
+            "per_page": per_page,
+            "include_fields": "id",
+            "highlight_fields": collection.QUERY_BY,
+            "search_cutoff_ms": int(self.settings.typesense_timeout * 800),
+        }
+        flt = filter_by(query)
+        if flt:
+            params["filter_by"] = flt
+        answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
+        hits = [_hit(h) for h in answer.get("hits", [])][skip:]
+        found = int(answer.get("found", 0))
+        return Found("TYPESENSE", hits, found, True, more=query.offset + len(hits) < found)
+
+    async def _postgres(self, query: SearchQuery, router: Router) -> Found:
+        if len(query.text) < MIN_FALLBACK_QUERY:
+            raise bad_input(f"search is in fallback mode: type at least {MIN_FALLBACK_QUERY} characters", field="query")
+        rows = await router.read(
+            lambda conn: search_db.fallback_search(
+                conn,
+                query.text,
+                statuses=query.statuses,
+                created_from=query.created_from,
+                created_to=query.created_to,
+                cap=FALLBACK_CAP,
+            )
+        )
+        page = rows[query.offset : query.offset + query.size]
+        hits = [Hit(r.id, r.score, _pg_highlights(r, query.text)) for r in page]
+        return Found("POSTGRES", hits, len(rows), len(rows) < FALLBACK_CAP, more=query.offset + query.size < len(rows))
+
+
+def _hit(raw: dict[str, Any]) -> Hit:
+    highlights = tuple((str(h["field"]), str(h.get("snippet", ""))) for h in raw.get("highlights", []))
+    return Hit(int(raw["document"]["id"]), float(raw.get("text_match", 0)), highlights)
+
+
+def _pg_highlights(row: search_db.FallbackHit, text: str) -> tuple[tuple[str, str], ...]:
+    """Fields that contain the text, with it marked as Typesense marks it."""
+    found = []
+    pattern = re.compile(re.escape(text), re.IGNORECASE)
+    for name, value in (
+        ("sod_number", row.sod_number),
+        ("customer_name", row.customer_name),
+        ("description", row.description),
+    ):
+        if pattern.search(value):
+            found.append((name, pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", value)))
+    return tuple(found)
+
+
+_services: dict[tuple[int, int], SearchService] = {}
+
+
+def service_for(settings: Settings) -> SearchService:
+    """The service of this settings object on the running event loop (httpx clients are
+    bound to their loop; production has one loop per process, tests one per test)."""
+    key = (id(settings), id(asyncio.get_running_loop()))
+    service = _services.get(key)
+    if service is None:
+        service = _services[key] = SearchService(settings)
+    return service

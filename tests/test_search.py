@@ -1,0 +1,490 @@
+"""Global search on the real stack: Typesense behind an alias, the outbox sync (in process
+and through a real Dramatiq worker), reindex under load, the pg_trgm fallback while
+Typesense is stopped, concurrent syncs, hostile queries, the drift check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import redis
+import typesense
+from dramatiq.brokers.redis import RedisBroker
+
+from nexes import settings as settings_module
+from nexes.db import search as search_db
+from nexes.db.conninfo import environ_for_database
+from nexes.db.seed import seed
+from nexes.jobs import import_runner
+from nexes.search import collection, drift
+from nexes.search.client import sync_client
+from nexes.search.reindex import reindex
+from nexes.search.sync import drain
+from nexes.settings import Settings
+from tests.conftest import TEMPLATE_DB, client_for, drop_database, error_codes, gql, recreate_database
+
+DB = "nexes_t_search"
+REDIS_DB = 9
+ROOT = Path(__file__).resolve().parent.parent
+
+SEARCH = """
+query($q: String!, $first: Int, $after: String, $filter: SearchFilter) {
+  search(query: $q, first: $first, after: $after, filter: $filter) {
+    engine found foundExact
+    pageInfo { hasNextPage endCursor }
+    edges { cursor score highlights { field snippet }
+            node { id sodNumber status description createdAt customer { name code } } }
+  }
+}"""
+
+
+def environ() -> dict[str, str]:
+    env = environ_for_database(os.environ, DB)
+    url = urlsplit(env["NEXES_REDIS_URL"])
+    env.update(
+        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
+        NEXES_TYPESENSE_COLLECTION=f"{DB}_service_orders",
+        NEXES_SEARCH_BREAKER_RESET="1",
+        NEXES_SEARCH_BREAKER_FAILURES="2",
+        NEXES_SEARCH_SWEEP_SECONDS="0.5",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def search_db_settings(template_settings: Settings) -> Iterator[Settings]:
+    """A database of this module's own, seeded, with its own collection and Redis db."""
+    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
+    close_worker_pool()
+    settings = settings_module.load(environ())
+    seed(settings.admin_url, 2_000, defer=False)
+    client = sync_client(settings)
+    reindex(settings, client)
+    yield settings
+    for name in collection.versions(client, settings.typesense_collection):
+        client.collections[name].delete()
+    client.aliases[settings.typesense_collection].delete()
+    close_worker_pool()
+    drop_database(template_settings.admin_url, DB)
+
+
+@pytest.fixture
+def ts(search_db_settings: Settings) -> typesense.Client:
+    return sync_client(search_db_settings)
+
+
+@pytest.fixture
+def db(search_db_settings: Settings) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(search_db_settings.admin_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+async def api(search_db_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(search_db_settings) as client:
+        yield client
+
+
+def close_worker_pool() -> None:
+    """The worker pool is per process; another module's may point at its database."""
+    pool, import_runner._pool = import_runner._pool, None
+    if pool is not None:
+        pool.close()
+
+
+def worker_pool(settings: Settings) -> Any:
+    return import_runner.worker_pool(settings)
+
+
+def sync_now(settings: Settings) -> None:
+    drain(worker_pool(settings), sync_client(settings), settings.typesense_collection, batch=500)
+
+
+def index_diff(settings: Settings, conn: psycopg.Connection) -> dict[str, list[int]]:
+    """Every document against every live order: missing, stale and extra ids."""
+    client = sync_client(settings)
+    exported = client.collections[settings.typesense_collection].documents.export()
+    docs = {int(d["id"]): d for d in (orjson.loads(line) for line in exported.splitlines() if line.strip())}
+    with conn.cursor(row_factory=search_db.DOC_ROW) as cur:
+        rows = {r.id: r for r in cur.execute(search_db.REINDEX_DOCUMENTS).fetchall()}
+    stale = [i for i, r in rows.items() if i in docs and docs[i] != collection.document(r)]
+    return {
+        "missing": sorted(set(rows) - set(docs)),
+        "stale": sorted(stale),
+        "extra": sorted(set(docs) - set(rows)),
+    }
+
+
+def no_drift(diff: dict[str, list[int]]) -> bool:
+    return not any(diff.values())
+
+
+async def search(api: httpx.AsyncClient, q: str, **variables: Any) -> dict[str, Any]:
+    body = await gql(api, SEARCH, {"q": q, **variables})
+    assert body["_response"].status_code in (200, 400), body
+    return body
+
+
+def sods(body: dict[str, Any]) -> list[str]:
+    return [e["node"]["sodNumber"] for e in body["data"]["search"]["edges"]]
+
+
+def pick(conn: psycopg.Connection, where: str = "TRUE") -> tuple[int, str, str, str]:
+    row = conn.execute(
+        "SELECT o.id, o.sod_number, c.name, o.description FROM service_order o JOIN customer c ON c.id = o.customer_id "
+        f"WHERE {where} ORDER BY o.id LIMIT 1"
+    ).fetchone()
+    assert row
+    return row
+
+
+def test_reindex_fills_a_new_versioned_collection_swaps_the_alias_and_drops_the_old(
+    search_db_settings: Settings, ts: typesense.Client, db: psycopg.Connection
+) -> None:
+    alias = search_db_settings.typesense_collection
+    before = collection.alias_target(ts, alias)
+    report = reindex(search_db_settings, ts, batch=300)
+    after = collection.alias_target(ts, alias)
+    assert after == report.collection != before
+    assert collection.versions(ts, alias) == [after]
+    assert report.documents == search_db.count_orders(db) and report.failed == 0
+    assert no_drift(index_diff(search_db_settings, db))
+    assert db.execute("SELECT outcome FROM search_reindex ORDER BY id DESC LIMIT 1").fetchone() == ("swapped",)
+
+
+async def test_search_finds_sod_infix_misspelled_customer_and_description_word(
+    api: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    _, sod, customer, _ = pick(db, "o.sod_number LIKE '%1234'")
+    body = await search(api, "01234")  # infix: the middle of the last part of SOD-YYYY-0001234
+    result = body["data"]["search"]
+    assert result["engine"] == "TYPESENSE" and sod in sods(body), body
+    assert any(
+        h["field"] == "sod_number" and "<mark>" in h["snippet"] for e in result["edges"] for h in e["highlights"]
+    )
+    # A misspelled customer name: one letter dropped, one swapped.
+    word = customer.split()[0]
+    typo = word[0] + word[2:] if len(word) > 4 else word
+    body = await search(api, typo + " " + customer.split()[1])
+    names = {e["node"]["customer"]["name"] for e in body["data"]["search"]["edges"]}
+    assert any(n.startswith(word) for n in names), (typo, names)
+    # A word of a description, filtered by status: every hit has it, and the status.
+    body = await search(api, "boiler", filter={"status": ["OPEN"]}, first=50)
+    edges = body["data"]["search"]["edges"]
+    assert edges and all(e["node"]["status"] == "OPEN" and "boiler" in e["node"]["description"] for e in edges)
+    # Pages follow each other without repeats.
+    first = await search(api, "boiler", first=5)
+    second = await search(api, "boiler", first=5, after=first["data"]["search"]["pageInfo"]["endCursor"])
+    assert first["data"]["search"]["pageInfo"]["hasNextPage"]
+    assert not set(sods(first)) & set(sods(second)) and len(sods(second)) == 5
+
+
+async def test_hostile_queries_get_a_result_or_bad_user_input_and_cannot_change_the_filter(
+    api: httpx.AsyncClient,
+) -> None:
+    for q in ["", "   ", "x" * 10_000, "!!!", "*&&||()[]:=<>", "%_\\'\";--"]:
+        body = await search(api, q)
+        assert body["_response"].status_code in (200, 400)
+        assert error_codes(body) in ([], ["BAD_USER_INPUT"]), (q[:20], body)
+    for q in [
+        "boiler && status:=[CANCELLED]",
+        "boiler) || status:=[CANCELLED",
+        "boiler`,filter_by=status:=[CANCELLED]",
+        "* || created_at:>0",
+    ]:
+        body = await search(api, q, filter={"status": ["OPEN"]}, first=100)
+        assert error_codes(body) in ([], ["BAD_USER_INPUT"]), body
+        if not error_codes(body):
+            assert all(e["node"]["status"] == "OPEN" for e in body["data"]["search"]["edges"])
+    body = await search(api, "boiler", first=1000)
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    body = await search(api, "boiler", after="not-a-cursor")
+    assert error_codes(body) == ["BAD_CURSOR"]
+
+
+def test_concurrent_syncs_leave_every_order_at_its_latest_state(
+    search_db_settings: Settings, db: psycopg.Connection
+) -> None:
+    ids = [r[0] for r in db.execute("SELECT id FROM service_order ORDER BY id LIMIT 40").fetchall()]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def syncer() -> None:
+        client = sync_client(search_db_settings)
+        while not stop.is_set():
+            try:
+                drain(worker_pool(search_db_settings), client, search_db_settings.typesense_collection, batch=7)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=syncer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    with psycopg.connect(search_db_settings.admin_url, autocommit=True) as writer:
+        for round_ in range(30):
+            writer.execute(
+                "UPDATE service_order SET description = %s, updated_at = clock_timestamp() WHERE id = ANY(%s)",
+                [f"race round {round_}", ids],
+            )
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    sync_now(search_db_settings)
+    assert db.execute("SELECT count(*) FROM search_outbox").fetchone() == (0,)
+    assert no_drift(index_diff(search_db_settings, db))
+
+
+def stack(*args: str) -> None:
+    subprocess.run([str(ROOT / "infra" / "stack"), *args], check=True, cwd=ROOT, capture_output=True, timeout=120)
+
+
+async def test_typesense_down_search_falls_back_to_postgres_and_the_index_converges_after(
+    search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    _, sod, customer, _ = pick(db)
+    sync_now(search_db_settings)
+    stack("down", "typesense")
+    try:
+        changed = db.execute(
+            "UPDATE service_order SET description = 'fallback heat exchanger ' || id, updated_at = clock_timestamp() "
+            "WHERE id IN (SELECT id FROM service_order ORDER BY id DESC LIMIT 1000)"
+        ).rowcount
+        assert changed == 1000
+        with pytest.raises(Exception):  # noqa: B017  (the sync fails; its rows stay)
+            sync_now(search_db_settings)
+        assert db.execute("SELECT count(DISTINCT order_id) >= 1000 FROM search_outbox").fetchone() == (True,)
+        for q in [sod.rsplit("-", 1)[-1], "heat exchanger", customer.split()[0][1:] + " " + customer.split()[1]]:
+            body = await search(api, q, first=10)
+            assert error_codes(body) == [], body
+            result = body["data"]["search"]
+            assert result["engine"] == "POSTGRES" and result["edges"], (q, result)
+        assert sod in sods(await search(api, sod.rsplit("-", 1)[-1]))
+        body = await search(api, "ab")
+        assert error_codes(body) == ["BAD_USER_INPUT"]
+        health = (await api.get("/api/health")).json()
+        assert health["search"]["typesense"] == "down" and health["search"]["outbox_pending"] >= 1000
+    finally:
+        stack("up", "typesense")
+    sync_now(search_db_settings)
+    assert no_drift(index_diff(search_db_settings, db))
+    await asyncio.sleep(1.2)  # the breaker's reset time in this module
+    for _ in range(3):
+        body = await search(api, "heat exchanger")
+    assert body["data"]["search"]["engine"] == "TYPESENSE"
+    assert body["data"]["search"]["found"] >= 1000
+
+
+async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answers(
+    search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    from tests.test_imports import csv_bytes, line, store
+
+    settings = search_db_settings
+    ts = sync_client(settings)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def background(work: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def writes() -> None:
+        with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+            n = 0
+            while not done.is_set():
+                n += 1
+                conn.execute(
+                    "UPDATE service_order SET description = %s, updated_at = clock_timestamp() "
+                    "WHERE id IN (SELECT id FROM service_order ORDER BY random() LIMIT 20)",
+                    [f"load write {n}"],
+                )
+                time.sleep(0.01)
+
+    def syncs() -> None:
+        while not done.is_set():
+            sync_now(settings)
+            time.sleep(0.05)
+
+    lines = [line(f"SRCH-LOAD-{i:05d}", description=f"loaded during reindex {i}") for i in range(600)]
+    job = store(settings, csv_bytes(*lines))
+    threads = [background(writes), background(syncs), background(lambda: import_runner.run(job, settings))]
+    reindexer = background(lambda: reindex(settings, ts, batch=200))
+    answers = []
+    while reindexer.is_alive():
+        body = await search(api, "boiler", first=5)
+        answers.append((error_codes(body), body["data"]["search"]["engine"] if body.get("data") else None))
+        await asyncio.sleep(0.005)
+    reindexer.join()
+    threads[2].join()
+    done.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert answers and all(a == ([], "TYPESENSE") for a in answers), answers[:5]
+    sync_now(settings)
+    assert db.execute("SELECT count(*) FROM service_order WHERE sod_number LIKE 'SRCH-LOAD-%'").fetchone() == (600,)
+    assert no_drift(index_diff(settings, db))
+
+
+@pytest.fixture
+def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[RedisBroker]:
+    """A real Dramatiq worker on this module's database and Redis db; yields a broker on the
+    same Redis db for the test process's sends."""
+    env = environ()
+    redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "4"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    broker = RedisBroker(url=env["NEXES_REDIS_URL"])  # type: ignore[no-untyped-call]
+    try:
+        yield broker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+
+
+async def eventually(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval(
+    search_db_settings: Settings,
+    api: httpx.AsyncClient,
+    db: psycopg.Connection,
+    worker: RedisBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nexes.jobs.imports import run_import
+    from nexes.jobs.search import sync_search
+    from tests.test_imports import csv_bytes, line, store
+
+    worker.declare_queue("search")
+    worker.declare_queue("imports")
+    monkeypatch.setattr(sync_search, "broker", worker)
+    monkeypatch.setattr(run_import, "broker", worker)
+    customer = pick(db)[2]
+    create = """mutation($input: CreateServiceOrderInput!) {
+      createServiceOrder(input: $input) { serviceOrder { sodNumber } errors { code message } } }"""
+    body = await gql(
+        api,
+        create,
+        {
+            "input": {
+                "sodNumber": "SRCH-MUT-000777",
+                "customerCode": "C000001",
+                "createdAt": "2026-11-02T10:00:00+00:00",
+                "status": "OPEN",
+                "description": "Periscope calibration",
+                "currency": "EUR",
+                "lines": [{"sku": "SKU-00001", "quantity": 1, "unitPrice": "10.00"}],
+            }
+        },
+    )
+    assert body["data"]["createServiceOrder"]["errors"] == [], body
+    started = time.monotonic()
+
+    async def shows(q: str, sod: str, status: str | None = None) -> bool:
+        found = await search(api, q)
+        edges = found["data"]["search"]["edges"] if found.get("data") else []
+        return any(e["node"]["sodNumber"] == sod and (status is None or e["node"]["status"] == status) for e in edges)
+
+    assert await eventually(lambda: shows("000777", "SRCH-MUT-000777"))
+    assert await eventually(lambda: shows("periscope", "SRCH-MUT-000777"))
+    created_lag = time.monotonic() - started
+    update = """mutation { updateServiceOrder(sodNumber: "SRCH-MUT-000777",
+      input: {description: "Telescope alignment"}) { errors { code } } }"""
+    assert (await gql(api, update))["data"]["updateServiceOrder"]["errors"] == []
+    assert await eventually(lambda: shows("telescope", "SRCH-MUT-000777"))
+    assert not await shows("periscope", "SRCH-MUT-000777")
+    cancel = """mutation { cancelServiceOrder(sodNumber: "SRCH-MUT-000777") { errors { code } } }"""
+    assert (await gql(api, cancel))["data"]["cancelServiceOrder"]["errors"] == []
+    assert await eventually(lambda: shows("telescope", "SRCH-MUT-000777", "CANCELLED"))
+    job = store(
+        search_db_settings,
+        csv_bytes(
+            line("SRCH-IMP-000001", description="Imported sextant repair"),
+            line("SRCH-IMP-000002", description="Imported sextant check", customer=customer and "C000002"),
+        ),
+    )
+    run_import.send(job)
+    assert await eventually(lambda: shows("sextant", "SRCH-IMP-000002"), timeout=30)
+    assert await shows("sextant", "SRCH-IMP-000001")
+    job = store(
+        search_db_settings,
+        csv_bytes(
+            line("SRCH-IMP-000001", status="CANCELLED", description="Imported sextant repair"),
+        ),
+    )
+    run_import.send(job)
+    assert await eventually(lambda: shows("sextant", "SRCH-IMP-000001", "CANCELLED"), timeout=30)
+    assert created_lag < 5, created_lag
+
+
+def test_drift_check_finds_missing_stale_and_extra_documents_and_queues_their_repair(
+    search_db_settings: Settings, ts: typesense.Client, db: psycopg.Connection
+) -> None:
+    sync_now(search_db_settings)
+    alias = search_db_settings.typesense_collection
+    documents = ts.collections[alias].documents
+    missing, stale = (r[0] for r in db.execute("SELECT id FROM service_order ORDER BY id LIMIT 2").fetchall())
+    documents[str(missing)].delete()
+    documents.import_(
+        [{**documents[str(stale)].retrieve(), "description": "drifted", "updated_at": 1}], {"action": "upsert"}
+    )
+    documents.import_([{**documents[str(stale)].retrieve(), "id": "999999999", "updated_at": 1}], {"action": "create"})
+    with psycopg.connect(search_db_settings.admin_url, autocommit=True) as conn:
+        report = drift.check(conn, ts, alias, sample=5_000)
+    assert missing in report.missing and stale in report.stale and 999999999 in report.extra
+    assert report.index_count == report.database_count  # one missing, one extra
+    sync_now(search_db_settings)
+    assert no_drift(index_diff(search_db_settings, db))
+
+
+async def test_health_and_metrics_report_sync_lag(
+    search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    sync_now(search_db_settings)
+    db.execute("UPDATE service_order SET updated_at = clock_timestamp() WHERE id = (SELECT min(id) FROM service_order)")
+    time.sleep(0.3)
+    health = (await api.get("/api/health")).json()["search"]
+    assert health["typesense"] == "ok" and health["outbox_pending"] == 1 and health["sync_lag_seconds"] >= 0.3
+    assert b"nexes_search_sync_lag_seconds" in generate_latest(REGISTRY)
+    sync_now(search_db_settings)
+    health = (await api.get("/api/health")).json()["search"]
+    assert health["outbox_pending"] == 0 and health["sync_lag_seconds"] == 0
+    assert health["breaker"] in ("closed", "half-opened")
