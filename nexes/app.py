@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nexes import endpoints
+from nexes import endpoints, exports, metrics
+from nexes.db.monitor import ReplicaMonitor
 from nexes.db.pools import Pools
 from nexes.db.router import Router
 from nexes.errors import Code, NexesError
@@ -111,10 +113,12 @@ def _is_upload(scope: Scope, headers: dict[bytes, bytes]) -> bool:
 
 def create_app(settings: Settings) -> Starlette:
     pools = Pools.for_api(settings)
+    monitor = ReplicaMonitor.for_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pools.open()
+        await monitor.start()
         # Start-up objects live forever: keep the collector from scanning them again.
         gc.collect()
         gc.freeze()
@@ -122,6 +126,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await monitor.stop()
             await pools.close()
 
     app = Starlette(
@@ -130,18 +135,35 @@ def create_app(settings: Settings) -> Starlette:
             Route("/api/imports", endpoints.imports, methods=["POST"]),
             Route("/api/health", endpoints.health),
             Route("/api/health/live", endpoints.health_live),
+            Route("/api/exports/service-orders.csv", exports.service_orders_csv),
+            Route("/metrics", metrics.metrics),
         ],
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.pools = pools
-    app.state.router = Router(pools)
+    app.state.monitor = monitor
+    app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.add_middleware(GraphQLPostMiddleware)  # inside the request context: it sees the request id
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
     )
+    if settings.cors_origins:  # outermost: preflights never reach the app
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_ALLOWED_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            max_age=600,
+        )
     return app
+
+
+# The SPA reads these from responses, and sends these with requests (DESIGN.md §5).
+CORS_EXPOSED_HEADERS = ("X-Nexes-LSN", "X-Request-ID", "Server-Timing")
+CORS_ALLOWED_HEADERS = ("Content-Type", "X-Nexes-Min-LSN", "X-Nexes-CSRF", "X-Nexes-Admin-Token", "X-Request-ID")
 
 
 def app_from_env() -> Starlette:

@@ -25,7 +25,8 @@ from strawberry.http.ides import get_graphql_ide_html
 from nexes import multipart
 from nexes.context import Context, Viewer
 from nexes.db import health as db_health
-from nexes.db.router import translate
+from nexes.db.lsn import parse_lsn
+from nexes.db.router import Consistency, consistency_var, translate
 from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
 from nexes.observability import request_id_var
 from nexes.resolvers.ids import global_id
@@ -149,13 +150,52 @@ def viewer_of(given: str, settings: Settings) -> Viewer:
 ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
 
 
+MIN_LSN_HEADER = "x-nexes-min-lsn"
+
+
 async def _execute(request: Request, gql: GraphQLRequest) -> Response:
-    return _json(*await execute_graphql(request.app.state, gql, request.headers.get(ADMIN_HEADER, "")))
+    headers = request.headers
+    payload, status = await execute_graphql(
+        request.app.state, gql, headers.get(ADMIN_HEADER, ""), headers.get(MIN_LSN_HEADER, "")
+    )
+    response = _json(payload, status)
+    lsn = lsn_of(payload)
+    if lsn is not None:
+        response.headers["x-nexes-lsn"] = lsn
+    return response
 
 
-async def execute_graphql(app: Any, gql: GraphQLRequest, admin_token: str = "") -> tuple[dict[str, Any], int]:
+def lsn_of(payload: dict[str, Any]) -> str | None:
+    """The WAL position a mutation's payload carries (extensions.consistency.lsn), if any."""
+    extensions = payload.get("extensions")
+    return extensions["consistency"]["lsn"] if extensions and "consistency" in extensions else None
+
+
+async def execute_graphql(
+    app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn: str = ""
+) -> tuple[dict[str, Any], int]:
     """The payload and HTTP status of a parsed request, executed with the app's state
-    (also by nexes.graphql_post, the plain-ASGI path of JSON POSTs)."""
+    (also by nexes.graphql_post, the plain-ASGI path of JSON POSTs).
+
+    `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
+    request that wrote gets the primary's position after its commit in
+    `extensions.consistency.lsn` (and the endpoints put it in X-Nexes-LSN)."""
+    consistency = Consistency()
+    if min_lsn:
+        consistency.min_lsn = parse_lsn(min_lsn)
+        if consistency.min_lsn is None:
+            return error_result(bad_input("X-Nexes-Min-LSN must be a WAL position like 16/B374D848"))
+    token = consistency_var.set(consistency)
+    try:
+        payload, status = await _execute_graphql(app, gql, admin_token)
+    finally:
+        consistency_var.reset(token)
+    if consistency.lsn is not None:
+        payload["extensions"] = {"consistency": {"lsn": consistency.lsn_text}}
+    return payload, status
+
+
+async def _execute_graphql(app: Any, gql: GraphQLRequest, admin_token: str) -> tuple[dict[str, Any], int]:
     context = Context(
         request_id=request_id_var.get() or "",
         settings=app.settings,
@@ -320,6 +360,14 @@ async def _typesense_ok(url: str) -> dict[str, Any]:
         return {"reachable": False, "error": str(exc)[:200] or type(exc).__name__}
 
 
+def _with_rotation(app: Any, index: int, probed: dict[str, Any]) -> dict[str, Any]:
+    """A replica's direct probe, with the lag monitor's verdict: state, in_rotation, lag."""
+    monitor = getattr(app, "monitor", None)
+    if monitor is not None and index < len(monitor.status):
+        probed.update(monitor.describe(index))
+    return probed
+
+
 async def health(request: Request) -> Response:
     """Readiness: each server probed directly, pools, broker, search.
 
@@ -338,7 +386,7 @@ async def health(request: Request) -> Response:
     body = {
         "status": status,
         "primary": primary.as_dict(),
-        "replicas": [r.as_dict() for r in replicas],
+        "replicas": [_with_rotation(app, i, r.as_dict()) for i, r in enumerate(replicas)],
         "pools": app.pools.stats(),
         "redis": redis_state,
         "typesense": search_state,

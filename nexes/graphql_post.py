@@ -13,7 +13,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from nexes.endpoints import error_result, execute_graphql, request_from_json
+from nexes.endpoints import error_result, execute_graphql, lsn_of, request_from_json
 from nexes.errors import NexesError
 
 JSON = b"application/json"
@@ -63,8 +63,13 @@ class GraphQLPostMiddleware:
         except NexesError as exc:
             payload, status = error_result(exc)
         else:
-            payload, status = await execute_graphql(scope["app"].state, gql, _header(scope, b"x-nexes-admin-token"))
+            payload, status = await execute_graphql(
+                scope["app"].state, gql, _header(scope, b"x-nexes-admin-token"), _header(scope, b"x-nexes-min-lsn")
+            )
         content = orjson.dumps(payload)
         headers = [(b"content-length", str(len(content)).encode()), (b"content-type", JSON)]
+        lsn = lsn_of(payload)
+        if lsn is not None:
+            headers.append((b"x-nexes-lsn", lsn.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

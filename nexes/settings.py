@@ -72,6 +72,10 @@ class Settings:
     import_chunk_orders: int = 5_000
     import_sweep_seconds: float = 10.0
     admin_token: Secret = field(repr=False, default=Secret(""))
+    replica_max_lag: float = 5.0
+    replica_probe_interval: float = 1.0
+    replica_probe_timeout: float = 1.0
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def development(self) -> bool:
@@ -150,6 +154,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             import_chunk_orders=max(1, int(_positive(config, "NEXES_IMPORT_CHUNK_ORDERS", 5_000, int))),
             import_sweep_seconds=_positive(config, "NEXES_IMPORT_SWEEP_SECONDS", 10.0, float),
             admin_token=Secret(config("NEXES_ADMIN_TOKEN", default="")),
+            replica_max_lag=_positive(config, "NEXES_REPLICA_MAX_LAG", 5.0, float),
+            replica_probe_interval=max(0.05, _positive(config, "NEXES_REPLICA_PROBE_INTERVAL", 1.0, float)),
+            replica_probe_timeout=max(0.1, _positive(config, "NEXES_REPLICA_PROBE_TIMEOUT", 1.0, float)),
+            cors_origins=tuple(config("NEXES_CORS_ORIGINS", default="").split()),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
