@@ -208,6 +208,8 @@ class ReplicaMonitor:
         if not self._replicas:
             return
         await self.probe_once()
+        if any(s.state == "unreachable" for s in self.status):
+            await self.probe_once()  # a cold first connection may just have been slow
         self._task = asyncio.create_task(self.run(), name="nexes-replica-monitor")
 
     async def stop(self) -> None:

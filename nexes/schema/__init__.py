@@ -27,6 +27,7 @@ from nexes.schema.dashboard import Dashboard
 from nexes.schema.executor import FastExecutor
 from nexes.schema.imports import ImportMutation, ImportQuery
 from nexes.schema.mutations import AdminMutation, OrderMutation
+from nexes.schema.reports import ReportsQuery
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.schema.search import SearchMutation, SearchQueries
 from nexes.schema.types import Customer, Node, ServiceOrder, StockItem
@@ -35,7 +36,7 @@ Info = orders.Info
 
 
 @strawberry.type
-class Query(SearchQueries, ImportQuery):
+class Query(SearchQueries, ImportQuery, ReportsQuery):
     @strawberry.field(description="Any object by its global id.")
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         return await nodes.node(info, id)

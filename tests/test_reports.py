@@ -1,0 +1,73 @@
+"""GraphQL reports for analysts: on a replica, from the summary tables, equal to what
+the orders themselves say."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import httpx
+import psycopg
+
+from nexes.settings import Settings
+from tests.conftest import gql
+
+WIDE = {
+    "from": (dt.date.today() - dt.timedelta(days=3000)).isoformat(),
+    "to": (dt.date.today() + dt.timedelta(days=400)).isoformat(),
+}
+
+
+async def test_orders_by_period_sum_to_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    for granularity in ("DAY", "WEEK", "MONTH"):
+        body = await gql(
+            app_client,
+            "query($from: Date!, $to: Date!, $g: ReportGranularity!) { reports { ordersByPeriod(from: $from, to: $to,"
+            " granularity: $g) { period status currency orderCount totalAmount } } }",
+            {**WIDE, "g": granularity},
+        )
+        assert "errors" not in body, body
+        rows = body["data"]["reports"]["ordersByPeriod"]
+        with psycopg.connect(seeded.admin_url) as conn:
+            (count,) = conn.execute("SELECT count(*) FROM service_order").fetchone() or (0,)
+        assert sum(r["orderCount"] for r in rows) == count
+        if granularity == "MONTH":
+            assert all(r["period"].endswith("-01") for r in rows)
+
+
+async def test_top_customers_match_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    body = await gql(
+        app_client,
+        'query($from: Date!, $to: Date!) { reports { topCustomers(from: $from, to: $to, limit: 5, currency: "EUR")'
+        " { customer { code } currency orderCount totalAmount } } }",
+        WIDE,
+    )
+    assert "errors" not in body, body
+    top = body["data"]["reports"]["topCustomers"]
+    with psycopg.connect(seeded.admin_url) as conn:
+        expected = conn.execute(
+            "SELECT c.code, count(*), sum(o.total_amount) FROM service_order o JOIN customer c ON c.id = o.customer_id "
+            "WHERE o.status <> 'CANCELLED' AND o.currency = 'EUR' GROUP BY c.id, c.code "
+            "ORDER BY sum(o.total_amount) DESC, c.id LIMIT 5"
+        ).fetchall()
+    assert [(t["customer"]["code"], t["orderCount"], Decimal(t["totalAmount"])) for t in top] == [
+        (code, n, amount) for code, n, amount in expected
+    ]
+
+
+async def test_aging_buckets_count_the_open_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    body = await gql(app_client, "{ reports { aging { bucket currency orderCount totalAmount } } }")
+    assert "errors" not in body, body
+    buckets = body["data"]["reports"]["aging"]
+    assert {b["bucket"] for b in buckets} <= {"0-7", "8-30", "31-90", "90+"}
+    with psycopg.connect(seeded.admin_url) as conn:
+        (open_orders,) = conn.execute(
+            "SELECT count(*) FROM service_order WHERE status IN ('DRAFT', 'OPEN', 'IN_PROGRESS')"
+        ).fetchone() or (0,)
+    assert sum(b["orderCount"] for b in buckets) == open_orders
+
+
+async def test_a_reversed_range_is_bad_user_input(app_client: httpx.AsyncClient) -> None:
+    query = '{ reports { ordersByPeriod(from: "2025-02-01", to: "2025-01-01") { period } } }'
+    body = await gql(app_client, query)
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
