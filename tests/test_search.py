@@ -131,6 +131,19 @@ def no_drift(diff: dict[str, list[int]]) -> bool:
     return not any(diff.values())
 
 
+def first_stale(settings: Settings, conn: psycopg.Connection, diff: dict[str, list[int]]) -> Any:
+    """The first stale document next to what it should be (assertion messages)."""
+    if not diff["stale"]:
+        return None
+    order_id = diff["stale"][0]
+    doc = sync_client(settings).collections[settings.typesense_collection].documents[str(order_id)].retrieve()
+    with conn.cursor(row_factory=search_db.DOC_ROW) as cur:
+        (row,) = cur.execute(search_db.FRESH_DOCUMENTS, {"ids": [order_id]}).fetchall()
+    expected = collection.document(row)
+    keys = set(doc) | set(expected)
+    return len(diff["stale"]), {k: (doc.get(k), expected.get(k)) for k in keys if doc.get(k) != expected.get(k)}
+
+
 async def search(api: httpx.AsyncClient, q: str, **variables: Any) -> dict[str, Any]:
     body = await gql(api, SEARCH, {"q": q, **variables})
     assert body["_response"].status_code in (200, 400), body
@@ -280,7 +293,8 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
     finally:
         stack("up", "typesense")
     sync_now(search_db_settings)
-    assert no_drift(index_diff(search_db_settings, db))
+    diff = index_diff(search_db_settings, db)
+    assert no_drift(diff), first_stale(search_db_settings, db, diff)
     await asyncio.sleep(1.2)  # the breaker's reset time in this module
     for _ in range(3):
         body = await search(api, "heat exchanger")
@@ -291,7 +305,7 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
 async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answers(
     search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection, tmp_path: Path
 ) -> None:
-    from tests.test_imports import csv_bytes, line, store
+    from tests.test_imports import csv_bytes, line, store_async
 
     settings = search_db_settings
     ts = sync_client(settings)
@@ -327,7 +341,7 @@ async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answ
             time.sleep(0.05)
 
     lines = [line(f"SRCH-LOAD-{i:05d}", description=f"loaded during reindex {i}") for i in range(600)]
-    job = store(settings, csv_bytes(*lines))
+    job = await store_async(settings, csv_bytes(*lines))
     threads = [background(writes), background(syncs), background(lambda: import_runner.run(job, settings))]
     reindexer = background(lambda: reindex(settings, ts, batch=200))
     answers = []
@@ -389,7 +403,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
 ) -> None:
     from nexes.jobs.imports import run_import
     from nexes.jobs.search import sync_search
-    from tests.test_imports import csv_bytes, line, store
+    from tests.test_imports import csv_bytes, line, store_async
 
     worker.declare_queue("search")
     worker.declare_queue("imports")
@@ -432,7 +446,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
     cancel = """mutation { cancelServiceOrder(sodNumber: "SRCH-MUT-000777") { errors { code } } }"""
     assert (await gql(api, cancel))["data"]["cancelServiceOrder"]["errors"] == []
     assert await eventually(lambda: shows("telescope", "SRCH-MUT-000777", "CANCELLED"))
-    job = store(
+    job = await store_async(
         search_db_settings,
         csv_bytes(
             line("SRCH-IMP-000001", description="Imported sextant repair"),
@@ -442,7 +456,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
     run_import.send(job)
     assert await eventually(lambda: shows("sextant", "SRCH-IMP-000002"), timeout=30)
     assert await shows("sextant", "SRCH-IMP-000001")
-    job = store(
+    job = await store_async(
         search_db_settings,
         csv_bytes(
             line("SRCH-IMP-000001", status="CANCELLED", description="Imported sextant repair"),

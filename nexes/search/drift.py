@@ -15,6 +15,7 @@ from nexes.db import search as search_db
 from nexes.search import collection
 
 log = logging.getLogger(__name__)
+ID_CHUNK = 200
 
 
 @dataclass
@@ -35,15 +36,16 @@ def check(conn: psycopg.Connection[Any], client: typesense.Client, alias: str, *
     report = DriftReport(database_count=search_db.count_orders(conn), index_count=index_count)
     rows = search_db.random_documents(conn, sample)
     report.sampled = len(rows)
-    if rows:
-        ids = ",".join(str(r.id) for r in rows)
-        indexed = _indexed(documents, f"id:[{ids}]", len(rows))
-        for row in rows:
-            stamp = indexed.get(row.id)
-            if stamp is None:
-                report.missing.append(row.id)
-            elif stamp != collection.updated_stamp(row.updated_at):
-                report.stale.append(row.id)
+    indexed: dict[int, int] = {}
+    for start in range(0, len(rows), ID_CHUNK):  # search is a GET: its query string is bounded
+        ids = ",".join(str(r.id) for r in rows[start : start + ID_CHUNK])
+        indexed |= _indexed(documents, f"id:[{ids}]", ID_CHUNK)
+    for row in rows:
+        stamp = indexed.get(row.id)
+        if stamp is None:
+            report.missing.append(row.id)
+        elif stamp != collection.updated_stamp(row.updated_at):
+            report.stale.append(row.id)
     if index_count > report.database_count or report.missing:
         report.extra = _extra(conn, documents, index_count, sample)
     repairs = sorted(set(report.missing + report.stale + report.extra))
@@ -80,7 +82,7 @@ def _indexed(documents: Any, filter_by: str, per_page: int) -> dict[int, int]:
 
 def _extra(conn: psycopg.Connection[Any], documents: Any, index_count: int, sample: int) -> list[int]:
     """Documents of a random stretch of the index whose order is not live."""
-    pages = max(1, index_count // 250)
+    pages = max(1, -(-index_count // 250))
     ids: list[int] = []
     for page in random.sample(range(1, pages + 1), min(pages, max(1, sample // 250))):
         answer = documents.search({"q": "*", "per_page": 250, "page": page, "include_fields": "id"})

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import psycopg
+import psycopg.errors
 import typesense
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from nexes.db import search as search_db
 from nexes.db.conninfo import for_role
@@ -47,9 +49,24 @@ class ReindexReport:
 
 
 def _connect(url: str, settings: Settings, name: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(
-        for_role(url, settings, "nexes_worker", application_name=name), autocommit=True, prepare_threshold=None
-    )
+    """A direct-from-the-pool connection; PgBouncer refuses logins for a while after a
+    server failed one (server_login_retry), so connecting is retried for up to a minute."""
+    conninfo = for_role(url, settings, "nexes_worker", application_name=name)
+    for attempt in Retrying(
+        retry=retry_if_exception_type((psycopg.OperationalError, psycopg.errors.ProtocolViolation)),
+        stop=stop_after_delay(60),
+        wait=wait_fixed(1),
+        reraise=True,
+    ):
+        with attempt:
+            conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+            try:
+                conn.execute("SELECT 1")  # PgBouncer logs in to the server only now
+            except psycopg.Error:
+                conn.close()
+                raise
+            return conn
+    raise AssertionError("unreachable: tenacity reraises")
 
 
 def reindex(
