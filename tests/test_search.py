@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ import pytest
 import redis
 import typesense
 from dramatiq.brokers.redis import RedisBroker
+from starlette.datastructures import Secret
 
 from nexes import settings as settings_module
 from nexes.db import search as search_db
@@ -502,3 +504,19 @@ async def test_health_and_metrics_report_sync_lag(
     health = (await api.get("/api/health")).json()["search"]
     assert health["outbox_pending"] == 0 and health["sync_lag_seconds"] == 0
     assert health["breaker"] in ("closed", "half-opened")
+
+
+async def test_reindex_search_mutation_needs_the_admin_token_and_queues_the_job(
+    search_db_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexes.jobs.search import reindex_search
+
+    mutation = "mutation { reindexSearch { queued errors { code } } }"
+    admin = replace(search_db_settings, admin_token=Secret("search-admin"))
+    async with client_for(admin) as client:
+        body = await gql(client, mutation)
+        assert body["data"]["reindexSearch"] == {"queued": False, "errors": [{"code": "FORBIDDEN"}]}
+        sent: list[str] = []
+        monkeypatch.setattr(reindex_search, "send", lambda: sent.append("reindex"))
+        body = await gql(client, mutation, **{"X-Nexes-Admin-Token": "search-admin"})
+        assert body["data"]["reindexSearch"] == {"queued": True, "errors": []} and sent == ["reindex"]

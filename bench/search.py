@@ -1,0 +1,361 @@
+"""Search benchmark on the local stack: reindex rate, Typesense memory, search latency
+through GraphQL (Typesense and the pg_trgm fallback), sync lag under 200 mutations/s,
+catch-up after a 1M-row outbox, and what the fallback's trigram indexes cost imports.
+
+    python -m bench.search [--orders 1000000] [--reuse] [--keep] [--import-orders 20000]
+
+It makes its own database (`nexes_search_bench`), collection alias, Redis db and API
+servers, and drops the database at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+DB = "nexes_search_bench"
+REDIS_DB = 10
+PORT_TS, PORT_PG = 18461, 18462
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH = """query($q: String!, $filter: SearchFilter) {
+  search(query: $q, first: 20, filter: $filter) { engine found edges { score node { sodNumber status } } } }"""
+UPDATE = """mutation($sod: String!, $d: String!) {
+  updateServiceOrder(sodNumber: $sod, input: {description: $d}) { errors { code } } }"""
+WORDS = ("boiler", "heat pump", "ventilation", "generator", "elevator", "water heater")
+
+
+def environ() -> dict[str, str]:
+    from nexes.db.conninfo import environ_for_database
+
+    env = environ_for_database(os.environ, DB)
+    env.update(
+        NEXES_REDIS_URL=urlsplit(env["NEXES_REDIS_URL"])._replace(path=f"/{REDIS_DB}").geturl(),
+        NEXES_TYPESENSE_COLLECTION=f"{DB}_service_orders",
+        NEXES_ARCHIVE_AFTER_YEARS="0",
+        NEXES_LOG_LEVEL="WARNING",
+        NEXES_ACCESS_LOG="false",
+    )
+    return env
+
+
+def superuser(url: str) -> str:
+    params = conninfo_to_dict(url)
+    params.update(user="postgres", dbname="postgres")
+    return make_conninfo(**params)
+
+
+def create_database(orders: int) -> None:
+    from nexes import settings as settings_module
+    from nexes.db.migrate import migrate
+    from nexes.db.seed import seed
+
+    base = settings_module.load()
+    with psycopg.connect(superuser(base.admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER nexes_owner").format(sql.Identifier(DB)))
+    settings = settings_module.load(environ())
+    migrate(settings)
+    started = time.monotonic()
+    seed(settings.admin_url, orders, parallel=2)
+    print(f"seeded {orders:,} orders in {time.monotonic() - started:.0f}s", flush=True)
+
+
+def drop_database() -> None:
+    from nexes import settings as settings_module
+
+    base = settings_module.load()
+    with psycopg.connect(superuser(base.admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+
+
+def typesense_memory(settings: Any) -> int:
+    answer = httpx.get(
+        settings.typesense_url.rstrip("/") + "/metrics.json",
+        headers={"X-TYPESENSE-API-KEY": str(settings.typesense_api_key)},
+        timeout=5,
+    ).json()
+    return int(answer["typesense_memory_active_bytes"])
+
+
+def bench_reindex(settings: Any) -> dict[str, Any]:
+    from nexes.search.client import sync_client
+    from nexes.search.reindex import reindex
+
+    client = sync_client(settings)
+    for name in [
+        c["name"] for c in client.collections.retrieve() if c["name"].startswith(settings.typesense_collection)
+    ]:
+        client.collections[name].delete()
+    before = typesense_memory(settings)
+    report = reindex(settings, client, batch=5_000)
+    time.sleep(2)
+    after = typesense_memory(settings)
+    per_million = (after - before) / max(report.documents, 1) * 1_000_000
+    print(f"reindex: {report.documents:,} docs in {report.seconds:.1f}s = {report.rate:,.0f} docs/s", flush=True)
+    print(f"typesense memory: +{(after - before) / 2**20:,.0f} MiB ({per_million / 2**20:,.0f} MiB per 1M docs)")
+    return {"rate": report.rate, "mib_per_million": per_million / 2**20}
+
+
+@contextmanager
+def api_server(env: dict[str, str], port: int) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/api/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def worker(env: dict[str, str]) -> Iterator[None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "4", "--queues", "search"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def samples(admin_url: str) -> dict[str, list[str]]:
+    with psycopg.connect(admin_url) as conn:
+        sods = [r[0] for r in conn.execute("SELECT sod_number FROM service_order_key ORDER BY random() LIMIT 500")]
+        names = [r[0] for r in conn.execute("SELECT name FROM customer ORDER BY random() LIMIT 500")]
+        open_ = [
+            r[0]
+            for r in conn.execute(
+                "SELECT sod_number FROM service_order WHERE status IN ('OPEN', 'IN_PROGRESS') "
+                "ORDER BY random() LIMIT 5000"
+            )
+        ]
+    return {"sods": sods, "names": names, "open": open_}
+
+
+def misspell(name: str) -> str:
+    first, *rest = name.split()
+    i = random.randrange(1, len(first) - 1) if len(first) > 3 else 1
+    return " ".join([first[:i] + first[i + 1 :], *rest[:1]])
+
+
+def queries(data: dict[str, list[str]]) -> dict[str, Callable[[], dict[str, Any]]]:
+    def sod_infix() -> dict[str, Any]:
+        digits = random.choice(data["sods"]).rsplit("-", 1)[-1]
+        return {"q": digits[1:6]}
+
+    return {
+        "SOD infix": sod_infix,
+        "misspelled customer": lambda: {"q": misspell(random.choice(data["names"]))},
+        "status-filtered word": lambda: {"q": random.choice(WORDS), "filter": {"status": ["OPEN"]}},
+    }
+
+
+def latencies(url: str, make: Callable[[], dict[str, Any]], engine: str, n: int = 200) -> tuple[float, float]:
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(n + 20):
+            started = time.perf_counter()
+            body = client.post("/graphql", json={"query": SEARCH, "variables": make()}).json()
+            elapsed = time.perf_counter() - started
+            if "errors" in body or body["data"]["search"]["engine"] != engine:
+                if i >= 20:
+                    raise RuntimeError(f"search failed: {body}")
+                continue
+            if i >= 20:
+                times.append(elapsed * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1]
+
+
+def bench_latency(env: dict[str, str], data: dict[str, list[str]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with api_server(env, PORT_TS) as url:
+        for label, make in queries(data).items():
+            results[f"typesense {label}"] = latencies(url, make, "TYPESENSE")
+    down = {**env, "NEXES_TYPESENSE_URL": "http://127.0.0.1:9"}  # nothing listens: the breaker opens
+    with api_server(down, PORT_PG) as url:
+        for label, make in queries(data).items():
+            results[f"pg_trgm {label}"] = latencies(url, make, "POSTGRES")
+    for label, (p50, p95) in results.items():
+        print(f"search {label}: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
+    return results
+
+
+async def mutate_at(url: str, sods: list[str], rate: float, seconds: float) -> int:
+    sent = 0
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        tasks = []
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            target = start + sent / rate
+            await asyncio.sleep(max(0.0, target - time.monotonic()))
+            sod = sods[sent % len(sods)]
+            payload = {"query": UPDATE, "variables": {"sod": sod, "d": f"bench change {sent}"}}
+            tasks.append(asyncio.create_task(client.post("/graphql", json=payload)))
+            sent += 1
+        answers = await asyncio.gather(*tasks)
+    failed = sum(1 for a in answers if a.status_code != 200 or "errors" in a.json())
+    if failed:
+        print(f"  {failed} mutations failed")
+    return sent
+
+
+def outbox_lag(conn: psycopg.Connection[Any]) -> tuple[int, float]:
+    row = conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(enqueued_at)), 0)::float8 "
+        "FROM search_outbox"
+    ).fetchone()
+    assert row
+    return int(row[0]), float(row[1])
+
+
+def bench_sync_lag(env: dict[str, str], settings: Any, data: dict[str, list[str]], seconds: float) -> dict[str, Any]:
+    lags: list[float] = []
+    with worker(env), api_server(env, PORT_TS) as url, psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        stop = time.monotonic() + seconds
+        loop = asyncio.new_event_loop()
+        task = loop.run_in_executor(None, lambda: asyncio.run(mutate_at(url, data["open"], 200, seconds)))
+        while time.monotonic() < stop:
+            lags.append(outbox_lag(conn)[1])
+            time.sleep(0.1)
+        sent = loop.run_until_complete(task)
+        loop.close()
+    lags.sort()
+    p50, p95 = statistics.median(lags), lags[int(len(lags) * 0.95) - 1]
+    print(
+        f"sync lag, mutations at 200/s asked, {sent / seconds:.0f}/s sent: "
+        f"p50 {p50:.2f}s, p95 {p95:.2f}s, max {lags[-1]:.2f}s"
+    )
+    return {"p50": p50, "p95": p95, "max": lags[-1]}
+
+
+def bench_catch_up(env: dict[str, str], settings: Any) -> float:
+    """The outbox rows a 1M-order import leaves (one per order), then the time to drain them."""
+    from nexes.jobs.search import sync_search
+
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO search_outbox (order_id, op) SELECT id, 'upsert' FROM service_order")
+        rows = outbox_lag(conn)[0]
+        with worker(env):
+            started = time.monotonic()
+            while outbox_lag(conn)[0]:
+                for _ in range(4):  # one per worker thread, as the trigger after each chunk does
+                    sync_search.send()
+                time.sleep(1.0)
+            elapsed = time.monotonic() - started
+    print(f"catch-up: {rows:,} outbox rows drained in {elapsed:.0f}s ({rows / elapsed:,.0f}/s)", flush=True)
+    return elapsed
+
+
+def bench_import_cost(settings: Any, orders: int) -> dict[str, float]:
+    """Import the same kind of file with and without the fallback's trigram indexes."""
+    from nexes.jobs import import_runner
+    from tests.test_imports import store
+
+    results = {}
+    indexes = {
+        "service_order_description_trgm_idx": "CREATE INDEX service_order_description_trgm_idx "
+        "ON service_order USING gin (description gin_trgm_ops)",
+        "customer_code_trgm_idx": "CREATE INDEX customer_code_trgm_idx ON customer USING gin (code gin_trgm_ops)",
+    }
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmp:
+        for label, prefix in (("with", "BTW"), ("without", "BTO")):
+            if label == "without":
+                for name in indexes:
+                    conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            path = Path(tmp) / f"{prefix}.csv"
+            subprocess.run(
+                [sys.executable, "-m", "bench.gen_import", str(path), str(orders), "--prefix", prefix],
+                check=True,
+                cwd=ROOT,
+                capture_output=True,
+            )
+            job = store(settings, path.read_bytes())
+            started = time.monotonic()
+            assert import_runner.run(job, settings) == "SUCCEEDED"
+            results[label] = orders / (time.monotonic() - started)
+            conn.execute("DELETE FROM search_outbox")
+        for definition in indexes.values():
+            conn.execute(definition)
+    print(
+        f"import of {orders:,} orders: {results['with']:,.0f} orders/s with the trigram indexes, "
+        f"{results['without']:,.0f} without ({(1 - results['with'] / results['without']) * 100:.0f}% slower)"
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--reuse", action="store_true", help="keep the seeded database of a --keep run")
+    parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--lag-seconds", type=float, default=30)
+    parser.add_argument("--import-orders", type=int, default=20_000)
+    args = parser.parse_args()
+    env = environ()
+    os.environ.update(env)  # nexes.jobs (the broker) reads the environment on import
+    from nexes import settings as settings_module
+
+    settings = settings_module.load(env)
+    redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+    try:
+        if not args.reuse:
+            create_database(args.orders)
+        bench_reindex(settings)
+        data = samples(settings.admin_url)
+        bench_latency(env, data)
+        bench_sync_lag(env, settings, data, args.lag_seconds)
+        bench_catch_up(env, settings)
+        redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+        bench_import_cost(settings, args.import_orders)
+    finally:
+        redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+        if not args.keep:
+            from nexes.search.client import sync_client
+
+            client = sync_client(settings)
+            for c in client.collections.retrieve():
+                if c["name"].startswith(settings.typesense_collection):
+                    client.collections[c["name"]].delete()
+            drop_database()
+
+
+if __name__ == "__main__":
+    main()
