@@ -18,13 +18,14 @@ _client_lock = threading.Lock()
 
 
 def client() -> typesense.Client:
-    """The worker process's Typesense client."""
+    """The worker process's client for syncs: short timeouts, since a sync holds its claim
+    transaction open while it writes (the worker role's idle-in-transaction timeout is 60 s)."""
     global _client
     with _client_lock:
         if _client is None:
             from nexes.search.client import sync_client
 
-            _client = sync_client(settings)
+            _client = sync_client(settings, timeout=10.0, retries=1)
         return _client
 
 
@@ -65,10 +66,11 @@ def sweep_search() -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=30_000, max_backoff=600_000, time_limit=6 * 3_600_000)
 def reindex_search() -> None:
     """Build a new collection from a replica and swap the alias (a no-op while another runs)."""
+    from nexes.search.client import sync_client
     from nexes.search.reindex import ReindexBusy, reindex
 
     try:
-        reindex(settings, client())
+        reindex(settings, sync_client(settings))
     except ReindexBusy:
         log.info("reindex: another run is in progress; nothing to do")
 
