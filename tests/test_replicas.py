@@ -117,6 +117,7 @@ async def test_read_your_writes_with_replay_paused_100_of_100_and_a_control_read
 
 async def test_a_caught_up_replica_serves_min_lsn_reads(seeded: Settings) -> None:
     async with client(fast(seeded)) as c:
+        await wait_for_state(c, "healthy", 10)
         code = f"CU-{uuid.uuid4().hex[:8]}"
         lsn = (await gql(c, CREATE, {"c": code}))["_response"].headers["x-nexes-lsn"]
         await asyncio.sleep(0.5)  # replay, and a probe or two
@@ -177,7 +178,8 @@ async def test_replica_stopped_reads_succeed_reports_are_unavailable_and_it_retu
 
 
 async def test_metrics_count_routes_and_show_replica_state(seeded: Settings) -> None:
-    async with client(seeded) as c:
+    async with client(fast(seeded)) as c:
+        await wait_for_state(c, "healthy", 10)
         await gql(c, FIND, {"c": "x"})
         text = (await c.get("/metrics")).text
     assert 'nexes_db_route_total{reason="healthy_replica",target="replica"}' in text
