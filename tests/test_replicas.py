@@ -21,7 +21,7 @@ from nexes.app import RequestContextMiddleware
 from nexes.db.conninfo import for_role
 from nexes.db.lsn import format_lsn, parse_lsn
 from nexes.settings import Settings
-from tests.conftest import client_for, error_codes, gql
+from tests.conftest import client_for, error_codes, gql, superuser_url
 from tests.test_api_operations import stopped
 
 CREATE = "mutation($c: String!) { createCustomer(input: {code: $c, name: $c}) { customer { id } errors { code } } }"
@@ -36,7 +36,7 @@ def fast(settings: Settings, **changes: object) -> Settings:
 
 @contextmanager
 def replay_paused(settings: Settings) -> Iterator[None]:
-    url = settings.replica_admin_urls[0]
+    url = superuser_url(settings.replica_admin_urls[0])  # cluster-wide; "postgres" always exists
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
     try:
@@ -211,5 +211,5 @@ async def test_cors_exposes_the_lsn_and_allows_the_min_lsn_header(seeded: Settin
 def _replay_resumed(seeded: Settings) -> Iterator[None]:
     """Whatever a test did, replay runs again afterwards."""
     yield
-    with psycopg.connect(seeded.replica_admin_urls[0], autocommit=True) as conn:
+    with psycopg.connect(superuser_url(seeded.replica_admin_urls[0]), autocommit=True) as conn:
         conn.execute("SELECT pg_wal_replay_resume()")
