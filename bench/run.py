@@ -8,6 +8,8 @@
                                              a CSV of N orders (default 1M) through the workers, against raw COPY
     python -m bench.run import-load [--orders N] [--requests R]
                                              page p50/p99 idle, then while imports of N orders (default 300k) run
+    python -m bench.run import-statements [--orders N]
+                                             order_write's apply script timed statement by statement (rolled back)
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
@@ -287,22 +289,27 @@ def _p99(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "what", nargs="?", choices=["seed", "api", "pages", "import", "import-load", "reconcile", "all"], default="all"
+        "what",
+        nargs="?",
+        choices=["seed", "api", "pages", "import", "import-load", "import-statements", "reconcile", "all"],
+        default="all",
     )
     parser.add_argument("--orders", type=int, default=None, help="seed: 10M; import: 1M; import-load: 300k")
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=400, help="import-load: page requests idle and loaded")
+    parser.add_argument("--requests", type=int, default=2_000, help="import-load: page requests idle and loaded")
     parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
     parser.add_argument("--workers", type=int, default=1, help="Nexes workers (PostGraphile runs one process)")
     parser.add_argument("--ports", type=int, nargs=2, default=(NEXES_PORT, PEER_PORT), metavar=("NEXES", "PEER"))
     args = parser.parse_args()
-    if args.what in ("import", "import-load", "reconcile"):
+    if args.what in ("import", "import-load", "import-statements", "reconcile"):
         from bench import write_path  # it imports this module's helpers
 
         if args.what == "import":
             write_path.bench_import(args.orders or 1_000_000, args.py_spy)
         elif args.what == "import-load":
             write_path.bench_import_load(args.orders or 300_000, args.requests)
+        elif args.what == "import-statements":
+            write_path.apply_statements(args.orders or 5_000, chunks=3)
         else:
             write_path.bench_reconcile()
     elif args.what == "seed":

@@ -55,7 +55,7 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def short(query: str, width: int = 110) -> str:
+def short(query: str, width: int = 160) -> str:
     return " ".join(LEADING_COMMENT.sub("", query).split())[:width]
 
 

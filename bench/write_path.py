@@ -1,7 +1,8 @@
 """The write path over nexes_bench: an import against raw COPY, the API under import load, reconciliation.
 
     python -m bench.run import [--orders 1000000] [--py-spy /tmp/pyspy/bin/py-spy]
-    python -m bench.run import-load [--orders 300000] [--requests 400]
+    python -m bench.run import-load [--orders 300000] [--requests 2000]
+    python -m bench.run import-statements [--orders 5000]
     python -m bench.run reconcile
 
 Imports go the way `nexes import FILE` sends them (the file stored in PostgreSQL, the
@@ -13,6 +14,7 @@ take theirs).
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -34,7 +36,7 @@ from psycopg import sql
 
 from bench.gen_import import COLUMNS, generate_csv
 from bench.run import DB, ROOT, _p99, bench_env, process, report, superuser
-from bench.samplers import PySpy, Sampler, descendants
+from bench.samplers import PySpy, Sampler, descendants, short
 from nexes import settings as settings_module
 from nexes.db import reconcile as reconcile_sql
 from nexes.db.partitions import next_quarter, quarters
@@ -145,6 +147,11 @@ def job(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
         "job_seconds",
     )
     return dict(zip(names, row, strict=True))
+
+
+def applying(conn: psycopg.Connection[Any], job_id: int) -> bool:
+    state = job(conn, job_id)
+    return bool(state["status"] == "RUNNING" and state["phase"] == "apply")
 
 
 def wait_final(
@@ -282,10 +289,11 @@ def bench_import_load(orders: int, requests: int) -> None:
             latencies(client, url, 50)  # warm-up: connections, parse caches
             idle = latencies(client, url, requests)
             jobs = [store(env, f) for f in files]
-            while not all(job(conn, j)["status"] == "RUNNING" for j in jobs):
+            # Measured in the apply phase, where an import spends nearly all its time.
+            while not all(applying(conn, j) for j in jobs):
                 time.sleep(0.2)
-            loaded = latencies(client, url, requests, lambda: all(job(conn, j)["status"] == "RUNNING" for j in jobs))
-            still_running = all(job(conn, j)["status"] == "RUNNING" for j in jobs)
+            loaded = latencies(client, url, requests, lambda: all(applying(conn, j) for j in jobs))
+            still_running = all(applying(conn, j) for j in jobs)
             outcomes = [wait_final(conn, j)[0] for j in jobs]
     report(
         bench="import-load",
@@ -337,3 +345,103 @@ def bench_reconcile() -> None:
         zero_drift=len(counts) == 4 and counts["dashboard"] == counts["on-hand"] == counts["line"] == 0,
         loadavg=os.getloadavg(),
     )
+
+
+def apply_statements(orders: int, chunks: int) -> None:
+    """order_write's apply script one statement at a time, on `chunks` chunks of new orders
+    staged like an import's, in transactions rolled back: pg_stat_activity sees the script
+    as one query (a single round trip), so this is where its time goes, triggers included."""
+    from nexes.db import order_write
+    from nexes.db.conninfo import for_role
+
+    env = worker_env()
+    settings = settings_module.load(env)
+    conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-bench")
+    with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
+        path, _ = make_file(Path(tmp), orders * chunks, "P")
+        rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
+    statements = [order_write.BOUNDS, *order_write.APPLY]
+    with psycopg.connect(conninfo, prepare_threshold=None) as conn:
+        customers: dict[str, int] = dict(conn.execute("SELECT code, id FROM customer").fetchall())
+        items: dict[str, int] = dict(conn.execute("SELECT sku, id FROM stock_item").fetchall())
+        by_order: dict[str, list[dict[str, str]]] = {}
+        for row in rows:
+            by_order.setdefault(row["sod_number"], []).append(row)
+        sods = sorted(by_order)
+        batches = [[by_order[s] for s in sods[n * orders : (n + 1) * orders]] for n in range(chunks)]
+        # As the worker runs it (JIT as the server has it), then with JIT off for the transaction.
+        for jit in (None, "off"):
+            wall: dict[str, float] = dict.fromkeys(map(short, statements), 0.0)
+            triggers: dict[str, float] = {}
+            for batch in batches:
+                with conn.transaction(force_rollback=True):
+                    if jit:
+                        conn.execute("SET LOCAL jit = off")
+                    conn.execute(order_write.STAGE_SCRIPT)
+                    _stage(conn, batch, customers, items)
+                    for statement in statements:
+                        started = time.perf_counter()
+                        if EXPLAINABLE.match(statement):
+                            plan = conn.execute(sql.SQL(EXPLAIN).format(sql.SQL(statement))).fetchone()
+                            for trigger in plan[0][0].get("Triggers", []) if plan else []:
+                                name = f"{trigger['Trigger Name']} on {trigger['Relation']}"
+                                triggers[name] = triggers.get(name, 0.0) + trigger["Time"] / 1000
+                        else:
+                            conn.execute(statement)
+                        wall[short(statement)] += time.perf_counter() - started
+            _report_statements(orders, chunks, jit or "server default", wall, triggers)
+
+
+def _report_statements(orders: int, chunks: int, jit: str, wall: dict[str, float], triggers: dict[str, float]) -> None:
+    total = sum(wall.values())
+    report(
+        bench="import-apply-statements",
+        jit=jit,
+        orders_per_chunk=orders,
+        chunks=chunks,
+        seconds_per_chunk=round(total / chunks, 3),
+        statements=[
+            {"share": round(s / total, 3), "ms_per_chunk": round(s * 1000 / chunks), "statement": q}
+            for q, s in sorted(wall.items(), key=lambda kv: -kv[1])[:12]
+        ],
+        triggers=[
+            {"share": round(s / total, 3), "ms_per_chunk": round(s * 1000 / chunks), "trigger": t}
+            for t, s in sorted(triggers.items(), key=lambda kv: -kv[1])[:8]
+        ],
+    )
+
+
+EXPLAIN = "EXPLAIN (ANALYZE, FORMAT JSON) {}"  # with trigger times (per-node timing adds a little)
+EXPLAINABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)", re.I)
+
+
+def _stage(
+    conn: psycopg.Connection[Any], orders: list[list[dict[str, str]]], customers: dict[str, int], items: dict[str, int]
+) -> None:
+    """stage_order and stage_line filled as the import's chunk statements fill them (valid rows only)."""
+    with conn.cursor().copy(
+        "COPY stage_order (sod_number, created_at, created_at_given, customer_id, status, description, currency, mode)"
+        " FROM STDIN"
+    ) as copy:
+        for lines in orders:
+            o = lines[0]
+            copy.write_row(
+                (
+                    o["sod_number"],
+                    o["created_at"],
+                    True,
+                    customers[o["customer_code"]],
+                    o["status"],
+                    o["description"],
+                    o["currency"],
+                    "upsert",
+                )
+            )
+    with conn.cursor().copy(
+        "COPY stage_line (sod_number, line_no, stock_item_id, quantity, unit_price) FROM STDIN"
+    ) as copy:
+        for lines in orders:
+            for line in lines:
+                copy.write_row(
+                    (line["sod_number"], line["line_no"], items[line["sku"]], line["quantity"], line["unit_price"])
+                )
