@@ -28,6 +28,7 @@ from nexes.settings import Settings
 log = logging.getLogger(__name__)
 STALE_AFTER = 120.0  # seconds without a heartbeat before another run takes over
 REPLAY_WAIT = 60.0
+STREAM_ATTEMPTS = 3
 
 
 class ReindexBusy(Exception):
@@ -90,20 +91,17 @@ def reindex(
         try:
             collection.create(client, name)
             lsn = search_db.current_lsn(primary)  # after the run is registered
-            with _connect(replica_url, settings, "nexes-reindex-stream") as replica:
-                _wait_for_replay(replica, lsn)
-                total = search_db.estimate_orders(replica)
-                failed_ids = _stream(
-                    replica=replica,
-                    primary=primary,
-                    client=client,
-                    name=name,
-                    run=run,
-                    batch=batch,
-                    report=report,
-                    total=total,
-                    progress=progress,
-                )
+            failed_ids = _stream_with_retries(
+                settings,
+                replica_url=replica_url,
+                lsn=lsn,
+                client=client,
+                name=name,
+                run=run,
+                batch=batch,
+                report=report,
+                progress=progress,
+            )
             collection.point_alias(client, alias, name)
             swapped = True
         finally:
@@ -125,6 +123,48 @@ def reindex(
         report.requeued,
     )
     return report
+
+
+def _stream_with_retries(
+    settings: Settings,
+    *,
+    replica_url: str,
+    lsn: str,
+    client: typesense.Client,
+    name: str,
+    run: int,
+    batch: int,
+    report: ReindexReport,
+    progress: Callable[[int, int], None] | None,
+) -> list[int]:
+    """Stream from a replica; a stream cut short (a recovery conflict, a restart) starts over
+    into an emptied collection, from a new snapshot: changes since the run began are recorded."""
+    for attempt in range(1, STREAM_ATTEMPTS + 1):
+        try:
+            with (
+                _connect(replica_url, settings, "nexes-reindex-stream") as replica,
+                _connect(settings.primary_url, settings, "nexes-reindex") as primary,
+            ):
+                _wait_for_replay(replica, lsn)
+                report.documents = report.failed = 0
+                return _stream(
+                    replica=replica,
+                    primary=primary,
+                    client=client,
+                    name=name,
+                    run=run,
+                    batch=batch,
+                    report=report,
+                    total=search_db.estimate_orders(replica),
+                    progress=progress,
+                )
+        except psycopg.Error as exc:
+            if attempt == STREAM_ATTEMPTS:
+                raise
+            log.warning("reindex: the stream failed (%s: %s); starting it over", type(exc).__name__, exc)
+            _drop_quietly(client, name)
+            collection.create(client, name)
+    raise AssertionError("unreachable")
 
 
 def _wait_for_replay(replica: psycopg.Connection[tuple[object, ...]], lsn: str) -> None:
