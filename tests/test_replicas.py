@@ -101,6 +101,7 @@ async def test_a_malformed_min_lsn_is_bad_user_input(seeded: Settings) -> None:
 async def test_read_your_writes_with_replay_paused_100_of_100_and_a_control_read_is_stale(seeded: Settings) -> None:
     # A long lag threshold: the replica stays in rotation, so only the LSN keeps reads fresh.
     async with client(fast(seeded, replica_max_lag=60.0)) as c:
+        await wait_for_state(c, "healthy", 10)
         code = f"RYW-{uuid.uuid4().hex[:8]}"
         with replay_paused(seeded):
             body = await gql(c, CREATE, {"c": code})
