@@ -107,3 +107,30 @@ def test_reconciliation_while_an_import_runs_corrects_nothing_that_was_right(
     with psycopg.connect(fresh_db.admin_url) as conn:
         assert check_all(conn) == []
         assert conn.execute("SELECT count(*) FROM stat_drift WHERE corrected").fetchone() == (0,)
+
+
+def test_drift_in_customer_stat_month_is_found_corrected_and_recorded(fresh_db: Settings) -> None:
+    seed(fresh_db.admin_url, 400, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        bucket = conn.execute(
+            "SELECT month, currency, customer_id FROM customer_stat_month ORDER BY month DESC LIMIT 1"
+        ).fetchone()
+        assert bucket is not None
+        conn.execute(
+            "UPDATE customer_stat_month SET order_count = order_count + 2, total_amount = total_amount + 10 "
+            "WHERE month = %s AND currency = %s AND customer_id = %s",
+            bucket,
+        )
+        assert "customer_stat_month_differs" in {v.check for v in check_all(conn)}
+    report = reconcile(for_role(fresh_db.primary_url, fresh_db, "nexes_worker"))
+    assert report.customer_stat_corrections == 1
+    assert report.stat_corrections == 0
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        drift = conn.execute(
+            "SELECT bucket, expected, found, corrected FROM stat_drift "
+            "WHERE run_id = %s AND check_name = 'customer_stat'",
+            [report.run_id],
+        ).fetchall()
+        assert check_all(conn) == []
+    month, currency, customer_id = bucket
+    assert drift == [(f"{month} {currency} customer {customer_id}", drift[0][1], drift[0][1] + 2, True)]

@@ -64,6 +64,21 @@ CHECKS: dict[str, LiteralString] = {
         FROM truth AS t FULL JOIN kept AS k ON k.day = t.day AND k.status = t.status
         WHERE coalesce(t.n, 0) <> coalesce(k.n, 0)
         LIMIT 20""",
+    "customer_stat_month_differs": f"""
+        WITH truth AS (
+            SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
+                   count(*) AS n, sum(total_amount) AS amount
+            FROM {ALL_ORDERS} AS o WHERE status <> 'CANCELLED' GROUP BY 1, 2, 3
+        ), kept AS (
+            SELECT month, currency, customer_id, order_count AS n, total_amount AS amount
+            FROM customer_stat_month WHERE order_count <> 0 OR total_amount <> 0
+        )
+        SELECT coalesce(t.month, k.month) || ' ' || coalesce(t.currency, k.currency) || ' customer '
+               || coalesce(t.customer_id, k.customer_id) || ': orders ' || coalesce(t.n, 0)
+               || ', stat ' || coalesce(k.n, 0)
+        FROM truth AS t FULL JOIN kept AS k USING (month, currency, customer_id)
+        WHERE coalesce(t.n, 0) <> coalesce(k.n, 0) OR coalesce(t.amount, 0) <> coalesce(k.amount, 0)
+        LIMIT 20""",
     "dashboard_month_differs": """
         WITH days AS (
             SELECT date_trunc('month', day)::date AS month, status, currency, sum(order_count) AS n,

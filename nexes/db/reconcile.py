@@ -1,4 +1,5 @@
-"""Reconciliation: recompute dashboard_stat from the orders, slice by slice; check stock.
+"""Reconciliation: recompute dashboard_stat (and customer_stat_month) from the orders,
+slice by slice; check stock.
 
 Each slice is one quarter (a partition's range), in its own statement, so no query
 holds a snapshot over the whole table. Truth and kept figures come from the same
@@ -61,6 +62,43 @@ WITH truth AS (
 SELECT count(*) FROM diff
 """
 
+# The same for customer_stat_month (orders that are not CANCELLED, per UTC month,
+# currency and customer); a quarter slice holds whole months.
+CUSTOMER_SLICE = """
+WITH truth AS (
+    SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
+           count(*) AS n, sum(total_amount) AS amount
+    FROM (SELECT created_at, status, currency, customer_id, total_amount FROM service_order
+          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'
+          UNION ALL
+          SELECT created_at, status, currency, customer_id, total_amount FROM service_order_archive
+          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC') AS o
+    WHERE status <> 'CANCELLED'
+    GROUP BY 1, 2, 3
+), kept AS (
+    SELECT month, currency, customer_id, order_count AS n, total_amount AS amount FROM customer_stat_month
+    WHERE month >= %(lo)s AND month < %(hi)s
+), diff AS (
+    SELECT coalesce(t.month, k.month) AS month, coalesce(t.currency, k.currency) AS currency,
+           coalesce(t.customer_id, k.customer_id) AS customer_id,
+           coalesce(t.n, 0) AS n, coalesce(t.amount, 0) AS amount,
+           coalesce(k.n, 0) AS kept_n, coalesce(k.amount, 0) AS kept_amount
+    FROM truth AS t FULL JOIN kept AS k USING (month, currency, customer_id)
+    WHERE coalesce(t.n, 0) <> coalesce(k.n, 0) OR coalesce(t.amount, 0) <> coalesce(k.amount, 0)
+), recorded AS (
+    INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
+    SELECT %(run)s, 'customer_stat', month || ' ' || currency || ' customer ' || customer_id, n, kept_n, true
+    FROM diff
+), fixed AS (
+    INSERT INTO customer_stat_month AS m (month, currency, customer_id, order_count, total_amount)
+    SELECT month, currency, customer_id, n - kept_n, amount - kept_amount FROM diff
+    ORDER BY 1, 2, 3
+    ON CONFLICT (month, currency, customer_id) DO UPDATE
+    SET order_count = m.order_count + excluded.order_count, total_amount = m.total_amount + excluded.total_amount
+)
+SELECT count(*) FROM diff
+"""
+
 # Per quarter: every line's movements against what its order's status implies
 # (minus its quantity, or 0 when CANCELLED); reported, never rewritten.
 LINES = """
@@ -111,12 +149,13 @@ class Report:
     on_hand_mismatches: int
     negative_items: int
     line_mismatches: int
+    customer_stat_corrections: int = 0
 
 
 def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None) -> Report:
     """Recompute dashboard_stat quarter by quarter, correcting and recording drift; check stock."""
     run_id = uuid.uuid4()
-    corrections = slices = line_mismatches = 0
+    corrections = customer_corrections = slices = line_mismatches = 0
     # prepare_threshold=None: the worker runs this through PgBouncer in transaction mode.
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
         row = conn.execute(BOUNDS).fetchone()
@@ -125,6 +164,8 @@ def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None) 
             bounds = {"lo": start, "hi": next_quarter(start), "run": run_id}
             found = conn.execute(SLICE, bounds).fetchone()
             corrections += int(found[0]) if found else 0
+            found = conn.execute(CUSTOMER_SLICE, bounds).fetchone()
+            customer_corrections += int(found[0]) if found else 0
             with conn.transaction():
                 # A quarter's lines take longer than an ordinary statement may.
                 conn.execute("SET LOCAL statement_timeout = '10min'")
@@ -135,4 +176,4 @@ def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None) 
                 progress(start)
         with conn.transaction():
             stock = conn.execute(STOCK, {"run": run_id}).fetchone() or (0, 0)
-    return Report(run_id, slices, corrections, int(stock[0]), int(stock[1]), line_mismatches)
+    return Report(run_id, slices, corrections, int(stock[0]), int(stock[1]), line_mismatches, customer_corrections)
