@@ -329,9 +329,12 @@ def bench_reconcile() -> None:
         row = conn.execute("SELECT count(*) FROM service_order").fetchone()
     partial = stats_and_stock(conninfo)
     started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "nexes.cli", "reconcile"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "nexes.cli", "reconcile"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.exit(f"nexes reconcile failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    out = done.stdout
     seconds = time.monotonic() - started
     counts = {name: int(n) for n, name in re.findall(r"(\d+) (dashboard|on-hand|item|line)", out)}
     report(
