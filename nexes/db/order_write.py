@@ -73,6 +73,10 @@ NESTED_ON: LiteralString = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_me
 NESTED_OFF: LiteralString = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
 
 APPLY: list[LiteralString] = [
+    # The planner's cost for the nested loops over every partition passes the JIT
+    # thresholds; compiling took 710 of w_order's 813 ms per 5,000-order chunk at 10M
+    # (bench/README.md), for joins that run in milliseconds.
+    "SET LOCAL jit = off",
     "ANALYZE stage_order",
     "ANALYZE stage_line",
     # Orders whose created_at no live partition holds are refused before any key is made.

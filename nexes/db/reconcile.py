@@ -12,8 +12,10 @@ its quantity and status) is reported, never changed.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 
@@ -152,28 +154,55 @@ class Report:
     customer_stat_corrections: int = 0
 
 
-def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None) -> Report:
-    """Recompute dashboard_stat quarter by quarter, correcting and recording drift; check stock."""
+def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None, parallel: int = 2) -> Report:
+    """Recompute dashboard_stat and customer_stat_month quarter by quarter, correcting and
+    recording drift; check every line's ledger and the stock. Quarters are independent
+    slices, so `parallel` connections work on them at once (one per core here)."""
     run_id = uuid.uuid4()
-    corrections = customer_corrections = slices = line_mismatches = 0
-    # prepare_threshold=None: the worker runs this through PgBouncer in transaction mode.
-    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+    local = threading.local()
+    opened: list[psycopg.Connection] = []
+    lock = threading.Lock()
+
+    def connection() -> psycopg.Connection:
+        # prepare_threshold=None: the worker runs this through PgBouncer in transaction mode.
+        if getattr(local, "conn", None) is None:
+            local.conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+            with lock:
+                opened.append(local.conn)
+        conn: psycopg.Connection = local.conn
+        return conn
+
+    def one_quarter(start: date) -> tuple[int, int, int]:
+        conn = connection()
+        bounds = {"lo": start, "hi": next_quarter(start), "run": run_id}
+        stats = conn.execute(SLICE, bounds).fetchone()
+        customers = conn.execute(CUSTOMER_SLICE, bounds).fetchone()
+        with conn.transaction():
+            # A quarter's lines take longer than an ordinary statement may.
+            conn.execute("SET LOCAL statement_timeout = '10min'")
+            wrong = conn.execute(LINES, bounds).fetchone()
+        if progress:
+            progress(start)
+        return (int(stats[0]) if stats else 0, int(customers[0]) if customers else 0, int(wrong[0]) if wrong else 0)
+
+    try:
+        conn = connection()
         row = conn.execute(BOUNDS).fetchone()
         first, last = row if row else (None, None)
-        for start in quarters(first, last) if first and last else []:
-            bounds = {"lo": start, "hi": next_quarter(start), "run": run_id}
-            found = conn.execute(SLICE, bounds).fetchone()
-            corrections += int(found[0]) if found else 0
-            found = conn.execute(CUSTOMER_SLICE, bounds).fetchone()
-            customer_corrections += int(found[0]) if found else 0
-            with conn.transaction():
-                # A quarter's lines take longer than an ordinary statement may.
-                conn.execute("SET LOCAL statement_timeout = '10min'")
-                wrong = conn.execute(LINES, bounds).fetchone()
-            line_mismatches += int(wrong[0]) if wrong else 0
-            slices += 1
-            if progress:
-                progress(start)
+        slices = list(quarters(first, last)) if first and last else []
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            results = list(pool.map(one_quarter, slices))
         with conn.transaction():
             stock = conn.execute(STOCK, {"run": run_id}).fetchone() or (0, 0)
-    return Report(run_id, slices, corrections, int(stock[0]), int(stock[1]), line_mismatches, customer_corrections)
+    finally:
+        for opened_conn in opened:
+            opened_conn.close()
+    return Report(
+        run_id,
+        len(slices),
+        sum(r[0] for r in results),
+        int(stock[0]),
+        int(stock[1]),
+        sum(r[2] for r in results),
+        sum(r[1] for r in results),
+    )
