@@ -7,6 +7,7 @@ the database the tests own (dropped and re-created every session).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,6 +45,33 @@ def recreate_database(admin_url: str, name: str, template: str | None = None) ->
                 sql.Identifier(name), sql.Identifier(template or "template0")
             )
         )
+    if template:
+        wait_until_served(name)
+
+
+def wait_until_served(name: str, seconds: float = 15.0) -> None:
+    """Until every role reaches the new database through PgBouncer.
+
+    Re-creating a database kills PgBouncer's idle server connections to the old one;
+    a pool that then tries to reconnect before CREATE finishes fails its login, and
+    PgBouncer refuses that (database, role) pool for `server_login_retry` seconds.
+    Tests wait that out here instead of failing on their first statement.
+    """
+    environ = _environ_for(name)
+    settings = settings_module.load(environ)
+    from nexes.db.conninfo import for_role
+
+    deadline = time.monotonic() + seconds
+    for role in ("nexes_api", "nexes_worker", "nexes_analyst"):
+        while True:
+            try:
+                with psycopg.connect(for_role(settings.primary_url, settings, role), prepare_threshold=None) as conn:
+                    conn.execute("SELECT 1")
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
 
 
 def drop_database(admin_url: str, name: str) -> None:

@@ -62,11 +62,8 @@ def import_db(template_settings: Settings, test_db_name: str) -> Iterator[Settin
 
 
 def close_worker_pool() -> None:
-    """The runner keeps one pool per process, made for the first settings it sees; tests
-    that use another database start it again."""
-    pool, import_runner._pool = import_runner._pool, None
-    if pool is not None:
-        pool.close()
+    """The runner keeps a pool per database per process: close them before a drop."""
+    import_runner.close_pools()
 
 
 @pytest.fixture

@@ -40,17 +40,19 @@ def stage_batch_rows(settings: Settings) -> int:
     return max(1_000, 4 * settings.import_chunk_orders)
 
 
-_pool: ConnectionPool | None = None
+_pools: dict[str, ConnectionPool] = {}
 _pool_lock = threading.Lock()
 
 
 def worker_pool(settings: Settings) -> ConnectionPool:
-    """The worker process's pool: nexes_worker on the primary, through PgBouncer."""
-    global _pool
+    """The worker process's pool: nexes_worker on the primary, through PgBouncer; one
+    per database (a worker serves one; tests run jobs in many)."""
+    conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-worker")
     with _pool_lock:
-        if _pool is None:
-            _pool = ConnectionPool(
-                for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-worker"),
+        pool = _pools.get(conninfo)
+        if pool is None or pool.closed:
+            pool = _pools[conninfo] = ConnectionPool(
+                conninfo,
                 min_size=1,
                 max_size=max(2, settings.worker_pool_size),
                 timeout=30,
@@ -58,7 +60,16 @@ def worker_pool(settings: Settings) -> ConnectionPool:
                 kwargs={"prepare_threshold": None, "autocommit": True, "cursor_factory": SyncTaggedCursor},
                 open=True,
             )
-        return _pool
+        return pool
+
+
+def close_pools() -> None:
+    """Close every worker pool of this process (tests, before dropping a database)."""
+    with _pool_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
 
 
 class Cancelled(Exception):
