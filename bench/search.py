@@ -155,18 +155,15 @@ def worker(env: dict[str, str]) -> Iterator[None]:
         proc.wait(timeout=60)
 
 
-def samples(admin_url: str) -> dict[str, list[str]]:
+def samples(admin_url: str) -> dict[str, list[Any]]:
     with psycopg.connect(admin_url) as conn:
         sods = [r[0] for r in conn.execute("SELECT sod_number FROM service_order_key ORDER BY random() LIMIT 500")]
         names = [r[0] for r in conn.execute("SELECT name FROM customer ORDER BY random() LIMIT 500")]
-        open_ = [
-            r[0]
-            for r in conn.execute(
-                "SELECT sod_number FROM service_order WHERE status IN ('OPEN', 'IN_PROGRESS') "
-                "ORDER BY random() LIMIT 5000"
-            )
-        ]
-    return {"sods": sods, "names": names, "open": open_}
+        open_ = conn.execute(
+            "SELECT sod_number, id, created_at FROM service_order WHERE status IN ('OPEN', 'IN_PROGRESS') "
+            "ORDER BY random() LIMIT 5000"
+        ).fetchall()
+    return {"sods": sods, "names": names, "open": [r[0] for r in open_], "open_keys": open_}
 
 
 def misspell(name: str) -> str:
@@ -175,7 +172,7 @@ def misspell(name: str) -> str:
     return " ".join([first[:i] + first[i + 1 :], *rest[:1]])
 
 
-def queries(data: dict[str, list[str]]) -> dict[str, Callable[[], dict[str, Any]]]:
+def queries(data: dict[str, list[Any]]) -> dict[str, Callable[[], dict[str, Any]]]:
     def sod_infix() -> dict[str, Any]:
         digits = random.choice(data["sods"]).rsplit("-", 1)[-1]
         return {"q": digits[1:6]}
@@ -204,7 +201,7 @@ def latencies(url: str, make: Callable[[], dict[str, Any]], engine: str, n: int 
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
-def bench_latency(env: dict[str, str], data: dict[str, list[str]]) -> dict[str, Any]:
+def bench_latency(env: dict[str, str], data: dict[str, list[Any]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with api_server(env, PORT_TS) as url:
         for label, make in queries(data).items():
@@ -246,12 +243,37 @@ def outbox_lag(conn: psycopg.Connection[Any]) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-def bench_sync_lag(env: dict[str, str], settings: Any, data: dict[str, list[str]], seconds: float) -> dict[str, Any]:
+def write_at(admin_url: str, keys: list[Any], rate: float, seconds: float) -> int:
+    """Single-order updates at `rate`/s, each followed by the sync request a mutation sends."""
+    from nexes.jobs.search import sync_search
+
+    sent = 0
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+            conn.execute(
+                "UPDATE service_order SET description = %s, updated_at = clock_timestamp() "
+                "WHERE id = %s AND created_at = %s",
+                [f"bench change {sent}", *keys[sent % len(keys)][1:]],
+            )
+            sync_search.send()
+            sent += 1
+    return sent
+
+
+def bench_sync_lag(
+    env: dict[str, str], settings: Any, data: dict[str, list[Any]], seconds: float, via_api: bool
+) -> dict[str, Any]:
+    """Age of the oldest outbox row, sampled every 100 ms while changes arrive at 200/s."""
     lags: list[float] = []
     with worker(env), api_server(env, PORT_TS) as url, psycopg.connect(settings.admin_url, autocommit=True) as conn:
         stop = time.monotonic() + seconds
         loop = asyncio.new_event_loop()
-        task = loop.run_in_executor(None, lambda: asyncio.run(mutate_at(url, data["open"], 200, seconds)))
+        if via_api:
+            task = loop.run_in_executor(None, lambda: asyncio.run(mutate_at(url, data["open"], 200, seconds)))
+        else:
+            task = loop.run_in_executor(None, write_at, settings.admin_url, data["open_keys"], 200, seconds)
         while time.monotonic() < stop:
             lags.append(outbox_lag(conn)[1])
             time.sleep(0.1)
@@ -259,9 +281,11 @@ def bench_sync_lag(env: dict[str, str], settings: Any, data: dict[str, list[str]
         loop.close()
     lags.sort()
     p50, p95 = statistics.median(lags), lags[int(len(lags) * 0.95) - 1]
+    how = "mutations through the API" if via_api else "single-order updates + sync request"
     print(
-        f"sync lag, mutations at 200/s asked, {sent / seconds:.0f}/s sent: "
-        f"p50 {p50:.2f}s, p95 {p95:.2f}s, max {lags[-1]:.2f}s"
+        f"sync lag, {how} at 200/s asked, {sent / seconds:.0f}/s sent: "
+        f"p50 {p50:.2f}s, p95 {p95:.2f}s, max {lags[-1]:.2f}s",
+        flush=True,
     )
     return {"p50": p50, "p95": p95, "max": lags[-1]}
 
@@ -328,6 +352,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     parser.add_argument("--lag-seconds", type=float, default=30)
     parser.add_argument("--import-orders", type=int, default=20_000)
+    parser.add_argument("--phases", default="reindex,latency,lag,apilag,catchup,import", help="comma-separated subset")
     args = parser.parse_args()
     env = environ()
     os.environ.update(env)  # nexes.jobs (the broker) reads the environment on import
@@ -338,13 +363,21 @@ def main() -> None:
     try:
         if not args.reuse:
             create_database(args.orders)
-        bench_reindex(settings)
+        phases = set(args.phases.split(","))
+        if "reindex" in phases:
+            bench_reindex(settings)
         data = samples(settings.admin_url)
-        bench_latency(env, data)
-        bench_sync_lag(env, settings, data, args.lag_seconds)
-        bench_catch_up(env, settings)
-        redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
-        bench_import_cost(settings, args.import_orders)
+        if "latency" in phases:
+            bench_latency(env, data)
+        if "lag" in phases:
+            bench_sync_lag(env, settings, data, args.lag_seconds, via_api=False)
+        if "apilag" in phases:
+            bench_sync_lag(env, settings, data, args.lag_seconds, via_api=True)
+        if "catchup" in phases:
+            bench_catch_up(env, settings)
+            redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+        if "import" in phases:
+            bench_import_cost(settings, args.import_orders)
     finally:
         redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
         if not args.keep:

@@ -100,10 +100,8 @@ async def api(search_db_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def close_worker_pool() -> None:
-    """The worker pool is per process; another module's may point at its database."""
-    pool, import_runner._pool = import_runner._pool, None
-    if pool is not None:
-        pool.close()
+    """The runner keeps a pool per database per process: close them before a drop."""
+    import_runner.close_pools()
 
 
 def worker_pool(settings: Settings) -> Any:
@@ -267,6 +265,21 @@ def stack(*args: str) -> None:
     subprocess.run([str(ROOT / "infra" / "stack"), *args], check=True, cwd=ROOT, capture_output=True, timeout=120)
 
 
+def start_typesense(settings: Settings) -> None:
+    """Start it again and wait until it has replayed its log: a server whose raft log holds
+    many writes (no snapshot yet) answers 503 "Not Ready or Lagging" for minutes."""
+    subprocess.run([str(ROOT / "infra" / "stack"), "up", "typesense"], cwd=ROOT, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(settings.typesense_url.rstrip("/") + "/health", timeout=2).json().get("ok") is True:
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1)
+    raise AssertionError("Typesense did not become ready within 10 minutes")
+
+
 async def test_typesense_down_search_falls_back_to_postgres_and_the_index_converges_after(
     search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection
 ) -> None:
@@ -293,7 +306,7 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
         health = (await api.get("/api/health")).json()
         assert health["search"]["typesense"] == "down" and health["search"]["outbox_pending"] >= 1000
     finally:
-        stack("up", "typesense")
+        start_typesense(search_db_settings)
     sync_now(search_db_settings)
     diff = index_diff(search_db_settings, db)
     assert no_drift(diff), first_stale(search_db_settings, db, diff)

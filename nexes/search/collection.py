@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 QUERY_BY = "sod_number,customer_name,customer_code,description"
 NUM_TYPOS = "0,2,0,1"
 INFIX = "always,off,off,off"
+NO_INFIX = "off,off,off,off"
 
 FIELDS: list[dict[str, Any]] = [
     {"name": "sod_number", "type": "string", "infix": True},

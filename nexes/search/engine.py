@@ -36,6 +36,7 @@ MIN_FALLBACK_QUERY = 3
 FALLBACK_CAP = 1_000  # the fallback pages through the newest 1,000 matches at most
 TYPESENSE_MAX_PAGE = 250
 WORD = re.compile(r"\w", re.UNICODE)
+DIGIT = re.compile(r"\d")
 BREAKER = "typesense"
 
 
@@ -132,7 +133,8 @@ class SearchService:
             "q": query.text,
             "query_by": collection.QUERY_BY,
             "num_typos": collection.NUM_TYPOS,
-            "infix": collection.INFIX,
+            # Infix scans every SOD token: only worth it when the query could be part of one.
+            "infix": collection.INFIX if DIGIT.search(query.text) else collection.NO_INFIX,
             "sort_by": "_text_match:desc,created_at:desc",
             "page": page,
             "per_page": per_page,
