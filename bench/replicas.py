@@ -148,7 +148,7 @@ def api_server(port: int, workers: int = 2) -> Iterator[list[int]]:
     PROM_DIR.mkdir(parents=True)
     env = {**bench_env(), "NEXES_ACCESS_LOG": "false", "PROMETHEUS_MULTIPROC_DIR": str(PROM_DIR)}
     cmd = [NEXES, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    log = open(f"/tmp/bench-replicas-api-{port}.log", "wb")  # noqa: SIM115  # lives as long as the server
+    log = open(f"/tmp/bench-replicas-api-{port}-{int(time.time())}.log", "wb")  # noqa: SIM115  # lives as long as the server
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
