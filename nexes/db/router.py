@@ -215,6 +215,10 @@ class Router:
                 result = await self._read_on(self.pools.replicas[index], job, timeout=self.replica_timeout)
             except _Behind:
                 reason = "min_lsn_not_replayed"
+            except PoolTimeout:
+                # Our own pool had no free connection in time (this process is busy):
+                # the replica is not at fault, so it stays in rotation.
+                reason = "replica_pool_busy"
             except Exception as exc:
                 if not is_connection_problem(exc):
                     raise _translated(exc) from exc
@@ -232,16 +236,23 @@ class Router:
     async def _on_primary(self, work: Work[T], fresh: bool, consistency: Consistency | None) -> T:
         """The primary; when it is unreachable (and the read need not be fresh), each replica once."""
         last: Exception | None = None
+        busy = False
         if fresh or self.health.usable(PRIMARY) or not self.pools.replicas:
             try:
                 return await self._read_on(self.pools.primary, work, timeout=None)
             except Exception as exc:
                 if fresh or not is_connection_problem(exc) or not self.pools.replicas:
                     raise _translated(exc) from exc
-                self.health.report_failure(PRIMARY)
+                busy = isinstance(exc, PoolTimeout)
+                if not busy:  # a busy pool of ours says nothing about the primary
+                    self.health.report_failure(PRIMARY)
                 last = exc
         min_lsn = consistency.min_lsn if consistency is not None else None
         for i, pool in enumerate(self.pools.replicas):
+            if busy and not self.health.usable(i):
+                # The primary is up, only busy: never trade that for a lagging replica's
+                # stale answer. (With the primary down, any replica beats no answer.)
+                continue
             try:
                 job = self._checked(work, i, consistency) if min_lsn is not None else work
                 result = await self._read_on(pool, job, timeout=self.replica_timeout)
