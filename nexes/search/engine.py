@@ -27,6 +27,7 @@ from nexes.db.router import Router
 from nexes.errors import bad_input
 from nexes.search import collection
 from nexes.search.client import async_client
+from nexes.search.metrics import SEARCHES
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,14 @@ class SearchService:
     async def search(self, query: SearchQuery, router: Router) -> Found:
         try:
             async with await self.breakers.get_breaker(BREAKER):
-                return await asyncio.wait_for(self._typesense(query), self.settings.typesense_timeout)
+                found = await asyncio.wait_for(self._typesense(query), self.settings.typesense_timeout)
         except OpenedState:
-            pass
+            found = await self._postgres(query, router)
         except (TypesenseClientError, httpx.HTTPError, TimeoutError, OSError) as exc:
             log.warning("search: Typesense failed (%s: %s); answering from PostgreSQL", type(exc).__name__, exc)
-        return await self._postgres(query, router)
+            found = await self._postgres(query, router)
+        SEARCHES.labels(found.engine).inc()
+        return found
 
     async def _typesense(self, query: SearchQuery) -> Found:
         page, per_page, skip = _paging(query)

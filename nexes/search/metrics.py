@@ -42,12 +42,17 @@ class SyncLagCollector(Collector):
         yield pending
 
 
-_installed = False
+_installed: SyncLagCollector | None = None
 
 
 def install(settings: Settings) -> None:
-    """Register the lag collector once per process."""
+    """Register the lag collector for these settings (once per process in production; a
+    process serving several databases in turn, like the tests, follows the latest)."""
     global _installed
-    if not _installed:
-        REGISTRY.register(SyncLagCollector(settings))
-        _installed = True
+    collector = SyncLagCollector(settings)
+    if _installed is not None and _installed.conninfo == collector.conninfo:
+        return
+    if _installed is not None:
+        REGISTRY.unregister(_installed)
+    REGISTRY.register(collector)
+    _installed = collector
