@@ -55,7 +55,7 @@ async def test_api_answers_while_workers_are_saturated_by_imports(busy_db: Setti
                 deadline = time.monotonic() + 120
                 n = 0
                 while time.monotonic() < deadline and n < 300:
-                    if any(job_state(busy_db, job)[0] in ("QUEUED", "RUNNING") for job in jobs) is False:
+                    if not any(job_state(busy_db, job)[0] in ("QUEUED", "RUNNING") for job in jobs):
                         break
                     row = su.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'nexes_worker' AND state = 'active'"

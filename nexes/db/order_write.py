@@ -329,14 +329,15 @@ APPLY_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY])
 STAGE_SCRIPT: LiteralString = ";\n".join(STAGE)
 
 
-def apply(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """Apply what is staged (in the caller's transaction); one result row per order:
-    (sod_number, outcome, code, field, message, id, created_at)."""
+def apply(conn: psycopg.Connection[Any]) -> None:
+    """Apply what is staged (in the caller's transaction); the outcome of each order is
+    left in w_order and w_reject (imports read them set-based; see RESULTS)."""
     conn.execute(APPLY_SCRIPT)
-    return conn.execute(RESULTS).fetchall()
 
 
 async def apply_async(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Apply what is staged; one result row per order:
+    (sod_number, outcome, code, field, message, id, created_at)."""
     await conn.execute(APPLY_SCRIPT)
     cur = await conn.execute(RESULTS)
     return await cur.fetchall()

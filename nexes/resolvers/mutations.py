@@ -13,14 +13,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import strawberry
 from psycopg import AsyncConnection
 
 from nexes.db import master_write as db
 from nexes.db import orders as orders_db
 from nexes.errors import Code, NexesError
-from nexes.resolvers.ids import global_id, parse_global_id
-from nexes.resolvers.orders import Info, hydrate
+from nexes.resolvers.catalog import to_stock_item
+from nexes.resolvers.ids import parse_global_id
+from nexes.resolvers.orders import Info, hydrate, to_customer
 from nexes.schema.payloads import UserError
 from nexes.schema.types import Customer, ServiceOrder, StockItem
 from nexes.search.trigger import after_commit
@@ -280,14 +280,6 @@ async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
         return after_commit(await info.context.router.write(work)), []
     except Rejected as exc:
         return None, exc.errors
-
-
-def to_customer(row: Any) -> Customer:
-    return Customer(id=strawberry.ID(global_id("Customer", row.id)), code=row.code, name=row.name, row_id=row.id)
-
-
-def to_stock_item(row: Any) -> StockItem:
-    return StockItem(id=strawberry.ID(global_id("StockItem", row.id)), sku=row.sku, name=row.name, on_hand=row.on_hand)
 
 
 async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | None, list[UserError]]:
