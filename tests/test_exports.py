@@ -70,9 +70,6 @@ async def test_a_client_that_hangs_up_leaves_no_query_on_the_replica(seeded: Set
     dbname = psycopg.conninfo.conninfo_to_dict(seeded.admin_url)["dbname"]
     replica = superuser_url(seeded.replica_admin_urls[0])
     # A lock on the primary replays on the standby: the COPY waits there, visibly.
-    lock = psycopg.connect(superuser_url(seeded.admin_url, dbname))
-    lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
-    _wait_for_replayed_lock(superuser_url(seeded.replica_admin_urls[0], dbname))
     gone = asyncio.Event()
     sent: list[dict[str, Any]] = []
 
@@ -85,7 +82,11 @@ async def test_a_client_that_hangs_up_leaves_no_query_on_the_replica(seeded: Set
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    try:
+    lock = psycopg.connect(superuser_url(seeded.admin_url, dbname))
+    try:  # the lock is released whatever fails below: a held lock would stall every later test
+        lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+        _flush_wal(superuser_url(seeded.admin_url, dbname))
+        _wait_for_replayed_lock(superuser_url(seeded.replica_admin_urls[0], dbname))
         async with client_for(seeded) as client:
             app = client.app  # type: ignore[attr-defined]
             scope = {
@@ -117,6 +118,13 @@ async def test_a_client_that_hangs_up_leaves_no_query_on_the_replica(seeded: Set
     finally:
         lock.rollback()
         lock.close()
+
+
+def _flush_wal(url: str) -> None:
+    """The lock's WAL record sits in a partly filled page that the WAL writer may hold back
+    for up to 15 s on an idle server; a committed transaction with an xid flushes it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_current_xact_id()")
 
 
 def _wait_for_replayed_lock(url: str) -> None:
