@@ -204,9 +204,11 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     settings = _settings()
     started = time.monotonic()
     report = reconcile(settings.admin_url)
+    customers = report.customer_stat_corrections + report.customer_cum_corrections
     print(
         f"reconciled {report.slices} quarter(s) in {time.monotonic() - started:.1f}s (run {report.run_id}): "
-        f"{report.stat_corrections} dashboard bucket(s) corrected, {report.on_hand_mismatches} on-hand "
+        f"{report.stat_corrections} dashboard bucket(s) and {customers} "
+        f"customer figure(s) corrected, {report.on_hand_mismatches} on-hand "
         f"mismatch(es), {report.negative_items} item(s) below zero, {report.line_mismatches} line(s) whose "
         "movements differ; details in stat_drift"
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from pathlib import Path
 
 import psycopg
 
+from nexes.db import partitions
 from nexes.db.conninfo import for_role
 from nexes.db.invariants import check_all
 from nexes.db.reconcile import reconcile
@@ -134,3 +136,45 @@ def test_drift_in_customer_stat_month_is_found_corrected_and_recorded(fresh_db: 
         assert check_all(conn) == []
     month, currency, customer_id = bucket
     assert drift == [(f"{month} {currency} customer {customer_id}", drift[0][1], drift[0][1] + 2, True)]
+
+
+def test_drift_in_customer_stat_cum_is_found_corrected_and_recorded(fresh_db: Settings) -> None:
+    seed(fresh_db.admin_url, 400, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        assert check_all(conn) == []  # the triggers kept it equal to customer_stat_month
+        row = conn.execute(
+            "SELECT year, currency, customer_id FROM customer_stat_cum WHERE n12 > 0 ORDER BY year LIMIT 1"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "UPDATE customer_stat_cum SET n05 = n05 + 3, before_a = before_a - 7 "
+            "WHERE year = %s AND currency = %s AND customer_id = %s",
+            row,
+        )
+        assert "customer_stat_cum_differs" in {v.check for v in check_all(conn)}
+    report = reconcile(for_role(fresh_db.primary_url, fresh_db, "nexes_worker"))
+    assert report.customer_cum_corrections == 1
+    assert report.customer_stat_corrections == 0
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        drift = conn.execute(
+            "SELECT bucket, corrected FROM stat_drift WHERE run_id = %s AND check_name = 'customer_stat_cum'",
+            [report.run_id],
+        ).fetchall()
+        assert check_all(conn) == []
+    year, currency, customer_id = row
+    assert drift == [(f"{year} {currency} customer {customer_id}", True)]
+
+
+def test_partitions_reaching_a_new_year_roll_the_customer_totals_forward(fresh_db: Settings) -> None:
+    seed(fresh_db.admin_url, 200, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        (horizon,) = conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() or (0,)
+        customers = conn.execute("SELECT count(*) FROM customer_stat_cum WHERE year = %s", [horizon]).fetchone()
+        partitions.ensure_range(conn, dt.date(horizon + 2, 1, 1), dt.date(horizon + 2, 1, 1))
+        assert conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() == (horizon + 2,)
+        # Every customer has a row in each new year, carrying its whole total forward.
+        assert (
+            conn.execute("SELECT count(*) FROM customer_stat_cum WHERE year = %s", [horizon + 2]).fetchone()
+            == customers
+        )
+        assert check_all(conn) == []

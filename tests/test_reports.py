@@ -71,3 +71,50 @@ async def test_a_reversed_range_is_bad_user_input(app_client: httpx.AsyncClient)
     query = '{ reports { ordersByPeriod(from: "2025-02-01", to: "2025-01-01") { period } } }'
     body = await gql(app_client, query)
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+TOP = (
+    "query($from: Date!, $to: Date!) { reports { topCustomers(from: $from, to: $to, limit: 100)"
+    " { customer { code } currency orderCount totalAmount } } }"
+)
+
+
+async def test_top_customers_match_the_orders_over_ranges_inside_and_across_years(
+    app_client: httpx.AsyncClient, seeded: Settings
+) -> None:
+    with psycopg.connect(seeded.admin_url) as conn:
+        lo, hi = conn.execute(
+            "SELECT (min(created_at) AT TIME ZONE 'UTC')::date, (max(created_at) AT TIME ZONE 'UTC')::date "
+            "FROM service_order"
+        ).fetchone() or (None, None)
+        assert lo and hi and hi.year > lo.year, "the seed spans more than one year"
+        ranges = [
+            (lo, hi),  # everything
+            (dt.date(hi.year, 1, 1), dt.date(hi.year, 12, 31)),  # one whole year
+            (dt.date(hi.year, 3, 15), dt.date(hi.year, 3, 20)),  # one month, days inside it
+            (dt.date(lo.year, 11, 2), dt.date(lo.year + 1, 2, 1)),  # across a year end
+            (dt.date(hi.year - 1, 1, 1), dt.date(hi.year - 1, 1, 31)),  # January alone
+            (dt.date(hi.year - 1, 6, 1), dt.date(hi.year + 5, 12, 31)),  # past the horizon
+            (lo - dt.timedelta(days=400), lo - dt.timedelta(days=40)),  # before every order
+        ]
+        for first, last in ranges:
+            body = await gql(app_client, TOP, {"from": first.isoformat(), "to": last.isoformat()})
+            assert "errors" not in body, body
+            got = [
+                (t["customer"]["code"], t["currency"], t["orderCount"], Decimal(t["totalAmount"]))
+                for t in body["data"]["reports"]["topCustomers"]
+            ]
+            expected = conn.execute(
+                "SELECT c.code, o.currency, count(*), sum(o.total_amount) FROM service_order o "
+                "JOIN customer c ON c.id = o.customer_id WHERE o.status <> 'CANCELLED' "
+                "AND o.created_at >= %(lo)s AND o.created_at < %(hi)s "
+                "GROUP BY c.id, c.code, o.currency ORDER BY sum(o.total_amount) DESC, c.id LIMIT 100",
+                {"lo": _month_start(first), "hi": _month_start(last.replace(day=28) + dt.timedelta(days=4))},
+            ).fetchall()
+            assert got == [tuple(r) for r in expected], (first, last)
+            if first < lo - dt.timedelta(days=30):
+                assert got == []
+
+
+def _month_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, 1, tzinfo=dt.UTC)

@@ -11,6 +11,8 @@ from typing import LiteralString
 
 import psycopg
 
+from nexes.db.reconcile import CUM_DRIFT
+
 ALL_ORDERS = "(SELECT * FROM service_order UNION ALL SELECT * FROM service_order_archive)"
 ALL_LINES = "(SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive)"
 
@@ -79,6 +81,9 @@ CHECKS: dict[str, LiteralString] = {
         FROM truth AS t FULL JOIN kept AS k USING (month, currency, customer_id)
         WHERE coalesce(t.n, 0) <> coalesce(k.n, 0) OR coalesce(t.amount, 0) <> coalesce(k.amount, 0)
         LIMIT 20""",
+    # Built from the column list in nexes.db.reconcile (26 columns), not from input.
+    "customer_stat_cum_differs": CUM_DRIFT
+    + "\nSELECT year || ' ' || currency || ' customer ' || customer_id FROM drift LIMIT 20",
     "dashboard_month_differs": """
         WITH days AS (
             SELECT date_trunc('month', day)::date AS month, status, currency, sum(order_count) AS n,

@@ -1,5 +1,5 @@
 """Reconciliation: recompute dashboard_stat (and customer_stat_month) from the orders,
-slice by slice; check stock.
+slice by slice, then customer_stat_cum from customer_stat_month; check stock.
 
 Each slice is one quarter (a partition's range), in its own statement, so no query
 holds a snapshot over the whole table. Truth and kept figures come from the same
@@ -101,6 +101,51 @@ WITH truth AS (
 SELECT count(*) FROM diff
 """
 
+# customer_stat_cum (migration 0022) against what customer_stat_month implies, as a
+# delta like the slices above; the view derives it in one pass over customer_stat_month
+# (a row per customer and month, not per order). Rows are keyed by year, currency and
+# customer; a missing row and a row of zeros are the same thing.
+CUM_COLUMNS = ("before_n", "before_a", *(f"{kind}{month:02d}" for month in range(1, 13) for kind in "na"))
+
+
+def _cum_drift() -> str:
+    diffs = ",\n".join(f"coalesce(e.{c}, 0) - coalesce(k.{c}, 0) AS {c}" for c in CUM_COLUMNS)
+    differs = " OR ".join(f"{c} <> 0" for c in CUM_COLUMNS)
+    return f"""
+WITH diff AS (
+    SELECT year, currency, customer_id,
+{diffs}
+    FROM customer_stat_cum_expected AS e FULL JOIN customer_stat_cum AS k USING (year, currency, customer_id)
+), drift AS (
+    SELECT * FROM diff WHERE {differs}
+)"""
+
+
+# The drift CTE alone: the invariant check (nexes.db.invariants) lists it.
+CUM_DRIFT = _cum_drift()
+
+
+def _cum_statement() -> str:
+    adds = ",\n".join(f"{c} = c.{c} + excluded.{c}" for c in CUM_COLUMNS)
+    return f"""{CUM_DRIFT}, recorded AS (
+    INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
+    SELECT %(run)s, 'customer_stat_cum', year || ' ' || currency || ' customer ' || customer_id,
+           coalesce(e.before_n + e.n12, 0), coalesce(k.before_n + k.n12, 0), true
+    FROM drift AS d
+    LEFT JOIN customer_stat_cum_expected AS e USING (year, currency, customer_id)
+    LEFT JOIN customer_stat_cum AS k USING (year, currency, customer_id)
+), fixed AS (
+    INSERT INTO customer_stat_cum AS c (year, currency, customer_id, {", ".join(CUM_COLUMNS)})
+    SELECT * FROM drift ORDER BY 1, 2, 3
+    ON CONFLICT (year, currency, customer_id) DO UPDATE SET
+{adds}
+)
+SELECT count(*) FROM drift
+"""
+
+
+CUMULATIVE = _cum_statement()
+
 # Per quarter: every line's movements against what its order's status implies
 # (minus its quantity, or 0 when CANCELLED); reported, never rewritten.
 LINES = """
@@ -152,6 +197,7 @@ class Report:
     negative_items: int
     line_mismatches: int
     customer_stat_corrections: int = 0
+    customer_cum_corrections: int = 0
 
 
 def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None, parallel: int = 2) -> Report:
@@ -193,6 +239,10 @@ def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None, 
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             results = list(pool.map(one_quarter, slices))
         with conn.transaction():
+            # One pass over customer_stat_month, after the slices corrected it.
+            conn.execute("SET LOCAL statement_timeout = '10min'")
+            cumulative = conn.execute(CUMULATIVE, {"run": run_id}).fetchone() or (0,)
+        with conn.transaction():
             stock = conn.execute(STOCK, {"run": run_id}).fetchone() or (0, 0)
     finally:
         for opened_conn in opened:
@@ -205,4 +255,5 @@ def reconcile(conninfo: str, *, progress: Callable[[date], None] | None = None, 
         int(stock[1]),
         sum(r[2] for r in results),
         sum(r[1] for r in results),
+        int(cumulative[0]),
     )

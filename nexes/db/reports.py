@@ -1,6 +1,6 @@
 """Analyst reports, read from the summary tables the write path keeps (dashboard_stat,
-dashboard_stat_month, customer_stat_month): a few thousand rows at most, whatever the
-order count. Run under the analyst role on a replica (nexes.db.router.Router.analyst)."""
+dashboard_stat_month, customer_stat_cum): a few thousand rows, or one or two per customer,
+whatever the order count. Run under the analyst role on a replica (nexes.db.router.Router.analyst)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import args_row
 
 Granularity = Literal["day", "week", "month"]
@@ -58,17 +58,57 @@ WHERE month BETWEEN date_trunc('month', %(from)s::date)::date AND %(to)s AND ord
 """
 PERIOD_SQL: dict[str, str] = {"day": BY_DAY, "week": BY_WEEK, "month": BY_MONTH}
 
+# customer_stat_cum (migration 0022) holds, per year, currency and customer, the totals of
+# every earlier year and the cumulative totals within the year up to each month, so the
+# whole months [first, last] are the row at `last` minus the row just before `first`: two
+# index scans on the year, whatever the range. A missing row at `first` means no orders
+# before it. Column names come from validated month numbers, never from input text.
 TOP_CUSTOMERS = """
 SELECT c.id, c.code, c.name, t.currency, t.order_count, t.total_amount
-FROM (SELECT customer_id, currency, sum(order_count)::bigint AS order_count, sum(total_amount) AS total_amount
-      FROM customer_stat_month
-      WHERE month BETWEEN date_trunc('month', %(from)s::date)::date AND %(to)s
-        AND (%(currency)s::text IS NULL OR currency = %(currency)s::text)
-      GROUP BY customer_id, currency
-      ORDER BY sum(total_amount) DESC, customer_id LIMIT %(limit)s) t
-JOIN customer c ON c.id = t.customer_id
+FROM (SELECT e.currency, e.customer_id,
+             ({end_n}) - coalesce(({start_n}), 0) AS order_count,
+             ({end_a}) - coalesce(({start_a}), 0) AS total_amount
+      FROM customer_stat_cum AS e
+      {join}
+      WHERE e.year = %(end_year)s AND (%(currency)s::text IS NULL OR e.currency = %(currency)s::text)) AS t
+JOIN customer AS c ON c.id = t.customer_id
+WHERE t.order_count <> 0 OR t.total_amount <> 0
 ORDER BY t.total_amount DESC, c.id
+LIMIT %(limit)s
 """
+START_JOIN = (
+    "LEFT JOIN customer_stat_cum AS s "
+    "ON s.year = %(start_year)s AND s.currency = e.currency AND s.customer_id = e.customer_id"
+)
+
+
+def _cumulative(alias: str, month: int, kind: str, with_before: bool) -> sql.Composable:
+    """Orders (`n`) or amounts (`a`) up to the end of `month` (0: none of this year)."""
+    parts: list[sql.Composable] = []
+    if with_before:
+        parts.append(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(f"before_{kind}")))
+    if month:
+        parts.append(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(f"{kind}{month:02d}")))
+    return sql.SQL(" + ").join(parts) if parts else sql.SQL("0")
+
+
+def top_customers_query(first: date, last: date, horizon: int) -> tuple[sql.Composed, dict[str, int]] | None:
+    """The statement for the whole months from `first` to `last` (None: nothing can match)."""
+    if first.year > horizon:
+        return None
+    end_year, end_month = (last.year, last.month) if last.year <= horizon else (horizon, 12)
+    start_year, start_month = first.year, first.month - 1  # the cumulative row before `first`
+    same_row = start_year == end_year  # both ends in one row: no join, `before` cancels out
+    start_alias = "e" if same_row else "s"
+    statement = sql.SQL(TOP_CUSTOMERS).format(
+        end_n=_cumulative("e", end_month, "n", not same_row),
+        end_a=_cumulative("e", end_month, "a", not same_row),
+        start_n=_cumulative(start_alias, start_month, "n", not same_row),
+        start_a=_cumulative(start_alias, start_month, "a", not same_row),
+        join=sql.SQL("" if same_row else START_JOIN),
+    )
+    return statement, {"end_year": end_year, "start_year": start_year}
+
 
 # Open orders (not COMPLETED or CANCELLED) by age in whole UTC days since created_at.
 AGING = """
@@ -94,9 +134,13 @@ async def top_customers(
     conn: AsyncConnection[Any], day_from: date, day_to: date, limit: int, currency: str | None
 ) -> list[CustomerAmountRow]:
     """The `limit` customers with the largest amounts (per currency) over the whole months of the range."""
+    row = await (await conn.execute("SELECT year FROM customer_stat_cum_horizon")).fetchone()
+    query = top_customers_query(day_from, day_to, row[0] if row else day_to.year)
+    if query is None:
+        return []
+    statement, years = query
     cur = conn.cursor(row_factory=args_row(CustomerAmountRow))
-    params = {"from": day_from, "to": day_to, "limit": limit, "currency": currency}
-    await cur.execute(TOP_CUSTOMERS, params)
+    await cur.execute(statement, {**years, "limit": limit, "currency": currency})
     return await cur.fetchall()
 
 

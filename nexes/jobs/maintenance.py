@@ -35,7 +35,7 @@ def reconcile_stats() -> None:
     log.info(
         "reconciliation %s: %d corrections, %d on-hand mismatches, %d negative items",
         report.run_id,
-        report.stat_corrections,
+        report.stat_corrections + report.customer_stat_corrections + report.customer_cum_corrections,
         report.on_hand_mismatches,
         report.negative_items,
     )
