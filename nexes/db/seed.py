@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from nexes.db import partitions
+from nexes.db.reconcile import CUM_FOLD
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,7 @@ def seed_chunk(conninfo: str, plan: Plan, lo: int, hi: int) -> int:
     }
     with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL nexes.skip_outbox = 'on'")
+        conn.execute("SET LOCAL nexes.defer_customer_cum = 'on'")  # folded once at the end
         conn.execute("SET LOCAL synchronous_commit = off")  # a lost chunk is simply re-seeded
         conn.execute(CHUNK_ORDERS, params)
         conn.execute(CHUNK_LINES, params)
@@ -343,6 +345,9 @@ def seed(
                 progress(done)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         rebuild_deferred_indexes(conn, progress=status)
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")
+            conn.execute(CUM_FOLD)
         conn.execute(
             "INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') "
             "ON CONFLICT (name) DO UPDATE SET set_at = now()"

@@ -119,8 +119,14 @@ BEGIN
 END
 $$;
 
+-- Bulk loaders (the seed) set `nexes.defer_customer_cum` locally and fold the table
+-- from customer_stat_month once at the end (nexes.db.reconcile.CUM_FOLD): a load
+-- spread over past years would otherwise rewrite every later year's rows per chunk.
 CREATE FUNCTION customer_stat_cum_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF coalesce(current_setting('nexes.defer_customer_cum', true), '') = 'on' THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM customer_stat_cum_add(ARRAY(
             SELECT ROW(month, currency, customer_id, order_count, total_amount)::customer_stat_month FROM new_rows));
