@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import psycopg
 
+from nexes.db import reports
 from nexes.settings import Settings
 from tests.conftest import gql
 
@@ -118,3 +119,27 @@ async def test_top_customers_match_the_orders_over_ranges_inside_and_across_year
 
 def _month_start(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, 1, tzinfo=dt.UTC)
+
+
+async def test_the_threshold_rounds_give_what_one_pass_over_every_customer_gives(seeded: Settings) -> None:
+    """From one leader per year up (every round of the threshold algorithm), for each
+    range and limit, the same customers as the pass over all of them."""
+    async with await psycopg.AsyncConnection.connect(seeded.admin_url) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT (min(created_at) AT TIME ZONE 'UTC')::date, (max(created_at) AT TIME ZONE 'UTC')::date "
+                "FROM service_order"
+            )
+        ).fetchone()
+        assert row is not None
+        lo, hi = row
+        ranges = [(lo, hi), (dt.date(hi.year - 1, 5, 1), dt.date(hi.year, 2, 28)), (dt.date(hi.year, 1, 1), hi)]
+        for first, last in ranges:
+            for limit in (1, 3, 10):
+                for currency in (None, "EUR"):
+                    everyone = await reports.top_customers(
+                        conn, first, last, limit, currency, first_depth=reports.FULL_SCAN_DEPTH
+                    )
+                    rounds = await reports.top_customers(conn, first, last, limit, currency, first_depth=1)
+                    assert rounds == everyone, (first, last, limit, currency)
+                    assert len(everyone) == limit

@@ -137,7 +137,7 @@ def _cum_statement(*, record: bool) -> str:
 )"""
     return f"""{CUM_DRIFT}{recorded if record else ""}, fixed AS (
     INSERT INTO customer_stat_cum AS c (year, currency, customer_id, {", ".join(CUM_COLUMNS)})
-    SELECT * FROM drift ORDER BY 1, 2, 3
+    SELECT * FROM drift ORDER BY 1, 3, 2  -- the triggers lock rows in this order too
     ON CONFLICT (year, currency, customer_id) DO UPDATE SET
 {adds}
 )

@@ -1,11 +1,14 @@
 -- The top-customers report over any range of whole months, in O(customers) whatever
--- the range. Per (year, currency, customer): the orders and amounts of every earlier
+-- the range. Per (year, customer, currency): the orders and amounts of every earlier
 -- year (before_n, before_a) and, within the year, cumulative up to each month (nMM and
 -- aMM cover months 1..MM). The total up to the end of month MM of year Y is before + MM
 -- of row Y, so a range is two rows per customer (its last month's row minus the one
 -- before its first month): two index scans on the year, not a sum over every month.
+-- Amounts are in cents and the key leads with the customer id: a report adds, joins and
+-- sorts one pair per customer, and bigint arithmetic and comparisons are several times
+-- cheaper than numeric and char(3) (measured at 10M orders).
 --
--- Rows are dense per (currency, customer), from the first year with orders to the
+-- Rows are dense per (customer, currency), from the first year with orders to the
 -- horizon year, so a lookup finds the row or knows there were no orders up to then. A
 -- change in year Y touches the rows Y..horizon (one or two for current orders). The
 -- horizon advances (customer_stat_cum_roll) when partitions reach a new year, or at the
@@ -19,20 +22,20 @@ CREATE TABLE customer_stat_cum (
     currency    char(3) NOT NULL,
     customer_id bigint NOT NULL,
     before_n    bigint NOT NULL DEFAULT 0,
-    before_a    numeric(18, 2) NOT NULL DEFAULT 0,
-    n01 bigint NOT NULL DEFAULT 0, a01 numeric(18, 2) NOT NULL DEFAULT 0,
-    n02 bigint NOT NULL DEFAULT 0, a02 numeric(18, 2) NOT NULL DEFAULT 0,
-    n03 bigint NOT NULL DEFAULT 0, a03 numeric(18, 2) NOT NULL DEFAULT 0,
-    n04 bigint NOT NULL DEFAULT 0, a04 numeric(18, 2) NOT NULL DEFAULT 0,
-    n05 bigint NOT NULL DEFAULT 0, a05 numeric(18, 2) NOT NULL DEFAULT 0,
-    n06 bigint NOT NULL DEFAULT 0, a06 numeric(18, 2) NOT NULL DEFAULT 0,
-    n07 bigint NOT NULL DEFAULT 0, a07 numeric(18, 2) NOT NULL DEFAULT 0,
-    n08 bigint NOT NULL DEFAULT 0, a08 numeric(18, 2) NOT NULL DEFAULT 0,
-    n09 bigint NOT NULL DEFAULT 0, a09 numeric(18, 2) NOT NULL DEFAULT 0,
-    n10 bigint NOT NULL DEFAULT 0, a10 numeric(18, 2) NOT NULL DEFAULT 0,
-    n11 bigint NOT NULL DEFAULT 0, a11 numeric(18, 2) NOT NULL DEFAULT 0,
-    n12 bigint NOT NULL DEFAULT 0, a12 numeric(18, 2) NOT NULL DEFAULT 0,
-    PRIMARY KEY (year, currency, customer_id)
+    before_a    bigint NOT NULL DEFAULT 0,
+    n01 bigint NOT NULL DEFAULT 0, a01 bigint NOT NULL DEFAULT 0,
+    n02 bigint NOT NULL DEFAULT 0, a02 bigint NOT NULL DEFAULT 0,
+    n03 bigint NOT NULL DEFAULT 0, a03 bigint NOT NULL DEFAULT 0,
+    n04 bigint NOT NULL DEFAULT 0, a04 bigint NOT NULL DEFAULT 0,
+    n05 bigint NOT NULL DEFAULT 0, a05 bigint NOT NULL DEFAULT 0,
+    n06 bigint NOT NULL DEFAULT 0, a06 bigint NOT NULL DEFAULT 0,
+    n07 bigint NOT NULL DEFAULT 0, a07 bigint NOT NULL DEFAULT 0,
+    n08 bigint NOT NULL DEFAULT 0, a08 bigint NOT NULL DEFAULT 0,
+    n09 bigint NOT NULL DEFAULT 0, a09 bigint NOT NULL DEFAULT 0,
+    n10 bigint NOT NULL DEFAULT 0, a10 bigint NOT NULL DEFAULT 0,
+    n11 bigint NOT NULL DEFAULT 0, a11 bigint NOT NULL DEFAULT 0,
+    n12 bigint NOT NULL DEFAULT 0, a12 bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (year, customer_id, currency)
 ) WITH (fillfactor = 80);
 
 CREATE TABLE customer_stat_cum_horizon (
@@ -58,7 +61,7 @@ BEGIN
     SELECT g.y, c.currency, c.customer_id, c.before_n + c.n12, c.before_a + c.a12
     FROM customer_stat_cum AS c, generate_series(h + 1, target) AS g(y)
     WHERE c.year = h
-    ORDER BY 1, 2, 3;
+    ORDER BY 1, 3, 2;
     UPDATE customer_stat_cum_horizon SET year = target;
 END
 $$;
@@ -97,11 +100,11 @@ BEGIN
            coalesce(sum(d.n) FILTER (WHERE d.y = t.y AND d.m <= 11), 0), coalesce(sum(d.a) FILTER (WHERE d.y = t.y AND d.m <= 11), 0),
            coalesce(sum(d.n) FILTER (WHERE d.y = t.y AND d.m <= 12), 0), coalesce(sum(d.a) FILTER (WHERE d.y = t.y AND d.m <= 12), 0)
     FROM (SELECT extract(year FROM month)::int AS y, extract(month FROM month)::int AS m, currency, customer_id,
-                 order_count AS n, total_amount AS a
+                 order_count AS n, (total_amount * 100)::bigint AS a
           FROM unnest(deltas) WHERE order_count <> 0 OR total_amount <> 0) AS d,
          generate_series(d.y, h) AS t(y)
     GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
+    ORDER BY 1, 3, 2
     ON CONFLICT (year, currency, customer_id) DO UPDATE SET
         before_n = c.before_n + excluded.before_n, before_a = c.before_a + excluded.before_a,
         n01 = c.n01 + excluded.n01, a01 = c.a01 + excluded.a01,
@@ -152,19 +155,19 @@ CREATE TRIGGER customer_stat_cum_update AFTER UPDATE ON customer_stat_month
 CREATE VIEW customer_stat_cum_expected AS
 WITH months AS (
     SELECT extract(year FROM month)::int AS year, currency, customer_id,
-           sum(order_count) AS year_n, sum(total_amount) AS year_a,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 1) AS n01, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 1) AS a01,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 2) AS n02, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 2) AS a02,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 3) AS n03, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 3) AS a03,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 4) AS n04, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 4) AS a04,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 5) AS n05, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 5) AS a05,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 6) AS n06, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 6) AS a06,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 7) AS n07, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 7) AS a07,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 8) AS n08, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 8) AS a08,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 9) AS n09, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 9) AS a09,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 10) AS n10, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 10) AS a10,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 11) AS n11, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 11) AS a11,
-           sum(order_count) FILTER (WHERE extract(month FROM month) <= 12) AS n12, sum(total_amount) FILTER (WHERE extract(month FROM month) <= 12) AS a12
+           sum(order_count) AS year_n, (sum(total_amount) * 100)::bigint AS year_a,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 1) AS n01, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 1) * 100)::bigint AS a01,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 2) AS n02, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 2) * 100)::bigint AS a02,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 3) AS n03, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 3) * 100)::bigint AS a03,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 4) AS n04, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 4) * 100)::bigint AS a04,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 5) AS n05, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 5) * 100)::bigint AS a05,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 6) AS n06, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 6) * 100)::bigint AS a06,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 7) AS n07, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 7) * 100)::bigint AS a07,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 8) AS n08, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 8) * 100)::bigint AS a08,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 9) AS n09, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 9) * 100)::bigint AS a09,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 10) AS n10, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 10) * 100)::bigint AS a10,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 11) AS n11, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 11) * 100)::bigint AS a11,
+           sum(order_count) FILTER (WHERE extract(month FROM month) <= 12) AS n12, (sum(total_amount) FILTER (WHERE extract(month FROM month) <= 12) * 100)::bigint AS a12
     FROM customer_stat_month GROUP BY 1, 2, 3
 ), span AS (
     SELECT currency, customer_id, min(year) AS first FROM months GROUP BY 1, 2
@@ -174,25 +177,29 @@ WITH months AS (
 )
 SELECT y.year, y.currency, y.customer_id,
        (coalesce(sum(m.year_n) OVER w, 0) - coalesce(m.year_n, 0))::bigint AS before_n,
-       coalesce(sum(m.year_a) OVER w, 0) - coalesce(m.year_a, 0) AS before_a,
-       coalesce(m.n01, 0) AS n01, coalesce(m.a01, 0) AS a01,
-       coalesce(m.n02, 0) AS n02, coalesce(m.a02, 0) AS a02,
-       coalesce(m.n03, 0) AS n03, coalesce(m.a03, 0) AS a03,
-       coalesce(m.n04, 0) AS n04, coalesce(m.a04, 0) AS a04,
-       coalesce(m.n05, 0) AS n05, coalesce(m.a05, 0) AS a05,
-       coalesce(m.n06, 0) AS n06, coalesce(m.a06, 0) AS a06,
-       coalesce(m.n07, 0) AS n07, coalesce(m.a07, 0) AS a07,
-       coalesce(m.n08, 0) AS n08, coalesce(m.a08, 0) AS a08,
-       coalesce(m.n09, 0) AS n09, coalesce(m.a09, 0) AS a09,
-       coalesce(m.n10, 0) AS n10, coalesce(m.a10, 0) AS a10,
-       coalesce(m.n11, 0) AS n11, coalesce(m.a11, 0) AS a11,
-       coalesce(m.n12, 0) AS n12, coalesce(m.a12, 0) AS a12
+       (coalesce(sum(m.year_a) OVER w, 0) - coalesce(m.year_a, 0))::bigint AS before_a,
+       coalesce(m.n01, 0)::bigint AS n01, coalesce(m.a01, 0) AS a01,
+       coalesce(m.n02, 0)::bigint AS n02, coalesce(m.a02, 0) AS a02,
+       coalesce(m.n03, 0)::bigint AS n03, coalesce(m.a03, 0) AS a03,
+       coalesce(m.n04, 0)::bigint AS n04, coalesce(m.a04, 0) AS a04,
+       coalesce(m.n05, 0)::bigint AS n05, coalesce(m.a05, 0) AS a05,
+       coalesce(m.n06, 0)::bigint AS n06, coalesce(m.a06, 0) AS a06,
+       coalesce(m.n07, 0)::bigint AS n07, coalesce(m.a07, 0) AS a07,
+       coalesce(m.n08, 0)::bigint AS n08, coalesce(m.a08, 0) AS a08,
+       coalesce(m.n09, 0)::bigint AS n09, coalesce(m.a09, 0) AS a09,
+       coalesce(m.n10, 0)::bigint AS n10, coalesce(m.a10, 0) AS a10,
+       coalesce(m.n11, 0)::bigint AS n11, coalesce(m.a11, 0) AS a11,
+       coalesce(m.n12, 0)::bigint AS n12, coalesce(m.a12, 0) AS a12
 FROM years AS y LEFT JOIN months AS m USING (year, currency, customer_id)
 WINDOW w AS (PARTITION BY y.currency, y.customer_id ORDER BY y.year);
 
-INSERT INTO customer_stat_cum SELECT * FROM customer_stat_cum_expected ORDER BY 1, 2, 3;
+INSERT INTO customer_stat_cum SELECT * FROM customer_stat_cum_expected ORDER BY 1, 3, 2;
 
 ALTER TABLE stat_drift DROP CONSTRAINT stat_drift_check_name_check;
 ALTER TABLE stat_drift ADD CONSTRAINT stat_drift_check_name_check
     CHECK (check_name IN ('dashboard_stat', 'on_hand', 'negative_stock', 'line_ledger', 'customer_stat',
                           'customer_stat_cum'));
+
+-- The top-customers report reads each year's leaders by whole-year amount first
+-- (nexes.db.reports.top_customers: Fagin's threshold algorithm).
+CREATE INDEX customer_stat_cum_year_total_idx ON customer_stat_cum (year, currency, a12 DESC);
