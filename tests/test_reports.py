@@ -20,20 +20,31 @@ WIDE = {
 
 
 async def test_orders_by_period_sum_to_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
-    for granularity in ("DAY", "WEEK", "MONTH"):
+    with psycopg.connect(seeded.admin_url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM service_order").fetchone() or (0,)
+    first, last = dt.date.fromisoformat(WIDE["from"]), dt.date.fromisoformat(WIDE["to"])
+    # DAY spans at most 1,100 days: the wide range in consecutive slices.
+    day_slices = [
+        (start, min(start + dt.timedelta(days=1_000), last))
+        for start in (first + dt.timedelta(days=1_001 * i) for i in range((last - first).days // 1_001 + 1))
+    ]
+    cases = [("DAY", a, b) for a, b in day_slices] + [("WEEK", first, last), ("MONTH", first, last)]
+    totals: dict[str, int] = {}
+    for granularity, a, b in cases:
         body = await gql(
             app_client,
             "query($from: Date!, $to: Date!, $g: ReportGranularity!) { reports { ordersByPeriod(from: $from, to: $to,"
             " granularity: $g) { period status currency orderCount totalAmount } } }",
-            {**WIDE, "g": granularity},
+            {"from": a.isoformat(), "to": b.isoformat(), "g": granularity},
         )
         assert "errors" not in body, body
         rows = body["data"]["reports"]["ordersByPeriod"]
-        with psycopg.connect(seeded.admin_url) as conn:
-            (count,) = conn.execute("SELECT count(*) FROM service_order").fetchone() or (0,)
-        assert sum(r["orderCount"] for r in rows) == count
+        totals[granularity] = totals.get(granularity, 0) + sum(r["orderCount"] for r in rows)
+        keys = [(r["period"], r["status"], r["currency"]) for r in rows]
+        assert keys == sorted(keys)
         if granularity == "MONTH":
             assert all(r["period"].endswith("-01") for r in rows)
+    assert totals == {"DAY": count, "WEEK": count, "MONTH": count}
 
 
 async def test_top_customers_match_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
@@ -143,3 +154,22 @@ async def test_the_threshold_rounds_give_what_one_pass_over_every_customer_gives
                     rounds = await reports.top_customers(conn, first, last, limit, currency, first_depth=1)
                     assert rounds == everyone, (first, last, limit, currency)
                     assert len(everyone) == limit
+
+
+async def test_day_granularity_past_its_span_is_bad_user_input_and_week_still_answers(
+    app_client: httpx.AsyncClient,
+) -> None:
+    span = {"f": "2020-01-01", "t": "2023-01-06"}  # 1,101 days
+    query = (
+        "query($f: Date!, $t: Date!, $g: ReportGranularity!) { reports { ordersByPeriod(from: $f, to: $t, "
+        "granularity: $g) { period } } }"
+    )
+    refused = await gql(app_client, query, {**span, "g": "DAY"})
+    assert refused["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "WEEK or MONTH" in refused["errors"][0]["message"]
+    weekly = await gql(app_client, query, {**span, "g": "WEEK"})
+    assert "errors" not in weekly, weekly
+    daily = await gql(app_client, query, {"f": "2020-01-01", "t": "2023-01-05", "g": "DAY"})  # 1,100 days
+    assert "errors" not in daily, daily
+    periods = [row["period"] for row in daily["data"]["reports"]["ordersByPeriod"]]
+    assert periods == sorted(periods)

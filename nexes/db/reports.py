@@ -7,21 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from psycopg import AsyncConnection, sql
-from psycopg.rows import args_row
+from psycopg.rows import args_row, tuple_row
 
 Granularity = Literal["day", "week", "month"]
 
 
-@dataclass(frozen=True)
-class PeriodRow:
-    period: date
-    status: str
-    currency: str
-    order_count: int
-    total_amount: Decimal
+# (period, status, currency, orders, amount): plain tuples, since a DAY report over years
+# is tens of thousands of rows and each row becomes one GraphQL object anyway.
+PeriodRow = tuple[date, str, str, int, Decimal]
 
 
 @dataclass(frozen=True)
@@ -42,9 +38,11 @@ class AgingRow:
     total_amount: Decimal
 
 
+# Sorted by the caller: the rows are read in any order, and sorting thousands of them by
+# (day, status, currency) in PostgreSQL (collation-aware) took longer than reading them.
 BY_DAY = """
 SELECT day, status::text, currency, order_count, total_amount FROM dashboard_stat
-WHERE day BETWEEN %(from)s AND %(to)s AND order_count <> 0 ORDER BY 1, 2, 3
+WHERE day BETWEEN %(from)s AND %(to)s AND order_count <> 0
 """
 BY_WEEK = """
 SELECT date_trunc('week', day)::date, status::text, currency, sum(order_count)::bigint, sum(total_amount)
@@ -128,9 +126,12 @@ async def orders_by_period(
     conn: AsyncConnection[Any], granularity: Granularity, day_from: date, day_to: date
 ) -> list[PeriodRow]:
     """Orders and amounts per period, status and currency over [day_from, day_to]."""
-    cur = conn.cursor(row_factory=args_row(PeriodRow))
+    cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(PERIOD_SQL[granularity], {"from": day_from, "to": day_to})
-    return await cur.fetchall()
+    rows = cast(list[PeriodRow], await cur.fetchall())
+    if granularity == "day":
+        rows.sort()  # (day, status, currency) is the key: ASCII names sort as ORDER BY 1, 2, 3 did
+    return rows
 
 
 # Per year of the range and currency, the customers with the largest whole-year amounts:

@@ -18,6 +18,10 @@ from nexes.schema.types import STATUS_BY_NAME
 Info = strawberry.Info[Context, Any]
 MAX_TOP = 100
 MAX_DAYS = 3_700  # about ten years of days
+# DAY rows are one per day, status and currency: three years is up to about 16k rows (about
+# 10 µs each through GraphQL, measured at 10M orders); longer spans take WEEK or MONTH,
+# and the CSV export serves bulk reads.
+MAX_DAY_SPAN = 1_100
 
 
 def _check_range(day_from: date, day_to: date) -> None:
@@ -31,16 +35,15 @@ async def orders_by_period(
     info: Info, day_from: date, day_to: date, granularity: db.Granularity
 ) -> list[PeriodFigures]:
     _check_range(day_from, day_to)
-    rows = await info.context.router.analyst(lambda c: db.orders_by_period(c, granularity, day_from, day_to))
-    return [
-        PeriodFigures(
-            period=r.period,
-            status=STATUS_BY_NAME[r.status],
-            currency=r.currency,
-            order_count=r.order_count,
-            total_amount=r.total_amount,
+    if granularity == "day" and (day_to - day_from).days > MAX_DAY_SPAN:
+        raise bad_input(
+            f"DAY covers at most {MAX_DAY_SPAN} days; ask for WEEK or MONTH over a longer range", field="granularity"
         )
-        for r in rows
+    rows = await info.context.router.analyst(lambda c: db.orders_by_period(c, granularity, day_from, day_to))
+    status = STATUS_BY_NAME
+    return [
+        PeriodFigures(period=period, status=status[name], currency=currency, order_count=n, total_amount=amount)
+        for period, name, currency, n, amount in rows
     ]
 
 

@@ -49,7 +49,7 @@ class AgingBucket:
 class Reports:
     @strawberry.field(
         description="Per day, week (from Monday) or month, status and currency over UTC days from..to "
-        "(inclusive); MONTH counts the whole months that hold them."
+        "(inclusive); MONTH counts the whole months that hold them. DAY spans at most 1,100 days."
     )
     async def orders_by_period(
         self,
