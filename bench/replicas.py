@@ -63,8 +63,15 @@ DASHBOARD = (
     "query($f: Date, $t: Date) { dashboard(from: $f, to: $t) { totalCount "
     "statuses { status count amounts { currency amount } } } }"
 )
+SEARCH = (
+    "query($q: String!) { search(query: $q, first: 20) { found engine "
+    "edges { score node { sodNumber status customer { name } } } } }"
+)
+# Search terms, as a dispatcher types them: part of a SOD number (a 5-digit infix of the
+# seed's SOD-YYYY-NNNNNNN), a customer name with a letter dropped, a description word.
+SEARCH_WORDS = ("boiler", "generator", "elevator", "ventilation", "warehouse", "kitchen", "commissioning", "inspection")
 # The mix, per request a client makes: (kind, cumulative share).
-MIX = (("first_page", 0.20), ("next_page", 0.55), ("node", 0.90), ("dashboard", 1.0))
+MIX = (("first_page", 0.20), ("next_page", 0.50), ("node", 0.80), ("dashboard", 0.90), ("search", 1.0))
 
 
 def load_average() -> str:
@@ -339,6 +346,7 @@ class Load:
         self.port, self.clients, self.seconds, self.think, self.days = port, clients, seconds, think, days
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.statuses: Counter[int] = Counter()
+        self.engines: Counter[str] = Counter()  # which engine answered each search
         self.errors: Counter[str] = Counter()
         self.reconnects = 0
         self.loop_lag: list[float] = []
@@ -357,10 +365,25 @@ class Load:
             return kind, orjson.dumps({"query": NEXT, "variables": {"a": state["cursor"]}})
         if kind == "node":
             return kind, orjson.dumps({"query": NODE, "variables": {"id": random.choice(state["ids"])}})
+        if kind == "search":
+            return kind, orjson.dumps({"query": SEARCH, "variables": {"q": self.search_term(state)}})
         first, last = self.days
         start = first + dt.timedelta(days=random.randrange((last - first).days - 30))
         span = {"f": start.isoformat(), "t": (start + dt.timedelta(days=random.choice((1, 7, 30)))).isoformat()}
         return kind, orjson.dumps({"query": DASHBOARD, "variables": span})
+
+    @staticmethod
+    def search_term(state: dict[str, Any]) -> str:
+        r = random.random()
+        if r < 1 / 3 and state.get("sods"):
+            digits = random.choice(state["sods"]).rsplit("-", 1)[-1]
+            start = random.randrange(max(1, len(digits) - 4))
+            return digits[start : start + 5]
+        if r < 2 / 3 and state.get("names"):
+            name = random.choice(state["names"])
+            drop = random.randrange(len(name))
+            return name[:drop] + name[drop + 1 :]
+        return random.choice(SEARCH_WORDS)
 
     def check(self, kind: str, status: int, payload: bytes, state: dict[str, Any]) -> None:
         self.statuses[status] += 1
@@ -380,8 +403,12 @@ class Load:
                 return
             state["cursor"] = page["pageInfo"]["endCursor"]
             state["ids"] = [e["node"]["id"] for e in page["edges"]]
+            state["sods"] = [e["node"]["sodNumber"] for e in page["edges"]]
+            state["names"] = [e["node"]["customer"]["name"] for e in page["edges"]]
         elif kind == "node" and data.get("node") is None:
             self.errors["node_null"] += 1
+        elif kind == "search":
+            self.engines[data["search"]["engine"]] += 1
 
     async def client(self, end: float) -> None:
         conn = Conn("127.0.0.1", self.port)
@@ -440,6 +467,7 @@ class Load:
                 for k, v in sorted(self.latency.items())
             },
             "statuses": dict(self.statuses),
+            "search_engines": dict(self.engines),
             "errors": dict(self.errors),
             "error_count": sum(self.errors.values()),
             "keepalive_reconnects": self.reconnects,

@@ -177,6 +177,11 @@ def test_reindex_fills_a_new_versioned_collection_swaps_the_alias_and_drops_the_
     assert db.execute("SELECT outcome FROM search_reindex ORDER BY id DESC LIMIT 1").fetchone() == ("swapped",)
 
 
+def test_the_reindex_progress_estimate_counts_the_live_partitions(db: psycopg.Connection) -> None:
+    db.execute("ANALYZE service_order")
+    assert search_db.estimate_orders(db) == search_db.count_orders(db) > 0
+
+
 async def test_search_finds_sod_infix_misspelled_customer_and_description_word(
     api: httpx.AsyncClient, db: psycopg.Connection
 ) -> None:

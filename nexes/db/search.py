@@ -123,7 +123,11 @@ CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
 # On a standby: has it replayed that far? On a primary (no replicas configured): yes.
 REPLAYED = "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn"
 REINDEX_DOCUMENTS = "SELECT " + DOC_COLUMNS + " FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id"
-ESTIMATE_ORDERS = "SELECT coalesce(sum(reltuples), 0)::bigint FROM pg_class WHERE relname LIKE 'service_order_p%%'"
+# The live partitions' row estimates (reltuples is -1 until a partition is first analyzed).
+ESTIMATE_ORDERS = (
+    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits AS i "
+    "JOIN pg_class AS c ON c.oid = i.inhrelid WHERE i.inhparent = 'service_order'::regclass"
+)
 COUNT_ORDERS = "SELECT count(*) FROM service_order"
 
 
@@ -165,7 +169,7 @@ def replayed(conn: psycopg.Connection[Any], lsn: str) -> bool:
 
 
 def estimate_orders(conn: psycopg.Connection[Any]) -> int:
-    """The planner's estimate of live orders (progress only); -1 when never analyzed."""
+    """The planner's estimate of live orders (progress only; 0 when never analyzed)."""
     row = conn.execute(ESTIMATE_ORDERS).fetchone()
     return int(row[0]) if row else 0
 
