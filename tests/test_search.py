@@ -30,7 +30,7 @@ from nexes.db import search as search_db
 from nexes.db.conninfo import environ_for_database
 from nexes.db.seed import seed
 from nexes.jobs import import_runner
-from nexes.search import collection, drift
+from nexes.search import collection, drift, engine
 from nexes.search.client import sync_client
 from nexes.search.reindex import reindex
 from nexes.search.sync import drain
@@ -538,3 +538,29 @@ async def test_reindex_search_mutation_needs_the_admin_token_and_queues_the_job(
         monkeypatch.setattr(reindex_search, "send", lambda: sent.append("reindex"))
         body = await gql(client, mutation, **{"X-Nexes-Admin-Token": "search-admin"})
         assert body["data"]["reindexSearch"] == {"queued": True, "errors": []} and sent == ["reindex"]
+
+
+async def test_searches_past_the_bulkheads_get_service_unavailable_while_pages_still_answer(
+    search_db_settings: Settings, db: psycopg.Connection
+) -> None:
+    """Holding a bulkhead's one slot here stands in for a search already in flight. Typesense
+    is made unreachable by a closed port, so searches take the pg_trgm fallback."""
+    settings = replace(
+        search_db_settings, search_concurrency=1, search_fallback_concurrency=1, typesense_url="http://127.0.0.1:9"
+    )
+    _, sod, _, _ = pick(db)
+    page = "{ serviceOrders(first: 5) { edges { node { sodNumber } } } }"
+    async with client_for(settings) as api:
+        service = engine.service_for(settings)
+        for slots, words in ((service.slots, "busy with other searches"), (service.fallback_slots, "fallback is busy")):
+            async with slots:
+                refused = await gql(api, SEARCH, {"q": sod})
+                assert error_codes(refused) == ["SERVICE_UNAVAILABLE"], refused
+                assert words in refused["errors"][0]["message"]
+                assert refused["_response"].status_code == 503
+                answered = await gql(api, page)
+                assert "errors" not in answered and len(answered["data"]["serviceOrders"]["edges"]) == 5
+        found = await gql(api, SEARCH, {"q": sod})  # both slots free again
+        assert "errors" not in found, found
+        assert found["data"]["search"]["engine"] == "POSTGRES"
+        assert sod in [e["node"]["sodNumber"] for e in found["data"]["search"]["edges"]]

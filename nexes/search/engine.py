@@ -24,10 +24,10 @@ from typesense.exceptions import TypesenseClientError
 
 from nexes.db import search as search_db
 from nexes.db.router import Router
-from nexes.errors import bad_input
+from nexes.errors import Code, NexesError, bad_input
 from nexes.search import collection
 from nexes.search.client import async_client
-from nexes.search.metrics import SEARCHES
+from nexes.search.metrics import BUSY, SEARCHES
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,12 @@ class SearchService:
         self.breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.search_breaker_failures, default_ttl=settings.search_breaker_reset
         )
+        # Bulkheads: searches a process runs at once, and fallback searches among them. A
+        # search that finds no free slot is refused at once (SERVICE_UNAVAILABLE, search
+        # only): a slow engine, or the pg_trgm fallback over millions of orders, must not
+        # take the connections and the CPU that pages and mutations need.
+        self.slots = asyncio.Semaphore(settings.search_concurrency)
+        self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
 
     async def breaker_state(self) -> str:
         """closed, opened or half-opened."""
@@ -119,6 +125,13 @@ class SearchService:
         return str(breaker.context.state)
 
     async def search(self, query: SearchQuery, router: Router) -> Found:
+        if self.slots.locked():
+            BUSY.labels("search").inc()
+            raise NexesError(Code.SERVICE_UNAVAILABLE, "search is busy with other searches; retry in a moment")
+        async with self.slots:
+            return await self._search(query, router)
+
+    async def _search(self, query: SearchQuery, router: Router) -> Found:
         try:
             async with await self.breakers.get_breaker(BREAKER):
                 found = await asyncio.wait_for(self._typesense(query), self.settings.typesense_timeout)
@@ -156,6 +169,15 @@ class SearchService:
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:
         if len(query.text) < MIN_FALLBACK_QUERY:
             raise bad_input(f"search is in fallback mode: type at least {MIN_FALLBACK_QUERY} characters", field="query")
+        if self.fallback_slots.locked():
+            BUSY.labels("fallback").inc()
+            raise NexesError(
+                Code.SERVICE_UNAVAILABLE, "the search index is unavailable and its fallback is busy; retry in a moment"
+            )
+        async with self.fallback_slots:
+            return await self._postgres_search(query, router)
+
+    async def _postgres_search(self, query: SearchQuery, router: Router) -> Found:
         rows = await router.read(
             lambda conn: search_db.fallback_search(
                 conn,

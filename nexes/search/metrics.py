@@ -19,6 +19,7 @@ from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
 SEARCHES = Counter("nexes_search_requests", "Searches answered, by engine.", ["engine"])
+BUSY = Counter("nexes_search_refused", "Searches refused because every slot was taken, by bulkhead.", ["bulkhead"])
 
 
 class SyncLagCollector(Collector):
