@@ -347,6 +347,7 @@ class Load:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.statuses: Counter[int] = Counter()
         self.engines: Counter[str] = Counter()  # which engine answered each search
+        self.errors_by_kind: Counter[str] = Counter()  # failed responses, by request kind
         self.errors: Counter[str] = Counter()
         self.reconnects = 0
         self.loop_lag: list[float] = []
@@ -389,10 +390,12 @@ class Load:
         self.statuses[status] += 1
         if status != 200:
             self.errors[f"http_{status}"] += 1
+            self.errors_by_kind[kind] += 1
             return
         doc = orjson.loads(payload)
         if doc.get("errors"):
             self.errors["graphql:" + str(doc["errors"][0].get("extensions", {}).get("code"))] += 1
+            self.errors_by_kind[kind] += 1
             return
         data = doc.get("data") or {}
         if kind in ("first_page", "next_page"):
@@ -470,6 +473,7 @@ class Load:
             "search_engines": dict(self.engines),
             "errors": dict(self.errors),
             "error_count": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors_by_kind),
             "keepalive_reconnects": self.reconnects,
             "generator_cpu_pct_of_one_core": round((time.thread_time() - cpu) / wall * 100, 1),
             "generator_loop_lag_p99_ms": pct(self.loop_lag, 0.99),
