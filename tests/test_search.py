@@ -564,3 +564,15 @@ async def test_searches_past_the_bulkheads_get_service_unavailable_while_pages_s
         assert "errors" not in found, found
         assert found["data"]["search"]["engine"] == "POSTGRES"
         assert sod in [e["node"]["sodNumber"] for e in found["data"]["search"]["edges"]]
+
+
+def test_an_answer_cut_off_by_search_cutoff_ms_reports_found_as_a_lower_bound() -> None:
+    """Typesense stops a search at `search_cutoff_ms` only over millions of documents, so the
+    answers here are written out in its response shape (`search_cutoff` as 0.24 sends it)."""
+    query = engine.SearchQuery("boiler", (), None, None, 0, 20)
+    hit = {"document": {"id": "7"}, "text_match": 5, "highlights": []}
+    whole = engine.typesense_found({"found": 1, "hits": [hit], "search_cutoff": False}, query, 0)
+    cut = engine.typesense_found({"found": 131_071, "hits": [hit], "search_cutoff": True}, query, 0)
+    assert (whole.engine, whole.exact, whole.found, whole.more) == ("TYPESENSE", True, 1, False)
+    assert (cut.exact, cut.found, cut.more) == (False, 131_071, True)
+    assert [h.order_id for h in cut.hits] == [7]

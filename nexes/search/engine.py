@@ -162,9 +162,7 @@ class SearchService:
         if flt:
             params["filter_by"] = flt
         answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
-        hits = [_hit(h) for h in answer.get("hits", [])][skip:]
-        found = int(answer.get("found", 0))
-        return Found("TYPESENSE", hits, found, True, more=query.offset + len(hits) < found)
+        return typesense_found(answer, query, skip)
 
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:
         if len(query.text) < MIN_FALLBACK_QUERY:
@@ -191,6 +189,15 @@ class SearchService:
         page = rows[query.offset : query.offset + query.size]
         hits = [Hit(r.id, r.score, _pg_highlights(r, query.text)) for r in page]
         return Found("POSTGRES", hits, len(rows), len(rows) < FALLBACK_CAP, more=query.offset + query.size < len(rows))
+
+
+def typesense_found(answer: dict[str, Any], query: SearchQuery, skip: int) -> Found:
+    """Typesense's answer as a Found. A search stopped by `search_cutoff_ms` says so
+    (`search_cutoff: true`): its `found` counts only what it reached, a lower bound."""
+    hits = [_hit(h) for h in answer.get("hits", [])][skip:]
+    found = int(answer.get("found", 0))
+    exact = answer.get("search_cutoff") is not True
+    return Found("TYPESENSE", hits, found, exact, more=query.offset + len(hits) < found)
 
 
 def _hit(raw: dict[str, Any]) -> Hit:
