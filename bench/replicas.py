@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bench.run import DB, bench_env, report
-from bench.samplers import descendants
+from bench.samplers import descendants, status_kib
 from nexes import settings as settings_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,16 +91,6 @@ def machine_ticks() -> tuple[int, int]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -655,7 +645,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.5):
             for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], rss_kib(pid))
+                self.peak[pid] = max(self.peak[pid], status_kib(pid))
 
 
 def million_range() -> tuple[str, str, int]:
@@ -672,7 +662,7 @@ def million_range() -> tuple[str, str, int]:
 
 
 def export(port: int, workers: list[int], what: str, query: str, orders: int | None) -> None:
-    base = {p: rss_kib(p) for p in workers}
+    base = {p: status_kib(p) for p in workers}
     sampler = RssSampler(workers)
     sampler.start()
     url = f"http://127.0.0.1:{port}/api/exports/service-orders.csv{query}"
@@ -697,7 +687,7 @@ def export(port: int, workers: list[int], what: str, query: str, orders: int | N
         mb_per_s=round(size / 1e6 / seconds, 1),
         rss_before_mib={p: round(v / 1024, 1) for p, v in base.items()},
         peak_rss_mib={p: round(v / 1024, 1) for p, v in sampler.peak.items()},
-        vm_hwm_mib={p: round(rss_kib(p, "VmHWM") / 1024, 1) for p in workers},
+        vm_hwm_mib={p: round(status_kib(p, "VmHWM") / 1024, 1) for p in workers},
         load_average_before=load0,
         load_average_after=load_average(),
     )

@@ -45,7 +45,8 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def _status_kib(pid: int, field: str) -> int:
+def status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A /proc/PID/status figure in KiB (VmRSS, VmHWM); 0 once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -92,9 +93,9 @@ class Sampler(threading.Thread):
 
     def _memory(self) -> None:
         pids = descendants(self.root_pid)
-        self.peak_tree_kib = max(self.peak_tree_kib, sum(_status_kib(p, "VmRSS") for p in pids))
+        self.peak_tree_kib = max(self.peak_tree_kib, sum(status_kib(p, "VmRSS") for p in pids))
         for pid in pids:
-            self.peak_hwm_kib[pid] = max(self.peak_hwm_kib.get(pid, 0), _status_kib(pid, "VmHWM"))
+            self.peak_hwm_kib[pid] = max(self.peak_hwm_kib.get(pid, 0), status_kib(pid, "VmHWM"))
 
     def figures(self, top: int = 12) -> dict[str, Any]:
         ticks = max(1, self.ticks)
