@@ -32,122 +32,151 @@ FROM (SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS lo, (max(created_at) 
      (SELECT min(day) AS lo, max(day) AS hi FROM dashboard_stat) AS s
 """
 
-# Truth and kept figures for one slice of days; the differences, recorded and corrected.
-SLICE = """
-WITH truth AS (
-    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, status, currency, count(*) AS n, sum(total_amount) AS amount
-    FROM (SELECT created_at, status, currency, total_amount FROM service_order
-          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'
-          UNION ALL
-          SELECT created_at, status, currency, total_amount FROM service_order_archive
-          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC') AS o
-    GROUP BY 1, 2, 3
-), kept AS (
-    SELECT day, status, currency, order_count AS n, total_amount AS amount FROM dashboard_stat
-    WHERE day >= %(lo)s AND day < %(hi)s
-), diff AS (
-    SELECT coalesce(t.day, k.day) AS day, coalesce(t.status, k.status) AS status,
-           coalesce(t.currency, k.currency) AS currency,
-           coalesce(t.n, 0) AS n, coalesce(t.amount, 0) AS amount,
-           coalesce(k.n, 0) AS kept_n, coalesce(k.amount, 0) AS kept_amount
-    FROM truth AS t FULL JOIN kept AS k USING (day, status, currency)
-    WHERE coalesce(t.n, 0) <> coalesce(k.n, 0) OR coalesce(t.amount, 0) <> coalesce(k.amount, 0)
-), recorded AS (
-    INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
-    SELECT %(run)s, 'dashboard_stat', day || ' ' || status || ' ' || currency, n, kept_n, true FROM diff
-), fixed AS (
-    INSERT INTO dashboard_stat AS d (day, status, currency, order_count, total_amount)
-    SELECT day, status, currency, n - kept_n, amount - kept_amount FROM diff
-    ON CONFLICT (day, status, currency) DO UPDATE
-    SET order_count = d.order_count + excluded.order_count, total_amount = d.total_amount + excluded.total_amount
-)
-SELECT count(*) FROM diff
-"""
 
-# The same for customer_stat_month (orders that are not CANCELLED, per UTC month,
-# currency and customer); a quarter slice holds whole months.
-CUSTOMER_SLICE = """
-WITH truth AS (
-    SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
-           count(*) AS n, sum(total_amount) AS amount
-    FROM (SELECT created_at, status, currency, customer_id, total_amount FROM service_order
-          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'
-          UNION ALL
-          SELECT created_at, status, currency, customer_id, total_amount FROM service_order_archive
-          WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC') AS o
-    WHERE status <> 'CANCELLED'
-    GROUP BY 1, 2, 3
-), kept AS (
-    SELECT month, currency, customer_id, order_count AS n, total_amount AS amount FROM customer_stat_month
-    WHERE month >= %(lo)s AND month < %(hi)s
-), diff AS (
-    SELECT coalesce(t.month, k.month) AS month, coalesce(t.currency, k.currency) AS currency,
-           coalesce(t.customer_id, k.customer_id) AS customer_id,
-           coalesce(t.n, 0) AS n, coalesce(t.amount, 0) AS amount,
-           coalesce(k.n, 0) AS kept_n, coalesce(k.amount, 0) AS kept_amount
-    FROM truth AS t FULL JOIN kept AS k USING (month, currency, customer_id)
-    WHERE coalesce(t.n, 0) <> coalesce(k.n, 0) OR coalesce(t.amount, 0) <> coalesce(k.amount, 0)
-), recorded AS (
-    INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
-    SELECT %(run)s, 'customer_stat', month || ' ' || currency || ' customer ' || customer_id, n, kept_n, true
-    FROM diff
-), fixed AS (
-    INSERT INTO customer_stat_month AS m (month, currency, customer_id, order_count, total_amount)
-    SELECT month, currency, customer_id, n - kept_n, amount - kept_amount FROM diff
-    ORDER BY 1, 2, 3
-    ON CONFLICT (month, currency, customer_id) DO UPDATE
-    SET order_count = m.order_count + excluded.order_count, total_amount = m.total_amount + excluded.total_amount
-)
-SELECT count(*) FROM diff
-"""
-
-# customer_stat_cum (migration 0022) against what customer_stat_month implies, as a
-# delta like the slices above; the view derives it in one pass over customer_stat_month
-# (a row per customer and month, not per order). Rows are keyed by year, currency and
-# customer; a missing row and a row of zeros are the same thing.
-CUM_COLUMNS = ("before_n", "before_a", *(f"{kind}{month:02d}" for month in range(1, 13) for kind in "na"))
-
-
-def _cum_drift() -> str:
-    diffs = ",\n".join(f"coalesce(e.{c}, 0) - coalesce(k.{c}, 0) AS {c}" for c in CUM_COLUMNS)
-    differs = " OR ".join(f"{c} <> 0" for c in CUM_COLUMNS)
+def _drift(
+    *, truth: str, table: str, keys: tuple[str, ...], values: tuple[str, ...], kept_where: str, figure: str
+) -> str:
+    """`WITH ... drift AS (...)`: per key, truth minus kept for each value (missing = 0),
+    where any differs, with `figure` (an expression over `{r}`, the row) of both sides
+    as `expected` and `found`. Truth and kept are read in one statement's snapshot."""
+    key_list = ", ".join(keys)
+    deltas = ",\n           ".join(f"coalesce(t.{v}, 0) - coalesce(k.{v}, 0) AS {v}" for v in values)
+    differs = " OR ".join(f"{v} <> 0" for v in values)
     return f"""
-WITH diff AS (
-    SELECT year, currency, customer_id,
-{diffs}
-    FROM customer_stat_cum_expected AS e FULL JOIN customer_stat_cum AS k USING (year, currency, customer_id)
+WITH truth AS ({truth}
+), kept AS (
+    SELECT {key_list}, {", ".join(values)} FROM {table} WHERE {kept_where}
+), diff AS (
+    SELECT {key_list},
+           {deltas},
+           coalesce({figure.format(r="t")}, 0) AS expected, coalesce({figure.format(r="k")}, 0) AS found
+    FROM truth AS t FULL JOIN kept AS k USING ({key_list})
 ), drift AS (
     SELECT * FROM diff WHERE {differs}
 )"""
 
 
-# The drift CTE alone: the invariant check (nexes.db.invariants) lists it.
-CUM_DRIFT = _cum_drift()
-
-
-def _cum_statement(*, record: bool) -> str:
-    adds = ",\n".join(f"{c} = c.{c} + excluded.{c}" for c in CUM_COLUMNS)
-    recorded = """, recorded AS (
+def _correction(
+    drift: str,
+    *,
+    table: str,
+    keys: tuple[str, ...],
+    values: tuple[str, ...],
+    check: str | None,
+    bucket: str,
+    order: tuple[str, ...],
+) -> str:
+    """The drift recorded in `stat_drift` (unless `check` is None) and added to `table`, as
+    a delta: writes that commit meanwhile moved both sides alike, so they are kept."""
+    recorded = (
+        f"""
+, recorded AS (
     INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
-    SELECT %(run)s, 'customer_stat_cum', year || ' ' || currency || ' customer ' || customer_id,
-           coalesce(e.before_n + e.n12, 0), coalesce(k.before_n + k.n12, 0), true
-    FROM drift AS d
-    LEFT JOIN customer_stat_cum_expected AS e USING (year, currency, customer_id)
-    LEFT JOIN customer_stat_cum AS k USING (year, currency, customer_id)
+    SELECT %(run)s, '{check}', {bucket}, expected, found, true FROM drift
 )"""
-    return f"""{CUM_DRIFT}{recorded if record else ""}, fixed AS (
-    INSERT INTO customer_stat_cum AS c (year, currency, customer_id, {", ".join(CUM_COLUMNS)})
-    SELECT * FROM drift ORDER BY 1, 3, 2  -- the triggers lock rows in this order too
-    ON CONFLICT (year, currency, customer_id) DO UPDATE SET
-{adds}
+        if check
+        else ""
+    )
+    adds = ",\n        ".join(f"{v} = c.{v} + excluded.{v}" for v in values)
+    return f"""{drift}{recorded}
+, fixed AS (
+    INSERT INTO {table} AS c ({", ".join(keys)}, {", ".join(values)})
+    SELECT {", ".join(keys)}, {", ".join(values)} FROM drift ORDER BY {", ".join(order)}
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
+        {adds}
 )
 SELECT count(*) FROM drift
 """
 
 
-CUMULATIVE = _cum_statement(record=True)
+# Live and archived orders created in the slice [lo, hi) of UTC days.
+SLICE_ORDERS = """
+    SELECT created_at, status, currency, customer_id, total_amount FROM service_order
+    WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'
+    UNION ALL
+    SELECT created_at, status, currency, customer_id, total_amount FROM service_order_archive
+    WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'"""
+
+# dashboard_stat for one slice of days.
+SLICE = _correction(
+    _drift(
+        truth=f"""
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, status, currency,
+           count(*) AS order_count, sum(total_amount) AS total_amount
+    FROM ({SLICE_ORDERS}) AS o
+    GROUP BY 1, 2, 3""",
+        table="dashboard_stat",
+        keys=("day", "status", "currency"),
+        values=("order_count", "total_amount"),
+        kept_where="day >= %(lo)s AND day < %(hi)s",
+        figure="{r}.order_count",
+    ),
+    table="dashboard_stat",
+    keys=("day", "status", "currency"),
+    values=("order_count", "total_amount"),
+    check="dashboard_stat",
+    bucket="day || ' ' || status || ' ' || currency",
+    order=("day", "status", "currency"),
+)
+
+# The same for customer_stat_month (orders that are not CANCELLED, per UTC month,
+# currency and customer); a quarter slice holds whole months.
+CUSTOMER_SLICE = _correction(
+    _drift(
+        truth=f"""
+    SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
+           count(*) AS order_count, sum(total_amount) AS total_amount
+    FROM ({SLICE_ORDERS}) AS o
+    WHERE status <> 'CANCELLED'
+    GROUP BY 1, 2, 3""",
+        table="customer_stat_month",
+        keys=("month", "currency", "customer_id"),
+        values=("order_count", "total_amount"),
+        kept_where="month >= %(lo)s AND month < %(hi)s",
+        figure="{r}.order_count",
+    ),
+    table="customer_stat_month",
+    keys=("month", "currency", "customer_id"),
+    values=("order_count", "total_amount"),
+    check="customer_stat",
+    bucket="month || ' ' || currency || ' customer ' || customer_id",
+    order=("month", "currency", "customer_id"),
+)
+
+# customer_stat_cum (migration 0022) against what customer_stat_month implies (the view
+# derives it in one pass over customer_stat_month, a row per customer and month). A
+# missing row and a row of zeros are the same thing. Rows are locked in the order the
+# triggers use.
+CUM_KEYS = ("year", "currency", "customer_id")
+CUM_COLUMNS = ("before_n", "before_a", *(f"{kind}{month:02d}" for month in range(1, 13) for kind in "na"))
+# The drift CTE alone: the invariant check (nexes.db.invariants) lists it.
+CUM_DRIFT = _drift(
+    truth="SELECT * FROM customer_stat_cum_expected",
+    table="customer_stat_cum",
+    keys=CUM_KEYS,
+    values=CUM_COLUMNS,
+    kept_where="true",
+    figure="{r}.before_n + {r}.n12",
+)
+CUMULATIVE = _correction(
+    CUM_DRIFT,
+    table="customer_stat_cum",
+    keys=CUM_KEYS,
+    values=CUM_COLUMNS,
+    check="customer_stat_cum",
+    bucket="year || ' ' || currency || ' customer ' || customer_id",
+    order=("year", "customer_id", "currency"),
+)
 # The seed's fold after a load that deferred the table: the same correction, not drift.
-CUM_FOLD = _cum_statement(record=False)
+CUM_FOLD = _correction(
+    CUM_DRIFT,
+    table="customer_stat_cum",
+    keys=CUM_KEYS,
+    values=CUM_COLUMNS,
+    check=None,
+    bucket="",
+    order=("year", "customer_id", "currency"),
+)
 
 # Per quarter: every line's movements against what its order's status implies
 # (minus its quantity, or 0 when CANCELLED); reported, never rewritten.
