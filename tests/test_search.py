@@ -189,9 +189,12 @@ async def test_search_finds_sod_infix_misspelled_customer_and_description_word(
     body = await search(api, "01234")  # infix: the middle of the last part of SOD-YYYY-0001234
     result = body["data"]["search"]
     assert result["engine"] == "TYPESENSE" and sod in sods(body), body
-    assert any(
-        h["field"] == "sod_number" and "<mark>" in h["snippet"] for e in result["edges"] for h in e["highlights"]
-    )
+    # Found through sod_suffixes, highlighted in the SOD number itself.
+    (edge,) = [e for e in result["edges"] if e["node"]["sodNumber"] == sod]
+    assert {"field": "sod_number", "snippet": sod.replace("01234", "<mark>01234</mark>")} in edge["highlights"]
+    # A fragment across two parts (the year and the middle of the number) finds it too.
+    year = sod.split("-")[1]
+    assert sod in sods(await search(api, f"{year}-01234", first=50))
     # A misspelled customer name: one letter dropped, one swapped.
     word = customer.split()[0]
     typo = word[0] + word[2:] if len(word) > 4 else word
@@ -576,3 +579,38 @@ def test_an_answer_cut_off_by_search_cutoff_ms_reports_found_as_a_lower_bound() 
     assert (whole.engine, whole.exact, whole.found, whole.more) == ("TYPESENSE", True, 1, False)
     assert (cut.exact, cut.found, cut.more) == (False, 131_071, True)
     assert [h.order_id for h in cut.hits] == [7]
+
+
+def test_sod_suffixes_hold_every_part_and_its_suffixes_of_three_characters_or_more() -> None:
+    assert collection.sod_suffixes("SOD-2025-0001234") == [
+        "sod", "2025", "025", "0001234", "001234", "01234", "1234", "234"
+    ]  # fmt: skip
+    assert collection.sod_suffixes("ab") == ["ab"]
+    assert collection.sod_suffixes("A--B123") == ["a", "b123", "123"]
+    assert len(collection.sod_suffixes("X" * 40)) == 38  # the part and its 37 suffixes of 3 or more
+
+
+async def test_a_collection_made_before_sod_suffixes_answers_fragments_by_infix_until_reindexed(
+    search_db_settings: Settings, ts: typesense.Client, db: psycopg.Connection
+) -> None:
+    """A collection with the previous schema (sod_number indexed for infix, no sod_suffixes),
+    as a deployment finds it before its first reindex: SOD fragments still find orders."""
+    alias = f"{DB}_legacy"
+    name = collection.versioned_name(alias)
+    fields = [f for f in collection.FIELDS if f["name"] != "sod_suffixes"]
+    fields[0] = {**fields[0], "infix": True}
+    ts.collections.create({**collection.schema(name), "fields": fields})
+    try:
+        collection.point_alias(ts, alias, name)
+        order_id, sod, _, _ = pick(db, "o.sod_number LIKE '%1234'")
+        rows = search_db.fresh_documents(db, [order_id])
+        docs = [{k: v for k, v in collection.document(r).items() if k != "sod_suffixes"} for r in rows]
+        ts.collections[name].documents.import_(docs, {"action": "upsert"})
+        service = engine.SearchService(replace(search_db_settings, typesense_collection=alias))
+        found = await service.search(engine.SearchQuery("01234", (), None, None, 0, 20), router=None)  # type: ignore[arg-type]
+        assert found.engine == "TYPESENSE" and [h.order_id for h in found.hits] == [order_id]
+        # Typesense's infix highlight marks the whole part the fragment is in.
+        assert ("sod_number", sod.replace("0001234", "<mark>0001234</mark>")) in found.hits[0].highlights
+    finally:
+        ts.aliases[alias].delete()
+        ts.collections[name].delete()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -39,6 +40,7 @@ TYPESENSE_MAX_PAGE = 250
 WORD = re.compile(r"\w", re.UNICODE)
 DIGIT = re.compile(r"\d")
 BREAKER = "typesense"
+LAYOUT_TTL = 60.0  # how long the alias's collection layout is trusted before it is read again
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class SearchService:
         # take the connections and the CPU that pages and mutations need.
         self.slots = asyncio.Semaphore(settings.search_concurrency)
         self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
+        self._layout: tuple[float, bool] | None = None  # (read at, has sod_suffixes)
 
     async def breaker_state(self) -> str:
         """closed, opened or half-opened."""
@@ -143,21 +146,39 @@ class SearchService:
         SEARCHES.labels(found.engine).inc()
         return found
 
+    async def _has_suffixes(self) -> bool:
+        """Whether the alias's collection indexes `sod_suffixes` (made by this schema) or
+        is an older one indexed for infix. Read once a minute: a reindex's collection is
+        searched its way within a minute of the swap."""
+        now = time.monotonic()
+        if self._layout is None or now - self._layout[0] > LAYOUT_TTL:
+            found: dict[str, Any] = await self.client.collections[self.alias].retrieve()  # type: ignore[assignment]
+            has = any(f.get("name") == "sod_suffixes" for f in found.get("fields", []))
+            if not has:
+                log.warning("search: %s has no sod_suffixes; SOD fragments use infix until `nexes reindex`", self.alias)
+            self._layout = (now, has)
+        return self._layout[1]
+
     async def _typesense(self, query: SearchQuery) -> Found:
         page, per_page, skip = _paging(query)
         params: dict[str, Any] = {
             "q": query.text,
             "query_by": collection.QUERY_BY,
             "num_typos": collection.NUM_TYPOS,
-            # Infix scans every SOD token: only worth it when the query could be part of one.
-            "infix": collection.INFIX if DIGIT.search(query.text) else collection.NO_INFIX,
             "sort_by": "_text_match:desc,created_at:desc",
             "page": page,
             "per_page": per_page,
-            "include_fields": "id",
+            "include_fields": "id,sod_number",
             "highlight_fields": collection.QUERY_BY,
             "search_cutoff_ms": int(self.settings.typesense_timeout * 800),
         }
+        # Only a query with a digit can be the middle of a SOD number.
+        if DIGIT.search(query.text):
+            if await self._has_suffixes():
+                params["query_by"] = params["highlight_fields"] = collection.SOD_QUERY_BY
+                params["num_typos"] = collection.SOD_NUM_TYPOS
+            else:
+                params["infix"] = collection.LEGACY_INFIX
         flt = filter_by(query)
         if flt:
             params["filter_by"] = flt
@@ -194,28 +215,45 @@ class SearchService:
 def typesense_found(answer: dict[str, Any], query: SearchQuery, skip: int) -> Found:
     """Typesense's answer as a Found. A search stopped by `search_cutoff_ms` says so
     (`search_cutoff: true`): its `found` counts only what it reached, a lower bound."""
-    hits = [_hit(h) for h in answer.get("hits", [])][skip:]
+    hits = [_hit(h, query.text) for h in answer.get("hits", [])][skip:]
     found = int(answer.get("found", 0))
     exact = answer.get("search_cutoff") is not True
     return Found("TYPESENSE", hits, found, exact, more=query.offset + len(hits) < found)
 
 
-def _hit(raw: dict[str, Any]) -> Hit:
-    highlights = tuple((str(h["field"]), str(h.get("snippet", ""))) for h in raw.get("highlights", []))
-    return Hit(int(raw["document"]["id"]), float(raw.get("text_match", 0)), highlights)
+def _hit(raw: dict[str, Any], text: str) -> Hit:
+    highlights: dict[str, str] = {}
+    for h in raw.get("highlights", []):
+        field = str(h["field"])
+        if field == "sod_suffixes":  # a fragment of the SOD number: mark it there
+            sod = str(raw["document"].get("sod_number", ""))
+            field, snippet = "sod_number", mark(sod, text) or sod
+        else:  # a string[] field answers `snippets`, a string `snippet`
+            snippet = str(h.get("snippet") or " ".join(h.get("snippets") or ()))
+        highlights.setdefault(field, snippet)
+    return Hit(int(raw["document"]["id"]), float(raw.get("text_match", 0)), tuple(highlights.items()))
+
+
+def mark(value: str, text: str) -> str | None:
+    """`value` with every occurrence of `text` marked as Typesense marks matches, or None
+    when it holds none (case-insensitive)."""
+    pattern = re.compile(re.escape(text), re.IGNORECASE)
+    if not pattern.search(value):
+        return None
+    return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", value)
 
 
 def _pg_highlights(row: search_db.FallbackHit, text: str) -> tuple[tuple[str, str], ...]:
     """Fields that contain the text, with it marked as Typesense marks it."""
     found = []
-    pattern = re.compile(re.escape(text), re.IGNORECASE)
     for name, value in (
         ("sod_number", row.sod_number),
         ("customer_name", row.customer_name),
         ("description", row.description),
     ):
-        if pattern.search(value):
-            found.append((name, pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", value)))
+        snippet = mark(value, text)
+        if snippet is not None:
+            found.append((name, snippet))
     return tuple(found)
 
 
