@@ -203,14 +203,16 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
 
     settings = _settings()
     started = time.monotonic()
-    report = reconcile(settings.admin_url)
+    line_seconds = None if args.all_lines else settings.reconcile_line_seconds
+    report = reconcile(settings.admin_url, line_seconds=line_seconds)
     customers = report.customer_stat_corrections + report.customer_cum_corrections
+    left = f", {report.line_quarters_left} left for the next runs" if report.line_quarters_left else ""
     print(
         f"reconciled {report.slices} quarter(s) in {time.monotonic() - started:.1f}s (run {report.run_id}): "
         f"{report.stat_corrections} dashboard bucket(s) and {customers} "
         f"customer figure(s) corrected, {report.on_hand_mismatches} on-hand "
         f"mismatch(es), {report.negative_items} item(s) below zero, {report.line_mismatches} line(s) whose "
-        "movements differ; details in stat_drift"
+        f"movements differ (lines of {report.line_quarters} quarter(s) checked{left}); details in stat_drift"
     )
 
 
@@ -342,9 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(func=cmd_scheduler)
-    sub.add_parser("reconcile", help="recompute dashboard stats, check stock; drift goes to stat_drift").set_defaults(
-        func=cmd_reconcile
+    rec = sub.add_parser("reconcile", help="recompute dashboard stats, check stock; drift goes to stat_drift")
+    rec.add_argument(
+        "--all-lines",
+        action="store_true",
+        help="check every quarter's lines against the ledger, not only as many as NEXES_RECONCILE_LINE_SECONDS allows",
     )
+    rec.set_defaults(func=cmd_reconcile)
     reindex = sub.add_parser("reindex", help="rebuild the search index from a replica and swap the alias")
     reindex.add_argument("--batch", type=int, default=5_000, help="documents per import request (default 5000)")
     reindex.set_defaults(func=cmd_reindex)

@@ -53,6 +53,8 @@ class Settings:
     partition_years_back: int = 5
     partitions_ahead: int = 4
     archive_after_years: int = 2
+    # Reconciliation checks more quarters' lines only within this many seconds of its start.
+    reconcile_line_seconds: float = 40.0
     log_level: str = "INFO"
     max_page_size: int = 100
     count_budget_ms: int = 100
@@ -137,6 +139,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             partition_years_back=int(_positive(config, "NEXES_PARTITION_YEARS_BACK", 5, int)),
             partitions_ahead=int(_positive(config, "NEXES_PARTITIONS_AHEAD", 4, int)),
             archive_after_years=int(_positive(config, "NEXES_ARCHIVE_AFTER_YEARS", 2, int)),
+            reconcile_line_seconds=_positive(config, "NEXES_RECONCILE_LINE_SECONDS", 40.0, float),
             log_level=config("NEXES_LOG_LEVEL", default="INFO").upper(),
             max_page_size=int(_positive(config, "NEXES_MAX_PAGE_SIZE", 100, int)),
             count_budget_ms=int(_positive(config, "NEXES_COUNT_BUDGET", 0.1, float) * 1000),

@@ -178,3 +178,82 @@ def test_partitions_reaching_a_new_year_roll_the_customer_totals_forward(fresh_d
             == customers
         )
         assert check_all(conn) == []
+
+
+def test_each_run_checks_the_recent_quarters_lines_and_the_rest_in_turn(fresh_db: Settings) -> None:
+    """With no time for more, a run checks the two newest quarters' lines and one more, the
+    least recently checked; a stray movement in the oldest quarter is found when its turn
+    comes, and at once by a run that checks every quarter."""
+    seed(fresh_db.admin_url, 600, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        line = conn.execute(
+            "SELECT o.sod_number, l.line_no, l.stock_item_id, o.created_at FROM service_order o "
+            "JOIN service_order_line l ON l.order_id = o.id AND l.created_at = o.created_at "
+            "WHERE o.status <> 'CANCELLED' ORDER BY o.created_at LIMIT 1"
+        ).fetchone()
+        assert line is not None
+        conn.execute(
+            "INSERT INTO stock_movement (stock_item_id, quantity, kind, sod_number, line_no, idempotency_key) "
+            "VALUES (%s, 2, 'CORRECTION', %s, %s, 'test:stray-old')",
+            [line[2], line[0], line[1]],
+        )
+    oldest = partitions.quarter_start(line[3].astimezone(dt.UTC).date())
+    runs = []
+    while not runs or runs[-1].line_mismatches == 0:
+        runs.append(reconcile(fresh_db.admin_url, line_seconds=0))
+        assert len(runs) <= 30, "the oldest quarter's turn never came"
+    slices = runs[0].slices
+    assert all(r.line_quarters == 3 and r.line_quarters_left == slices - 3 for r in runs)
+    assert len(runs) == slices - 2  # two recent quarters every time, the others one by one
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        checks = dict(conn.execute("SELECT quarter, mismatches FROM reconcile_line_check").fetchall())
+        found = conn.execute(
+            "SELECT bucket FROM stat_drift WHERE run_id = %s AND check_name = 'line_ledger'", [runs[-1].run_id]
+        ).fetchall()
+    assert len(checks) == slices and checks[oldest] == 1 and sum(checks.values()) == 1
+    assert found == [(f"{line[0]} line {line[1]}",)]
+    everything = reconcile(fresh_db.admin_url, line_seconds=None)
+    assert (everything.line_quarters, everything.line_quarters_left, everything.line_mismatches) == (slices, 0, 1)
+
+
+def test_missing_and_broken_customer_stat_cum_rows_are_found_and_restored(fresh_db: Settings) -> None:
+    """The cheap check's rules one by one: a middle year's row deleted, the horizon's row
+    deleted, a running total broken within a year; each customer is corrected exactly."""
+    seed(fresh_db.admin_url, 400, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        (horizon,) = conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() or (0,)
+        middle = conn.execute(
+            "SELECT year, currency, customer_id FROM customer_stat_cum c WHERE year < %s AND before_n > 0 "
+            "AND EXISTS (SELECT FROM customer_stat_cum p WHERE p.customer_id = c.customer_id "
+            "AND p.currency = c.currency AND p.year < c.year) ORDER BY customer_id, currency, year LIMIT 1",
+            [horizon],
+        ).fetchone()
+        assert middle is not None
+        last = conn.execute(
+            "SELECT year, currency, customer_id FROM customer_stat_cum WHERE year = %s AND before_n > 0 "
+            "AND customer_id <> %s ORDER BY customer_id LIMIT 1",
+            [horizon, middle[2]],
+        ).fetchone()
+        assert last is not None
+        step = conn.execute(
+            "SELECT year, currency, customer_id FROM customer_stat_cum WHERE n12 > n11 AND customer_id NOT IN (%s, %s) "
+            "ORDER BY customer_id LIMIT 1",
+            [middle[2], last[2]],
+        ).fetchone()
+        assert step is not None
+        for row in (middle, last):
+            conn.execute("DELETE FROM customer_stat_cum WHERE year = %s AND currency = %s AND customer_id = %s", row)
+        # Months 11 and 12 both moved by one: the running totals still end right.
+        conn.execute(
+            "UPDATE customer_stat_cum SET n11 = n11 + 1 WHERE year = %s AND currency = %s AND customer_id = %s", step
+        )
+        assert "customer_stat_cum_differs" in {v.check for v in check_all(conn)}
+    report = reconcile(for_role(fresh_db.primary_url, fresh_db, "nexes_worker"))
+    assert report.customer_cum_corrections == 3
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        fixed = conn.execute(
+            "SELECT bucket FROM stat_drift WHERE run_id = %s AND check_name = 'customer_stat_cum' ORDER BY 1",
+            [report.run_id],
+        ).fetchall()
+        assert check_all(conn) == []
+    assert sorted(fixed) == sorted((f"{y} {c} customer {i}",) for y, c, i in (middle, last, step))

@@ -19,6 +19,11 @@ def next_quarter(start: date) -> date:
     return date(start.year + (month > 12), (month - 1) % 12 + 1, 1)
 
 
+def previous_quarter(start: date) -> date:
+    month = start.month - 3
+    return date(start.year - (month < 1), (month - 1) % 12 + 1, 1)
+
+
 def quarters(first: date, last: date) -> list[date]:
     """Start dates of every quarter from the one holding `first` to the one holding `last`."""
     out, current = [], quarter_start(first)

@@ -31,13 +31,20 @@ def reconcile_stats() -> None:
     from nexes.db.conninfo import for_role
     from nexes.db.reconcile import reconcile
 
-    report = reconcile(for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-reconcile"))
+    report = reconcile(
+        for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-reconcile"),
+        line_seconds=settings.reconcile_line_seconds,
+    )
     log.info(
-        "reconciliation %s: %d corrections, %d on-hand mismatches, %d negative items",
+        "reconciliation %s: %d corrections, %d on-hand mismatches, %d negative items, %d lines whose movements "
+        "differ (lines of %d quarters checked, %d left for the next runs)",
         report.run_id,
         report.stat_corrections + report.customer_stat_corrections + report.customer_cum_corrections,
         report.on_hand_mismatches,
         report.negative_items,
+        report.line_mismatches,
+        report.line_quarters,
+        report.line_quarters_left,
     )
 
 
