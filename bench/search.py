@@ -3,9 +3,12 @@ through GraphQL (Typesense and the pg_trgm fallback), sync lag under 200 mutatio
 catch-up after a 1M-row outbox, and what the fallback's trigram indexes cost imports.
 
     python -m bench.search [--orders 1000000] [--reuse] [--keep] [--import-orders 20000]
+    python -m bench.search --database nexes_bench --phases latency   # an existing database
 
 It makes its own database (`nexes_search_bench`), collection alias, Redis db and API
-servers, and drops the database at the end unless --keep.
+servers, and drops the database at the end unless --keep. With --database it uses that
+database and the alias `<database>_service_orders` as they are (a 10M `nexes_bench`
+indexed by `nexes reindex` with bench.run's environment), and drops neither.
 """
 
 from __future__ import annotations
@@ -353,7 +356,11 @@ def main() -> None:
     parser.add_argument("--lag-seconds", type=float, default=30)
     parser.add_argument("--import-orders", type=int, default=20_000)
     parser.add_argument("--phases", default="reindex,latency,lag,apilag,catchup,import", help="comma-separated subset")
+    parser.add_argument("--database", help="an existing, indexed database: implies --reuse and --keep")
     args = parser.parse_args()
+    if args.database:
+        global DB  # the module's database name, read by every phase
+        DB, args.reuse, args.keep = args.database, True, True
     env = environ()
     os.environ.update(env)  # nexes.jobs (the broker) reads the environment on import
     from nexes import settings as settings_module
