@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 # or prefix; descriptions allow one typo.
 QUERY_BY = "sod_number,customer_name,customer_code,description"
 NUM_TYPOS = "0,2,0,1"
-# A query that holds a digit may be the middle of a SOD number: it is also searched by
-# prefix in `sod_suffixes` (no typos), which finds `01234` in SOD-2025-0001234.
+# A query that could be part of a SOD number (one word of SOD characters with a digit) is
+# also searched by prefix in `sod_suffixes` (no typos): `01234` finds SOD-2025-0001234.
 SOD_QUERY_BY = "sod_number,sod_suffixes,customer_name,customer_code,description"
 SOD_NUM_TYPOS = "0,0,2,0,1"
 # A collection made before `sod_suffixes` existed (its `sod_number` indexed for infix) answers

@@ -38,7 +38,8 @@ MIN_FALLBACK_QUERY = 3
 FALLBACK_CAP = 1_000  # the fallback pages through the newest 1,000 matches at most
 TYPESENSE_MAX_PAGE = 250
 WORD = re.compile(r"\w", re.UNICODE)
-DIGIT = re.compile(r"\d")
+# A query that could be part of a SOD number: one run of SOD characters with a digit in it.
+SOD_FRAGMENT = re.compile(r"[A-Za-z0-9-]*\d[A-Za-z0-9-]*")
 BREAKER = "typesense"
 LAYOUT_TTL = 60.0  # how long the alias's collection layout is trusted before it is read again
 
@@ -172,8 +173,8 @@ class SearchService:
             "highlight_fields": collection.QUERY_BY,
             "search_cutoff_ms": int(self.settings.typesense_timeout * 800),
         }
-        # Only a query with a digit can be the middle of a SOD number.
-        if DIGIT.search(query.text):
+        # Only a query that could be part of a SOD number searches its fragments.
+        if SOD_FRAGMENT.fullmatch(query.text):
             if await self._has_suffixes():
                 params["query_by"] = params["highlight_fields"] = collection.SOD_QUERY_BY
                 params["num_typos"] = collection.SOD_NUM_TYPOS
