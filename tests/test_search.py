@@ -201,6 +201,11 @@ async def test_search_finds_sod_infix_misspelled_customer_and_description_word(
     body = await search(api, typo + " " + customer.split()[1])
     names = {e["node"]["customer"]["name"] for e in body["data"]["search"]["edges"]}
     assert any(n.startswith(word) for n in names), (typo, names)
+    # Found by the whole name's key, marked in the customer's name.
+    edge = body["data"]["search"]["edges"][0]
+    assert {"field": "customer_name", "snippet": f"<mark>{edge['node']['customer']['name']}</mark>"} in edge[
+        "highlights"
+    ]
     # A word of a description, filtered by status: every hit has it, and the status.
     body = await search(api, "boiler", filter={"status": ["OPEN"]}, first=50)
     edges = body["data"]["search"]["edges"]
@@ -581,13 +586,14 @@ def test_an_answer_cut_off_by_search_cutoff_ms_reports_found_as_a_lower_bound() 
     assert [h.order_id for h in cut.hits] == [7]
 
 
-def test_sod_suffixes_hold_every_part_and_its_suffixes_of_three_characters_or_more() -> None:
+def test_sod_suffixes_and_customer_keys_are_folded_as_the_queries_are() -> None:
     assert collection.sod_suffixes("SOD-2025-0001234") == [
         "sod", "2025", "025", "0001234", "001234", "01234", "1234", "234"
     ]  # fmt: skip
     assert collection.sod_suffixes("ab") == ["ab"]
     assert collection.sod_suffixes("A--B123") == ["a", "b123", "123"]
     assert len(collection.sod_suffixes("X" * 40)) == 38  # the part and its 37 suffixes of 3 or more
+    assert collection.customer_key("Åsa's Café-Bar  GmbH 2") == "åsascafébargmbh2"
 
 
 async def test_a_collection_made_before_sod_suffixes_answers_fragments_by_infix_until_reindexed(
@@ -597,20 +603,27 @@ async def test_a_collection_made_before_sod_suffixes_answers_fragments_by_infix_
     as a deployment finds it before its first reindex: SOD fragments still find orders."""
     alias = f"{DB}_legacy"
     name = collection.versioned_name(alias)
-    fields = [f for f in collection.FIELDS if f["name"] != "sod_suffixes"]
+    fields = [f for f in collection.FIELDS if f["name"] not in ("sod_suffixes", "customer_key")]
     fields[0] = {**fields[0], "infix": True}
     ts.collections.create({**collection.schema(name), "fields": fields})
     try:
         collection.point_alias(ts, alias, name)
-        order_id, sod, _, _ = pick(db, "o.sod_number LIKE '%1234'")
+        order_id, sod, customer, _ = pick(db, "o.sod_number LIKE '%1234'")
         rows = search_db.fresh_documents(db, [order_id])
-        docs = [{k: v for k, v in collection.document(r).items() if k != "sod_suffixes"} for r in rows]
+        docs = [
+            {k: v for k, v in collection.document(r).items() if k not in ("sod_suffixes", "customer_key")} for r in rows
+        ]
         ts.collections[name].documents.import_(docs, {"action": "upsert"})
         service = engine.SearchService(replace(search_db_settings, typesense_collection=alias))
         found = await service.search(engine.SearchQuery("01234", (), None, None, 0, 20), router=None)  # type: ignore[arg-type]
         assert found.engine == "TYPESENSE" and [h.order_id for h in found.hits] == [order_id]
         # Typesense's infix highlight marks the whole part the fragment is in.
         assert ("sod_number", sod.replace("0001234", "<mark>0001234</mark>")) in found.hits[0].highlights
+        # A misspelled name is matched word by word there (no customer_key).
+        typo = customer[0] + customer[2:]
+        found = await service.search(engine.SearchQuery(typo, (), None, None, 0, 20), router=None)  # type: ignore[arg-type]
+        assert [h.order_id for h in found.hits] == [order_id]
+        assert found.hits[0].highlights[0][0] == "customer_name"
     finally:
         ts.aliases[alias].delete()
         ts.collections[name].delete()

@@ -42,6 +42,10 @@ WORD = re.compile(r"\w", re.UNICODE)
 SOD_FRAGMENT = re.compile(r"[A-Za-z0-9-]*\d[A-Za-z0-9-]*")
 BREAKER = "typesense"
 LAYOUT_TTL = 60.0  # how long the alias's collection layout is trusted before it is read again
+# Tokens a SOD fragment's prefix may expand to: Typesense's default (4) would find 4 of
+# the 300 orders whose numbers hold a 5-digit fragment at 10M; 1,000 costs 12 ms there
+# for a 3-digit one (bench/README.md "Search").
+SOD_CANDIDATES = 1_000
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class SearchService:
         # take the connections and the CPU that pages and mutations need.
         self.slots = asyncio.Semaphore(settings.search_concurrency)
         self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
-        self._layout: tuple[float, bool] | None = None  # (read at, has sod_suffixes)
+        self._layout: tuple[float, frozenset[str]] | None = None  # (read at, the collection's fields)
 
     async def breaker_state(self) -> str:
         """closed, opened or half-opened."""
@@ -147,17 +151,19 @@ class SearchService:
         SEARCHES.labels(found.engine).inc()
         return found
 
-    async def _has_suffixes(self) -> bool:
-        """Whether the alias's collection indexes `sod_suffixes` (made by this schema) or
-        is an older one indexed for infix. Read once a minute: a reindex's collection is
-        searched its way within a minute of the swap."""
+    async def _fields(self) -> frozenset[str]:
+        """The fields of the alias's collection: one made by an older schema lacks
+        `sod_suffixes` (its `sod_number` indexed for infix instead) or `customer_key`, and
+        is searched its way until `nexes reindex` replaces it. Read once a minute, so a
+        reindex's collection is searched its way within a minute of the swap."""
         now = time.monotonic()
         if self._layout is None or now - self._layout[0] > LAYOUT_TTL:
             found: dict[str, Any] = await self.client.collections[self.alias].retrieve()  # type: ignore[assignment]
-            has = any(f.get("name") == "sod_suffixes" for f in found.get("fields", []))
-            if not has:
-                log.warning("search: %s has no sod_suffixes; SOD fragments use infix until `nexes reindex`", self.alias)
-            self._layout = (now, has)
+            fields = frozenset(str(f.get("name")) for f in found.get("fields", []))
+            missing = {"sod_suffixes", "customer_key"} - fields
+            if missing:
+                log.warning("search: %s lacks %s until `nexes reindex`", self.alias, ", ".join(sorted(missing)))
+            self._layout = (now, fields)
         return self._layout[1]
 
     async def _typesense(self, query: SearchQuery) -> Found:
@@ -169,22 +175,33 @@ class SearchService:
             "sort_by": "_text_match:desc,created_at:desc",
             "page": page,
             "per_page": per_page,
-            "include_fields": "id,sod_number",
+            "include_fields": "id,sod_number,customer_name",
             "highlight_fields": collection.QUERY_BY,
-            "search_cutoff_ms": int(self.settings.typesense_timeout * 800),
+            "search_cutoff_ms": min(self.settings.search_cutoff_ms, int(self.settings.typesense_timeout * 800)),
         }
-        # Only a query that could be part of a SOD number searches its fragments.
-        if SOD_FRAGMENT.fullmatch(query.text):
-            if await self._has_suffixes():
-                params["query_by"] = params["highlight_fields"] = collection.SOD_QUERY_BY
-                params["num_typos"] = collection.SOD_NUM_TYPOS
-            else:
-                params["infix"] = collection.LEGACY_INFIX
         flt = filter_by(query)
         if flt:
             params["filter_by"] = flt
+        fields = await self._fields()
+        if SOD_FRAGMENT.fullmatch(query.text):
+            # Only a query that could be part of a SOD number searches its fragments.
+            if "sod_suffixes" in fields:
+                params["query_by"] = params["highlight_fields"] = collection.SOD_QUERY_BY
+                params["num_typos"] = collection.SOD_NUM_TYPOS
+                params["max_candidates"] = SOD_CANDIDATES
+            else:
+                params["infix"] = collection.LEGACY_INFIX
+        elif "customer_key" in fields and len(key := collection.customer_key(query.text)) >= collection.MIN_NAME_KEY:
+            by_name = {**params, "q": key, "query_by": collection.NAME_QUERY_BY, "num_typos": collection.NAME_NUM_TYPOS}
+            by_name["highlight_fields"] = collection.NAME_QUERY_BY
+            answer = await self._documents(by_name)
+            if answer.get("hits"):
+                return typesense_found(answer, query, skip)
+        return typesense_found(await self._documents(params), query, skip)
+
+    async def _documents(self, params: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
-        return typesense_found(answer, query, skip)
+        return answer
 
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:
         if len(query.text) < MIN_FALLBACK_QUERY:
@@ -223,16 +240,19 @@ def typesense_found(answer: dict[str, Any], query: SearchQuery, skip: int) -> Fo
 
 
 def _hit(raw: dict[str, Any], text: str) -> Hit:
+    document = raw["document"]
     highlights: dict[str, str] = {}
     for h in raw.get("highlights", []):
         field = str(h["field"])
         if field == "sod_suffixes":  # a fragment of the SOD number: mark it there
-            sod = str(raw["document"].get("sod_number", ""))
+            sod = str(document.get("sod_number", ""))
             field, snippet = "sod_number", mark(sod, text) or sod
+        elif field == "customer_key":  # the whole name matched, typos and all
+            field, snippet = "customer_name", f"<mark>{document.get('customer_name', '')}</mark>"
         else:  # a string[] field answers `snippets`, a string `snippet`
             snippet = str(h.get("snippet") or " ".join(h.get("snippets") or ()))
         highlights.setdefault(field, snippet)
-    return Hit(int(raw["document"]["id"]), float(raw.get("text_match", 0)), tuple(highlights.items()))
+    return Hit(int(document["id"]), float(raw.get("text_match", 0)), tuple(highlights.items()))
 
 
 def mark(value: str, text: str) -> str | None:
