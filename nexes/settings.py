@@ -72,6 +72,7 @@ class Settings:
     search_breaker_reset: float = 10.0
     search_concurrency: int = 8
     search_fallback_concurrency: int = 2
+    search_queue_seconds: float = 1.0
     access_log: bool = True
     import_max_bytes: int = 1 << 30
     import_retention_days: int = 30
@@ -158,6 +159,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             search_breaker_reset=max(0.1, _positive(config, "NEXES_SEARCH_BREAKER_RESET", 10.0, float)),
             search_concurrency=max(1, int(_positive(config, "NEXES_SEARCH_CONCURRENCY", 8, int))),
             search_fallback_concurrency=max(1, int(_positive(config, "NEXES_SEARCH_FALLBACK_CONCURRENCY", 2, int))),
+            search_queue_seconds=_positive(config, "NEXES_SEARCH_QUEUE_SECONDS", 1.0, float),
             access_log=config("NEXES_ACCESS_LOG", cast=bool, default=True),
             import_max_bytes=int(_positive(config, "NEXES_IMPORT_MAX_BYTES", 1 << 30, int)),
             import_retention_days=int(_positive(config, "NEXES_IMPORT_RETENTION_DAYS", 30, int)),

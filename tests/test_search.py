@@ -548,13 +548,17 @@ async def test_reindex_search_mutation_needs_the_admin_token_and_queues_the_job(
         assert body["data"]["reindexSearch"] == {"queued": True, "errors": []} and sent == ["reindex"]
 
 
-async def test_searches_past_the_bulkheads_get_service_unavailable_while_pages_still_answer(
+async def test_searches_that_wait_past_the_bulkheads_get_service_unavailable_while_pages_still_answer(
     search_db_settings: Settings, db: psycopg.Connection
 ) -> None:
     """Holding a bulkhead's one slot here stands in for a search already in flight. Typesense
     is made unreachable by a closed port, so searches take the pg_trgm fallback."""
     settings = replace(
-        search_db_settings, search_concurrency=1, search_fallback_concurrency=1, typesense_url="http://127.0.0.1:9"
+        search_db_settings,
+        search_concurrency=1,
+        search_fallback_concurrency=1,
+        search_queue_seconds=0.3,
+        typesense_url="http://127.0.0.1:9",
     )
     _, sod, _, _ = pick(db)
     page = "{ serviceOrders(first: 5) { edges { node { sodNumber } } } }"
@@ -568,6 +572,12 @@ async def test_searches_past_the_bulkheads_get_service_unavailable_while_pages_s
                 assert refused["_response"].status_code == 503
                 answered = await gql(api, page)
                 assert "errors" not in answered and len(answered["data"]["serviceOrders"]["edges"]) == 5
+            # A search that finds its slot freed within the wait is answered.
+            async with slots:
+                waiting = asyncio.create_task(gql(api, SEARCH, {"q": sod}))
+                await asyncio.sleep(0.1)
+                assert not waiting.done()
+            assert "errors" not in await waiting
         found = await gql(api, SEARCH, {"q": sod})  # both slots free again
         assert "errors" not in found, found
         assert found["data"]["search"]["engine"] == "POSTGRES"

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -120,9 +122,10 @@ class SearchService:
             default_threshold=settings.search_breaker_failures, default_ttl=settings.search_breaker_reset
         )
         # Bulkheads: searches a process runs at once, and fallback searches among them. A
-        # search that finds no free slot is refused at once (SERVICE_UNAVAILABLE, search
-        # only): a slow engine, or the pg_trgm fallback over millions of orders, must not
-        # take the connections and the CPU that pages and mutations need.
+        # search waits for a slot at most `search_queue_seconds`, holding nothing meanwhile,
+        # then is refused (SERVICE_UNAVAILABLE, search only): a slow engine, or the pg_trgm
+        # fallback over millions of orders, must not take the connections and the CPU that
+        # pages and mutations need.
         self.slots = asyncio.Semaphore(settings.search_concurrency)
         self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
         self._layout: tuple[float, frozenset[str]] | None = None  # (read at, the collection's fields)
@@ -133,11 +136,21 @@ class SearchService:
         return str(breaker.context.state)
 
     async def search(self, query: SearchQuery, router: Router) -> Found:
-        if self.slots.locked():
-            BUSY.labels("search").inc()
-            raise NexesError(Code.SERVICE_UNAVAILABLE, "search is busy with other searches; retry in a moment")
-        async with self.slots:
+        async with self._slot(self.slots, "search", "search is busy with other searches; retry in a moment"):
             return await self._search(query, router)
+
+    @asynccontextmanager
+    async def _slot(self, slots: asyncio.Semaphore, bulkhead: str, refusal: str) -> AsyncIterator[None]:
+        """A slot of the bulkhead, waited for at most `search_queue_seconds`."""
+        try:
+            await asyncio.wait_for(slots.acquire(), self.settings.search_queue_seconds)
+        except TimeoutError:
+            BUSY.labels(bulkhead).inc()
+            raise NexesError(Code.SERVICE_UNAVAILABLE, refusal) from None
+        try:
+            yield
+        finally:
+            slots.release()
 
     async def _search(self, query: SearchQuery, router: Router) -> Found:
         try:
@@ -206,12 +219,8 @@ class SearchService:
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:
         if len(query.text) < MIN_FALLBACK_QUERY:
             raise bad_input(f"search is in fallback mode: type at least {MIN_FALLBACK_QUERY} characters", field="query")
-        if self.fallback_slots.locked():
-            BUSY.labels("fallback").inc()
-            raise NexesError(
-                Code.SERVICE_UNAVAILABLE, "the search index is unavailable and its fallback is busy; retry in a moment"
-            )
-        async with self.fallback_slots:
+        refusal = "the search index is unavailable and its fallback is busy; retry in a moment"
+        async with self._slot(self.fallback_slots, "fallback", refusal):
             return await self._postgres_search(query, router)
 
     async def _postgres_search(self, query: SearchQuery, router: Router) -> Found:
