@@ -64,15 +64,16 @@ class Settings:
     typesense_collection: str = "service_orders"
     typesense_timeout: float = 1.0
     # Typesense stops ranking a search's matches after this long and answers with what it
-    # ranked (`foundExact: false`): a word in a million orders takes 320 ms at 10M.
-    search_cutoff_ms: int = 150
+    # ranked (`foundExact: false`): a word in a million of 10M orders takes 320 ms to rank
+    # in full on two cores, which a mix of many users' searches cannot afford.
+    search_cutoff_ms: int = 60
     search_sync_batch: int = 1_000
     search_sweep_seconds: float = 2.0
     search_breaker_failures: int = 3
     search_breaker_reset: float = 10.0
     search_concurrency: int = 8
     search_fallback_concurrency: int = 2
-    search_queue_seconds: float = 1.0
+    search_queue_seconds: float = 2.0
     access_log: bool = True
     import_max_bytes: int = 1 << 30
     import_retention_days: int = 30
@@ -152,14 +153,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             max_body_bytes=int(_positive(config, "NEXES_MAX_BODY_BYTES", 1_000_000, int)),
             typesense_collection=config("NEXES_TYPESENSE_COLLECTION", default="service_orders"),
             typesense_timeout=max(0.05, _positive(config, "NEXES_TYPESENSE_TIMEOUT", 1.0, float)),
-            search_cutoff_ms=max(1, int(_positive(config, "NEXES_SEARCH_CUTOFF_MS", 150, int))),
+            search_cutoff_ms=max(1, int(_positive(config, "NEXES_SEARCH_CUTOFF_MS", 60, int))),
             search_sync_batch=max(1, int(_positive(config, "NEXES_SEARCH_SYNC_BATCH", 1_000, int))),
             search_sweep_seconds=max(0.1, _positive(config, "NEXES_SEARCH_SWEEP_SECONDS", 2.0, float)),
             search_breaker_failures=max(1, int(_positive(config, "NEXES_SEARCH_BREAKER_FAILURES", 3, int))),
             search_breaker_reset=max(0.1, _positive(config, "NEXES_SEARCH_BREAKER_RESET", 10.0, float)),
             search_concurrency=max(1, int(_positive(config, "NEXES_SEARCH_CONCURRENCY", 8, int))),
             search_fallback_concurrency=max(1, int(_positive(config, "NEXES_SEARCH_FALLBACK_CONCURRENCY", 2, int))),
-            search_queue_seconds=_positive(config, "NEXES_SEARCH_QUEUE_SECONDS", 1.0, float),
+            search_queue_seconds=_positive(config, "NEXES_SEARCH_QUEUE_SECONDS", 2.0, float),
             access_log=config("NEXES_ACCESS_LOG", cast=bool, default=True),
             import_max_bytes=int(_positive(config, "NEXES_IMPORT_MAX_BYTES", 1 << 30, int)),
             import_retention_days=int(_positive(config, "NEXES_IMPORT_RETENTION_DAYS", 30, int)),
