@@ -3,7 +3,7 @@ through GraphQL (Typesense and the pg_trgm fallback), sync lag under 200 mutatio
 catch-up after a 1M-row outbox, and what the fallback's trigram indexes cost imports.
 
     python -m bench.search [--orders 1000000] [--reuse] [--keep] [--import-orders 20000]
-    python -m bench.search --database nexes_bench --phases latency   # an existing database
+    python -m bench.search --database nexes_bench --phases engine,latency   # an existing database
 
 It makes its own database (`nexes_search_bench`), collection alias, Redis db and API
 servers, and drops the database at the end unless --keep. With --database it uses that
@@ -204,6 +204,39 @@ def latencies(url: str, make: Callable[[], dict[str, Any]], engine: str, n: int 
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
+def bench_engine(settings: Any, data: dict[str, list[Any]], n: int = 60) -> dict[str, Any]:
+    """Typesense alone: the API's own search parameters (SearchService._typesense), one
+    query at a time, no PostgreSQL and no GraphQL."""
+    from nexes.search import engine
+
+    async def run() -> dict[str, Any]:
+        service = engine.SearchService(settings)
+        results: dict[str, Any] = {}
+        for label, make in queries(data).items():
+            times, found, cut = [], [], 0
+            for i in range(n + 3):
+                variables = make()
+                statuses = tuple(variables.get("filter", {}).get("status", ()))
+                query = engine.SearchQuery(variables["q"], statuses, None, None, 0, 20)
+                started = time.perf_counter()
+                answer = await service._typesense(query)
+                if i >= 3:
+                    times.append((time.perf_counter() - started) * 1000)
+                    found.append(answer.found)
+                    cut += not answer.exact
+            times.sort()
+            p50, p95 = statistics.median(times), times[int(len(times) * 0.95) - 1]
+            results[label] = (p50, p95)
+            print(
+                f"engine {label}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, found median {statistics.median(found):,.0f}, "
+                f"cut off {cut} of {n}",
+                flush=True,
+            )
+        return results
+
+    return asyncio.run(run())
+
+
 def bench_latency(env: dict[str, str], data: dict[str, list[Any]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with api_server(env, PORT_TS) as url:
@@ -348,6 +381,18 @@ def bench_import_cost(settings: Any, orders: int) -> dict[str, float]:
     return results
 
 
+def measure(phases: set[str], env: dict[str, str], settings: Any, data: dict[str, list[Any]], lag: float) -> None:
+    """The phases that read the indexed database: engine, latency, lag, apilag."""
+    if "engine" in phases:
+        bench_engine(settings, data)
+    if "latency" in phases:
+        bench_latency(env, data)
+    if "lag" in phases:
+        bench_sync_lag(env, settings, data, lag, via_api=False)
+    if "apilag" in phases:
+        bench_sync_lag(env, settings, data, lag, via_api=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=1_000_000)
@@ -374,12 +419,7 @@ def main() -> None:
         if "reindex" in phases:
             bench_reindex(settings)
         data = samples(settings.admin_url)
-        if "latency" in phases:
-            bench_latency(env, data)
-        if "lag" in phases:
-            bench_sync_lag(env, settings, data, args.lag_seconds, via_api=False)
-        if "apilag" in phases:
-            bench_sync_lag(env, settings, data, args.lag_seconds, via_api=True)
+        measure(phases, env, settings, data, args.lag_seconds)
         if "catchup" in phases:
             bench_catch_up(env, settings)
             redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
