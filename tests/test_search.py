@@ -584,7 +584,7 @@ async def test_searches_that_wait_past_the_bulkheads_get_service_unavailable_whi
         assert sod in [e["node"]["sodNumber"] for e in found["data"]["search"]["edges"]]
 
 
-def test_an_answer_cut_off_by_search_cutoff_ms_reports_found_as_a_lower_bound() -> None:
+def test_answers_cut_off_by_search_cutoff_ms_or_by_the_sod_expansion_limit_report_found_as_a_lower_bound() -> None:
     """Typesense stops a search at `search_cutoff_ms` only over millions of documents, so the
     answers here are written out in its response shape (`search_cutoff` as 0.24 sends it)."""
     query = engine.SearchQuery("boiler", (), None, None, 0, 20)
@@ -594,6 +594,11 @@ def test_an_answer_cut_off_by_search_cutoff_ms_reports_found_as_a_lower_bound() 
     assert (whole.engine, whole.exact, whole.found, whole.more) == ("TYPESENSE", True, 1, False)
     assert (cut.exact, cut.found, cut.more) == (False, 131_071, True)
     assert [h.order_id for h in cut.hits] == [7]
+    # A SOD fragment's prefix expands to at most 1,000 tokens: as many documents found may
+    # mean more tokens were left out.
+    capped = engine.typesense_found({"found": 1_000, "hits": [hit]}, query, 0, expansions=1_000)
+    under = engine.typesense_found({"found": 999, "hits": [hit]}, query, 0, expansions=1_000)
+    assert (capped.exact, under.exact) == (False, True)
 
 
 def test_sod_suffixes_and_customer_keys_are_folded_as_the_queries_are() -> None:

@@ -196,12 +196,13 @@ class SearchService:
         if flt:
             params["filter_by"] = flt
         fields = await self._fields()
+        expansions = None
         if SOD_FRAGMENT.fullmatch(query.text):
             # Only a query that could be part of a SOD number searches its fragments.
             if "sod_suffixes" in fields:
                 params["query_by"] = params["highlight_fields"] = collection.SOD_QUERY_BY
                 params["num_typos"] = collection.SOD_NUM_TYPOS
-                params["max_candidates"] = SOD_CANDIDATES
+                params["max_candidates"] = expansions = SOD_CANDIDATES
             else:
                 params["infix"] = collection.LEGACY_INFIX
         elif "customer_key" in fields and len(key := collection.customer_key(query.text)) >= collection.MIN_NAME_KEY:
@@ -210,7 +211,7 @@ class SearchService:
             answer = await self._documents(by_name)
             if answer.get("hits"):
                 return typesense_found(answer, query, skip)
-        return typesense_found(await self._documents(params), query, skip)
+        return typesense_found(await self._documents(params), query, skip, expansions)
 
     async def _documents(self, params: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
@@ -239,12 +240,15 @@ class SearchService:
         return Found("POSTGRES", hits, len(rows), len(rows) < FALLBACK_CAP, more=query.offset + query.size < len(rows))
 
 
-def typesense_found(answer: dict[str, Any], query: SearchQuery, skip: int) -> Found:
+def typesense_found(answer: dict[str, Any], query: SearchQuery, skip: int, expansions: int | None = None) -> Found:
     """Typesense's answer as a Found. A search stopped by `search_cutoff_ms` says so
-    (`search_cutoff: true`): its `found` counts only what it reached, a lower bound."""
+    (`search_cutoff: true`): its `found` counts only what it reached, a lower bound. So
+    does one whose prefix could expand to `expansions` tokens (max_candidates) and found
+    that many documents or more: each token holds a document at least, so fewer documents
+    mean fewer tokens than the limit, and none was left out."""
     hits = [_hit(h, query.text) for h in answer.get("hits", [])][skip:]
     found = int(answer.get("found", 0))
-    exact = answer.get("search_cutoff") is not True
+    exact = answer.get("search_cutoff") is not True and (expansions is None or found < expansions)
     return Found("TYPESENSE", hits, found, exact, more=query.offset + len(hits) < found)
 
 
