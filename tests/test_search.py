@@ -642,3 +642,19 @@ async def test_a_collection_made_before_sod_suffixes_answers_fragments_by_infix_
     finally:
         ts.aliases[alias].delete()
         ts.collections[name].delete()
+
+
+async def test_every_page_of_a_name_lookup_comes_from_the_same_search(
+    search_db_settings: Settings, db: psycopg.Connection
+) -> None:
+    """A page past the name lookup's last hit is empty: it does not fall through to the
+    word-by-word search, whose order and count differ."""
+    _, _, customer, _ = pick(db)
+    service = engine.SearchService(search_db_settings)
+    query = engine.SearchQuery(customer, (), None, None, 0, 20)
+    first = await service.search(query, router=None)  # type: ignore[arg-type]
+    assert first.hits and all(h.highlights == (("customer_name", h.highlights[0][1]),) for h in first.hits)
+    assert all(h.highlights[0][1].startswith("<mark>") for h in first.hits)
+    past = replace(query, offset=20 * (first.found // 20 + 1))
+    beyond = await service.search(past, router=None)  # type: ignore[arg-type]
+    assert (beyond.hits, beyond.found, beyond.more) == ([], first.found, False)
