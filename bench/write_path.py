@@ -363,7 +363,7 @@ def apply_statements(orders: int, chunks: int) -> None:
     with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
         path, _ = make_file(Path(tmp), orders * chunks, "P")
         rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
-    statements = [order_write.BOUNDS, *order_write.APPLY]
+    statements = [order_write.BOUNDS, *order_write.APPLY, *order_write.APPLY_HOT]
     with psycopg.connect(conninfo, prepare_threshold=None) as conn:
         customers: dict[str, int] = dict(conn.execute("SELECT code, id FROM customer").fetchall())
         items: dict[str, int] = dict(conn.execute("SELECT sku, id FROM stock_item").fetchall())

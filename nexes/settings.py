@@ -79,6 +79,7 @@ class Settings:
     import_retention_days: int = 30
     import_lease_seconds: float = 20.0
     import_chunk_orders: int = 5_000
+    import_apply_parallel: int = 2
     import_sweep_seconds: float = 10.0
     admin_token: Secret = field(repr=False, default=Secret(""))
     replica_max_lag: float = 5.0
@@ -166,6 +167,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             import_retention_days=int(_positive(config, "NEXES_IMPORT_RETENTION_DAYS", 30, int)),
             import_lease_seconds=_positive(config, "NEXES_IMPORT_LEASE_SECONDS", 20.0, float),
             import_chunk_orders=max(1, int(_positive(config, "NEXES_IMPORT_CHUNK_ORDERS", 5_000, int))),
+            import_apply_parallel=max(1, int(_positive(config, "NEXES_IMPORT_APPLY_PARALLEL", 2, int))),
             import_sweep_seconds=_positive(config, "NEXES_IMPORT_SWEEP_SECONDS", 10.0, float),
             admin_token=Secret(config("NEXES_ADMIN_TOKEN", default="")),
             replica_max_lag=_positive(config, "NEXES_REPLICA_MAX_LAG", 5.0, float),

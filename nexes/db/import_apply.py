@@ -217,9 +217,24 @@ DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
 def run_chunk(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
     """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
     transaction and move the checkpoint; returns whether a cancel was requested."""
+    run_chunk_cold(conn, params)
+    return run_chunk_hot(conn, params)
+
+
+def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """The chunk's checks and its own rows (orders, lines, movements): nothing another
+    chunk of the same job waits for, so chunks can run this part side by side."""
     for statement in CHUNK:
         conn.execute(statement, params if "%(" in statement else None)
-    order_write.apply(conn)
+    conn.execute(order_write.APPLY_COLD_SCRIPT)
+
+
+def run_chunk_hot(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
+    """The rest, after run_chunk_cold in the same transaction: the shared rows (stats,
+    stock), the errors and the checkpoint, fenced by the lease; returns whether a cancel
+    was requested. Chunks of one job run it in their order: the checkpoint needs the
+    previous chunk's."""
+    conn.execute(order_write.APPLY_HOT_SCRIPT)
     for statement in CHUNK_RESULTS:
         conn.execute(statement, params if "%(" in statement else None)
     row = conn.execute(CHECKPOINT, params).fetchone()

@@ -16,8 +16,8 @@ How exactly-once holds, whatever is retried:
   one left nothing behind. Movements are keyed order:<sod>:<line>:<revision>:<item>.
 - Rows, movements, on-hand, dashboard deltas (and, by trigger, the search outbox and
   the monthly rollup) are all written in the caller's one transaction.
-- Hot rows (stock items, dashboard buckets) are locked last and in key order, so they
-  are held briefly and never in crossing orders.
+- Hot rows (customer stats, stock items, dashboard buckets) are locked last (APPLY_HOT)
+  and in key order, so they are held briefly and never in crossing orders.
 
 Lookups of existing orders join the partitioned tables on (id, created_at): nested
 loops with run-time partition pruning. Hash joins would scan every partition, so they
@@ -77,6 +77,8 @@ APPLY: list[LiteralString] = [
     # thresholds; compiling took 710 of w_order's 813 ms per 5,000-order chunk at 10M
     # (bench/README.md), for joins that run in milliseconds.
     "SET LOCAL jit = off",
+    # customer_stat_month is folded below, among the hot rows (migration 0024).
+    "SET LOCAL nexes.customer_stat_by_caller = on",
     "ANALYZE stage_order",
     "ANALYZE stage_line",
     # Orders whose created_at no live partition holds are refused before any key is made.
@@ -263,7 +265,32 @@ APPLY: list[LiteralString] = [
     )
     SELECT stock_item_id AS id, sum(quantity)::bigint AS delta FROM ins GROUP BY 1
     """,
-    # Hot rows last, in key order.
+]
+
+# Hot rows last, each table in key order, and the tables always in this order:
+# customer stats (with customer_stat_cum, by trigger), stock items, dashboard buckets.
+# Rows any concurrent writer may want are locked from here to the commit only; import
+# chunks applied side by side run APPLY concurrently and this part one at a time.
+APPLY_HOT: list[LiteralString] = [
+    """
+    INSERT INTO customer_stat_month AS m (month, currency, customer_id, order_count, total_amount)
+    SELECT month, currency, customer_id, sum(n), sum(amount)
+    FROM (
+        SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
+               1 AS n, total_amount AS amount
+        FROM w_order WHERE outcome IN ('inserted', 'updated') AND status <> 'CANCELLED'
+        UNION ALL
+        SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date, old_currency, old_customer_id,
+               -1, -old_total
+        FROM w_order WHERE outcome = 'updated' AND old_status <> 'CANCELLED'
+    ) AS delta
+    GROUP BY 1, 2, 3
+    HAVING sum(n) <> 0 OR sum(amount) <> 0
+    ORDER BY 1, 2, 3
+    ON CONFLICT (month, currency, customer_id) DO UPDATE
+    SET order_count = m.order_count + excluded.order_count, total_amount = m.total_amount + excluded.total_amount
+    """,
+    "SET LOCAL nexes.customer_stat_by_caller = off",
     # NO KEY UPDATE, the lock UPDATE takes anyway: it does not conflict with the KEY SHARE
     # locks that foreign keys (lines, movements) take, so it cannot deadlock with them.
     """
@@ -325,7 +352,9 @@ LINE_COLUMNS = ("sod_number", "line_no", "stock_item_id", "quantity", "unit_pric
 
 
 # Without parameters, psycopg sends all statements in one simple-protocol round trip.
-APPLY_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY])
+APPLY_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY, *APPLY_HOT])
+APPLY_COLD_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY])
+APPLY_HOT_SCRIPT: LiteralString = ";\n".join(APPLY_HOT)
 STAGE_SCRIPT: LiteralString = ";\n".join(STAGE)
 
 

@@ -9,6 +9,7 @@ runs out and the scheduler's sweep (`sweep_stuck_imports`) sends the job again.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -16,8 +17,11 @@ import socket
 import tempfile
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import psycopg
@@ -215,25 +219,101 @@ def _error(e: importfile.RowError) -> dict[str, Any]:
     return {"column": e.column, "code": e.code, "message": e.message}
 
 
+class _Aborted(Exception):
+    """A chunk rolled back because an earlier chunk of the same run failed."""
+
+
 def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, heartbeat: Heartbeat) -> None:
+    """Apply the staged rows chunk by chunk, up to `import_apply_parallel` chunks at once.
+
+    Each chunk is one transaction on its own connection. Their cold parts (checks, the
+    chunk's own orders, lines and movements) run side by side; their hot parts (shared
+    rows, errors, the checkpoint) run in chunk order, each once the chunk before it has
+    committed, so `applied_through` moves exactly as it does one chunk at a time and a
+    resumed job starts after the last committed chunk. When a chunk fails, the chunks
+    after it roll back and the error goes up; the retry resumes from the checkpoint.
+    """
     job = params["job"]
     with pool.connection() as conn, conn.transaction():
         conn.execute(sql.ORPHANS, params)
-    while True:
-        _check(heartbeat)
+    with pool.connection() as conn:
+        row = conn.execute("SELECT applied_through FROM import_job WHERE id = %s", [job]).fetchone()
+    after = row[0] if row else ""
+    depth = settings.import_apply_parallel
+    pipeline = _Pipeline()
+    previous: threading.Event | None = None
+    inflight: deque[Future[bool]] = deque()
+    cancel = False
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix=f"import-{job}-chunk") as executor:
+        try:
+            while not cancel:
+                _check(heartbeat)
+                with pool.connection() as conn:
+                    found = conn.execute(
+                        sql.NEXT_UPTO, {**params, "after": after, "orders": settings.import_chunk_orders}
+                    ).fetchone()
+                upto = found[0] if found else None
+                if upto is None:
+                    break
+                while len(inflight) >= depth:
+                    cancel |= inflight.popleft().result()
+                committed = threading.Event()
+                chunk = {**params, "after": after, "upto": upto}
+                # Each chunk in a copy of this context: its logs and SQL carry the job's request id.
+                context = contextvars.copy_context()
+                inflight.append(executor.submit(context.run, _chunk, pool, chunk, pipeline, previous, committed))
+                previous, after = committed, upto
+            while inflight:
+                cancel |= inflight.popleft().result()
+        except BaseException:
+            pipeline.failed.set()
+            for later in inflight:  # rolled back (or committed) by now; their errors follow from this one
+                later.exception()
+            raise
+    if cancel:
+        raise Cancelled
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    """What the chunks of one run share: whether one failed, whether a cancel was seen."""
+
+    failed: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def _chunk(
+    pool: ConnectionPool,
+    params: dict[str, Any],
+    pipeline: _Pipeline,
+    previous: threading.Event | None,
+    committed: threading.Event,
+) -> bool:
+    """One chunk in one transaction; returns whether a cancel was requested (then the
+    chunks after it roll back: a cancel stops the job at its next checkpoint)."""
+    failed, cancelled = pipeline.failed, pipeline.cancelled
+    try:
         with pool.connection() as conn:
-            row = conn.execute("SELECT applied_through FROM import_job WHERE id = %s", [job]).fetchone()
-            after = row[0] if row else ""
-            found = conn.execute(sql.NEXT_UPTO, {**params, "after": after, "orders": settings.import_chunk_orders})
-            upto_row = found.fetchone()
-            upto = upto_row[0] if upto_row else None
-            if upto is None:
-                return
-            with conn.transaction():
-                cancel = sql.run_chunk(conn, {**params, "after": after, "upto": upto})
-            request_sync()  # the chunk is committed: search picks its orders up now
-        if cancel:
-            raise Cancelled
+            with conn.transaction() as tx:
+                sql.run_chunk_cold(conn, params)
+                while previous is not None and not previous.wait(0.02) and not cancelled.is_set():
+                    if failed.is_set():
+                        raise _Aborted
+                if failed.is_set():
+                    raise _Aborted
+                if cancelled.is_set():
+                    raise psycopg.Rollback(tx)
+                cancel = sql.run_chunk_hot(conn, params)
+            if cancelled.is_set():
+                return True
+            if cancel:
+                cancelled.set()
+            committed.set()
+    except BaseException:
+        failed.set()
+        raise
+    request_sync()  # the chunk is committed: search picks its orders up now
+    return cancel
 
 
 def _finish(
