@@ -37,7 +37,15 @@ from nexes.jobs.importfile import COLUMNS
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from nexes.uploads import CHUNK_BYTES, UploadWriter
-from tests.conftest import TEMPLATE_DB, _environ_for, client_for, drop_database, gql, recreate_database
+from tests.conftest import (
+    TEMPLATE_DB,
+    _environ_for,
+    client_for,
+    drop_database,
+    gql,
+    recreate_database,
+    superuser_url,
+)
 
 HEADER = ",".join(COLUMNS)
 OPENING = 1_000_000  # every seeded stock item's opening balance
@@ -706,6 +714,59 @@ def test_a_job_taken_over_after_its_lease_ran_out_ends_as_a_clean_run(
     assert import_runner.run(job, settings) == "PARTIAL"
     assert outcome(db, job, "TAKEN") == clean
     assert import_runner.run(job, settings) == "skipped"
+    assert_invariants(import_db)
+
+
+def test_a_chunk_killed_mid_pipeline_rolls_back_the_chunks_after_it_and_the_job_resumes(
+    import_db: Settings, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Three chunks in flight at once; the server backend of one of them is terminated (a
+    real fault: pg_terminate_backend, as a crashed or restarted server would do). No chunk
+    after the last checkpoint stays committed, and the retry ends as a run one chunk at a
+    time would."""
+    sequential = replace(import_db, import_chunk_orders=4, import_apply_parallel=1)
+    clean_job, result = run_file(sequential, with_bad_rows(generated(tmp_path, 200, "PLCLEAN", seed_=9), "PLCLEAN"))
+    assert result == "PARTIAL"
+    clean = outcome(db, clean_job, "PLCLEAN")
+
+    settings = replace(import_db, import_chunk_orders=4, import_apply_parallel=3)
+    job = store(settings, with_bad_rows(generated(tmp_path, 200, "PLKILL", seed_=9), "PLKILL"))
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            failures.append(RuntimeError(f"finished as {import_runner.run(job, settings)}"))
+        except Exception as exc:  # the run must fail: one of its chunks lost its server
+            failures.append(exc)
+
+    worker = threading.Thread(target=work)
+    killed: list[int] = []
+    with psycopg.connect(superuser_url(import_db.admin_url, str(db.info.dbname)), autocommit=True) as su:
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not killed and worker.is_alive() and time.monotonic() < deadline:
+            row = su.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = 'nexes_worker' AND state = 'active' "
+                "AND datname = current_database() AND query LIKE %s LIMIT 1",
+                ["%CREATE TEMP TABLE w_bounds%"],
+            ).fetchone()
+            if row and su.execute("SELECT pg_terminate_backend(%s)", [row[0]]).fetchone() == (True,):
+                killed.append(row[0])
+            time.sleep(0.002)
+        worker.join(60)
+    assert killed, "no chunk was seen running"
+    assert len(failures) == 1 and isinstance(failures[0], psycopg.Error), failures
+
+    state = job_row(db, job)
+    assert state["status"] == "RUNNING"
+    through = state["applied_through"] or ""
+    landed = orders(db, "PLKILL")
+    assert all(f"PLKILL{sod}" <= through for sod in landed), "a chunk after the checkpoint stayed committed"
+    assert len(landed) == state["inserted"] < 200
+
+    # The failed run gave its lease up: the retry takes the job at once.
+    assert import_runner.run(job, settings) == "PARTIAL"
+    assert outcome(db, job, "PLKILL") == clean
     assert_invariants(import_db)
 
 

@@ -45,10 +45,16 @@ LOCK_ORDERS = (
     "SELECT t.id FROM unnest(%(ids)s::bigint[]) AS t(id) "
     "WHERE pg_try_advisory_xact_lock(%(space)s, (t.id %% 2147483647)::int) ORDER BY t.id"
 )
+# The customer is looked up per order through its primary key, behind a fence (OFFSET 0
+# keeps the subquery from being flattened into a plain join). The planner estimates the
+# key-to-partition join at one row whatever the batch holds, and with a plain join it
+# chose a nested loop over a sequential scan of customer: 25M rows filtered for a batch
+# of 1,000 orders, 1.7-2.6 s instead of milliseconds (10M orders, 50k customers).
 FRESH_DOCUMENTS = (
     "SELECT " + DOC_COLUMNS + " FROM service_order_key AS k "
     "JOIN service_order AS o ON o.id = k.id AND o.created_at = k.created_at "
-    "JOIN customer AS c ON c.id = o.customer_id WHERE k.id = ANY(%(ids)s)"
+    "CROSS JOIN LATERAL (SELECT name, code FROM customer WHERE id = o.customer_id OFFSET 0) AS c "
+    "WHERE k.id = ANY(%(ids)s)"
 )
 DELETE_HANDLED = "DELETE FROM search_outbox WHERE id = ANY(%(ids)s)"
 # FOR SHARE: the reindex's finishing UPDATE waits for every sync that saw it running,
@@ -259,7 +265,7 @@ SELECT m.id, greatest(similarity(o.sod_number, %(q)s), similarity(c.name, %(q)s)
        o.sod_number, c.name, o.description
 FROM (SELECT id, created_at FROM matched ORDER BY created_at DESC, id DESC LIMIT %(cap)s) AS m
 JOIN service_order AS o ON o.id = m.id AND o.created_at = m.created_at
-JOIN customer AS c ON c.id = o.customer_id
+CROSS JOIN LATERAL (SELECT name FROM customer WHERE id = o.customer_id OFFSET 0) AS c  -- see FRESH_DOCUMENTS
 ORDER BY m.created_at DESC, m.id DESC
 """)
 CONDITIONS = sql.SQL(

@@ -220,7 +220,24 @@ def _error(e: importfile.RowError) -> dict[str, Any]:
 
 
 class _Aborted(Exception):
-    """A chunk rolled back because an earlier chunk of the same run failed."""
+    """A chunk rolled back because the chunk before it did not commit, or the run stopped."""
+
+
+@dataclass(slots=True)
+class _Link:
+    """One chunk's outcome, which the chunk after it waits for."""
+
+    settled: threading.Event = field(default_factory=threading.Event)
+    committed: bool = False
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    """What every chunk of one run sees: the run stopped (every chunk rolls back), or a
+    committed chunk saw a cancel request (every chunk after it rolls back)."""
+
+    halt: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, heartbeat: Heartbeat) -> None:
@@ -230,8 +247,9 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
     chunk's own orders, lines and movements) run side by side; their hot parts (shared
     rows, errors, the checkpoint) run in chunk order, each once the chunk before it has
     committed, so `applied_through` moves exactly as it does one chunk at a time and a
-    resumed job starts after the last committed chunk. When a chunk fails, the chunks
-    after it roll back and the error goes up; the retry resumes from the checkpoint.
+    resumed job starts after the last committed chunk. A chunk that fails makes every
+    chunk after it roll back, and its error goes up (the chunks before it still commit);
+    the retry resumes from the checkpoint.
     """
     job = params["job"]
     with pool.connection() as conn, conn.transaction():
@@ -241,7 +259,7 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
     after = row[0] if row else ""
     depth = settings.import_apply_parallel
     pipeline = _Pipeline()
-    previous: threading.Event | None = None
+    previous: _Link | None = None
     inflight: deque[Future[bool]] = deque()
     cancel = False
     with ThreadPoolExecutor(max_workers=depth, thread_name_prefix=f"import-{job}-chunk") as executor:
@@ -257,16 +275,16 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
                     break
                 while len(inflight) >= depth:
                     cancel |= inflight.popleft().result()
-                committed = threading.Event()
+                link = _Link()
                 chunk = {**params, "after": after, "upto": upto}
                 # Each chunk in a copy of this context: its logs and SQL carry the job's request id.
                 context = contextvars.copy_context()
-                inflight.append(executor.submit(context.run, _chunk, pool, chunk, pipeline, previous, committed))
-                previous, after = committed, upto
+                inflight.append(executor.submit(context.run, _chunk, pool, chunk, pipeline, previous, link))
+                previous, after = link, upto
             while inflight:
                 cancel |= inflight.popleft().result()
         except BaseException:
-            pipeline.failed.set()
+            pipeline.halt.set()
             for later in inflight:  # rolled back (or committed) by now; their errors follow from this one
                 later.exception()
             raise
@@ -274,44 +292,32 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
         raise Cancelled
 
 
-@dataclass(slots=True)
-class _Pipeline:
-    """What the chunks of one run share: whether one failed, whether a cancel was seen."""
-
-    failed: threading.Event = field(default_factory=threading.Event)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
 def _chunk(
-    pool: ConnectionPool,
-    params: dict[str, Any],
-    pipeline: _Pipeline,
-    previous: threading.Event | None,
-    committed: threading.Event,
+    pool: ConnectionPool, params: dict[str, Any], pipeline: _Pipeline, previous: _Link | None, link: _Link
 ) -> bool:
-    """One chunk in one transaction; returns whether a cancel was requested (then the
-    chunks after it roll back: a cancel stops the job at its next checkpoint)."""
-    failed, cancelled = pipeline.failed, pipeline.cancelled
+    """One chunk in one transaction; returns whether a cancel was requested (the chunk
+    that sees it commits, the ones after it roll back: the job stops at that checkpoint)."""
     try:
         with pool.connection() as conn:
             with conn.transaction() as tx:
                 sql.run_chunk_cold(conn, params)
-                while previous is not None and not previous.wait(0.02) and not cancelled.is_set():
-                    if failed.is_set():
+                while previous is not None and not previous.settled.wait(0.02):
+                    if pipeline.halt.is_set():
                         raise _Aborted
-                if failed.is_set():
+                if pipeline.halt.is_set():
                     raise _Aborted
-                if cancelled.is_set():
+                if pipeline.cancelled.is_set():
                     raise psycopg.Rollback(tx)
+                if previous is not None and not previous.committed:
+                    raise _Aborted
                 cancel = sql.run_chunk_hot(conn, params)
-            if cancelled.is_set():
-                return True
+            if pipeline.cancelled.is_set():
+                return True  # rolled back
+            link.committed = True
             if cancel:
-                cancelled.set()
-            committed.set()
-    except BaseException:
-        failed.set()
-        raise
+                pipeline.cancelled.set()
+    finally:
+        link.settled.set()
     request_sync()  # the chunk is committed: search picks its orders up now
     return cancel
 
