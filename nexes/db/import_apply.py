@@ -214,16 +214,11 @@ RETURNING status::text
 DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
 
 
-def run_chunk(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
-    """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
-    transaction and move the checkpoint; returns whether a cancel was requested."""
-    run_chunk_cold(conn, params)
-    return run_chunk_hot(conn, params)
-
-
 def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
-    """The chunk's checks and its own rows (orders, lines, movements): nothing another
-    chunk of the same job waits for, so chunks can run this part side by side."""
+    """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
+    transaction, first part: the checks and the chunk's own rows (orders, lines,
+    movements), nothing another chunk of the same job waits for, so chunks can run
+    this part side by side. run_chunk_hot finishes the chunk."""
     for statement in CHUNK:
         conn.execute(statement, params if "%(" in statement else None)
     conn.execute(order_write.APPLY_COLD_SCRIPT)
