@@ -179,6 +179,29 @@ async def test_stock_items_filter_and_order(app_client: httpx.AsyncClient) -> No
     assert body["data"]["stockItems"]["totalCount"] == len(names)
 
 
+async def test_health_is_degraded_while_the_schema_lacks_a_migration_the_code_needs(
+    app_client: httpx.AsyncClient, seeded: Settings
+) -> None:
+    with psycopg.connect(seeded.admin_url, autocommit=True) as conn:
+        newest = conn.execute(
+            "DELETE FROM schema_migration WHERE version = (SELECT max(version) FROM schema_migration) "
+            "RETURNING version, name, checksum, applied_at"
+        ).fetchone()
+        assert newest is not None
+        try:
+            body = (await app_client.get("/api/health")).json()
+        finally:
+            conn.execute(
+                "INSERT INTO schema_migration (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)", newest
+            )
+    assert body["status"] == "degraded"
+    assert f"this code needs {newest[0]:04d}" in body["schema"] and "nexes migrate" in body["schema"]
+    assert body["primary"]["schema_version"] < newest[0]
+    after = (await app_client.get("/api/health")).json()
+    assert after["status"] == "ok" and "schema" not in after
+    assert after["primary"]["schema_version"] == newest[0]
+
+
 async def test_liveness_and_health(app_client: httpx.AsyncClient) -> None:
     assert (await app_client.get("/api/health/live")).json() == {"status": "ok"}
     health = await app_client.get("/api/health")

@@ -770,6 +770,26 @@ def test_a_chunk_killed_mid_pipeline_rolls_back_the_chunks_after_it_and_the_job_
     assert_invariants(import_db)
 
 
+def test_a_worker_on_code_newer_than_the_schema_leaves_the_job_queued(
+    import_db: Settings, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    job = store(import_db, generated(tmp_path, 5, "SCHEMA", seed_=3))
+    newest = db.execute(
+        "DELETE FROM schema_migration WHERE version = (SELECT max(version) FROM schema_migration) "
+        "RETURNING version, name, checksum, applied_at"
+    ).fetchone()
+    assert newest is not None
+    try:
+        assert import_runner.run(job, import_db) == "schema-behind"
+        state = job_row(db, job)
+        assert state["status"] == "QUEUED" and state["lease_owner"] is None
+        assert orders(db, "SCHEMA") == {}
+    finally:
+        db.execute("INSERT INTO schema_migration (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)", newest)
+    assert import_runner.run(job, import_db) == "SUCCEEDED"
+    assert len(orders(db, "SCHEMA")) == 5
+
+
 # -- 6. cancel -------------------------------------------------------------------------
 
 CANCEL = """

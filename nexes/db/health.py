@@ -12,7 +12,12 @@ import psycopg
 
 PROBE_TIMEOUT = 2.0
 
-PRIMARY = "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery()"
+# With the newest migration applied, which /api/health compares with the code's.
+PRIMARY = (
+    "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery(), (SELECT coalesce(max(version), 0) FROM schema_migration)"
+)
+# A database never migrated has no history table: schema version 0.
+PRIMARY_UNMIGRATED = "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery(), 0"
 # Lag per DESIGN.md §5: 0 once replay reached the primary's position, otherwise the
 # time since the last replayed transaction.
 REPLICA = """
@@ -30,6 +35,7 @@ class ServerState:
     lsn: str | None = None
     lag_seconds: float | None = None
     replay_paused: bool | None = None
+    schema_version: int | None = None  # the primary's newest migration
     error: str | None = None
     probe_ms: float = 0.0
 
@@ -51,14 +57,17 @@ async def _query(url: str, query: str, params: dict[str, Any] | None = None) -> 
 async def probe_primary(url: str) -> ServerState:
     started = time.perf_counter()
     try:
-        lsn, in_recovery = await asyncio.wait_for(_query(url, PRIMARY), PROBE_TIMEOUT)
+        try:
+            lsn, in_recovery, schema_version = await asyncio.wait_for(_query(url, PRIMARY), PROBE_TIMEOUT)
+        except psycopg.errors.UndefinedTable:
+            lsn, in_recovery, schema_version = await asyncio.wait_for(_query(url, PRIMARY_UNMIGRATED), PROBE_TIMEOUT)
     except (OSError, psycopg.Error, TimeoutError) as exc:
         return ServerState("primary", False, error=_short(exc), probe_ms=_ms(started))
     if in_recovery:
         return ServerState(
             "primary", False, lsn=lsn, error="the primary URL points at a standby", probe_ms=_ms(started)
         )
-    return ServerState("primary", True, lsn=lsn, probe_ms=_ms(started))
+    return ServerState("primary", True, lsn=lsn, schema_version=schema_version, probe_ms=_ms(started))
 
 
 async def probe_replica(name: str, url: str, primary_lsn: str | None) -> ServerState:

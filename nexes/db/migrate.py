@@ -17,6 +17,7 @@ settings, and creates the partitions the configuration asks for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -71,6 +72,25 @@ def discover() -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migration files share a version: {versions}")
     return found
+
+
+@functools.cache
+def code_version() -> int:
+    """The newest migration this code ships: the schema it was written for."""
+    return discover()[-1].version
+
+
+# The newest migration applied.
+SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_migration"
+
+
+def behind(applied: int) -> str | None:
+    """Why this code must not write to a database whose newest migration is `applied`
+    (the write path relies on what later ones made), or None when it is current or newer."""
+    expected = code_version()
+    if applied >= expected:
+        return None
+    return f"the database's schema is at migration {applied:04d}, this code needs {expected:04d}: run `nexes migrate`"
 
 
 CREATE_HISTORY = """

@@ -28,6 +28,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from nexes.db import import_apply as sql
+from nexes.db import migrate
 from nexes.db.conninfo import for_role
 from nexes.db.cursor import SyncTaggedCursor
 from nexes.db.import_jobs import upload_chunks
@@ -111,6 +112,11 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {"job": job_id, "owner": owner, "lease": settings.import_lease_seconds}
     with pool.connection() as conn:
+        row = conn.execute(migrate.SCHEMA_VERSION).fetchone()
+        if reason := migrate.behind(int(row[0]) if row else 0):
+            # Not claimed: the job stays as it is, and the sweep sends it again later.
+            log.error("import %d: not run: %s", job_id, reason)
+            return "schema-behind"
         claimed = conn.execute(sql.CLAIM, params).fetchone()
     if claimed is None:
         log.info("import %d: not claimable (finished, cancelled, or leased by another worker)", job_id)
