@@ -77,7 +77,7 @@ APPLY: list[LiteralString] = [
     # thresholds; compiling took 710 of w_order's 813 ms per 5,000-order chunk at 10M
     # (bench/README.md), for joins that run in milliseconds.
     "SET LOCAL jit = off",
-    # customer_stat_month is folded below, among the hot rows (migration 0024).
+    # customer_stat_month is folded below, among the hot rows (its triggers stand aside: 0024).
     "SET LOCAL nexes.customer_stat_by_caller = on",
     "ANALYZE stage_order",
     "ANALYZE stage_line",

@@ -194,16 +194,22 @@ WITH chained AS (
 )
 SELECT array(SELECT customer_id FROM unchained UNION SELECT customer_id FROM differs ORDER BY 1)
 """
+
+
 # The exact drift of every customer: the invariant check lists it, and the seed's fold
 # (after a load that deferred the table) applies it.
-CUM_DRIFT = _drift(
-    truth="SELECT * FROM customer_stat_cum_expected",
-    table="customer_stat_cum",
-    keys=CUM_KEYS,
-    values=CUM_COLUMNS,
-    kept_where="true",
-    figure="{r}.before_n + {r}.n12",
-)
+def _cum_drift(truth: str, kept_where: str) -> str:
+    return _drift(
+        truth=truth,
+        table="customer_stat_cum",
+        keys=CUM_KEYS,
+        values=CUM_COLUMNS,
+        kept_where=kept_where,
+        figure="{r}.before_n + {r}.n12",
+    )
+
+
+CUM_DRIFT = _cum_drift("SELECT * FROM customer_stat_cum_expected", "true")
 CUM_FOLD = _correction(
     CUM_DRIFT,
     table="customer_stat_cum",
@@ -215,14 +221,7 @@ CUM_FOLD = _correction(
 )
 # The exact drift of the customers in %(customers)s, recorded and corrected.
 CUM_CORRECTION = _correction(
-    _drift(
-        truth="SELECT * FROM customer_stat_cum_expected_for(%(customers)s)",
-        table="customer_stat_cum",
-        keys=CUM_KEYS,
-        values=CUM_COLUMNS,
-        kept_where="customer_id = ANY (%(customers)s)",
-        figure="{r}.before_n + {r}.n12",
-    ),
+    _cum_drift("SELECT * FROM customer_stat_cum_expected_for(%(customers)s)", "customer_id = ANY (%(customers)s)"),
     table="customer_stat_cum",
     keys=CUM_KEYS,
     values=CUM_COLUMNS,
