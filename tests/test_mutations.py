@@ -4,6 +4,7 @@ optimistic concurrency, cancel exactly once, master data, and hostile input."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from nexes import settings as settings_module
+from nexes.db import partitions
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.settings import Settings
@@ -376,3 +378,24 @@ async def test_reconcile_dashboard_needs_the_admin_token_and_enqueues_the_job(wr
     for message_id in messages:  # leave no work behind for a worker of another test
         client.lrem(queue, 0, message_id)
         client.hdel(f"{queue}.msgs", message_id)
+
+
+async def test_an_order_dated_past_the_customer_totals_horizon_rolls_them_forward(
+    client: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    """The horizon is the current year (the next from December): an order of a later year
+    carries every customer's totals into its year, in its own transaction."""
+    (horizon,) = db.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() or (0,)
+    day = dt.date(horizon + 1, 2, 3)
+    partitions.ensure_range(db, day, day)
+    result = await create(client, order_input("MUT-NEXT-YEAR", createdAt=f"{day.isoformat()}T10:00:00+00:00"))
+    assert result["errors"] == []
+    assert db.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() == (horizon + 1,)
+    # A row for every customer and currency of the year before, and the new order's.
+    expected = db.execute(
+        "SELECT count(*) FROM (SELECT customer_id, currency FROM customer_stat_cum WHERE year = %s "
+        "UNION SELECT id, 'EUR' FROM customer WHERE code = 'C000001') AS keys",
+        [horizon],
+    ).fetchone()
+    assert db.execute("SELECT count(*) FROM customer_stat_cum WHERE year = %s", [horizon + 1]).fetchone() == expected
+    assert_invariants(db)

@@ -165,12 +165,16 @@ def test_drift_in_customer_stat_cum_is_found_corrected_and_recorded(fresh_db: Se
     assert drift == [(f"{year} {currency} customer {customer_id}", True)]
 
 
-def test_partitions_reaching_a_new_year_roll_the_customer_totals_forward(fresh_db: Settings) -> None:
+def test_the_december_upkeep_rolls_the_customer_totals_into_the_next_year(fresh_db: Settings) -> None:
     seed(fresh_db.admin_url, 200, defer=False)
     with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
         (horizon,) = conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() or (0,)
         customers = conn.execute("SELECT count(*) FROM customer_stat_cum WHERE year = %s", [horizon]).fetchone()
-        partitions.ensure_range(conn, dt.date(horizon + 2, 1, 1), dt.date(horizon + 2, 1, 1))
+        # Up to November the horizon is the current year: nothing moves.
+        partitions.ensure(conn, years_back=0, quarters_ahead=1, today=dt.date(horizon, 11, 30))
+        assert conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() == (horizon,)
+        # The upkeep of a December day, a year on, rolls it to the year after.
+        partitions.ensure(conn, years_back=0, quarters_ahead=1, today=dt.date(horizon + 1, 12, 1))
         assert conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone() == (horizon + 2,)
         # Every customer has a row in each new year, carrying its whole total forward.
         assert (

@@ -77,7 +77,8 @@ APPLY: list[LiteralString] = [
     # thresholds; compiling took 710 of w_order's 813 ms per 5,000-order chunk at 10M
     # (bench/README.md), for joins that run in milliseconds.
     "SET LOCAL jit = off",
-    # customer_stat_month is folded below, among the hot rows (its triggers stand aside: 0024).
+    # customer_stat_month and customer_stat_cum are folded below, among the hot rows (their
+    # triggers stand aside: 0024, 0027).
     "SET LOCAL nexes.customer_stat_by_caller = on",
     "ANALYZE stage_order",
     "ANALYZE stage_line",
@@ -251,30 +252,37 @@ APPLY: list[LiteralString] = [
     HAVING sum(target) <> sum(current)
     """,
     NESTED_OFF,
+    # A plain INSERT, not ON CONFLICT DO NOTHING: the key's revision is bumped under its
+    # row lock in this transaction, so no earlier movement can hold these keys, and a
+    # conflict would be a bug to fail on, not a movement to skip. (The speculative
+    # insertion of ON CONFLICT also probes the unique index twice per row.) In key order,
+    # the new keys are appended to the indexes' right edge.
+    """
+    INSERT INTO stock_movement (stock_item_id, quantity, kind, sod_number, line_no, idempotency_key)
+    SELECT m.stock_item_id, m.delta,
+           CASE WHEN m.current = 0 THEN 'CONSUMPTION' WHEN m.target = 0 THEN 'RETURN' ELSE 'CORRECTION' END,
+           m.sod_number, m.line_no,
+           'order:' || m.sod_number || ':' || m.line_no || ':' || w.revision || ':' || m.stock_item_id
+    FROM w_move AS m JOIN w_order AS w USING (sod_number)
+    ORDER BY m.sod_number, m.line_no
+    """,
     """
     CREATE TEMP TABLE w_item ON COMMIT DROP AS
-    WITH ins AS (
-        INSERT INTO stock_movement (stock_item_id, quantity, kind, sod_number, line_no, idempotency_key)
-        SELECT m.stock_item_id, m.delta,
-               CASE WHEN m.current = 0 THEN 'CONSUMPTION' WHEN m.target = 0 THEN 'RETURN' ELSE 'CORRECTION' END,
-               m.sod_number, m.line_no,
-               'order:' || m.sod_number || ':' || m.line_no || ':' || w.revision || ':' || m.stock_item_id
-        FROM w_move AS m JOIN w_order AS w USING (sod_number)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING stock_item_id, quantity
-    )
-    SELECT stock_item_id AS id, sum(quantity)::bigint AS delta FROM ins GROUP BY 1
+    SELECT stock_item_id AS id, sum(delta)::bigint AS delta FROM w_move GROUP BY 1
     """,
 ]
 
 # Hot rows last, each table in key order, and the tables always in this order:
-# customer stats (with customer_stat_cum, by trigger), stock items, dashboard buckets.
+# customer stats (customer_stat_month, then customer_stat_cum), stock items, dashboard buckets.
 # Rows any concurrent writer may want are locked from here to the commit only; import
 # chunks applied side by side run APPLY concurrently and this part one at a time.
 APPLY_HOT: list[LiteralString] = [
+    # The customers' monthly deltas, folded into customer_stat_month and then, once, into
+    # customer_stat_cum: under nexes.customer_stat_by_caller the triggers of both stand
+    # aside (0024, 0027), so nothing counts twice.
     """
-    INSERT INTO customer_stat_month AS m (month, currency, customer_id, order_count, total_amount)
-    SELECT month, currency, customer_id, sum(n), sum(amount)
+    CREATE TEMP TABLE w_customer_stat ON COMMIT DROP AS
+    SELECT month, currency, customer_id, sum(n)::bigint AS n, sum(amount) AS amount
     FROM (
         SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
                1 AS n, total_amount AS amount
@@ -286,9 +294,17 @@ APPLY_HOT: list[LiteralString] = [
     ) AS delta
     GROUP BY 1, 2, 3
     HAVING sum(n) <> 0 OR sum(amount) <> 0
+    """,
+    """
+    INSERT INTO customer_stat_month AS m (month, currency, customer_id, order_count, total_amount)
+    SELECT month, currency, customer_id, n, amount FROM w_customer_stat
     ORDER BY 1, 2, 3
     ON CONFLICT (month, currency, customer_id) DO UPDATE
     SET order_count = m.order_count + excluded.order_count, total_amount = m.total_amount + excluded.total_amount
+    """,
+    """
+    SELECT customer_stat_cum_add(ARRAY(
+        SELECT ROW(month, currency, customer_id, n, amount)::customer_stat_month FROM w_customer_stat))
     """,
     "SET LOCAL nexes.customer_stat_by_caller = off",
     # NO KEY UPDATE, the lock UPDATE takes anyway: it does not conflict with the KEY SHARE

@@ -44,7 +44,20 @@ def ensure(conn: psycopg.Connection, *, years_back: int, quarters_ahead: int, to
     last = quarter_start(today)
     for _ in range(quarters_ahead):
         last = next_quarter(last)
-    return ensure_range(conn, first, last)
+    created = ensure_range(conn, first, last)
+    # The top-customers rollup keeps a row per customer and year up to its horizon
+    # (0022), and an order of year Y writes one row per year from Y to there. Rolled in
+    # December, the new year's first order finds its rows made; rolled no earlier, the
+    # current year's orders write one row each, not two, for eleven months (0027).
+    # An order dated past the horizon rolls it itself (customer_stat_cum_add).
+    if conn.execute("SELECT to_regproc('customer_stat_cum_roll')").fetchone() != (None,):
+        conn.execute("SELECT customer_stat_cum_roll(%s)", [cum_horizon(today)])
+    return created
+
+
+def cum_horizon(today: date) -> int:
+    """The year customer_stat_cum is kept up to: this one, or the next in December."""
+    return today.year + (today.month == 12)
 
 
 def ensure_range(conn: psycopg.Connection, first: date, last: date) -> int:
@@ -68,8 +81,4 @@ def ensure_range(conn: psycopg.Connection, first: date, last: date) -> int:
                 )
             )
             created += 1
-    # The top-customers rollup keeps a row per customer up to its horizon year; moving the
-    # horizon with the partitions spares the first order of a new year that work (0022).
-    if conn.execute("SELECT to_regproc('customer_stat_cum_roll')").fetchone() != (None,):
-        conn.execute("SELECT customer_stat_cum_roll(%s)", [last.year])
     return created
