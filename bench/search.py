@@ -108,7 +108,7 @@ def bench_reindex(settings: Any) -> dict[str, Any]:
     ]:
         client.collections[name].delete()
     before = typesense_memory(settings)
-    report = reindex(settings, client, batch=5_000)
+    report = reindex(settings, client)  # NEXES_REINDEX_BATCH documents a request
     time.sleep(2)
     after = typesense_memory(settings)
     per_million = (after - before) / max(report.documents, 1) * 1_000_000

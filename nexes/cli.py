@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.set_defaults(func=cmd_reconcile)
     reindex = sub.add_parser("reindex", help="rebuild the search index from a replica and swap the alias")
-    reindex.add_argument("--batch", type=int, default=5_000, help="documents per import request (default 5000)")
+    reindex.add_argument(
+        "--batch", type=int, default=None, help="documents per import request (default NEXES_REINDEX_BATCH, 20000)"
+    )
     reindex.set_defaults(func=cmd_reindex)
     sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
         func=cmd_schema

@@ -28,13 +28,17 @@ def test_a_movement_naming_a_missing_stock_item_is_refused_with_the_missing_id(s
                 "VALUES (%s, 1, 'RECEIPT', 'ref:a'), (%s, 1, 'RECEIPT', 'ref:b')",
                 [item, missing],
             )
-        assert caught.value.diag.message_detail == f'Key (stock_item_id)=({missing}) is not present in table "stock_item".'
+        assert (
+            caught.value.diag.message_detail == f'Key (stock_item_id)=({missing}) is not present in table "stock_item".'
+        )
         conn.rollback()
 
 
 def test_a_line_naming_a_missing_stock_item_is_refused_on_insert_and_on_update(seeded: Settings) -> None:
     with psycopg.connect(seeded.admin_url) as conn:
-        line = conn.execute("SELECT order_id, created_at, line_no, stock_item_id FROM service_order_line LIMIT 1").fetchone()
+        line = conn.execute(
+            "SELECT order_id, created_at, line_no, stock_item_id FROM service_order_line LIMIT 1"
+        ).fetchone()
         assert line
         order_id, created_at, _, _ = line
         with pytest.raises(errors.ForeignKeyViolation):
@@ -46,7 +50,8 @@ def test_a_line_naming_a_missing_stock_item_is_refused_on_insert_and_on_update(s
         conn.rollback()
         with pytest.raises(errors.ForeignKeyViolation):
             conn.execute(
-                "UPDATE service_order_line SET stock_item_id = -1 WHERE order_id = %s AND created_at = %s AND line_no = %s",
+                "UPDATE service_order_line SET stock_item_id = -1 "
+                "WHERE order_id = %s AND created_at = %s AND line_no = %s",
                 line[:3],
             )
         conn.rollback()

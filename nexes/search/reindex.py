@@ -74,11 +74,13 @@ def reindex(
     settings: Settings,
     client: typesense.Client,
     *,
-    batch: int = 5_000,
+    batch: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReindexReport:
-    """Build, swap, drop the old version. `progress(done, estimated_total)` after each batch."""
+    """Build, swap, drop the old version, `batch` documents a request (default:
+    `settings.reindex_batch`). `progress(done, estimated_total)` after each batch."""
     started = time.monotonic()
+    batch = batch or settings.reindex_batch
     alias = settings.typesense_collection
     name = collection.versioned_name(alias)
     replica_url = settings.replica_urls[0] if settings.replica_urls else settings.primary_url
