@@ -307,8 +307,9 @@ APPLY_HOT: list[LiteralString] = [
         SELECT ROW(month, currency, customer_id, n, amount)::customer_stat_month FROM w_customer_stat))
     """,
     "SET LOCAL nexes.customer_stat_by_caller = off",
-    # NO KEY UPDATE, the lock UPDATE takes anyway: it does not conflict with the KEY SHARE
-    # locks that foreign keys (lines, movements) take, so it cannot deadlock with them.
+    # NO KEY UPDATE, the lock UPDATE takes anyway. It did not conflict with the KEY SHARE
+    # locks the foreign keys of lines and movements took (FOR UPDATE deadlocked with them);
+    # since 0028 their references are checked per statement, without row locks.
     """
     SELECT s.id FROM stock_item AS s WHERE s.id IN (SELECT id FROM w_item WHERE delta <> 0)
     ORDER BY s.id FOR NO KEY UPDATE
