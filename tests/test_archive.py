@@ -74,8 +74,17 @@ def wait_for_replica(settings: Settings) -> None:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone() or ("",)
     url = (settings.replica_admin_urls or settings.replica_urls)[0]
-    with psycopg.connect(url, autocommit=True) as replica:
-        deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30
+    while True:
+        # The test's database is new: a replica behind (replay waits on a conflicting
+        # query up to max_standby_streaming_delay) has not created it yet.
+        try:
+            replica = psycopg.connect(url, autocommit=True)
+            break
+        except psycopg.OperationalError as exc:
+            assert time.monotonic() < deadline, f"the replica has not made the database in 30 s: {exc}"
+            time.sleep(0.1)
+    with replica:
         while replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]).fetchone() != (True,):
             assert time.monotonic() < deadline, "the replica did not catch up in 30 s"
             time.sleep(0.05)
