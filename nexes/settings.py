@@ -71,10 +71,9 @@ class Settings:
     # 1M-row backlog drained in 75 s at 5,000 against 142 s at 1,000 (bench/README.md
     # "Search"); a quiet outbox makes small batches whatever this says.
     search_sync_batch: int = 5_000
-    # Documents per bulk import of a reindex. Typesense indexes a request's documents in
-    # parallel, and pays per request: 20,000 a request made a 1M reindex 14% faster than
-    # 5,000 on two cores (bench/README.md "Search"); the reindexer holds one batch read
-    # ahead and one in flight, about 40 MB at this size.
+    # Documents per bulk import of a reindex (one batch read ahead, one in flight).
+    # Typesense pays per request: 20,000 a request made a 1M reindex 12% faster on
+    # average than 5,000 on two cores (bench/README.md "Search").
     reindex_batch: int = 20_000
     search_sweep_seconds: float = 2.0
     search_breaker_failures: int = 3
