@@ -29,6 +29,7 @@ import pytest
 
 from bench.gen_import import generate_csv
 from nexes import settings as settings_module
+from nexes.db import import_apply
 from nexes.db.conninfo import for_role
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
@@ -714,6 +715,88 @@ def test_a_job_taken_over_after_its_lease_ran_out_ends_as_a_clean_run(
     assert import_runner.run(job, settings) == "PARTIAL"
     assert outcome(db, job, "TAKEN") == clean
     assert import_runner.run(job, settings) == "skipped"
+    assert_invariants(import_db)
+
+
+def _lose_staged_rows(db: psycopg.Connection, job: int) -> int:
+    """What a server crash (or a failover) does to the job's staged rows: import_row is
+    unlogged and comes back empty. Faked by a DELETE: crashing the shared stack's primary
+    (pg_ctl stop -m immediate) would take its replica and every other test with it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not job_row(db, job)["applied_through"]:
+        time.sleep(0.005)
+    return db.execute("DELETE FROM import_row WHERE job_id = %s", [job]).rowcount
+
+
+def test_staged_rows_lost_between_runs_are_staged_again_and_the_job_ends_as_a_clean_run(
+    import_db: Settings, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    settings = replace(import_db, import_chunk_orders=3)
+    clean_job, result = run_file(settings, with_bad_rows(generated(tmp_path, 120, "LOSTA", seed_=7), "LOSTA"))
+    assert result == "PARTIAL"
+    clean = outcome(db, clean_job, "LOSTA")
+
+    job = store(settings, with_bad_rows(generated(tmp_path, 120, "LOSTB", seed_=7), "LOSTB"))
+    results: list[str] = []
+
+    def work() -> None:
+        try:
+            results.append(import_runner.run(job, settings))
+        except import_apply.StagedRowsLost:  # a chunk saw the rows gone before the lease
+            results.append("rows-lost")
+
+    first = threading.Thread(target=work)
+    first.start()
+    # Mid-apply the server "crashes": the rows go, and the worker with it (its lease is
+    # taken away, so it stops at its next chunk without committing it).
+    with db.transaction():
+        lost = _lose_staged_rows(db, job)
+        db.execute(
+            "UPDATE import_job SET lease_owner = 'crashed', lease_until = now() - interval '1 second' WHERE id = %s",
+            [job],
+        )
+    first.join(60)
+    assert lost > 0 and results in (["lease-lost"], ["rows-lost"])
+    state = job_row(db, job)
+    assert state["status"] == "RUNNING" and state["applied_through"]
+
+    assert import_runner.run(job, settings) == "PARTIAL"
+    assert outcome(db, job, "LOSTB") == clean
+    assert db.execute("SELECT count(*) FROM import_row WHERE job_id = %s", [job]).fetchone() == (0,)
+    assert_invariants(import_db)
+
+
+def test_staged_rows_lost_while_a_worker_applies_fail_the_run_and_the_retry_ends_as_a_clean_run(
+    import_db: Settings, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The worker lives on through the "crash" (its pool reconnects): its chunks find no
+    rows. It must not checkpoint past orders it never applied, nor call the job done."""
+    settings = replace(import_db, import_chunk_orders=3, import_apply_parallel=1)
+    clean_job, result = run_file(settings, with_bad_rows(generated(tmp_path, 120, "LOSTC", seed_=8), "LOSTC"))
+    assert result == "PARTIAL"
+    clean = outcome(db, clean_job, "LOSTC")
+
+    job = store(settings, with_bad_rows(generated(tmp_path, 120, "LOSTD", seed_=8), "LOSTD"))
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            failures.append(RuntimeError(f"finished as {import_runner.run(job, settings)}"))
+        except Exception as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    lost = _lose_staged_rows(db, job)
+    worker.join(60)
+    assert lost > 0
+    assert len(failures) == 1 and "staged rows" in str(failures[0]), failures
+    state = job_row(db, job)
+    assert state["status"] == "RUNNING" and state["finished_at"] is None
+    assert len(orders(db, "LOSTD")) < 120, "every order landed before the rows went: nothing was tested"
+
+    assert import_runner.run(job, settings) == "PARTIAL"
+    assert outcome(db, job, "LOSTD") == clean
     assert_invariants(import_db)
 
 

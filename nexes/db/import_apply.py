@@ -46,9 +46,14 @@ RETURNING cancel_requested
 RELEASE = "UPDATE import_job SET lease_until = now() WHERE id = %(job)s AND lease_owner = %(owner)s"
 
 STAGED_COUNT = "SELECT count(*) FROM import_row WHERE job_id = %(job)s"
+# Staging again from the start (import_row lost its rows): back to the `stage` phase;
+# `applied_through` stays, so the apply then resumes after the last committed chunk.
 RESET_STAGE = """
-WITH gone AS (DELETE FROM import_row WHERE job_id = %(job)s)
-UPDATE import_job SET staged_rows = 0 WHERE id = %(job)s AND lease_owner = %(owner)s
+WITH job AS (
+    UPDATE import_job SET staged_rows = 0, phase = 'stage' WHERE id = %(job)s AND lease_owner = %(owner)s
+    RETURNING id
+)
+DELETE FROM import_row WHERE job_id IN (SELECT id FROM job)
 """
 
 COPY_ROWS: LiteralString = (
@@ -214,12 +219,22 @@ RETURNING status::text
 DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
 
 
+class StagedRowsLost(RuntimeError):
+    """import_row lost the job's rows (a server crash empties an unlogged table, and so
+    does a failover: a promoted replica has none): the job must stage again."""
+
+
 def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
     """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
     transaction, first part: the checks and the chunk's own rows (orders, lines,
     movements), nothing another chunk of the same job waits for, so chunks can run
     this part side by side. run_chunk_hot finishes the chunk."""
-    for statement in CHUNK:
+    rows = conn.execute(CHUNK[0], params).rowcount
+    if rows < 1:
+        # NEXT_UPTO saw at least one row in (after, upto]: none now means the staged
+        # rows are gone, and committing this chunk's checkpoint would skip its orders.
+        raise StagedRowsLost(f"import job {params['job']}: no staged rows in ({params['after']!r}, {params['upto']!r}]")
+    for statement in CHUNK[1:]:
         conn.execute(statement, params if "%(" in statement else None)
     conn.execute(order_write.APPLY_COLD_SCRIPT)
 

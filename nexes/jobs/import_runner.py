@@ -129,9 +129,16 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
     heartbeat = Heartbeat(pool, params, max(0.5, settings.import_lease_seconds / 3))
     heartbeat.start()
     try:
+        if phase == "apply" and not _staged_intact(pool, params, staged_rows):
+            phase, staged_rows = "stage", 0  # _staged_intact has reset the stage
         if phase == "stage":
             _stage(pool, params, staged_rows, heartbeat, stage_batch_rows(settings))
         _apply(pool, params, settings, heartbeat)
+        if not _staged_intact(pool, params, None):
+            # The rows went while this run applied them (the server restarted, and the
+            # pool reconnected): the chunks found nothing more to do, which is not the
+            # same as done. The retry stages again and resumes after the checkpoint.
+            raise sql.StagedRowsLost(f"import job {job_id}: staged rows lost while applying")
         return _finish(pool, params, settings, None, None)
     except importfile.FileError as exc:
         log.info("import %d: the file cannot be imported: %s", job_id, exc.message)
@@ -179,17 +186,30 @@ def _check(heartbeat: Heartbeat) -> None:
         raise Cancelled
 
 
+def _staged_intact(pool: ConnectionPool, params: dict[str, Any], staged_rows: int | None) -> bool:
+    """Whether import_row holds the job's `staged_rows` rows (None: as many as the job
+    row says). import_row is unlogged: a server crash or a failover empties it. When it
+    does not, the stage is reset (back to the `stage` phase, nothing staged), so the job
+    stages again from the start and then resumes applying after its checkpoint."""
+    with pool.connection() as conn, conn.transaction():
+        if staged_rows is None:
+            row = conn.execute("SELECT staged_rows FROM import_job WHERE id = %(job)s", params).fetchone()
+            staged_rows = int(row[0]) if row else 0
+        row = conn.execute(sql.STAGED_COUNT, params).fetchone()
+        found = int(row[0]) if row else 0
+        if found == staged_rows:
+            return True
+        log.warning("import %d: %d staged rows found, %d expected; staging again", params["job"], found, staged_rows)
+        conn.execute(sql.RESET_STAGE, params)
+        return False
+
+
 def _stage(
     pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heartbeat: Heartbeat, batch_rows: int
 ) -> None:
     job = params["job"]
-    with pool.connection() as conn:
-        row = conn.execute(sql.STAGED_COUNT, params).fetchone()
-        if row is None or row[0] != staged_rows:
-            # import_row is unlogged: a server crash empties it. Stage again from the start.
-            log.info("import %d: %s staged rows found, %d expected; staging again", job, row and row[0], staged_rows)
-            conn.execute(sql.RESET_STAGE, params)
-            staged_rows = 0
+    if not _staged_intact(pool, params, staged_rows):
+        staged_rows = 0
     with _upload_file(pool, job) as file:
         fmt = importfile.detect_format(file.read(8192))
         file.seek(0)
