@@ -125,6 +125,7 @@ BROKEN = [
     ("description", "d" * 2_001, "2,001 characters long; at most 2,000"),
     ("currency", "EURO", '"EURO" is not an ISO 4217 code'),
     ("currency", "E1R", '"E1R"'),
+    ("currency", "XYZ", '"XYZ" is not an ISO 4217 code'),  # three letters, but no currency
     ("line_no", "0", '"0" is not a whole number from 1 to 999'),
     ("line_no", "1000", '"1000"'),
     ("line_no", "1.5", '"1.5"'),

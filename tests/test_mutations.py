@@ -250,6 +250,7 @@ async def test_cancel_gives_stock_back_exactly_once(client: httpx.AsyncClient, d
         ({"sodNumber": "bad sod!"}, "BAD_USER_INPUT", "sodNumber"),
         ({"sodNumber": "X" * 41}, "BAD_USER_INPUT", "sodNumber"),
         ({"currency": "EURO"}, "BAD_USER_INPUT", "currency"),
+        ({"currency": "XYZ"}, "BAD_USER_INPUT", "currency"),
         ({"description": "x" * 2001}, "BAD_USER_INPUT", "description"),
         ({"customerCode": "NOPE-1"}, "UNKNOWN_CUSTOMER", "customerCode"),
         ({"customerCode": None, "customerId": "bm90LWFuLWlk"}, "BAD_USER_INPUT", "customerId"),

@@ -19,6 +19,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any, BinaryIO, Literal
 
+from nexes.currencies import is_currency
 from nexes.errors import Code
 
 COLUMNS: tuple[str, ...] = (
@@ -186,9 +187,9 @@ def _description(s: str) -> object:
 
 def _currency(s: str) -> object:
     code = s.strip().upper()
-    if len(code) == 3 and code.isascii() and code.isalpha():
+    if is_currency(code):
         return code
-    return _Bad(f"currency {_shown(s)} is not an ISO 4217 code of 3 letters, such as EUR or USD")
+    return _Bad(f"currency {_shown(s)} is not an ISO 4217 code, such as EUR or USD")
 
 
 def _integer(column: str, high: int) -> Callable[[str], object]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from nexes.currencies import is_currency
 from nexes.db import master_write as db
 from nexes.db import orders as orders_db
 from nexes.errors import Code, NexesError
@@ -28,7 +29,6 @@ from nexes.search.trigger import after_commit
 SOD = re.compile(r"[A-Za-z0-9-]{1,40}")
 CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
 SKU = re.compile(r"[A-Za-z0-9._-]{1,40}")
-CURRENCY = re.compile(r"[A-Z]{3}")
 REFERENCE = re.compile(r"[\x21-\x7e]{1,100}")
 log = logging.getLogger(__name__)
 MAX_LINES = 999
@@ -110,8 +110,8 @@ def check_order_fields(order: OrderIn, errors: list[UserError]) -> None:
         errors.append(
             user_error(Code.BAD_USER_INPUT, f"description is longer than {MAX_DESCRIPTION:,} characters", "description")
         )
-    if not CURRENCY.fullmatch(order.currency):
-        errors.append(user_error(Code.BAD_USER_INPUT, "currency must be 3 letters (ISO 4217), e.g. EUR", "currency"))
+    if not is_currency(order.currency):
+        errors.append(user_error(Code.BAD_USER_INPUT, "currency must be an ISO 4217 code, e.g. EUR", "currency"))
     if (order.customer_id is None) == (order.customer_code is None):
         errors.append(user_error(Code.BAD_USER_INPUT, "give exactly one of customerId and customerCode", "customerId"))
 
