@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -65,6 +66,8 @@ def test_drift_in_dashboard_stat_is_found_corrected_and_recorded(fresh_db: Setti
     assert ("dashboard_stat", f"{day} {status} {currency}") in {(d[0], d[1]) for d in drift}
     kept_too_high = next(d for d in drift if d[1] == f"{day} {status} {currency}")
     assert kept_too_high[3] - kept_too_high[2] == 7 and kept_too_high[4] is True
+    amount_too_high = next(d for d in drift if d[1] == f"{day} {status} {currency} amount")
+    assert amount_too_high[3] - amount_too_high[2] == 1 and amount_too_high[4] is True
     assert [d[0] for d in drift].count("on_hand") == 1
     assert ("line_ledger", f"{line[0]} line {line[1]}") in {(d[0], d[1]) for d in drift}
     # The stats are right again (the monthly rollup too); stock is reported, not rewritten.
@@ -135,7 +138,68 @@ def test_drift_in_customer_stat_month_is_found_corrected_and_recorded(fresh_db: 
         ).fetchall()
         assert check_all(conn) == []
     month, currency, customer_id = bucket
-    assert drift == [(f"{month} {currency} customer {customer_id}", drift[0][1], drift[0][1] + 2, True)]
+    counts, amounts = sorted(drift)
+    assert counts == (f"{month} {currency} customer {customer_id}", counts[1], counts[1] + 2, True)
+    assert amounts == (f"{month} {currency} customer {customer_id} amount", amounts[1], amounts[1] + 10, True)
+
+
+def test_drift_in_an_amount_alone_is_recorded_with_the_amounts(fresh_db: Settings) -> None:
+    seed(fresh_db.admin_url, 300, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        bucket = conn.execute(
+            "SELECT day, status::text, currency, total_amount FROM dashboard_stat ORDER BY day DESC LIMIT 1"
+        ).fetchone()
+        assert bucket is not None
+        conn.execute(
+            "UPDATE dashboard_stat SET total_amount = total_amount - 12.34 "
+            "WHERE day = %s AND status = %s::order_status AND currency = %s",
+            bucket[:3],
+        )
+    report = reconcile(fresh_db.admin_url)
+    assert report.stat_corrections == 1
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        drift = conn.execute(
+            "SELECT bucket, expected, found FROM stat_drift WHERE run_id = %s AND check_name = 'dashboard_stat' "
+            "ORDER BY bucket",
+            [report.run_id],
+        ).fetchall()
+        assert check_all(conn) == []
+    day, status, currency, amount = bucket
+    name = f"{day} {status} {currency}"
+    # The count row says the count was right; the amount row says by how much the amount was not.
+    assert [d[0] for d in drift] == [name, f"{name} amount"]
+    assert drift[0][1] == drift[0][2]
+    assert (drift[1][1], drift[1][2]) == (amount, amount - Decimal("12.34"))
+
+
+def test_stock_below_zero_is_reported_as_negative_stock_and_not_as_drift(fresh_db: Settings, tmp_path: Path) -> None:
+    """Stock may go negative (an order may consume more than is on hand); reconciliation
+    reports where it does, and the ledger still explains it."""
+    from nexes.jobs.import_runner import run
+    from tests.test_import_crash import store
+
+    seed(fresh_db.admin_url, 50, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO stock_item (sku, name, on_hand) VALUES ('NEG-1', 'Scarce part', 0)")
+        customer = conn.execute("SELECT code FROM customer ORDER BY id LIMIT 1").fetchone()
+    assert customer is not None
+    created = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).replace(microsecond=0).isoformat()
+    path = tmp_path / "negative.csv"
+    path.write_text(
+        "sod_number,created_at,customer_code,status,description,currency,line_no,sku,quantity,unit_price\n"
+        f"NEG-ORDER-1,{created},{customer[0]},OPEN,Too many parts,EUR,1,NEG-1,5,10.00\n"
+    )
+    assert run(store(fresh_db, path, "negative-stock"), fresh_db) == "SUCCEEDED"
+
+    report = reconcile(fresh_db.admin_url)
+    assert (report.negative_items, report.on_hand_mismatches, report.line_mismatches) == (1, 0, 0)
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        found = conn.execute(
+            "SELECT check_name, bucket, expected, found, corrected FROM stat_drift WHERE run_id = %s "
+            "AND check_name IN ('negative_stock', 'on_hand')",
+            [report.run_id],
+        ).fetchall()
+    assert found == [("negative_stock", "NEG-1", 0, -5, False)]
 
 
 def test_drift_in_customer_stat_cum_is_found_corrected_and_recorded(fresh_db: Settings) -> None:
@@ -157,12 +221,15 @@ def test_drift_in_customer_stat_cum_is_found_corrected_and_recorded(fresh_db: Se
     assert report.customer_stat_corrections == 0
     with psycopg.connect(fresh_db.admin_url) as conn:
         drift = conn.execute(
-            "SELECT bucket, corrected FROM stat_drift WHERE run_id = %s AND check_name = 'customer_stat_cum'",
+            "SELECT bucket, found - expected, corrected FROM stat_drift "
+            "WHERE run_id = %s AND check_name = 'customer_stat_cum' ORDER BY bucket",
             [report.run_id],
         ).fetchall()
         assert check_all(conn) == []
     year, currency, customer_id = row
-    assert drift == [(f"{year} {currency} customer {customer_id}", True)]
+    # The year's closing count (before_n + n12) was right; its closing amount 7 cents short.
+    name = f"{year} {currency} customer {customer_id}"
+    assert drift == [(name, 0, True), (f"{name} amount", Decimal("-0.07"), True)]
 
 
 def test_the_december_upkeep_rolls_the_customer_totals_into_the_next_year(fresh_db: Settings) -> None:
@@ -260,4 +327,7 @@ def test_missing_and_broken_customer_stat_cum_rows_are_found_and_restored(fresh_
             [report.run_id],
         ).fetchall()
         assert check_all(conn) == []
-    assert sorted(fixed) == sorted((f"{y} {c} customer {i}",) for y, c, i in (middle, last, step))
+    # The deleted rows' amounts are missing too; the broken step moved counts only.
+    counts = [(f"{y} {c} customer {i}",) for y, c, i in (middle, last, step)]
+    amounts = [(f"{y} {c} customer {i} amount",) for y, c, i in (middle, last)]
+    assert sorted(fixed) == sorted(counts + amounts)

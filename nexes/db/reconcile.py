@@ -35,11 +35,20 @@ FROM (SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS lo, (max(created_at) 
 
 
 def _drift(
-    *, truth: str, table: str, keys: tuple[str, ...], values: tuple[str, ...], kept_where: str, figure: str
+    *,
+    truth: str,
+    table: str,
+    keys: tuple[str, ...],
+    values: tuple[str, ...],
+    kept_where: str,
+    figure: str,
+    amount: str,
 ) -> str:
     """`WITH ... drift AS (...)`: per key, truth minus kept for each value (missing = 0),
-    where any differs, with `figure` (an expression over `{r}`, the row) of both sides
-    as `expected` and `found`. Truth and kept are read in one statement's snapshot."""
+    where any differs, with `figure` (an expression over `{r}`, the row: the order count)
+    of both sides as `expected` and `found`, and `amount` (the amount) as
+    `expected_amount` and `found_amount`. Truth and kept are read in one statement's
+    snapshot."""
     key_list = ", ".join(keys)
     deltas = ",\n           ".join(f"coalesce(t.{v}, 0) - coalesce(k.{v}, 0) AS {v}" for v in values)
     differs = " OR ".join(f"{v} <> 0" for v in values)
@@ -50,7 +59,8 @@ WITH truth AS ({truth}
 ), diff AS (
     SELECT {key_list},
            {deltas},
-           coalesce({figure.format(r="t")}, 0) AS expected, coalesce({figure.format(r="k")}, 0) AS found
+           coalesce({figure.format(r="t")}, 0) AS expected, coalesce({figure.format(r="k")}, 0) AS found,
+           coalesce({amount.format(r="t")}, 0) AS expected_amount, coalesce({amount.format(r="k")}, 0) AS found_amount
     FROM truth AS t FULL JOIN kept AS k USING ({key_list})
 ), drift AS (
     SELECT * FROM diff WHERE {differs}
@@ -68,12 +78,19 @@ def _correction(
     order: tuple[str, ...],
 ) -> str:
     """The drift recorded in `stat_drift` (unless `check` is None) and added to `table`, as
-    a delta: writes that commit meanwhile moved both sides alike, so they are kept."""
+    a delta: writes that commit meanwhile moved both sides alike, so they are kept.
+
+    Each drifting bucket gets a row of its order counts, and a second one, its bucket
+    suffixed ` amount`, of its amounts when those differ (a count row whose expected
+    equals found says that only the amount drifted)."""
     recorded = (
         f"""
 , recorded AS (
     INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
-    SELECT %(run)s, '{check}', {bucket}, expected, found, true FROM drift
+    SELECT %(run)s, '{check}', {bucket} || f.suffix, f.expected, f.found, true
+    FROM drift, LATERAL (VALUES ('', expected, found), (' amount', expected_amount, found_amount))
+                    AS f(suffix, expected, found)
+    WHERE f.suffix = '' OR f.expected <> f.found
 )"""
         if check
         else ""
@@ -111,6 +128,7 @@ SLICE = _correction(
         values=("order_count", "total_amount"),
         kept_where="day >= %(lo)s AND day < %(hi)s",
         figure="{r}.order_count",
+        amount="{r}.total_amount",
     ),
     table="dashboard_stat",
     keys=("day", "status", "currency"),
@@ -135,6 +153,7 @@ CUSTOMER_SLICE = _correction(
         values=("order_count", "total_amount"),
         kept_where="month >= %(lo)s AND month < %(hi)s",
         figure="{r}.order_count",
+        amount="{r}.total_amount",
     ),
     table="customer_stat_month",
     keys=("month", "currency", "customer_id"),
@@ -206,6 +225,7 @@ def _cum_drift(truth: str, kept_where: str) -> str:
         values=CUM_COLUMNS,
         kept_where=kept_where,
         figure="{r}.before_n + {r}.n12",
+        amount="({r}.before_a + {r}.a12) / 100.0",  # kept in cents
     )
 
 
