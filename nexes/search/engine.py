@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -43,6 +43,8 @@ WORD = re.compile(r"\w", re.UNICODE)
 # A query that could be part of a SOD number: one run of SOD characters with a digit in it.
 SOD_FRAGMENT = re.compile(r"[A-Za-z0-9-]*\d[A-Za-z0-9-]*")
 BREAKER = "typesense"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
 LAYOUT_TTL = 60.0  # how long the alias's collection layout is trusted before it is read again
 # Tokens a SOD fragment's prefix may expand to: Typesense's default (4) would find 4 of
 # the 300 orders whose numbers hold a 5-digit fragment at 10M; 1,000 costs 12 ms there
@@ -98,11 +100,32 @@ def filter_by(query: SearchQuery) -> str:
     parts = []
     if query.statuses:
         parts.append("status:=[" + ",".join(query.statuses) + "]")
+    # A document's created_at is its order's time in whole epoch seconds, rounded down (an
+    # order at 10:00:00.7 holds 10:00:00); the collection's schema stays so. For a whole
+    # second S, t >= S exactly when floor(t) >= S, and t < S exactly when floor(t) < S: so
+    # whole-second bounds are exact. A fractional bound is rounded inwards, so that no order
+    # outside [createdFrom, createdTo) comes back. createdFrom goes up: from=10:00:00.5 as
+    # 10:00:00 would let in an order at 10:00:00.2. createdTo goes down: to=10:00:00.5 as
+    # 10:00:01 would let in an order at 10:00:00.7 (it holds 10:00:00). What remains
+    # imprecise: Typesense leaves out the orders inside the fractional second at either end,
+    # [from, ceil(from)) and [floor(to), to), which the pg_trgm fallback, comparing exact
+    # timestamps, returns. (Orders before 1970 are stored rounded towards zero, i.e. up:
+    # bounds there are not exact to the second.)
     if query.created_from is not None:
-        parts.append(f"created_at:>={int(query.created_from.timestamp())}")
+        parts.append(f"created_at:>={epoch_ceil(query.created_from)}")
     if query.created_to is not None:
-        parts.append(f"created_at:<{int(query.created_to.timestamp())}")
+        parts.append(f"created_at:<{epoch_floor(query.created_to)}")
     return " && ".join(parts)
+
+
+def epoch_floor(moment: datetime) -> int:
+    """Whole epoch seconds at or before `moment` (integer arithmetic: no float rounding)."""
+    return (moment - EPOCH) // SECOND
+
+
+def epoch_ceil(moment: datetime) -> int:
+    """Whole epoch seconds at or after `moment`."""
+    return -((EPOCH - moment) // SECOND)
 
 
 def _paging(query: SearchQuery) -> tuple[int, int, int]:
@@ -157,9 +180,13 @@ class SearchService:
             slots.release()
 
     async def _search(self, query: SearchQuery, router: Router) -> Found:
+        # A page Typesense cannot serve is the client's error: refused here, whichever engine
+        # would answer, since raised inside the breaker it would count as a Typesense failure
+        # and a few such requests would send every user's search to the fallback.
+        paging = _paging(query)
         try:
             async with await self.breakers.get_breaker(BREAKER):
-                found = await asyncio.wait_for(self._typesense(query), self.settings.typesense_timeout)
+                found = await asyncio.wait_for(self._typesense(query, paging), self.settings.typesense_timeout)
         except OpenedState:
             found = await self._postgres(query, router)
         except (TypesenseClientError, httpx.HTTPError, TimeoutError, OSError) as exc:
@@ -183,8 +210,8 @@ class SearchService:
             self._layout = (now, fields)
         return self._layout[1]
 
-    async def _typesense(self, query: SearchQuery) -> Found:
-        page, per_page, skip = _paging(query)
+    async def _typesense(self, query: SearchQuery, paging: tuple[int, int, int]) -> Found:
+        page, per_page, skip = paging
         params: dict[str, Any] = {
             "q": query.text,
             "query_by": collection.QUERY_BY,
