@@ -292,7 +292,17 @@ def main() -> None:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=["seed", "api", "pages", "import", "import-load", "import-statements", "reconcile", "all"],
+        choices=[
+            "seed",
+            "api",
+            "pages",
+            "import",
+            "import-load",
+            "import-statements",
+            "import-recovery",
+            "reconcile",
+            "all",
+        ],
         default="all",
     )
     parser.add_argument("--orders", type=int, default=None, help="seed: 10M; import: 1M; import-load: 300k")
@@ -301,14 +311,17 @@ def main() -> None:
     parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
     parser.add_argument("--workers", type=int, default=1, help="Nexes workers (PostGraphile runs one process)")
     parser.add_argument("--ports", type=int, nargs=2, default=(NEXES_PORT, PEER_PORT), metavar=("NEXES", "PEER"))
+    parser.add_argument("--kills", type=int, default=3, help="import-recovery: SIGKILLs of the worker")
     args = parser.parse_args()
-    if args.what in ("import", "import-load", "import-statements", "reconcile"):
+    if args.what in ("import", "import-load", "import-statements", "import-recovery", "reconcile"):
         from bench import write_path  # it imports this module's helpers
 
         if args.what == "import":
             write_path.bench_import(args.orders or 1_000_000, args.py_spy)
         elif args.what == "import-load":
             write_path.bench_import_load(args.orders or 300_000, args.requests)
+        elif args.what == "import-recovery":
+            write_path.bench_recovery(args.orders or 200_000, args.kills)
         elif args.what == "import-statements":
             write_path.apply_statements(args.orders or 5_000, chunks=3)
         else:

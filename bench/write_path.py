@@ -3,6 +3,7 @@
     python -m bench.run import [--orders 1000000] [--py-spy /tmp/pyspy/bin/py-spy]
     python -m bench.run import-load [--orders 300000] [--requests 2000]
     python -m bench.run import-statements [--orders 5000]
+    python -m bench.run import-recovery [--orders 200000] [--kills 3]
     python -m bench.run reconcile
 
 Imports go the way `nexes import FILE` sends them (the file stored in PostgreSQL, the
@@ -14,8 +15,10 @@ take theirs).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import random
 import re
 import signal
 import statistics
@@ -241,6 +244,82 @@ def bench_import(orders: int, py_spy: str | None) -> None:
     )
     if stacks:
         report(bench="import-py-spy", **stacks)
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def bench_recovery(orders: int, kills: int) -> None:
+    """A SIGKILLed worker's job, with the default lease and sweep: seconds from the kill
+    until another worker holds the job and its checkpoint moves again.
+
+    The worker (`dramatiq nexes.jobs`, parent and children) is SIGKILLed `kills` times at
+    random moments of the apply phase and started again at once, as `nexes dev` (`make
+    run`) restarts it; `nexes scheduler` runs its sweep throughout. Nothing in the
+    environment shortens the lease (20 s) or the sweep (10 s)."""
+    shorteners = ("NEXES_IMPORT_LEASE_SECONDS", "NEXES_IMPORT_SWEEP_SECONDS")
+    env = {k: v for k, v in worker_env().items() if k not in shorteners}
+    conninfo = admin_url(env)
+    dramatiq = [str(Path(sys.executable).parent / "dramatiq"), "nexes.jobs", "--processes", "1", "--threads", "2"]
+    scheduler_cmd = [sys.executable, "-m", "nexes.cli", "scheduler"]
+    rng = random.Random(4)
+    recoveries: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
+        log = Path(tmp) / "processes.log"
+        path, _ = make_file(Path(tmp), orders, "R")
+        scheduler = _start(scheduler_cmd, env, log)
+        worker = _start(dramatiq, env, log)
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                job_id = store(env, path)
+                lease = "SELECT lease_owner, applied_through, status::text FROM import_job WHERE id = %s"
+                for _ in range(kills):
+                    deadline = time.monotonic() + 600
+                    while not applying(conn, job_id) and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    time.sleep(rng.uniform(1.0, 6.0))
+                    row = conn.execute(lease, [job_id]).fetchone()
+                    assert row is not None
+                    if row[2] != "RUNNING":
+                        break  # finished before this kill: fewer kills than asked
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait()
+                    killed_at, owner, through = time.monotonic(), row[0], row[1]
+                    worker = _start(dramatiq, env, log)
+                    while time.monotonic() - killed_at < 600:
+                        now = conn.execute(lease, [job_id]).fetchone()
+                        assert now is not None
+                        if now[2] != "RUNNING" or (now[0] not in (None, owner) and now[1] != through):
+                            break
+                        time.sleep(0.2)
+                    recoveries.append(round(time.monotonic() - killed_at, 1))
+                state, _ = wait_final(conn, job_id)
+        finally:
+            _stop(worker)
+            _stop(scheduler)
+    report(
+        bench="import-recovery",
+        orders=orders,
+        kills=len(recoveries),
+        resumed_after_s=recoveries,
+        worst_s=max(recoveries, default=None),
+        outcome={k: state[k] for k in ("status", "inserted", "updated", "unchanged", "failed")},
+        lease_s=settings_module.load(env).import_lease_seconds,
+        sweep_s=settings_module.load(env).import_sweep_seconds,
+        code=code_state(),
+    )
 
 
 def latencies(client: httpx.Client, url: str, count: int, keep_going: Any = None) -> dict[str, Any]:
