@@ -248,9 +248,13 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> None:
+    from nexes.observability import configure_tracing
+
+    settings = _settings()
+    configure_tracing(settings, "nexes-scheduler")  # before nexes.jobs would configure it as a worker
     from nexes.jobs import scheduler
 
-    scheduler.run(_settings())
+    scheduler.run(settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
@@ -366,13 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that do their work in this process and end: each is one trace (SQL, Typesense,
+# and the jobs it sends). `serve` and `dev` configure tracing in the processes they start.
+TRACED_COMMANDS = frozenset({"migrate", "seed", "partitions", "archive", "import", "reconcile", "reindex"})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if args.command not in TRACED_COMMANDS:
+        args.func(args)
+        return
+    from opentelemetry import trace
+
+    from nexes.observability import configure_tracing
+
+    configure_tracing(_settings(), "nexes-cli")
+    with trace.get_tracer(__name__).start_as_current_span(f"nexes {args.command}"):
+        args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Request identity for logs and SQL: the request id contextvar, JSON logs, SQL comments.
+"""Request identity for logs and SQL: the request id, the trace context, JSON logs, SQL comments.
 
 `sql_comment()` is the one audited place where text is added to SQL: it is built
 only from values that passed `valid_request_id` / `TRACEPARENT`, so it can hold no
 quote, no `*/` and no `%`.
+
+Traces are OpenTelemetry's (DESIGN.md §9): `configure_tracing` installs the SDK once
+per process when the standard OTEL_* variables name an OTLP endpoint. Without one,
+only the API's no-op tracer runs: it records nothing and costs next to nothing, yet a
+W3C `traceparent` that came in still becomes the current span context, so logs, SQL
+comments and job messages carry it. `current_traceparent()` is what they all read.
 """
 
 from __future__ import annotations
@@ -11,16 +17,34 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Link
+    from opentelemetry.trace.span import SpanContext, TraceState
+    from opentelemetry.util.types import Attributes
+
+    from nexes.settings import Settings
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 request_id_var: ContextVar[str | None] = ContextVar("nexes_request_id", default=None)
+# The trace context of a job when no span is current (set by the import runner from its
+# message or its stored job); `current_traceparent()` prefers the current span's.
 traceparent_var: ContextVar[str | None] = ContextVar("nexes_traceparent", default=None)
+W3C = TraceContextTextMapPropagator()
 # Statements sent and time spent in the database for the current request.
 sql_stats_var: ContextVar[list[float] | None] = ContextVar("nexes_sql_stats", default=None)
 
@@ -34,15 +58,40 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def format_traceparent(span_context: SpanContext) -> str:
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, else `traceparent_var`, else None."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return format_traceparent(span_context)
+    return traceparent_var.get()
+
+
+def extract_traceparent(traceparent: str | None, tracestate: str | None = None) -> Context | None:
+    """The context that continues a W3C `traceparent` (None when there is none, or it is malformed)."""
+    if not traceparent:
+        return None
+    carrier = (
+        {"traceparent": traceparent} if tracestate is None else {"traceparent": traceparent, "tracestate": tracestate}
+    )
+    context = W3C.extract(carrier)
+    return context if trace.get_current_span(context).get_span_context().is_valid else None
+
+
 def sql_comment() -> str:
-    """The sqlcommenter-style comment for the current request, or '' outside one."""
+    """The sqlcommenter-style comment for the current request or job, or '' outside one."""
     request_id = valid_request_id(request_id_var.get())
+    traceparent = current_traceparent()
+    if traceparent is not None and not TRACEPARENT.fullmatch(traceparent):
+        traceparent = None
     if request_id is None:
-        return ""
-    traceparent = traceparent_var.get()
-    if traceparent is not None and TRACEPARENT.fullmatch(traceparent):
-        return f"/*request_id='{request_id}',traceparent='{traceparent}'*/ "
-    return f"/*request_id='{request_id}'*/ "
+        return "" if traceparent is None else f"/*traceparent='{traceparent}'*/ "
+    if traceparent is None:
+        return f"/*request_id='{request_id}'*/ "
+    return f"/*request_id='{request_id}',traceparent='{traceparent}'*/ "
 
 
 def record_sql(seconds: float) -> None:
@@ -64,6 +113,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            entry["trace_id"], entry["span_id"] = traceparent[3:35], traceparent[36:52]
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -84,3 +136,72 @@ def logging_config(level: str) -> dict[str, Any]:
             "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
         },
     }
+
+
+_provider: TracerProvider | None = None
+
+
+def tracing_enabled() -> bool:
+    """Whether this process records spans (the SDK is installed)."""
+    return _provider is not None
+
+
+def configure_tracing(settings: Settings, service: str) -> None:
+    """Once per process, at its entry point: export spans over OTLP/HTTP when OTEL_* asks for it.
+
+    `service` names the process unless OTEL_SERVICE_NAME does; the exporter, the batch
+    processor and the sampler read their OTEL_* variables themselves. A later call, or
+    one without an endpoint, changes nothing."""
+    if settings.otel_traces_export and _provider is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        install_tracing(service, OTLPSpanExporter())
+
+
+def install_tracing(service: str, exporter: SpanExporter) -> TracerProvider:
+    """The SDK with `exporter` behind a batch processor, and httpx's instrumentation (Typesense);
+    HTTP and SQL spans are made by `nexes.app` and `nexes.db.cursor`. Idempotent: the first
+    provider installed stays."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service}))
+    provider = TracerProvider(resource=resource)  # its sampler comes from OTEL_TRACES_SAMPLER(_ARG)
+    provider.sampler = NoOrphanClientSpans(provider.sampler)
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_*: export never blocks a request
+    trace.set_tracer_provider(provider)
+    HTTPXClientInstrumentor().instrument(tracer_provider=provider)  # Typesense's clients are httpx
+    _provider = provider
+    return provider
+
+
+class NoOrphanClientSpans(Sampler):
+    """The configured sampler, except that a client span with no parent is dropped: a call
+    made outside any request or job (a health probe) is not a trace of its own."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+
+    def should_sample(  # noqa: PLR0917  (the SDK's Sampler signature)
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
+            return SamplingResult(Decision.DROP)
+        return self._sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"NoOrphanClientSpans{{{self._sampler.get_description()}}}"

@@ -93,6 +93,9 @@ class Settings:
     replica_probe_interval: float = 1.0
     replica_probe_timeout: float = 1.0
     cors_origins: tuple[str, ...] = ()
+    # Whether the standard OTEL_* variables ask for traces to be exported; the OpenTelemetry
+    # SDK reads the rest of them (endpoint, headers, sampler, service name) itself.
+    otel_traces_export: bool = False
 
     @property
     def development(self) -> bool:
@@ -182,9 +185,23 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             replica_probe_interval=max(0.05, _positive(config, "NEXES_REPLICA_PROBE_INTERVAL", 1.0, float)),
             replica_probe_timeout=max(0.1, _positive(config, "NEXES_REPLICA_PROBE_TIMEOUT", 1.0, float)),
             cors_origins=tuple(config("NEXES_CORS_ORIGINS", default="").split()),
+            otel_traces_export=_otel_traces_export(config),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
+
+
+def _otel_traces_export(config: Config) -> bool:
+    """An OTLP endpoint is set, and neither OTEL_SDK_DISABLED nor OTEL_TRACES_EXPORTER=none turns it off."""
+    if config("OTEL_SDK_DISABLED", default="").strip().lower() == "true":
+        return False
+    if config("OTEL_TRACES_EXPORTER", default="otlp").strip().lower() == "none":
+        return False
+    endpoints = (
+        config("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default=""),
+        config("OTEL_EXPORTER_OTLP_ENDPOINT", default=""),
+    )
+    return any(endpoint.strip() for endpoint in endpoints)
 
 
 def _required(config: Config, key: str) -> str:

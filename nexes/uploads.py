@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 
 from nexes.db import import_jobs
 from nexes.errors import Code, NexesError
-from nexes.observability import request_id_var, traceparent_var
+from nexes.observability import current_traceparent, request_id_var
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +75,7 @@ class UploadWriter:
 
     async def start(self) -> None:
         """Create the UPLOADING job, tagged with the request id and trace context."""
-        request_id, traceparent = request_id_var.get(), traceparent_var.get()
+        request_id, traceparent = request_id_var.get(), current_traceparent()
         self.job_id = await self._run(
             lambda conn: import_jobs.create_job(
                 conn, filename=self.filename, request_id=request_id, traceparent=traceparent

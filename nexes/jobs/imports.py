@@ -7,12 +7,9 @@ must not block the event loop that the AsyncIO middleware shares between actors.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-
-from nexes.observability import request_id_var, traceparent_var
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,6 @@ def run_import(job_id: int) -> None:
 
 
 def enqueue_import(job_id: int) -> None:
-    """Send the job to the workers, with the caller's request id and trace context."""
-    options: dict[str, Any] = {"nexes_request_id": request_id_var.get(), "nexes_traceparent": traceparent_var.get()}
-    run_import.send_with_options(args=(job_id,), **{k: v for k, v in options.items() if v})
+    """Send the job to the workers; the broker's `TraceContext` middleware adds the caller's
+    request id and trace context (nexes_request_id, nexes_traceparent) to the message."""
+    run_import.send(job_id)

@@ -1,0 +1,264 @@
+"""OpenTelemetry on the real stack: HTTP -> GraphQL -> SQL, and API -> Dramatiq -> SQL.
+
+Spans are exported to `InMemorySpanExporter` (opentelemetry.sdk.trace.export.in_memory_span_exporter):
+the SDK's own exporter, which keeps finished spans in memory behind the same batch processor
+that OTLP uses in production; it is not a mock of any service. PostgreSQL, PgBouncer and
+Redis are real; the worker is a real Dramatiq worker, run in this process on the real
+Redis broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import httpx
+import orjson
+import psycopg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from nexes import app as app_module
+from nexes import observability
+from nexes.settings import Settings
+from tests.test_import_api import CSRF, job_key
+from tests.test_imports import csv_bytes, line
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The SDK, installed before this module's apps open their pools (so their SQL is traced)."""
+    if observability.tracing_enabled():
+        pytest.skip("tracing was installed before this module (OTEL_* set?): its spans are not ours to read")
+    exporter = InMemorySpanExporter()
+    observability.install_tracing("nexes-test", exporter)
+    yield exporter
+
+
+def finished(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
+    """Every ended span of `trace_id`, once the batch processor has exported them."""
+    provider = trace.get_tracer_provider()
+    assert provider.force_flush()  # type: ignore[attr-defined]
+    return [s for s in exporter.get_finished_spans() if s.context and f"{s.context.trace_id:032x}" == trace_id]
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+
+
+def server_span(spans: list[ReadableSpan], name: str) -> ReadableSpan:
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER and s.name == name]
+    return server
+
+
+def descends_from(span: ReadableSpan, ancestor: ReadableSpan, spans: list[ReadableSpan]) -> bool:
+    by_id = {s.context.span_id: s for s in spans if s.context}
+    parent = span.parent
+    while parent is not None:
+        if ancestor.context and parent.span_id == ancestor.context.span_id:
+            return True
+        above = by_id.get(parent.span_id)
+        parent = above.parent if above else None
+    return False
+
+
+class Lines(logging.Handler):
+    """The process's JSON log lines, formatted as they are emitted (in the emitting context)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(observability.JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(orjson.loads(self.format(record)))
+
+
+@pytest.fixture
+def json_lines() -> Iterator[Lines]:
+    handler = Lines()
+    logger = logging.getLogger("tests.tracing")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+
+
+async def probe(request: Request) -> JSONResponse:
+    """A route of this test's, inside the app's real middleware: it logs one line and returns
+    the text PostgreSQL received for a statement sent on the API's own pool."""
+    logging.getLogger("tests.tracing").info("probe served")
+    async with request.app.state.pools.primary.connection() as conn:
+        row = await (await conn.execute("SELECT current_query()")).fetchone()
+    return JSONResponse({"query": row[0]})
+
+
+def with_probe(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    client.app.router.routes.append(Route("/test/probe", probe))  # type: ignore[attr-defined]
+    return client
+
+
+async def test_a_graphql_request_with_a_traceparent_is_a_server_span_with_sql_children_in_that_trace(
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    query = "query($sod: String!) { serviceOrder(sodNumber: $sod) { sodNumber } }"
+    response = await app_client.post(
+        "/graphql",
+        json={"query": query, "variables": {"sod": "SOD-NONE-0001"}},
+        headers={"traceparent": TRACEPARENT, "X-Request-ID": "trace-gql-1"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "trace-gql-1"
+    traced = finished(spans, TRACE_ID)
+    server = server_span(traced, "POST /graphql")
+    assert server.parent is not None and f"{server.parent.span_id:016x}" == CALLER_SPAN
+    assert response.headers["traceresponse"] == traceparent_of(server)
+    sql = [
+        s for s in traced if s.kind is SpanKind.CLIENT and (s.attributes or {}).get("db.system.name") == "postgresql"
+    ]
+    assert sql, [s.name for s in traced]
+    assert all(descends_from(s, server, traced) for s in sql)
+    orphans = [s.name for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT and s.parent is None]
+    assert orphans == [], "a client span with no parent is not sampled"
+
+
+async def test_a_requests_log_lines_and_sql_comment_carry_its_request_id_and_trace(
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter, json_lines: Lines
+) -> None:
+    client = with_probe(app_client)
+    response = await client.get("/test/probe", headers={"traceparent": TRACEPARENT, "X-Request-ID": "trace-sql-1"})
+    assert response.status_code == 200, response.text
+    traced = finished(spans, TRACE_ID)
+    server = server_span(traced, "GET /test/probe")
+    (statement,) = [s for s in traced if s.kind is SpanKind.CLIENT and descends_from(s, server, traced)]
+    # sqlcommenter: the statement's own span is the parent PostgreSQL's work hangs under.
+    expected = f"/*request_id='trace-sql-1',traceparent='{traceparent_of(statement)}'*/ SELECT current_query()"
+    assert response.json()["query"] == expected
+    (logged,) = [entry for entry in json_lines.lines if entry["msg"] == "probe served"]
+    assert server.context is not None
+    assert (logged["request_id"], logged["trace_id"]) == ("trace-sql-1", TRACE_ID)
+    assert logged["span_id"] == f"{server.context.span_id:016x}"
+
+
+async def test_a_request_without_a_traceparent_starts_a_fresh_trace_its_logs_carry(
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter, json_lines: Lines
+) -> None:
+    client = with_probe(app_client)
+    first = await client.get("/test/probe")
+    second = await client.get("/test/probe")
+    trace_ids = [r.headers["traceresponse"].split("-")[1] for r in (first, second)]
+    assert len(set(trace_ids)) == 2 and TRACE_ID not in trace_ids
+    logged = [entry for entry in json_lines.lines if entry["msg"] == "probe served"]
+    assert [entry["trace_id"] for entry in logged] == trace_ids
+    assert [entry["request_id"] for entry in logged] == [r.headers["x-request-id"] for r in (first, second)]
+    for trace_id in trace_ids:
+        server = server_span(finished(spans, trace_id), "GET /test/probe")
+        assert server.parent is None  # a root: the trace starts here
+
+
+async def test_without_an_exporter_an_incoming_traceparent_is_only_continued(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "tracing_enabled", lambda: False)  # as in a process with no OTLP endpoint
+    seen: list[str | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(observability.current_traceparent())
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    middleware = app_module.TracingMiddleware(app)
+    for headers in ([(b"traceparent", TRACEPARENT.encode())], [(b"traceparent", b"00-junk")], []):
+        await middleware({"type": "http", "path": "/graphql", "headers": headers}, receive, send)
+    assert seen == [TRACEPARENT, None, None]
+
+
+def queued(queue: str, actor: str) -> list[dict[str, Any]]:
+    """The messages of `actor` waiting in `queue` on the real Redis broker (left in place)."""
+    from nexes.jobs import broker
+
+    raw = broker.client.hgetall(f"dramatiq:{queue}.msgs").values()
+    return [m for m in map(orjson.loads, raw) if m["actor_name"] == actor]
+
+
+def wait_final(settings: Settings, job_id: int, seconds: float = 60.0) -> str:
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT status::text FROM import_job WHERE id = %s", [job_id]).fetchone()
+            assert row is not None
+            if row[0] not in ("UPLOADING", "QUEUED", "RUNNING") or time.monotonic() > deadline:
+                return str(row[0])
+            time.sleep(0.1)
+
+
+async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_workers_logs_and_sql(
+    app_client: httpx.AsyncClient,
+    seeded: Settings,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nexes.jobs
+    from nexes.jobs import broker, import_runner
+    from nexes.jobs.search import sync_search
+
+    for queue in ("imports", sync_search.queue_name):
+        broker.flush(queue)
+    data = csv_bytes(line("SOD-TRACE-000001"), line("SOD-TRACE-000002", sku="SKU-00002"))
+    response = await app_client.post(
+        "/api/imports?filename=traced.csv",
+        content=data,
+        headers={**CSRF, "traceparent": TRACEPARENT, "X-Request-ID": "trace-import-1"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = job_key(response.json()["id"])
+    server = server_span(finished(spans, TRACE_ID), "POST /api/imports")
+    sender = traceparent_of(server)
+
+    with psycopg.connect(seeded.admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT trace_context, request_id FROM import_job WHERE id = %s", [job_id]).fetchone()
+    assert row == ({"traceparent": sender}, "trace-import-1")
+    (message,) = [m for m in queued("imports", "run_import") if m["args"] == [job_id]]
+    assert message["options"]["nexes_traceparent"] == sender
+    assert message["options"]["nexes_request_id"] == "trace-import-1"
+
+    monkeypatch.setattr(nexes.jobs, "settings", seeded)  # the actor reads its settings from there
+    caplog.set_level(logging.INFO)
+    worker = dramatiq.Worker(broker, queues={"imports"}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        status = wait_final(seeded, job_id)
+    finally:
+        worker.stop()
+        import_runner.close_pools()
+    assert status == "SUCCEEDED"
+
+    traced = finished(spans, TRACE_ID)
+    (consumer,) = [s for s in traced if s.kind is SpanKind.CONSUMER and s.name == "run_import process"]
+    assert consumer.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
+    worker_sql = [s for s in traced if s.kind is SpanKind.CLIENT and descends_from(s, consumer, traced)]
+    assert len(worker_sql) >= 3 and "COPY" in {s.name for s in worker_sql}, [s.name for s in traced]
+    running = [r.getMessage() for r in caplog.records if f"import {job_id}: running" in r.getMessage()]
+    assert running and f"[request_id=trace-import-1 traceparent={traceparent_of(consumer)}]" in running[0]
+    # The search sync the worker asks for afterwards continues the same trace.
+    syncs = queued(sync_search.queue_name, "sync_search")
+    assert any(m["options"].get("nexes_traceparent", "").startswith(f"00-{TRACE_ID}-") for m in syncs)
+    broker.flush(sync_search.queue_name)
