@@ -46,6 +46,11 @@ def reconcile_stats() -> None:
         report.line_quarters,
         report.line_quarters_left,
     )
+    # The search index is part of the daily check: its count and a sample against
+    # PostgreSQL, repairs queued (its own actor, queue and retries).
+    from nexes.jobs.search import check_search_drift
+
+    check_search_drift.send()
 
 
 @dramatiq.actor(

@@ -32,7 +32,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         reconcile_stats,
         sweep_imports,
     )
-    from nexes.jobs.search import check_search_drift, sweep_search
+    from nexes.jobs.search import sweep_search
 
     stop = stop or threading.Event()
     client = redis.Redis.from_url(settings.redis_url)
@@ -52,9 +52,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     # Import recovery: a dead worker's job is sent again once its lease runs out.
     scheduler.add_job(sweep_imports.send, "interval", seconds=settings.import_sweep_seconds, id="import-sweep")
     scheduler.add_job(purge_imports.send, "cron", minute=15, id="import-purge")
-    # Search: the outbox sweep catches what a lost trigger missed; drift is checked daily.
+    # Search: the outbox sweep catches what a lost trigger missed; the reconciliation
+    # sends the search drift check when it is done.
     scheduler.add_job(sweep_search.send, "interval", seconds=settings.search_sweep_seconds, id="search-sweep")
-    scheduler.add_job(check_search_drift.send, "cron", hour=2, minute=45, id="search-drift")
 
     def keep_lead() -> None:
         if not lock.extend(LOCK_TTL, replace_ttl=True):
