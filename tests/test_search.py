@@ -178,6 +178,26 @@ def test_reindex_fills_a_new_versioned_collection_swaps_the_alias_and_drops_the_
     assert db.execute("SELECT outcome FROM search_reindex ORDER BY id DESC LIMIT 1").fetchone() == ("swapped",)
 
 
+async def test_health_shows_the_latest_reindex_and_its_progress(
+    search_db_settings: Settings, ts: typesense.Client, api: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    db.execute("ANALYZE service_order")
+    orders = search_db.count_orders(db)
+    report = reindex(search_db_settings, ts)
+    shown = (await api.get("/api/health")).json()["search"]["reindex"]
+    assert (shown["collection"], shown["outcome"], shown["documents"]) == (report.collection, "swapped", orders)
+    assert shown["finished_at"] is not None and shown["estimated_total"] == orders
+    # A run in progress shows as running, with the documents it has sent so far.
+    run = search_db.start_reindex(db, "probe_collection", stale_after=3600)
+    assert run is not None
+    try:
+        db.execute("UPDATE search_reindex SET documents = 500 WHERE id = %s", [run])
+        shown = (await api.get("/api/health")).json()["search"]["reindex"]
+        assert (shown["outcome"], shown["documents"], shown["finished_at"]) == ("running", 500, None)
+    finally:
+        db.execute("DELETE FROM search_reindex WHERE id = %s", [run])
+
+
 def test_the_reindex_progress_estimate_counts_the_live_partitions(db: psycopg.Connection) -> None:
     db.execute("ANALYZE service_order")
     assert search_db.estimate_orders(db) == search_db.count_orders(db) > 0

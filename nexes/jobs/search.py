@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 import dramatiq
 import typesense
@@ -70,7 +72,7 @@ def reindex_search() -> None:
     from nexes.search.reindex import ReindexBusy, reindex
 
     try:
-        reindex(settings, sync_client(settings))
+        reindex(settings, sync_client(settings), progress=_progress_log())
     except ReindexBusy:
         log.info("reindex: another run is in progress; nothing to do")
 
@@ -85,3 +87,17 @@ def check_search_drift() -> None:
         report = check(conn, client(), settings.typesense_collection)
     if report.queued:
         sync_search.send()
+
+
+def _progress_log(every: float = 10.0) -> Callable[[int, int], None]:
+    """The reindex's progress in the worker's log, every `every` seconds (`nexes reindex`
+    draws a bar instead; /api/health shows the run's count)."""
+    last = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            log.info("reindex: %d of about %d documents (%.0f%%)", done, total, 100 * done / max(total, 1))
+
+    return progress
