@@ -198,6 +198,28 @@ async def test_health_shows_the_latest_reindex_and_its_progress(
         db.execute("DELETE FROM search_reindex WHERE id = %s", [run])
 
 
+def test_a_dead_reindex_taken_over_queues_the_changes_it_recorded(db: psycopg.Connection) -> None:
+    """Its finish may have failed after it swapped the alias: what the sync wrote during it
+    must not be lost with it."""
+    dead = search_db.start_reindex(db, "dead_run_collection", stale_after=3600)
+    assert dead is not None
+    ids = [r[0] for r in db.execute("SELECT id FROM service_order ORDER BY id LIMIT 3").fetchall()]
+    search_db.record_changes(db, dead, ids)
+    db.execute("UPDATE search_reindex SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", [dead])
+    queued = "SELECT order_id, count(*) FROM search_outbox WHERE order_id = ANY(%s) GROUP BY 1"
+    before = dict(db.execute(queued, [ids]).fetchall())
+    successor = search_db.start_reindex(db, "successor_collection", stale_after=60)
+    try:
+        assert successor is not None and successor != dead
+        assert db.execute("SELECT outcome FROM search_reindex WHERE id = %s", [dead]).fetchone() == ("abandoned",)
+        after = dict(db.execute(queued, [ids]).fetchall())
+        assert {i: after.get(i, 0) - before.get(i, 0) for i in ids} == dict.fromkeys(ids, 1)
+        left = db.execute("SELECT count(*) FROM search_reindex_change WHERE reindex_id = %s", [dead]).fetchone()
+        assert left == (0,)
+    finally:
+        db.execute("DELETE FROM search_reindex WHERE id = ANY(%s)", [[dead, successor]])
+
+
 def test_the_reindex_progress_estimate_counts_the_live_partitions(db: psycopg.Connection) -> None:
     db.execute("ANALYZE service_order")
     assert search_db.estimate_orders(db) == search_db.count_orders(db) > 0

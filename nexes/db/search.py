@@ -124,10 +124,19 @@ def record_changes(conn: psycopg.Connection[Any], run: int, order_ids: Sequence[
 
 # --- reindex -------------------------------------------------------------------------
 
-ABANDON_STALE = (
-    "UPDATE search_reindex SET finished_at = now(), outcome = 'abandoned' "
-    "WHERE finished_at IS NULL AND heartbeat_at < now() - make_interval(secs => %(stale)s) RETURNING collection"
+# A dead run may have swapped the alias already (its finish failed after the swap): the
+# orders the sync wrote during it are queued again, as its finish would have, in case the
+# collection behind the alias is the one it built. A sync of an unchanged order is harmless.
+ABANDON_STALE = """
+WITH stale AS (
+    UPDATE search_reindex SET finished_at = now(), outcome = 'abandoned'
+    WHERE finished_at IS NULL AND heartbeat_at < now() - make_interval(secs => %(stale)s) RETURNING id
+), requeued AS (
+    INSERT INTO search_outbox (order_id, op)
+    SELECT order_id, 'upsert' FROM search_reindex_change WHERE reindex_id IN (SELECT id FROM stale)
 )
+DELETE FROM search_reindex_change WHERE reindex_id IN (SELECT id FROM stale)
+"""
 START_REINDEX = "INSERT INTO search_reindex (collection) VALUES (%(collection)s) ON CONFLICT DO NOTHING RETURNING id"
 HEARTBEAT = "UPDATE search_reindex SET heartbeat_at = now(), documents = %(documents)s WHERE id = %(run)s"
 FINISH_REINDEX = (
