@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from psycopg.conninfo import conninfo_to_dict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 from nexes import app as app_module
 from nexes import observability
 from nexes.settings import Settings
+from tests.conftest import wait_until_served
 from tests.test_import_api import CSRF, job_key
 from tests.test_imports import csv_bytes, line
 
@@ -138,8 +140,12 @@ async def test_a_graphql_request_with_a_traceparent_is_a_server_span_with_sql_ch
 
 
 async def test_a_requests_log_lines_and_sql_comment_carry_its_request_id_and_trace(
-    app_client: httpx.AsyncClient, spans: InMemorySpanExporter, json_lines: Lines
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter, json_lines: Lines, seeded: Settings
 ) -> None:
+    # The probe opens a new connection through PgBouncer, which refuses a pool's logins for
+    # server_login_retry after any failed one (databases other tests drop and re-create
+    # share the server): wait that out first, as conftest does after a re-create.
+    wait_until_served(str(conninfo_to_dict(seeded.admin_url)["dbname"]))
     client = with_probe(app_client)
     response = await client.get("/test/probe", headers={"traceparent": TRACEPARENT, "X-Request-ID": "trace-sql-1"})
     assert response.status_code == 200, response.text
