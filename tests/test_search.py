@@ -220,6 +220,29 @@ def test_a_dead_reindex_taken_over_queues_the_changes_it_recorded(db: psycopg.Co
         db.execute("DELETE FROM search_reindex WHERE id = ANY(%s)", [[dead, successor]])
 
 
+def test_the_sweep_starts_an_asked_for_reindex_at_most_once_in_a_while(db: psycopg.Connection) -> None:
+    """While Typesense is down or loading, every attempt fails at once: the sweep, every few
+    seconds, must not send one each time."""
+    from nexes.jobs.search import reindex_wanted
+
+    db.execute("INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') ON CONFLICT DO NOTHING")
+    try:
+        db.execute("UPDATE search_reindex SET started_at = now() - interval '1 hour'")
+        assert reindex_wanted(db)
+        failed = search_db.start_reindex(db, "failed_attempt", stale_after=3600)
+        assert failed is not None
+        assert not reindex_wanted(db)  # running
+        search_db.finish_reindex(db, failed, 0, swapped=False)
+        assert not reindex_wanted(db)  # abandoned a moment ago: not again yet
+        db.execute("UPDATE search_reindex SET started_at = now() - interval '301 seconds' WHERE id = %s", [failed])
+        assert reindex_wanted(db)
+        db.execute("DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'")
+        assert not reindex_wanted(db)  # nobody asked
+    finally:
+        db.execute("DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'")
+        db.execute("DELETE FROM search_reindex WHERE collection = 'failed_attempt'")
+
+
 def test_the_reindex_progress_estimate_counts_the_live_partitions(db: psycopg.Connection) -> None:
     db.execute("ANALYZE service_order")
     assert search_db.estimate_orders(db) == search_db.count_orders(db) > 0
