@@ -160,6 +160,32 @@ ESTIMATE_ORDERS = (
 COUNT_ORDERS = "SELECT count(*) FROM service_order"
 
 
+# A reindex asked for (by a bulk load, or by the drift check's counts) is started by the
+# sweep when none runs and none started in the last `every` seconds: while Typesense is
+# down or still loading, each attempt fails at once, and a sweep every few seconds would
+# otherwise send a new one each time. A swapped reindex clears the flag.
+ASK_REINDEX = (
+    "INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') "
+    "ON CONFLICT (name) DO UPDATE SET set_at = now()"
+)
+REINDEX_WANTED = """
+SELECT EXISTS (SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_needed')
+   AND NOT EXISTS (SELECT 1 FROM search_reindex
+                   WHERE finished_at IS NULL OR started_at > now() - make_interval(secs => %(every)s))
+"""
+REINDEX_DONE = "DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'"
+
+
+def ask_reindex(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(ASK_REINDEX)
+
+
+def reindex_wanted(conn: psycopg.Connection[Any], every: float) -> bool:
+    """Whether the sweep should start the reindex that was asked for, now."""
+    row = conn.execute(REINDEX_WANTED, {"every": every}).fetchone()
+    return bool(row and row[0])
+
+
 def start_reindex(conn: psycopg.Connection[Any], collection: str, *, stale_after: float) -> int | None:
     """Register a run (None while another live run holds the slot); takes over dead ones."""
     with conn.transaction():

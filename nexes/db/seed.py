@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from nexes.db import partitions
+from nexes.db import search as search_db
 from nexes.db.reconcile import CUM_FOLD
 
 log = logging.getLogger(__name__)
@@ -348,10 +349,7 @@ def seed(
         with conn.transaction():
             conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute(CUM_FOLD)
-        conn.execute(
-            "INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') "
-            "ON CONFLICT (name) DO UPDATE SET set_at = now()"
-        )
+        search_db.ask_reindex(conn)
         for table in (
             "customer",
             "stock_item",

@@ -7,10 +7,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import dramatiq
-import psycopg
 import typesense
 
 from nexes.jobs import settings
@@ -52,32 +50,18 @@ def sync_search() -> None:
         )
 
 
-# A reindex asked for (by a bulk load, or by the drift check's counts) is started by the
-# sweep when none runs and none started in the last REINDEX_EVERY seconds: while Typesense
-# is down or still loading, each attempt fails (and is retried by its actor), and a sweep
-# every few seconds would otherwise send a new one each time.
-REINDEX_EVERY = 300.0
-REINDEX_WANTED = """
-SELECT EXISTS (SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_needed')
-   AND NOT EXISTS (SELECT 1 FROM search_reindex
-                   WHERE finished_at IS NULL OR started_at > now() - make_interval(secs => %(every)s))
-"""
-
-
-def reindex_wanted(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the sweep should start the reindex that was asked for, now."""
-    row = conn.execute(REINDEX_WANTED, {"every": REINDEX_EVERY}).fetchone()
-    return bool(row and row[0])
+REINDEX_EVERY = 300.0  # seconds between attempts at an asked-for reindex (db.search.REINDEX_WANTED)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
 def sweep_search() -> None:
     """The scheduled sweep: drain, and start a reindex that was asked for."""
+    from nexes.db.search import reindex_wanted
     from nexes.jobs.import_runner import worker_pool
 
     sync_search()
     with worker_pool(settings).connection() as conn:
-        wanted = reindex_wanted(conn)
+        wanted = reindex_wanted(conn, REINDEX_EVERY)
     if wanted:
         reindex_search.send()
 

@@ -19,7 +19,6 @@ ID_CHUNK = 200
 # Documents the index may lack, beyond the outbox's pending rows, before the counts alone
 # ask for a reindex (and a thousandth of the orders, at scale): writes between the two counts.
 COUNT_TOLERANCE = 100
-ASK_REINDEX = "INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') ON CONFLICT (name) DO NOTHING"
 
 
 @dataclass
@@ -62,7 +61,7 @@ def check(conn: psycopg.Connection[Any], client: typesense.Client, alias: str, *
     pending, _ = search_db.outbox_lag_sync(conn)
     gap = abs(report.database_count - report.index_count)
     if gap > pending + max(COUNT_TOLERANCE, report.database_count // 1000):
-        conn.execute(ASK_REINDEX)
+        search_db.ask_reindex(conn)
         report.reindex_asked = True
     log.info(
         "search drift: %d in PostgreSQL, %d in Typesense; sample of %d: %d missing, %d stale; %d extra; %d queued"

@@ -112,7 +112,7 @@ def reindex(
                 _drop_quietly(client, name)
         if failed_ids:  # the sync retries them, and keeps them queued while they fail
             search_db.queue_repairs(primary, failed_ids)
-        primary.execute("DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'")
+        primary.execute(search_db.REINDEX_DONE)
     report.dropped = collection.drop_except(client, alias, name)
     report.seconds = time.monotonic() - started
     log.info(
