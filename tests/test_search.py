@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 import redis
 import typesense
 from dramatiq.brokers.redis import RedisBroker
+from psycopg.conninfo import conninfo_to_dict
 from starlette.datastructures import Secret
 from typesense.exceptions import TypesenseClientError
 
@@ -53,34 +55,55 @@ query($q: String!, $first: Int, $after: String, $filter: SearchFilter) {
 }"""
 
 
-def environ() -> dict[str, str]:
-    env = environ_for_database(os.environ, DB)
+def search_environ(db: str, redis_db: int, **extra: str) -> dict[str, str]:
+    """The stack's variables for a search module's own database, Redis db and collection."""
+    env = environ_for_database(os.environ, db)
     url = urlsplit(env["NEXES_REDIS_URL"])
     env.update(
-        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
-        NEXES_TYPESENSE_COLLECTION=f"{DB}_service_orders",
+        NEXES_REDIS_URL=url._replace(path=f"/{redis_db}").geturl(),
+        NEXES_TYPESENSE_COLLECTION=f"{db}_service_orders",
+        **extra,
+    )
+    return env
+
+
+@contextmanager
+def indexed_database(template_settings: Settings, env: dict[str, str], orders: int) -> Iterator[Settings]:
+    """A database re-created from the template, seeded with `orders` orders and reindexed;
+    afterwards its collections, alias, Redis db and database are gone."""
+    db = str(conninfo_to_dict(env["NEXES_ADMIN_URL"])["dbname"])
+    recreate_database(template_settings.admin_url, db, template=TEMPLATE_DB)
+    close_worker_pool()
+    settings = settings_module.load(env)
+    seed(settings.admin_url, orders, defer=False)
+    client = sync_client(settings)
+    reindex(settings, client)
+    try:
+        yield settings
+    finally:
+        for name in collection.versions(client, settings.typesense_collection):
+            client.collections[name].delete()
+        client.aliases[settings.typesense_collection].delete()
+        close_worker_pool()
+        redis.Redis.from_url(settings.redis_url).flushdb()
+        drop_database(template_settings.admin_url, db)
+
+
+def environ() -> dict[str, str]:
+    return search_environ(
+        DB,
+        REDIS_DB,
         NEXES_SEARCH_BREAKER_RESET="1",
         NEXES_SEARCH_BREAKER_FAILURES="2",
         NEXES_SEARCH_SWEEP_SECONDS="0.5",
     )
-    return env
 
 
 @pytest.fixture(scope="module")
 def search_db_settings(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own, seeded, with its own collection and Redis db."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    close_worker_pool()
-    settings = settings_module.load(environ())
-    seed(settings.admin_url, 2_000, defer=False)
-    client = sync_client(settings)
-    reindex(settings, client)
-    yield settings
-    for name in collection.versions(client, settings.typesense_collection):
-        client.collections[name].delete()
-    client.aliases[settings.typesense_collection].delete()
-    close_worker_pool()
-    drop_database(template_settings.admin_url, DB)
+    with indexed_database(template_settings, environ(), 2_000) as settings:
+        yield settings
 
 
 @pytest.fixture
@@ -223,9 +246,12 @@ def test_a_dead_reindex_taken_over_queues_the_changes_it_recorded(db: psycopg.Co
 def test_the_sweep_starts_an_asked_for_reindex_at_most_once_in_a_while(db: psycopg.Connection) -> None:
     """While Typesense is down or loading, every attempt fails at once: the sweep, every few
     seconds, must not send one each time."""
-    from nexes.jobs.search import reindex_wanted
+    from nexes.jobs.search import REINDEX_EVERY
 
-    db.execute("INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') ON CONFLICT DO NOTHING")
+    def reindex_wanted(conn: psycopg.Connection) -> bool:
+        return search_db.reindex_wanted(conn, REINDEX_EVERY)
+
+    search_db.ask_reindex(db)
     try:
         db.execute("UPDATE search_reindex SET started_at = now() - interval '1 hour'")
         assert reindex_wanted(db)

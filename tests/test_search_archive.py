@@ -5,32 +5,27 @@ ahead of it, and never holds up the reindex's progress updates."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import psycopg
 import pytest
 
-from nexes import settings as settings_module
 from nexes.db import archive
 from nexes.db import search as search_db
-from nexes.db.conninfo import environ_for_database
 from nexes.db.migrate import discover
 from nexes.db.seed import seed
 from nexes.jobs import import_runner
-from nexes.search import collection
 from nexes.search.client import sync_client
-from nexes.search.reindex import reindex
 from nexes.search.sync import drain
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, client_for, drop_database, gql, recreate_database
+from tests.conftest import client_for, gql
 from tests.test_archive import wait_for_replica
+from tests.test_search import indexed_database, search_environ
 
 DB = "nexes_t_search_archive"
 REDIS_DB = 10
@@ -38,28 +33,11 @@ AFTER_YEARS = 2
 ORDERS = 600
 
 
-def environ() -> dict[str, str]:
-    env = environ_for_database(os.environ, DB)
-    url = urlsplit(env["NEXES_REDIS_URL"])
-    env.update(NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(), NEXES_TYPESENSE_COLLECTION=f"{DB}_orders")
-    return env
-
-
 @pytest.fixture(scope="module")
 def indexed(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own, seeded over 5 years and fully indexed."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    import_runner.close_pools()
-    settings = settings_module.load(environ())
-    seed(settings.admin_url, ORDERS, defer=False)
-    client = sync_client(settings)
-    reindex(settings, client)
-    yield settings
-    for name in collection.versions(client, settings.typesense_collection):
-        client.collections[name].delete()
-    client.aliases[settings.typesense_collection].delete()
-    import_runner.close_pools()
-    drop_database(template_settings.admin_url, DB)
+    with indexed_database(template_settings, search_environ(DB, REDIS_DB), ORDERS) as settings:
+        yield settings
 
 
 def indexed_ids(settings: Settings) -> set[int]:

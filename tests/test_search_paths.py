@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -28,16 +26,13 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from nexes import settings as settings_module
-from nexes.db.conninfo import environ_for_database
-from nexes.db.seed import seed
-from nexes.search import collection, engine
+from nexes.search import engine
 from nexes.search.client import sync_client
-from nexes.search.reindex import reindex
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, client_for, drop_database, error_codes, gql, recreate_database, superuser_url
+from tests.conftest import client_for, error_codes, gql
+from tests.test_archive import wait_for_replica
 from tests.test_replicas import fast, replay_paused, wait_for_state
-from tests.test_search import SEARCH, close_worker_pool, pick, sync_now
+from tests.test_search import SEARCH, indexed_database, pick, search_environ, sync_now
 
 DB = "nexes_t_search_paths"
 REDIS_DB = 11
@@ -50,44 +45,15 @@ UPDATE = """mutation($sod: String!, $description: String!) {
 
 
 def environ() -> dict[str, str]:
-    env = environ_for_database(os.environ, DB)
-    url = urlsplit(env["NEXES_REDIS_URL"])
-    env.update(
-        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
-        NEXES_TYPESENSE_COLLECTION=f"{DB}_service_orders",
-        NEXES_SEARCH_SWEEP_SECONDS="0.5",
-    )
-    return env
+    return search_environ(DB, REDIS_DB, NEXES_SEARCH_SWEEP_SECONDS="0.5")
 
 
 @pytest.fixture(scope="module")
 def paths_settings(template_settings: Settings) -> Iterator[Settings]:
     """A seeded database of this module's own, with its own collection and Redis db."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    close_worker_pool()
-    settings = settings_module.load(environ())
-    seed(settings.admin_url, 2_000, defer=False)
-    client = sync_client(settings)
-    reindex(settings, client)
-    wait_for_replica(settings)
-    yield settings
-    for name in collection.versions(client, settings.typesense_collection):
-        client.collections[name].delete()
-    client.aliases[settings.typesense_collection].delete()
-    close_worker_pool()
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    drop_database(template_settings.admin_url, DB)
-
-
-def wait_for_replica(settings: Settings, timeout: float = 60.0) -> None:
-    """Until the replica has replayed everything the primary wrote so far."""
-    with psycopg.connect(superuser_url(settings.admin_url), autocommit=True) as primary:
-        (lsn,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(superuser_url(settings.replica_admin_urls[0]), autocommit=True) as replica:
-        while not replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]).fetchone()[0]:  # type: ignore[index]
-            assert time.monotonic() < deadline, "the replica did not catch up"
-            time.sleep(0.1)
+    with indexed_database(template_settings, environ(), 2_000) as settings:
+        wait_for_replica(settings)
+        yield settings
 
 
 @pytest.fixture
