@@ -95,12 +95,30 @@ def make_file(directory: Path, orders: int, tag: str) -> tuple[Path, int]:
     return path, lines
 
 
+DRAMATIQ = [str(Path(sys.executable).parent / "dramatiq"), "nexes.jobs", "--processes", "1", "--threads", "2"]
+
+
+def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`cmd` in a process group of its own (so that stop_process reaches its children)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM to its group, then SIGKILL after `timeout` s; a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def workers(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`dramatiq nexes.jobs --processes 1 --threads 2`, stopped by its process group."""
-    cmd = [str(Path(sys.executable).parent / "dramatiq"), "nexes.jobs", "--processes", "1", "--threads", "2"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
+    proc = start_process(DRAMATIQ, env, log)
     try:
         deadline = time.monotonic() + 60
         while len(descendants(proc.pid)) < 2 and time.monotonic() < deadline:
@@ -109,12 +127,7 @@ def workers(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]
             raise RuntimeError(f"dramatiq exited ({proc.returncode}); see {log}")
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc)
 
 
 def store(env: dict[str, str], path: Path) -> int:
@@ -246,21 +259,6 @@ def bench_import(orders: int, py_spy: str | None) -> None:
         report(bench="import-py-spy", **stacks)
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def bench_recovery(orders: int, kills: int) -> None:
     """A SIGKILLed worker's job, with the default lease and sweep: seconds from the kill
     until another worker holds the job and its checkpoint moves again.
@@ -272,15 +270,14 @@ def bench_recovery(orders: int, kills: int) -> None:
     shorteners = ("NEXES_IMPORT_LEASE_SECONDS", "NEXES_IMPORT_SWEEP_SECONDS")
     env = {k: v for k, v in worker_env().items() if k not in shorteners}
     conninfo = admin_url(env)
-    dramatiq = [str(Path(sys.executable).parent / "dramatiq"), "nexes.jobs", "--processes", "1", "--threads", "2"]
     scheduler_cmd = [sys.executable, "-m", "nexes.cli", "scheduler"]
     rng = random.Random(4)
     recoveries: list[float] = []
     with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
         log = Path(tmp) / "processes.log"
         path, _ = make_file(Path(tmp), orders, "R")
-        scheduler = _start(scheduler_cmd, env, log)
-        worker = _start(dramatiq, env, log)
+        scheduler = start_process(scheduler_cmd, env, log)
+        worker = start_process(DRAMATIQ, env, log)
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 job_id = store(env, path)
@@ -297,7 +294,7 @@ def bench_recovery(orders: int, kills: int) -> None:
                     os.killpg(worker.pid, signal.SIGKILL)
                     worker.wait()
                     killed_at, owner, through = time.monotonic(), row[0], row[1]
-                    worker = _start(dramatiq, env, log)
+                    worker = start_process(DRAMATIQ, env, log)
                     while time.monotonic() - killed_at < 600:
                         now = conn.execute(lease, [job_id]).fetchone()
                         assert now is not None
@@ -307,8 +304,8 @@ def bench_recovery(orders: int, kills: int) -> None:
                     recoveries.append(round(time.monotonic() - killed_at, 1))
                 state, _ = wait_final(conn, job_id)
         finally:
-            _stop(worker)
-            _stop(scheduler)
+            stop_process(worker)
+            stop_process(scheduler)
     report(
         bench="import-recovery",
         orders=orders,

@@ -5,7 +5,6 @@ enqueue it on Redis; a `dramatiq nexes.jobs` worker imports it into PostgreSQL."
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from bench.write_path import DRAMATIQ, start_process, stop_process
 from nexes import settings as settings_module
 from nexes.db.conninfo import environ_for_database
 from nexes.db.seed import seed
@@ -50,21 +50,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
     """The database seeded small, a worker and an API server on it; yields the API's URL."""
@@ -75,10 +60,8 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
     redis.Redis.from_url(settings.redis_url).flushdb()
     logs = tmp_path_factory.mktemp("e2e")
     port = free_port()
-    worker = start(
-        [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "2"], env, logs / "w"
-    )
-    api = start([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
+    worker = start_process(DRAMATIQ, env, logs / "worker")
+    api = start_process([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -92,8 +75,8 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
             raise AssertionError((logs / "api").read_text()[-2000:])
         yield settings, url
     finally:
-        stop(api)
-        stop(worker)
+        stop_process(api, timeout=30)
+        stop_process(worker, timeout=30)
         redis.Redis.from_url(settings.redis_url).flushdb()
         drop_database(template_settings.admin_url, DB)
 
