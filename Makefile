@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test lint bench lock seed migrate
+.PHONY: venv up down run test test-dates lint bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -48,9 +48,14 @@ test: venv
 	$(STACK) up
 	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest
 
+# The date-sensitive tests on other days of the year, PostgreSQL under libfaketime
+# (infra/test-dates); a stack of its own per day. Not part of `make test`.
+test-dates: venv
+	infra/test-dates
+
 lint: venv
-	$(BIN)/ruff check nexes tests bench infra/stack
-	$(BIN)/ruff format --check nexes tests bench infra/stack
+	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates
+	$(BIN)/ruff format --check nexes tests bench infra/stack infra/test-dates
 	$(BIN)/mypy
 
 bench: up

@@ -26,6 +26,28 @@ from nexes.settings import Settings
 TEMPLATE_DB = "nexes_test_template"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test-dates`, move this process's clock to the stack's moved clock.
+
+    infra/test-dates starts PostgreSQL under libfaketime at NEXES_FAKE_NOW (as of the
+    real epoch second NEXES_FAKE_SINCE); time-machine moves Python's clock to the same
+    instant. It ticks (tick=True): a frozen clock would hang asyncio.sleep and every
+    deadline loop.
+    """
+    fake_now = os.environ.get("NEXES_FAKE_NOW")
+    if not fake_now:
+        return
+    import datetime as dt
+
+    import time_machine
+
+    since = float(os.environ.get("NEXES_FAKE_SINCE") or time.time())
+    instant = dt.datetime.fromisoformat(fake_now) + dt.timedelta(seconds=time.time() - since)
+    traveller = time_machine.travel(instant, tick=True)
+    traveller.start()
+    config.add_cleanup(traveller.stop)
+
+
 def superuser_url(url: str, dbname: str = "postgres") -> str:
     """The stack's superuser, directly on the server behind `url` (tests only)."""
     params = conninfo_to_dict(url)
