@@ -1,0 +1,1 @@
+"""The resolvers behind nexes.schema: connections, lookups, mutations, reports, search."""
