@@ -14,18 +14,27 @@ DEMO_ORDERS ?= 100000
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+# The development venv: the runtime lock's packages plus the tools (requirements-dev.lock),
+# and nexes itself, editable.
+$(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# Regenerate the lock: pip resolves requirements.in, pip freeze writes names and versions.
+# Re-pin: pip resolves requirements.in in one fresh venv (the runtime lock), then
+# requirements-dev.in in another, held to the runtime lock's versions; pip freeze writes
+# names and versions. It may move unpinned indirect dependencies: review the diff.
+LOCK_VENV := .lock-venv
 lock:
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q -r requirements.in
-	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
-	rm -rf .lock-venv
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check -r requirements.in
+	$(LOCK_VENV)/bin/pip freeze --exclude-editable > requirements.lock.new
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.in -c requirements.lock.new
+	$(LOCK_VENV)/bin/pip freeze --exclude-editable > requirements-dev.lock.new
+	rm -rf $(LOCK_VENV)
+	mv requirements.lock.new requirements.lock && mv requirements-dev.lock.new requirements-dev.lock
 
 up: venv
 	$(STACK) up
@@ -57,6 +66,7 @@ lint: venv
 	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates
 	$(BIN)/ruff format --check nexes tests bench infra/stack infra/test-dates
 	$(BIN)/mypy
+	$(BIN)/deptry .
 
 bench: up
 	$(WITH_ENV) $(BIN)/python -m bench.run
