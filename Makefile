@@ -15,9 +15,10 @@ DEMO_ORDERS ?= 100000
 venv: $(VENV)/.installed
 
 # The development venv: the runtime lock's packages plus the tools (requirements-dev.lock),
-# and nexes itself, editable.
+# and nexes itself, editable. infra/mkvenv makes the venv (and on Debian without
+# python3-venv, installs it first).
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	infra/mkvenv $(PYTHON) $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
@@ -27,10 +28,10 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 # names and versions. It may move unpinned indirect dependencies: review the diff.
 LOCK_VENV := .lock-venv
 lock:
-	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	rm -rf $(LOCK_VENV) && infra/mkvenv $(PYTHON) $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check -r requirements.in
 	$(LOCK_VENV)/bin/pip freeze --exclude-editable > requirements.lock.new
-	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	rm -rf $(LOCK_VENV) && infra/mkvenv $(PYTHON) $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.in -c requirements.lock.new
 	$(LOCK_VENV)/bin/pip freeze --exclude-editable > requirements-dev.lock.new
 	rm -rf $(LOCK_VENV)
