@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test test-dates lint bench lock seed migrate
+.PHONY: venv up down run test test-dates lint check-packaging bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ lock:
 	$(LOCK_VENV)/bin/pip freeze --exclude-editable > requirements-dev.lock.new
 	rm -rf $(LOCK_VENV)
 	mv requirements.lock.new requirements.lock && mv requirements-dev.lock.new requirements-dev.lock
+
+# A plain (non-editable) `pip install .` into a new venv, then `nexes --help`, every
+# module imported and the package data checked from outside the checkout. Not part of
+# `make test`: it installs every package anew (the Typesense wheel alone is 338 MB).
+check-packaging:
+	PYTHON=$(PYTHON) infra/check-packaging
 
 up: venv
 	$(STACK) up
