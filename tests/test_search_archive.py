@@ -97,9 +97,11 @@ def test_a_run_that_died_after_the_detach_queues_the_quarter_when_it_attaches(fr
     cutoff = archive._years_before(datetime.now(UTC), AFTER_YEARS)
     with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
         due = [p for p in archive.quarter_tables(conn) if archive._due(p, cutoff)]
-        oldest = min((p for p in due if p.table == "service_order"), key=lambda p: p.start)
+        # The oldest due quarter that has orders: the migration made quarters from the 1st of
+        # this month 5 years back, the seed starts 1,825 days back, which is in the next quarter
+        # on a quarter's last day or two (on 31 March: partitions from 1 March, orders from 1 April).
+        oldest = min((p for p in due if p.table == "service_order" and ids(conn, p.name)), key=lambda p: p.start)
         quarter = ids(conn, oldest.name)
-        assert quarter, "the seed spans 5 years: its oldest quarter has orders"
         archive._run(conn, oldest, "detach")  # ... and the run dies here
         assert outbox(conn) == []
 
