@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import psycopg
 import pytest
 
+from nexes.db import partitions
 from nexes.db.invariants import check_all
 from nexes.db.seed import SeedError, check_disk, seed
 from nexes.settings import Settings
@@ -76,6 +79,26 @@ def test_bulk_seed_defers_indexes_and_rebuilds_every_one(fresh_db: Settings) -> 
         assert check_all(conn) == []
     assert after == before
     assert pending == (0,) and invalid == (0,)
+
+
+def test_a_seed_rolls_the_customer_totals_horizon_to_its_year(fresh_db: Settings) -> None:
+    """customer_stat_cum is folded up to its horizon only: seeding a database whose upkeep last
+    ran in an earlier year left the later years' orders out of it, and so out of the
+    top-customers report, and the invariant check (up to the horizon too) did not see it."""
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM customer_stat_cum").fetchone() == (0,)
+        conn.execute("UPDATE customer_stat_cum_horizon SET year = %s", [now.year - 2])
+    seed(fresh_db.admin_url, 300, defer=False, now=now)
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        horizon = conn.execute("SELECT year FROM customer_stat_cum_horizon").fetchone()
+        missing = conn.execute(
+            "SELECT count(*) FROM customer_stat_month AS m WHERE NOT EXISTS (SELECT FROM customer_stat_cum AS c "
+            "WHERE c.year = extract(year FROM m.month) AND c.customer_id = m.customer_id AND c.currency = m.currency)"
+        ).fetchone()
+        assert check_all(conn) == []
+    assert horizon == (partitions.cum_horizon(now.date()),)
+    assert missing == (0,)
 
 
 def test_seed_refuses_when_the_disk_is_too_small(settings: Settings) -> None:

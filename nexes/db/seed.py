@@ -279,6 +279,12 @@ def prepare(conn: psycopg.Connection, orders: int, now: datetime) -> Plan:
         conn.execute(STOCK_ITEMS, {"first": 1, "last": items, "opening": 1_000_000})
     start = now - timedelta(days=365 * YEARS)
     partitions.ensure_range(conn, start.date(), now.date())
+    # customer_stat_cum ends at its horizon, and the fold at the end (CUM_FOLD) fills it up to
+    # there only: in a database whose upkeep last ran in an earlier year (before that year's
+    # December), this year's orders would be left out of it, and so out of the top-customers
+    # report, which reads nothing past the horizon. The write path rolls it for its orders
+    # itself (customer_stat_cum_add); the seed defers that, so it rolls it as the upkeep does.
+    conn.execute("SELECT customer_stat_cum_roll(%s)", [partitions.cum_horizon(now.date())])
     (base,) = conn.execute(RESERVE_IDS, {"n": orders}).fetchone() or (0,)
     customer_ids = [r[0] for r in conn.execute("SELECT id FROM customer ORDER BY id LIMIT %s", [customers])]
     item_ids = [r[0] for r in conn.execute("SELECT id FROM stock_item ORDER BY id LIMIT %s", [items])]
@@ -330,7 +336,7 @@ def seed(
     indexes for the load and rebuilds them after: sorted builds beat incremental
     inserts several times over. Reads are slow meanwhile, so it is for loading.
     """
-    now = now or datetime.now(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)  # its date is the partitions' and the horizon's (UTC)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         check_disk(conn, orders)
         rebuild_deferred_indexes(conn)
