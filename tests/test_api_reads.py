@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import httpx
@@ -153,19 +154,43 @@ async def test_customer_service_orders_are_that_customers(app_client: httpx.Asyn
 
 
 async def test_dashboard_matches_the_orders(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    # Days at both ends and whole months between, inside the seed's five years on any day (fixed
+    # days, 2023-02-10 to 2024-07-03, held no orders from mid-2029 and the test compared nothing).
+    year = dt.datetime.now(dt.UTC).year
+    day_from, day_to = dt.date(year - 3, 2, 10), dt.date(year - 2, 7, 3)
     with psycopg.connect(seeded.admin_url) as conn:
         truth = dict(
             conn.execute(
                 "SELECT status::text, count(*) FROM service_order "
-                "WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN '2023-02-10' AND '2024-07-03' GROUP BY 1"
+                "WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN %s AND %s GROUP BY 1",
+                [day_from, day_to],
             ).fetchall()
         )
+    assert truth
     body = await gql(
-        app_client, '{ dashboard(from: "2023-02-10", to: "2024-07-03") { totalCount statuses { status count } } }'
+        app_client,
+        "query($from: Date!, $to: Date!) { dashboard(from: $from, to: $to) { totalCount statuses { status count } } }",
+        {"from": day_from.isoformat(), "to": day_to.isoformat()},
     )
     got = {s["status"]: s["count"] for s in body["data"]["dashboard"]["statuses"] if s["count"]}
     assert got == truth
     assert body["data"]["dashboard"]["totalCount"] == sum(truth.values())
+
+
+async def test_dashboard_ranges_to_the_last_date_are_open_ends(app_client: httpx.AsyncClient) -> None:
+    """December 9999 has no next month in Python: a range ending there answered INTERNAL."""
+    query = "query($from: Date, $to: Date) { dashboard(from: $from, to: $to) { totalCount } }"
+    everything = await gql(app_client, query)
+    assert everything["data"]["dashboard"]["totalCount"] > 0
+    for day_from, day_to, total in [
+        ("0001-01-01", "9999-12-31", everything["data"]["dashboard"]["totalCount"]),
+        (None, "9999-12-30", everything["data"]["dashboard"]["totalCount"]),
+        ("9999-12-15", "9999-12-31", 0),
+        ("9999-12-31", None, 0),
+    ]:
+        body = await gql(app_client, query, {"from": day_from, "to": day_to})
+        assert "errors" not in body, (day_from, day_to, body["errors"])
+        assert body["data"]["dashboard"]["totalCount"] == total, (day_from, day_to)
 
 
 async def test_stock_items_filter_and_order(app_client: httpx.AsyncClient) -> None:

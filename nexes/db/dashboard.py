@@ -51,7 +51,12 @@ def month_span(day_from: date, day_to: date) -> tuple[date, date]:
 
 async def stats_by_status(conn: AsyncConnection[Any], day_from: date | None, day_to: date | None) -> list[StatRow]:
     """Counts and amounts per status and currency over whole UTC days (both ends inclusive)."""
-    day_from, day_to = day_from or FAR_PAST, day_to or FAR_FUTURE
+    # A `to` past FAR_FUTURE is taken as none (an open end): no order is dated there, and
+    # month_span's next month of December 9999 (a usual "no end" date) is past Python's
+    # last date, which raised (INTERNAL) for every range ending or starting in it.
+    day_from, day_to = day_from or FAR_PAST, min(day_to or FAR_FUTURE, FAR_FUTURE)
+    if day_from > day_to:
+        return []
     month_lo, month_hi = month_span(day_from, day_to)
     params = {"day_from": day_from, "day_to": day_to, "month_lo": month_lo, "month_hi": month_hi}
     async with conn.cursor(row_factory=class_row(StatRow)) as cur:
