@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,6 +25,10 @@ SORT_SQL = {
     "UPDATED_AT_DESC": "updated_at DESC, id DESC",
     "TOTAL_AMOUNT_DESC": "total_amount DESC, id DESC",
 }
+# Filters span the seed's five years (and half a year before) up to now, on any day: fixed
+# bounds (2021-06-01 to 2026-12-01) would leave the seed's orders behind. One instant per
+# session, so that an example replays alike.
+NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 STATUSES = ["DRAFT", "OPEN", "IN_PROGRESS", "COMPLETED", "CANCELLED"]
 QUERY = """
 query($first: Int, $after: String, $last: Int, $before: String, $filter: ServiceOrderFilter, $order: ServiceOrderOrder) {
@@ -81,7 +85,7 @@ def truth(s: Settings, flt: dict[str, Any], order: str) -> list[int]:
 
 
 def filters(customers: list[int]) -> st.SearchStrategy[dict[str, Any]]:
-    day = st.datetimes(min_value=datetime(2021, 6, 1), max_value=datetime(2026, 12, 1), timezones=st.just(UTC))
+    day = st.datetimes(min_value=NOW - timedelta(days=5 * 365 + 180), max_value=NOW, timezones=st.just(UTC))
     span = st.lists(day, min_size=2, max_size=2).map(sorted)
     return st.fixed_dictionaries(
         {},

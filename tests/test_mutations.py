@@ -20,6 +20,9 @@ from nexes.settings import Settings
 from tests.conftest import TEMPLATE_DB, _environ_for, client_for, drop_database, error_codes, gql, recreate_database
 
 DB = "nexes_t_mutations"
+# The orders' day: in a live quarter on any date (the quarters reach 5 years back and 4 ahead);
+# a fixed day falls out of them in time (2026-11-02: before October 2025, and from 2032 on a new database).
+CREATED_DAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=35)
 
 CREATE = """
 mutation($input: CreateServiceOrderInput!) {
@@ -83,7 +86,7 @@ def order_input(sod: str, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "sodNumber": sod,
         "customerCode": "C000001",
-        "createdAt": "2026-11-02T10:00:00+00:00",
+        "createdAt": f"{CREATED_DAY.isoformat()}T10:00:00+00:00",
         "status": "OPEN",
         "description": "Boiler service",
         "currency": "EUR",
@@ -112,7 +115,7 @@ async def test_create_writes_order_lines_stock_stats_and_outbox(
 ) -> None:
     before = on_hand(db, "SKU-00001"), on_hand(db, "SKU-00002")
     stat_before = db.execute(
-        "SELECT coalesce(sum(order_count), 0) FROM dashboard_stat WHERE day = '2026-11-02' AND status = 'OPEN'"
+        "SELECT coalesce(sum(order_count), 0) FROM dashboard_stat WHERE day = %s AND status = 'OPEN'", [CREATED_DAY]
     ).fetchone()
     result = await create(client, order_input("MUT-1"))
     assert result["errors"] == []
@@ -122,7 +125,7 @@ async def test_create_writes_order_lines_stock_stats_and_outbox(
     assert (on_hand(db, "SKU-00001"), on_hand(db, "SKU-00002")) == (before[0] - 3, before[1] - 1)
     assert ledger(db, "MUT-1") == {1: -3, 2: -1}
     stat_after = db.execute(
-        "SELECT sum(order_count) FROM dashboard_stat WHERE day = '2026-11-02' AND status = 'OPEN'"
+        "SELECT sum(order_count) FROM dashboard_stat WHERE day = %s AND status = 'OPEN'", [CREATED_DAY]
     ).fetchone()
     assert stat_before and stat_after and stat_after[0] == stat_before[0] + 1
     outbox = db.execute(

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -554,7 +555,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
             "input": {
                 "sodNumber": "SRCH-MUT-000777",
                 "customerCode": "C000001",
-                "createdAt": "2026-11-02T10:00:00+00:00",
+                "createdAt": (datetime.now(UTC) - timedelta(days=35)).isoformat(),  # a live quarter, any day
                 "status": "OPEN",
                 "description": "Periscope calibration",
                 "currency": "EUR",
