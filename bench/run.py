@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,7 +48,9 @@ from nexes.db.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = "nexes_bench"
-PEER = Path("/work/shared/peers/postgraphile/run")
+# The PostGraphile peer's start script: in shared/, beside the checkout (../shared from
+# its root, wherever the checkout lies), or where NEXES_PEER_POSTGRAPHILE says.
+PEER_DEFAULT = ROOT.parent / "shared" / "peers" / "postgraphile" / "run"
 NEXES_PORT, PEER_PORT = 18000, 18001
 PAGE_FIELDS = "id sodNumber status createdAt totalAmount customer { name }"
 PEER_FIELDS = "rowId sodNumber status createdAt totalAmount customerByCustomerId { name }"
@@ -58,6 +60,30 @@ PEER_ORDER = "orderBy: [CREATED_AT_DESC, ROW_ID_DESC]"
 # with 'prepared statement "..." already exists', answered as HTTP 200 with errors, so
 # wrk counted failures as pages. Its own switch turns them off, as Nexes has them off.
 PEER_ENV = {**os.environ, "DATAPLAN_PG_PREPARED_STATEMENT_CACHE_SIZE": "0"}
+
+
+def peer_script() -> Path:
+    configured = os.environ.get("NEXES_PEER_POSTGRAPHILE")
+    path = Path(configured) if configured else PEER_DEFAULT
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        where = "NEXES_PEER_POSTGRAPHILE" if configured else "shared/ beside the checkout"
+        sys.exit(
+            f"bench: no PostGraphile peer at {path} (from {where}): the api benchmark runs it. "
+            "Set NEXES_PEER_POSTGRAPHILE to its executable `run` script."
+        )
+    return path
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("bench: wrk is missing; install it, e.g. on Debian/Ubuntu: sudo apt-get install wrk")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"]
+    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)  # a fresh machine has no lists
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
 
 
 def report(**figures: object) -> None:
@@ -96,28 +122,40 @@ def bench_seed(orders: int) -> None:
     )
 
 
+class NotReady(RuntimeError):
+    pass
+
+
 @contextmanager
 def process(cmd: list[str], env: dict[str, str], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
     """A server, started in its own session, waited for, and stopped by its process group."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
-        yield from _serving(proc, ready_url, ready_body)
+        try:
+            yield from _serving(proc, ready_url, ready_body)
+        except NotReady as exc:
+            log.seek(0)
+            tail = log.read()[-3000:].decode(errors="replace")
+            raise NotReady(f"{exc}; its output ends with:\n{tail}") from None
 
 
 def _serving(proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
     try:
         deadline = time.monotonic() + 600  # the peer installs Node.js on its first run
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise NotReady(f"{proc.args!r} exited ({proc.returncode}) before it was ready")
             try:
                 if httpx.post(ready_url, json=ready_body, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
         else:
-            raise RuntimeError(f"{proc.args!r} did not become ready")
+            raise NotReady(f"{proc.args!r} did not become ready")
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # it may have exited, its group with it
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
@@ -140,8 +178,8 @@ def bench_api(
     seconds: int, rounds: int = 3, workers: int = 1, ports: tuple[int, int] = (NEXES_PORT, PEER_PORT)
 ) -> None:
     """One Nexes worker against one PostGraphile (Node.js) process by default: like for like."""
-    if not shutil.which("wrk"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    peer = peer_script()
+    ensure_wrk()
     env = {**bench_env(), "NEXES_API_POOL_SIZE": "20"}
     settings = settings_module.load(env)
     nexes_port, peer_port = ports
@@ -154,7 +192,7 @@ def bench_api(
     nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", str(workers)]
     with (
         process(nexes_cmd, env, nexes_url, first),
-        process([str(PEER), peer_db, str(peer_port), "public"], PEER_ENV, peer_url, peer_first),
+        process([str(peer), peer_db, str(peer_port), "public"], PEER_ENV, peer_url, peer_first),
     ):
         cursor = httpx.post(nexes_url, json=first).json()["data"]["serviceOrders"]["pageInfo"]["endCursor"]
         body = {
@@ -333,6 +371,7 @@ def main() -> None:
     elif args.what == "pages":
         asyncio.run(_latencies(200))
     else:
+        peer_script()  # before a seed of 11 minutes, not after it
         settings = settings_module.load()
         with psycopg.connect(superuser(settings.admin_url)) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
