@@ -42,10 +42,17 @@ def pytest_configure(config: pytest.Config) -> None:
     import time_machine
 
     since = float(os.environ.get("NEXES_FAKE_SINCE") or time.time())
-    instant = dt.datetime.fromisoformat(fake_now) + dt.timedelta(seconds=time.time() - since)
-    traveller = time_machine.travel(instant, tick=True)
+    offset = dt.datetime.fromisoformat(fake_now).timestamp() - since
+    traveller = time_machine.travel(dt.datetime.fromtimestamp(time.time() + offset, dt.UTC), tick=True)
     traveller.start()
     config.add_cleanup(traveller.stop)
+    # The processes tests start (`nexes archive`, workers, the scheduler) run on the same
+    # clock: libfaketime's relative form ("+N" seconds) holds for whenever each one starts.
+    libfaketime = os.environ.get("NEXES_LIBFAKETIME", "")
+    if libfaketime:
+        os.environ["LD_PRELOAD"] = libfaketime
+        os.environ["FAKETIME"] = f"{offset:+.0f}"
+        os.environ["DONT_FAKE_MONOTONIC"] = "1"
 
 
 def superuser_url(url: str, dbname: str = "postgres") -> str:
