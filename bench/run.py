@@ -60,6 +60,11 @@ PEER_ORDER = "orderBy: [CREATED_AT_DESC, ROW_ID_DESC]"
 # with 'prepared statement "..." already exists', answered as HTTP 200 with errors, so
 # wrk counted failures as pages. Its own switch turns them off, as Nexes has them off.
 PEER_ENV = {**os.environ, "DATAPLAN_PG_PREPARED_STATEMENT_CACHE_SIZE": "0"}
+# Since migration 0028 a statement-level check, not a foreign key, holds service_order's
+# customer_id to customer, so PostGraphile no longer makes customerByCustomerId from it and
+# answered every page with a 400. A smart comment, on the bench database only, declares
+# the relation the key declared.
+PEER_SMART_TAGS = "COMMENT ON TABLE service_order IS '@foreignKey (customer_id) references customer (id)'"
 
 
 def peer_script() -> Path:
@@ -187,6 +192,8 @@ def bench_api(
     peer_url = f"http://127.0.0.1:{peer_port}/graphql"
     # Both reach the replica through the same PgBouncer, each with a pool of 20.
     peer_db = f"postgresql://nexes_api@{urlsplit(settings.replica_urls[0]).netloc}/{DB}"
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        conn.execute(PEER_SMART_TAGS)
     first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
     peer_first = {"query": f"{{ allServiceOrders(first: 50, {PEER_ORDER}) {{ pageInfo {{ endCursor }} }} }}"}
     nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", str(workers)]
