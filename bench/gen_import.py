@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-# The header of docs/import-format.md (nexes.jobs.importfile.COLUMNS); not imported
+# The header of docs/import-format.md (nexes.imports.parse.COLUMNS); not imported
 # from there because importing nexes.jobs configures the broker from the environment.
 COLUMNS = (
     "sod_number",

@@ -42,7 +42,7 @@ import psycopg
 from psycopg import sql
 
 from nexes import settings as settings_module
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.migrate import migrate
 from nexes.db.seed import seed
 
@@ -233,9 +233,9 @@ def bench_api(
 
 async def _latencies(samples: int) -> None:
     """Median and p99 of pages in process: raw keyset SQL against the same page through GraphQL."""
-    from nexes.app import create_app
     from nexes.db import orders as orders_db
     from nexes.db.orders import Keyset, OrderFilter
+    from nexes.http.app import create_app
 
     settings = settings_module.load(bench_env())
     app = create_app(settings)

@@ -46,7 +46,7 @@ WORDS = ("boiler", "heat pump", "ventilation", "generator", "elevator", "water h
 
 
 def environ() -> dict[str, str]:
-    from nexes.db.conninfo import environ_for_database
+    from nexes.db.connect.conninfo import environ_for_database
 
     env = environ_for_database(os.environ, DB)
     env.update(
@@ -376,7 +376,7 @@ def bench_catch_up(env: dict[str, str], settings: Any) -> float:
 
 def bench_import_cost(settings: Any, orders: int) -> dict[str, float]:
     """Import the same kind of file with and without the fallback's trigram indexes."""
-    from nexes.jobs import import_runner
+    from nexes.jobs import imports_runner as import_runner
     from tests.test_imports import store
 
     results = {}

@@ -431,7 +431,7 @@ def apply_statements(orders: int, chunks: int) -> None:
     staged like an import's, in transactions rolled back: pg_stat_activity sees the script
     as one query (a single round trip), so this is where its time goes, triggers included."""
     from nexes.db import order_write
-    from nexes.db.conninfo import for_role
+    from nexes.db.connect.conninfo import for_role
 
     env = worker_env()
     settings = settings_module.load(env)

@@ -121,15 +121,15 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 async def _import_connection(settings: settings_module.Settings) -> psycopg.AsyncConnection[Any]:
-    from nexes.db.conninfo import for_role
+    from nexes.db.connect.conninfo import for_role
 
     conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-import")
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None)
 
 
 async def _store_import(settings: settings_module.Settings, path: Path) -> int:
+    from nexes.http.uploads import CHUNK_BYTES, UploadWriter, enqueue
     from nexes.observability import new_request_id, request_id_var
-    from nexes.uploads import CHUNK_BYTES, UploadWriter, enqueue
 
     request_id_var.set(new_request_id())  # travels with the job and its message
     async with await _import_connection(settings) as conn:
@@ -157,7 +157,7 @@ async def _wait_import(settings: settings_module.Settings, job_id: int, timeout:
     """Poll until the job is final: 0 SUCCEEDED, 1 PARTIAL/FAILED/CANCELLED, 2 timed out."""
     import asyncio
 
-    from nexes.db import import_jobs
+    from nexes.db import imports as import_jobs
 
     deadline = None if timeout is None else time.monotonic() + timeout
     async with await _import_connection(settings) as conn:
@@ -185,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = _settings()  # fail early, naming the setting, before uvicorn starts workers
     uvicorn.run(
-        "nexes.app:app_from_env",
+        "nexes.http.app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
@@ -242,7 +242,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from nexes.schema import schema
+    from nexes.schema.root import schema
 
     sys.stdout.write(schema.as_str() + "\n")
 

@@ -160,7 +160,7 @@ def configure_tracing(settings: Settings, service: str) -> None:
 
 def install_tracing(service: str, exporter: SpanExporter) -> TracerProvider:
     """The SDK with `exporter` behind a batch processor, and httpx's instrumentation (Typesense);
-    HTTP and SQL spans are made by `nexes.app` and `nexes.db.cursor`. Idempotent: the first
+    HTTP and SQL spans are made by `nexes.http.app` and `nexes.db.connect.tagged`. Idempotent: the first
     provider installed stays."""
     global _provider
     if _provider is not None:

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes import settings as settings_module
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.migrate import migrate
 from nexes.settings import Settings
 
@@ -88,7 +88,7 @@ def wait_until_served(name: str, seconds: float = 15.0) -> None:
     """
     environ = _environ_for(name)
     settings = settings_module.load(environ)
-    from nexes.db.conninfo import for_role
+    from nexes.db.connect.conninfo import for_role
 
     deadline = time.monotonic() + seconds
     for role in ("nexes_api", "nexes_worker", "nexes_analyst"):
@@ -172,7 +172,7 @@ async def app_client(seeded: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from nexes.app import create_app
+    from nexes.http.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -1,4 +1,4 @@
-"""JSON POSTs to /graphql take the plain-ASGI path (nexes.graphql_post); Starlette's
+"""JSON POSTs to /graphql take the plain-ASGI path (nexes.http.graphql_post); Starlette's
 endpoint answers everything else. Both must answer a JSON POST identically."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from nexes import endpoints
-from nexes.app import RequestContextMiddleware
+from nexes.http import endpoints
+from nexes.http.app import RequestContextMiddleware
 
 BODIES = [
     b'{"query": "{ serviceOrders(first: 3) { edges { cursor node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { hasNextPage endCursor } } }"}',  # noqa: E501

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import psycopg
 
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql, superuser_url
 

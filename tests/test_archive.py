@@ -15,7 +15,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from nexes.db import archive, partitions
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.settings import Settings

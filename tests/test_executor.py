@@ -11,8 +11,8 @@ import pytest
 import strawberry
 from strawberry.schema.config import StrawberryConfig
 
-from nexes.schema import make_schema
-from nexes.schema.executor import FastExecutor, _completers, _plans
+from nexes.execution.executor import FastExecutor, _completers, _plans
+from nexes.schema.root import make_schema
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.settings import Settings
 from tests.conftest import client_for
@@ -190,14 +190,14 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
     stock = make_schema(None)
     async with client_for(seeded) as client:
         state = client.app.state  # type: ignore[attr-defined]
-        from nexes.context import Context
+        from nexes.resolvers.context import Context
 
         def context() -> Context:
             return Context(
                 request_id="equivalence", settings=state.settings, router=state.router, cursors=state.cursors
             )
 
-        from nexes.schema import execution
+        from nexes.execution import pipeline as execution
 
         expected = await stock.execute(document, context_value=context())
         # The production path: cached parse and validation, then the fast executor.

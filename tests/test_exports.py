@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from nexes.jobs import import_runner
-from nexes.jobs.importfile import COLUMNS
+from nexes.imports.parse import COLUMNS
+from nexes.jobs import imports_runner as import_runner
 from nexes.settings import Settings
 from tests.conftest import client_for, superuser_url
 from tests.test_imports import close_worker_pool, job_row, store_async

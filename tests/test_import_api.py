@@ -25,8 +25,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from nexes.db import import_jobs
-from nexes.db.conninfo import environ_for_database
+from nexes.db import imports as import_jobs
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql

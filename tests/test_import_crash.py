@@ -31,7 +31,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from bench.gen_import import generate_csv
 from nexes import settings as settings_module
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.settings import Settings
@@ -221,7 +221,7 @@ def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
     broker = RedisBroker(url=crashed.redis_url)  # type: ignore[no-untyped-call]
 
     # The reference: the same file, one clean run, in a database seeded the same way.
-    from nexes.jobs.import_runner import run
+    from nexes.jobs.imports_runner import run
 
     clean_before = on_hand_now(clean)
     clean_job = store(clean, import_file, "clean-run")

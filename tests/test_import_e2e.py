@@ -22,7 +22,7 @@ import redis
 
 from bench.write_path import DRAMATIQ, start_process, stop_process
 from nexes import settings as settings_module
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.conftest import TEMPLATE_DB, drop_database, recreate_database

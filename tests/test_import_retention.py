@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
-from nexes.db import import_apply
+from nexes.db import imports_apply as import_apply
 from nexes.settings import Settings
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from bench.gen_import import generate_csv
 from nexes.errors import Code
-from nexes.jobs.importfile import (
+from nexes.imports.parse import (
     COLUMNS,
     MAX_RECORD_CHARS,
     FileError,

@@ -29,15 +29,15 @@ import pytest
 
 from bench.gen_import import generate_csv
 from nexes import settings as settings_module
-from nexes.db import import_apply
-from nexes.db.conninfo import for_role
+from nexes.db import imports_apply as import_apply
+from nexes.db.connect.conninfo import for_role
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
-from nexes.jobs import import_runner
-from nexes.jobs.importfile import COLUMNS
+from nexes.http.uploads import CHUNK_BYTES, UploadWriter
+from nexes.imports.parse import COLUMNS
+from nexes.jobs import imports_runner as import_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
-from nexes.uploads import CHUNK_BYTES, UploadWriter
 from tests.conftest import (
     TEMPLATE_DB,
     _environ_for,

@@ -9,7 +9,7 @@ import resource
 import psycopg
 import pytest
 
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
 
 CLIENTS = 1_000

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from nexes.db import partitions
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.db.invariants import check_all
 from nexes.db.reconcile import reconcile
 from nexes.db.seed import seed
@@ -90,7 +90,7 @@ def test_reconciliation_while_an_import_runs_corrects_nothing_that_was_right(
     import dataclasses
 
     from bench.gen_import import generate_csv
-    from nexes.jobs.import_runner import run
+    from nexes.jobs.imports_runner import run
     from tests.test_import_crash import store
 
     seed(fresh_db.admin_url, 200, defer=False)
@@ -175,7 +175,7 @@ def test_drift_in_an_amount_alone_is_recorded_with_the_amounts(fresh_db: Setting
 def test_stock_below_zero_is_reported_as_negative_stock_and_not_as_drift(fresh_db: Settings, tmp_path: Path) -> None:
     """Stock may go negative (an order may consume more than is on hand); reconciliation
     reports where it does, and the ledger still explains it."""
-    from nexes.jobs.import_runner import run
+    from nexes.jobs.imports_runner import run
     from tests.test_import_crash import store
 
     seed(fresh_db.admin_url, 50, defer=False)

@@ -16,10 +16,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from nexes import endpoints
-from nexes.app import RequestContextMiddleware
-from nexes.db.conninfo import for_role
-from nexes.db.lsn import format_lsn, parse_lsn
+from nexes.db.connect.conninfo import for_role
+from nexes.db.connect.lsn import format_lsn, parse_lsn
+from nexes.http import endpoints
+from nexes.http.app import RequestContextMiddleware
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql, superuser_url
 from tests.test_api_operations import stopped

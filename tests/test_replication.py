@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
 
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from nexes.db.conninfo import for_role, with_database
+from nexes.db.connect.conninfo import for_role, with_database
 from nexes.settings import Settings
 from tests.conftest import drop_database, recreate_database, superuser_url
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.jobs import scheduler
 from nexes.settings import Settings
 

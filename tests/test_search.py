@@ -31,9 +31,9 @@ from typesense.exceptions import TypesenseClientError
 
 from nexes import settings as settings_module
 from nexes.db import search as search_db
-from nexes.db.conninfo import environ_for_database
+from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
-from nexes.jobs import import_runner
+from nexes.jobs import imports_runner as import_runner
 from nexes.search import collection, drift, engine
 from nexes.search.client import sync_client
 from nexes.search.reindex import reindex

@@ -19,7 +19,7 @@ from nexes.db import archive
 from nexes.db import search as search_db
 from nexes.db.migrate import discover
 from nexes.db.seed import seed
-from nexes.jobs import import_runner
+from nexes.jobs import imports_runner as import_runner
 from nexes.search.client import sync_client
 from nexes.search.sync import drain
 from nexes.settings import Settings

@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from nexes import app as app_module
 from nexes import observability
+from nexes.http import app as app_module
 from nexes.settings import Settings
 from tests.conftest import wait_until_served
 from tests.test_import_api import CSRF, job_key
@@ -223,7 +223,8 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import nexes.jobs
-    from nexes.jobs import broker, import_runner
+    from nexes.jobs import broker
+    from nexes.jobs import imports_runner as import_runner
     from nexes.jobs.search import sync_search
 
     for queue in ("imports", sync_search.queue_name):

@@ -1,5 +1,5 @@
 """The CSV export of service orders: one COPY ... TO STDOUT, one row per order line,
-with the import's column names (nexes.jobs.importfile.COLUMNS), so an export imports back."""
+with the import's column names (nexes.imports.parse.COLUMNS), so an export imports back."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ JOIN stock_item s ON s.id = l.stock_item_id
 """
 LIVE = ("service_order", "service_order_line")
 ARCHIVE = ("service_order_archive", "service_order_line_archive")
-# An export may run long; a client that hangs up cancels it at once (nexes.exports).
+# An export may run long; a client that hangs up cancels it at once (nexes.http.exports).
 EXPORT_STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = '1h'"
 
 

@@ -1,6 +1,6 @@
 """Analyst reports, read from the summary tables the write path keeps (dashboard_stat,
 dashboard_stat_month, customer_stat_cum): a few thousand rows, or one or two per customer,
-whatever the order count. Run under the analyst role on a replica (nexes.db.router.Router.analyst)."""
+whatever the order count. Run under the analyst role on a replica (nexes.db.connect.router.Router.analyst)."""
 
 from __future__ import annotations
 

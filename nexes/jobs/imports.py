@@ -20,7 +20,7 @@ QUEUE = "imports"
 def run_import(job_id: int) -> None:
     """Run (or resume) import job `job_id`; a no-op when another worker holds its lease."""
     from nexes.jobs import settings, tag_worker_logs
-    from nexes.jobs.import_runner import run
+    from nexes.jobs.imports_runner import run
 
     tag_worker_logs()
     message = CurrentMessage.get_current_message()

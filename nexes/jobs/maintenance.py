@@ -28,7 +28,7 @@ def maintain_partitions() -> None:
 )
 def reconcile_stats() -> None:
     """Recompute dashboard_stat slice by slice and check stock (safe while imports run)."""
-    from nexes.db.conninfo import for_role
+    from nexes.db.connect.conninfo import for_role
     from nexes.db.reconcile import reconcile
 
     report = reconcile(
@@ -73,9 +73,9 @@ def archive_quarters() -> None:
 def sweep_imports() -> None:
     """Send again the import jobs whose worker died (lease ran out) or whose message
     was lost; finish a cancel asked of a dead job. The lease makes a resend harmless."""
-    from nexes.db import import_apply
-    from nexes.jobs.import_runner import worker_pool
+    from nexes.db import imports_apply as import_apply
     from nexes.jobs.imports import enqueue_import
+    from nexes.jobs.imports_runner import worker_pool
 
     with worker_pool(settings).connection() as conn:
         retention = {"retention": settings.import_retention_days}
@@ -91,8 +91,8 @@ def sweep_imports() -> None:
 @dramatiq.actor(queue_name="maintenance", max_retries=3, min_backoff=60_000, max_backoff=600_000, time_limit=600_000)
 def purge_imports() -> None:
     """Delete import jobs past their retention (uploads and error rows go with them)."""
-    from nexes.db import import_apply
-    from nexes.jobs.import_runner import worker_pool
+    from nexes.db import imports_apply as import_apply
+    from nexes.jobs.imports_runner import worker_pool
 
     total, batch = 0, 100
     while True:  # bounded batches: each a short transaction

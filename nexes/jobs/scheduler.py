@@ -35,6 +35,15 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     from nexes.jobs.search import sweep_search
 
     stop = stop or threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Before anything is logged: a SIGTERM just after "leader" must stop it cleanly too,
+    # releasing the lock (seen in a test that stopped it at that moment).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     client = redis.Redis.from_url(settings.redis_url)
     lock = client.lock(LOCK_NAME, timeout=LOCK_TTL, thread_local=False)
     log.info("scheduler waiting for leadership")
@@ -63,12 +72,6 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
 
     scheduler.add_job(keep_lead, "interval", seconds=LOCK_TTL / 3, id="leadership")
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=lambda: (stop.wait(), scheduler.shutdown(wait=False)), daemon=True).start()
     try:
         scheduler.start()

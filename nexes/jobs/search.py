@@ -36,7 +36,7 @@ def client() -> typesense.Client:
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
 def sync_search() -> None:
     """Drain the search outbox into Typesense."""
-    from nexes.jobs.import_runner import worker_pool
+    from nexes.jobs.imports_runner import worker_pool
     from nexes.search.sync import drain
 
     report = drain(worker_pool(settings), client(), settings.typesense_collection, batch=settings.search_sync_batch)
@@ -57,7 +57,7 @@ REINDEX_EVERY = 300.0  # seconds between attempts at an asked-for reindex (db.se
 def sweep_search() -> None:
     """The scheduled sweep: drain, and start a reindex that was asked for."""
     from nexes.db.search import reindex_wanted
-    from nexes.jobs.import_runner import worker_pool
+    from nexes.jobs.imports_runner import worker_pool
 
     sync_search()
     with worker_pool(settings).connection() as conn:
@@ -81,7 +81,7 @@ def reindex_search() -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=60_000, max_backoff=3_600_000, time_limit=600_000)
 def check_search_drift() -> None:
     """Compare Typesense with PostgreSQL and queue repairs, then sync them."""
-    from nexes.jobs.import_runner import worker_pool
+    from nexes.jobs.imports_runner import worker_pool
     from nexes.search.drift import check
 
     with worker_pool(settings).connection() as conn:

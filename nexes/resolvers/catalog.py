@@ -8,10 +8,10 @@ from typing import Any
 import strawberry
 from psycopg import AsyncConnection
 
-from nexes.context import Context
 from nexes.db import catalog
 from nexes.db.catalog import CatalogFilter, StockItemRow, Table
 from nexes.errors import bad_input
+from nexes.resolvers.context import Context
 from nexes.resolvers.ids import global_id
 from nexes.resolvers.orders import to_customer
 from nexes.resolvers.pagination import PageArgs, build_page, page_request

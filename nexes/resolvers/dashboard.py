@@ -7,9 +7,9 @@ from typing import Any
 
 import strawberry
 
-from nexes.context import Context
 from nexes.db import dashboard as dashboard_db
 from nexes.errors import bad_input
+from nexes.resolvers.context import Context
 from nexes.schema.dashboard import CurrencyAmount, Dashboard, StatusFigures
 from nexes.schema.types import STATUS_BY_NAME, Status
 

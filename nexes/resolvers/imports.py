@@ -7,10 +7,11 @@ from typing import Any
 import strawberry
 from psycopg import AsyncConnection
 
-from nexes.context import Context
-from nexes.db import import_jobs as db
-from nexes.db.import_jobs import FINAL_STATUSES, ImportErrorRow, ImportJobRow
+from nexes.db import imports as db
+from nexes.db.imports import FINAL_STATUSES, ImportErrorRow, ImportJobRow
 from nexes.errors import Code, NexesError
+from nexes.http.uploads import StoredUpload, enqueue
+from nexes.resolvers.context import Context
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
 from nexes.schema.imports import (
@@ -23,7 +24,6 @@ from nexes.schema.imports import (
     StartImportPayload,
 )
 from nexes.schema.payloads import UserError, user_error
-from nexes.uploads import StoredUpload, enqueue
 
 Info = strawberry.Info[Context, Any]
 JOBS_ORDER = "IMPORT_JOBS_ID_DESC"

@@ -10,7 +10,7 @@ from strawberry.dataloader import DataLoader
 
 from nexes.db import catalog
 from nexes.db import orders as orders_db
-from nexes.db.router import Router
+from nexes.db.connect.router import Router
 from nexes.schema.types import Customer, ServiceOrder, StockItem
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import strawberry
 
-from nexes.context import Context
 from nexes.errors import bad_input
+from nexes.resolvers.context import Context
 from nexes.resolvers.ids import decode_any_global_id
 from nexes.schema.types import Node
 

@@ -13,12 +13,12 @@ from typing import Any
 import strawberry
 from psycopg import AsyncConnection
 
-from nexes.context import Context
 from nexes.db import catalog
 from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
 from nexes.db.orders import Keyset, LineRow, OrderFilter, OrderRow
 from nexes.errors import bad_input
+from nexes.resolvers.context import Context
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
 from nexes.resolvers.selection import selected_paths

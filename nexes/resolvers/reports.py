@@ -7,10 +7,10 @@ from typing import Any
 
 import strawberry
 
-from nexes.context import Context
 from nexes.db import reports as db
 from nexes.db.catalog import CustomerRow
 from nexes.errors import bad_input
+from nexes.resolvers.context import Context
 from nexes.resolvers.orders import to_customer
 from nexes.schema.reports import AgingBucket, CustomerAmount, PeriodFigures
 from nexes.schema.types import STATUS_BY_NAME

@@ -8,7 +8,7 @@ from typing import Any
 
 import strawberry
 
-from nexes.context import Context
+from nexes.resolvers.context import Context
 from nexes.schema.connections import Edge, PageInfo
 from nexes.schema.payloads import UserError
 from nexes.schema.scalars import Upload

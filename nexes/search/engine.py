@@ -26,7 +26,7 @@ from typesense.async_.client import AsyncClient
 from typesense.exceptions import TypesenseClientError
 
 from nexes.db import search as search_db
-from nexes.db.router import Router
+from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError, bad_input
 from nexes.search import collection
 from nexes.search.client import async_client

@@ -8,7 +8,7 @@ import httpx
 from psycopg import AsyncConnection
 
 from nexes.db import search as search_db
-from nexes.db.router import Router
+from nexes.db.connect.router import Router
 from nexes.search import metrics
 from nexes.search.engine import service_for
 from nexes.settings import Settings

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nexes.db import search as search_db
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import typesense
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from nexes.db import search as search_db
-from nexes.db.conninfo import for_role
+from nexes.db.connect.conninfo import for_role
 from nexes.search import collection
 from nexes.settings import Settings
 

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from nexes.db.connect.router import Router
 from nexes.db.exports import copy_orders_csv
 from nexes.db.orders import OrderFilter
-from nexes.db.router import Router
-from nexes.endpoints import error_result
 from nexes.errors import Code, NexesError, bad_input
+from nexes.http.endpoints import error_result
 from nexes.resolvers.orders import order_filter
 from nexes.schema.connections import ServiceOrderFilter
 from nexes.schema.types import STATUS_BY_NAME

@@ -13,8 +13,8 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from nexes.endpoints import error_result, execute_graphql, lsn_of, request_from_json
 from nexes.errors import NexesError
+from nexes.http.endpoints import error_result, execute_graphql, lsn_of, request_from_json
 
 JSON = b"application/json"
 

@@ -8,8 +8,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from nexes.db.conninfo import for_role
-from nexes.db.cursor import TaggedCursor
+from nexes.db.connect.conninfo import for_role
+from nexes.db.connect.tagged import TaggedCursor
 from nexes.settings import Settings
 
 

@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from nexes.errors import Code, NexesError, bad_input
-from nexes.uploads import StoredUpload, UploadWriter
+from nexes.http.uploads import StoredUpload, UploadWriter
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

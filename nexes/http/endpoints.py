@@ -22,19 +22,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 
-from nexes import multipart
-from nexes.context import Context, Viewer
-from nexes.db import health as db_health
 from nexes.db import migrate
-from nexes.db.lsn import parse_lsn
-from nexes.db.router import Consistency, consistency_var, translate
+from nexes.db.connect import probes as db_health
+from nexes.db.connect.lsn import parse_lsn
+from nexes.db.connect.router import Consistency, consistency_var, translate
 from nexes.errors import HTTP_STATUS, Code, NexesError, bad_input
+from nexes.execution import pipeline as execution
+from nexes.http import multipart
+from nexes.http.uploads import StoredUpload, UploadWriter, abort_all, enqueue
 from nexes.observability import request_id_var
+from nexes.resolvers.context import Context, Viewer
 from nexes.resolvers.ids import global_id
-from nexes.schema import execution
 from nexes.search.health import search_health
 from nexes.settings import Settings
-from nexes.uploads import StoredUpload, UploadWriter, abort_all, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def execute_graphql(
     app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn: str = ""
 ) -> tuple[dict[str, Any], int]:
     """The payload and HTTP status of a parsed request, executed with the app's state
-    (also by nexes.graphql_post, the plain-ASGI path of JSON POSTs).
+    (also by nexes.http.graphql_post, the plain-ASGI path of JSON POSTs).
 
     `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
     request that wrote gets the primary's position after its commit in

@@ -27,12 +27,12 @@ from typing import Any, BinaryIO
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from nexes.db import import_apply as sql
+from nexes.db import imports_apply as sql
 from nexes.db import migrate
-from nexes.db.conninfo import for_role
-from nexes.db.cursor import SyncTaggedCursor
-from nexes.db.import_jobs import upload_chunks
-from nexes.jobs import importfile
+from nexes.db.connect.conninfo import for_role
+from nexes.db.connect.tagged import SyncTaggedCursor
+from nexes.db.imports import upload_chunks
+from nexes.imports import parse as importfile
 from nexes.observability import request_id_var, traceparent_var
 from nexes.search.trigger import request_sync
 from nexes.settings import Settings

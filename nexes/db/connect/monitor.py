@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import psycopg
 
-from nexes.db.health import REPLICA as REPLICA_PROBE
-from nexes.db.lsn import parse_lsn
-from nexes.db.router import PRIMARY, PassiveHealth
+from nexes.db.connect.lsn import parse_lsn
+from nexes.db.connect.probes import REPLICA as REPLICA_PROBE
+from nexes.db.connect.router import PRIMARY, PassiveHealth
 from nexes.metrics import REPLICA_IN_ROTATION, REPLICA_LAG
 from nexes.settings import Settings
 
@@ -118,7 +118,7 @@ class ReplicaMonitor:
     def for_settings(cls, settings: Settings) -> ReplicaMonitor:
         """Probes go to NEXES_REPLICA_ADMIN_URLS (direct); a replica without one is probed
         through its NEXES_REPLICA_URLS entry, which is all the process can reach."""
-        from nexes.db.conninfo import for_role
+        from nexes.db.connect.conninfo import for_role
 
         urls = [
             settings.replica_admin_urls[i]

@@ -1,7 +1,7 @@
 """Read routing: queries to a healthy replica, fresh reads and writes to the primary.
 
 The health policy is a seam (`ReplicaHealth`): the default only remembers servers
-that just failed a connection; the lag monitor (`nexes.db.monitor`) plugs in there.
+that just failed a connection; the lag monitor (`nexes.db.connect.monitor`) plugs in there.
 A read that fails on a replica for a connection reason is retried once on the primary.
 
 Read-your-writes: a request's `Consistency` (a contextvar set by the GraphQL endpoint)
@@ -27,8 +27,8 @@ from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from nexes.db.lsn import format_lsn, parse_lsn
-from nexes.db.pools import Pools
+from nexes.db.connect.lsn import format_lsn, parse_lsn
+from nexes.db.connect.pools import Pools
 from nexes.errors import Code, NexesError
 from nexes.metrics import DB_ROUTE
 

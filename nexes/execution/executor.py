@@ -26,7 +26,7 @@ from graphql.execution.executor import gather_with_cancel  # type: ignore[attr-d
 from graphql.pyutils import Path, Undefined
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from nexes.schema.compiled import CompiledCache, Completer, compile_completer, no_directives
+from nexes.execution.compiled import CompiledCache, Completer, compile_completer, no_directives
 
 PLAN_CACHE_LIMIT = 10_000
 
@@ -93,7 +93,7 @@ def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
 
 class FastExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's execution context with plain leaves read directly, and whole
-    plain selection sets completed by compiled functions (nexes.schema.compiled)."""
+    plain selection sets completed by compiled functions (nexes.execution.compiled)."""
 
     def complete_value(
         self,

@@ -16,12 +16,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nexes import endpoints, exports, metrics
-from nexes.db.monitor import ReplicaMonitor
-from nexes.db.pools import Pools
-from nexes.db.router import Router
+from nexes import metrics
+from nexes.db.connect.monitor import ReplicaMonitor
+from nexes.db.connect.pools import Pools
+from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError
-from nexes.graphql_post import GraphQLPostMiddleware
+from nexes.http import endpoints, exports
+from nexes.http.graphql_post import GraphQLPostMiddleware
 from nexes.observability import (
     configure_tracing,
     extract_traceparent,

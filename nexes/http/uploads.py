@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from psycopg import AsyncConnection
 
-from nexes.db import import_jobs
+from nexes.db import imports as import_jobs
 from nexes.errors import Code, NexesError
 from nexes.observability import current_traceparent, request_id_var
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from nexes.db.router import Router
+from nexes.db.connect.router import Router
 from nexes.settings import Settings
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Connections: pools, read routing, the replica monitor, WAL positions, the tagged cursor."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: the app, its middleware and every endpoint."""
