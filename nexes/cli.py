@@ -242,7 +242,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from nexes.schema.root import schema
+    from nexes.execution.schema import schema
 
     sys.stdout.write(schema.as_str() + "\n")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nexes.schema.root import schema
+from nexes.execution.schema import schema
 
 SNAPSHOT = Path(__file__).resolve().parent.parent / "schema.graphql"
 

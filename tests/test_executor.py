@@ -12,7 +12,7 @@ import strawberry
 from strawberry.schema.config import StrawberryConfig
 
 from nexes.execution.executor import FastExecutor, _completers, _plans
-from nexes.schema.root import make_schema
+from nexes.execution.schema import make_schema
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.settings import Settings
 from tests.conftest import client_for

@@ -25,7 +25,7 @@ from graphql import (
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 
 from nexes.execution.executor import FastExecutor
-from nexes.schema.root import LIMIT_RULES, MAX_TOKENS, schema
+from nexes.execution.schema import LIMIT_RULES, MAX_TOKENS, schema
 
 CACHE_SIZE = 1000
 RULES = (*specified_rules, *LIMIT_RULES)
