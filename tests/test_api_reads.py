@@ -193,6 +193,18 @@ async def test_dashboard_ranges_to_the_last_date_are_open_ends(app_client: httpx
         assert body["data"]["dashboard"]["totalCount"] == total, (day_from, day_to)
 
 
+async def test_order_counts_with_bounds_past_the_last_utc_date_answer(app_client: httpx.AsyncClient) -> None:
+    """createdTo late on 9999-12-31 at a negative offset (or createdFrom early on 0001-01-01 at a
+    positive one) is past the last (first) UTC date: totalCount answered INTERNAL."""
+    query = "query($f: ServiceOrderFilter) { serviceOrders(first: 1, filter: $f) { totalCount } }"
+    everything = await gql(app_client, query)
+    assert everything["data"]["serviceOrders"]["totalCount"] > 0
+    for flt in ({"createdTo": "9999-12-31T23:00:00-05:00"}, {"createdFrom": "0001-01-01T00:30:00+01:00"}):
+        body = await gql(app_client, query, {"f": flt})
+        assert "errors" not in body, (flt, body["errors"])
+        assert body["data"]["serviceOrders"] == everything["data"]["serviceOrders"], flt
+
+
 async def test_stock_items_filter_and_order(app_client: httpx.AsyncClient) -> None:
     body = await gql(
         app_client,

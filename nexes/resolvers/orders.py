@@ -107,7 +107,15 @@ async def hydrate(
 
 
 def _midnight(value: datetime | None) -> bool:
-    return value is None or value.astimezone(UTC).time() == time(0)
+    """None or a UTC midnight. A bound whose UTC time lies past Python's dates (9999-12-31T23:00
+    at -05:00, 0001-01-01T00:30 at +01:00) is neither: the bounded count takes it, as the page
+    does (PostgreSQL reads it); converting it raised OverflowError (INTERNAL on totalCount)."""
+    if value is None:
+        return True
+    try:
+        return value.astimezone(UTC).time() == time(0)
+    except OverflowError:
+        return False
 
 
 def _day(value: datetime | None) -> date | None:
