@@ -54,12 +54,6 @@ class ImportErrorRow:
     raw: str
 
 
-JOB_COLUMNS: LiteralString = (
-    "id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
-    "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
-    "started_at, finished_at"
-)
-
 # An upload abandoned mid-stream (its API process died) expires after a day, like an old job.
 CREATE_JOB: LiteralString = (
     "INSERT INTO import_job (status, filename, request_id, trace_context, expires_at) "
@@ -91,7 +85,10 @@ async def append_chunk(conn: AsyncConnection[Any], job_id: int, seq: int, data: 
 FINALIZE: LiteralString = (
     "UPDATE import_job SET status = 'QUEUED', size_bytes = %(size)s, sha256 = %(sha256)s, "
     "expires_at = now() + make_interval(days => %(days)s) "
-    "WHERE id = %(id)s AND status = 'UPLOADING' RETURNING " + JOB_COLUMNS
+    "WHERE id = %(id)s AND status = 'UPLOADING' RETURNING "
+    "id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
+    "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
+    "started_at, finished_at"
 )
 
 
@@ -117,7 +114,12 @@ async def abort(conn: AsyncConnection[Any], job_id: int) -> None:
     await conn.execute(ABORT, (job_id,))
 
 
-GET_JOB: LiteralString = "SELECT " + JOB_COLUMNS + " FROM import_job WHERE id = %s AND status <> 'UPLOADING'"
+GET_JOB: LiteralString = (
+    "SELECT id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
+    "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
+    "started_at, finished_at "
+    "FROM import_job WHERE id = %s AND status <> 'UPLOADING'"
+)
 
 
 async def get_job(conn: AsyncConnection[Any], job_id: int) -> ImportJobRow | None:
@@ -130,7 +132,10 @@ async def get_job(conn: AsyncConnection[Any], job_id: int) -> ImportJobRow | Non
 
 # With a status: import_job_status_idx (status, id DESC); without: the primary key, backwards.
 JOBS_PAGE: LiteralString = (
-    "SELECT " + JOB_COLUMNS + " FROM import_job "
+    "SELECT id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
+    "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
+    "started_at, finished_at "
+    "FROM import_job "
     "WHERE status <> 'UPLOADING' AND (%(status)s::import_status IS NULL OR status = %(status)s::import_status) "
     "AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint) "
     "ORDER BY id DESC LIMIT %(limit)s"

@@ -58,17 +58,6 @@ STAGE: list[LiteralString] = [
     """,
 ]
 
-# Adjacent steps forward, or any non-final state to CANCELLED (DESIGN.md §3).
-ALLOWED_TRANSITIONS = (
-    ("DRAFT", "OPEN"),
-    ("OPEN", "IN_PROGRESS"),
-    ("IN_PROGRESS", "COMPLETED"),
-    ("DRAFT", "CANCELLED"),
-    ("OPEN", "CANCELLED"),
-    ("IN_PROGRESS", "CANCELLED"),
-)
-_TRANSITIONS_SQL = ", ".join(f"('{a}', '{b}')" for a, b in ALLOWED_TRANSITIONS)
-
 NESTED_ON: LiteralString = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 NESTED_OFF: LiteralString = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
 
@@ -172,7 +161,8 @@ APPLY: list[LiteralString] = [
                || ', after the expected time; read it again and retry'
     WHERE outcome IS NULL AND live AND expected_updated_at IS NOT NULL AND expected_updated_at <> old_updated_at
     """,
-    f"""
+    # The allowed steps: adjacent ones forward, or any non-final state to CANCELLED (DESIGN.md §3).
+    """
     UPDATE w_order SET outcome = 'rejected', code = 'INVALID_TRANSITION', field = 'status',
            message = CASE WHEN old_status IN ('COMPLETED', 'CANCELLED')
                           THEN sod_number || ' is ' || old_status || ', which is final; it cannot change'
@@ -180,7 +170,9 @@ APPLY: list[LiteralString] = [
                                || ' (DRAFT > OPEN > IN_PROGRESS > COMPLETED, or a non-final state > CANCELLED)' END
     WHERE outcome IS NULL AND live
       AND (old_status IN ('COMPLETED', 'CANCELLED')
-           OR (old_status <> status AND (old_status::text, status::text) NOT IN ({_TRANSITIONS_SQL})))
+           OR (old_status <> status AND (old_status::text, status::text) NOT IN (
+               ('DRAFT', 'OPEN'), ('OPEN', 'IN_PROGRESS'), ('IN_PROGRESS', 'COMPLETED'),
+               ('DRAFT', 'CANCELLED'), ('OPEN', 'CANCELLED'), ('IN_PROGRESS', 'CANCELLED'))))
     """,
     """
     UPDATE w_order SET outcome = CASE WHEN inserted THEN 'inserted' ELSE 'updated' END WHERE outcome IS NULL

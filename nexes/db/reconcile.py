@@ -19,12 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import LiteralString
 
 import psycopg
 
 from nexes.db.partitions import next_quarter, previous_quarter, quarter_start, quarters
+from nexes.db.sql import load
 
-BOUNDS = """
+BOUNDS: LiteralString = """
 SELECT least(o.lo, a.lo, s.lo), greatest(o.hi, a.hi, s.hi)
 FROM (SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS lo, (max(created_at) AT TIME ZONE 'UTC')::date AS hi
       FROM service_order) AS o,
@@ -34,225 +36,33 @@ FROM (SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS lo, (max(created_at) 
 """
 
 
-def _drift(
-    *,
-    truth: str,
-    table: str,
-    keys: tuple[str, ...],
-    values: tuple[str, ...],
-    kept_where: str,
-    figure: str,
-    amount: str,
-) -> str:
-    """`WITH ... drift AS (...)`: per key, truth minus kept for each value (missing = 0),
-    where any differs, with `figure` (an expression over `{r}`, the row: the order count)
-    of both sides as `expected` and `found`, and `amount` (the amount) as
-    `expected_amount` and `found_amount`. Truth and kept are read in one statement's
-    snapshot."""
-    key_list = ", ".join(keys)
-    deltas = ",\n           ".join(f"coalesce(t.{v}, 0) - coalesce(k.{v}, 0) AS {v}" for v in values)
-    differs = " OR ".join(f"{v} <> 0" for v in values)
-    return f"""
-WITH truth AS ({truth}
-), kept AS (
-    SELECT {key_list}, {", ".join(values)} FROM {table} WHERE {kept_where}
-), diff AS (
-    SELECT {key_list},
-           {deltas},
-           coalesce({figure.format(r="t")}, 0) AS expected, coalesce({figure.format(r="k")}, 0) AS found,
-           coalesce({amount.format(r="t")}, 0) AS expected_amount, coalesce({amount.format(r="k")}, 0) AS found_amount
-    FROM truth AS t FULL JOIN kept AS k USING ({key_list})
-), drift AS (
-    SELECT * FROM diff WHERE {differs}
-)"""
-
-
-def _correction(
-    drift: str,
-    *,
-    table: str,
-    keys: tuple[str, ...],
-    values: tuple[str, ...],
-    check: str | None,
-    bucket: str,
-    order: tuple[str, ...],
-) -> str:
-    """The drift recorded in `stat_drift` (unless `check` is None) and added to `table`, as
-    a delta: writes that commit meanwhile moved both sides alike, so they are kept.
-
-    Each drifting bucket gets a row of its order counts, and a second one, its bucket
-    suffixed ` amount`, of its amounts when those differ (a count row whose expected
-    equals found says that only the amount drifted)."""
-    recorded = (
-        f"""
-, recorded AS (
-    INSERT INTO stat_drift (run_id, check_name, bucket, expected, found, corrected)
-    SELECT %(run)s, '{check}', {bucket} || f.suffix, f.expected, f.found, true
-    FROM drift, LATERAL (VALUES ('', expected, found), (' amount', expected_amount, found_amount))
-                    AS f(suffix, expected, found)
-    WHERE f.suffix = '' OR f.expected <> f.found
-)"""
-        if check
-        else ""
-    )
-    adds = ",\n        ".join(f"{v} = c.{v} + excluded.{v}" for v in values)
-    return f"""{drift}{recorded}
-, fixed AS (
-    INSERT INTO {table} AS c ({", ".join(keys)}, {", ".join(values)})
-    SELECT {", ".join(keys)}, {", ".join(values)} FROM drift ORDER BY {", ".join(order)}
-    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
-        {adds}
-)
-SELECT count(*) FROM drift
-"""
-
-
-# Live and archived orders created in the slice [lo, hi) of UTC days.
-SLICE_ORDERS = """
-    SELECT created_at, status, currency, customer_id, total_amount FROM service_order
-    WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'
-    UNION ALL
-    SELECT created_at, status, currency, customer_id, total_amount FROM service_order_archive
-    WHERE created_at >= %(lo)s::date AT TIME ZONE 'UTC' AND created_at < %(hi)s::date AT TIME ZONE 'UTC'"""
-
-# dashboard_stat for one slice of days.
-SLICE = _correction(
-    _drift(
-        truth=f"""
-    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, status, currency,
-           count(*) AS order_count, sum(total_amount) AS total_amount
-    FROM ({SLICE_ORDERS}) AS o
-    GROUP BY 1, 2, 3""",
-        table="dashboard_stat",
-        keys=("day", "status", "currency"),
-        values=("order_count", "total_amount"),
-        kept_where="day >= %(lo)s AND day < %(hi)s",
-        figure="{r}.order_count",
-        amount="{r}.total_amount",
-    ),
-    table="dashboard_stat",
-    keys=("day", "status", "currency"),
-    values=("order_count", "total_amount"),
-    check="dashboard_stat",
-    bucket="day || ' ' || status || ' ' || currency",
-    order=("day", "status", "currency"),
-)
-
-# The same for customer_stat_month (orders that are not CANCELLED, per UTC month,
-# currency and customer); a quarter slice holds whole months.
-CUSTOMER_SLICE = _correction(
-    _drift(
-        truth=f"""
-    SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month, currency, customer_id,
-           count(*) AS order_count, sum(total_amount) AS total_amount
-    FROM ({SLICE_ORDERS}) AS o
-    WHERE status <> 'CANCELLED'
-    GROUP BY 1, 2, 3""",
-        table="customer_stat_month",
-        keys=("month", "currency", "customer_id"),
-        values=("order_count", "total_amount"),
-        kept_where="month >= %(lo)s AND month < %(hi)s",
-        figure="{r}.order_count",
-        amount="{r}.total_amount",
-    ),
-    table="customer_stat_month",
-    keys=("month", "currency", "customer_id"),
-    values=("order_count", "total_amount"),
-    check="customer_stat",
-    bucket="month || ' ' || currency || ' customer ' || customer_id",
-    order=("month", "currency", "customer_id"),
-)
-
-# customer_stat_cum (migration 0022) against what customer_stat_month implies. The exact
-# comparison (CUM_DRIFT: the expected table rebuilt with running totals, joined with the
+# The statistics statements, written out in db/sql/reconcile.sql (per quarter: slice for
+# dashboard_stat, customer_slice for customer_stat_month; cum_suspects and cum_correction
+# for customer_stat_cum). Each computes, per key, truth minus kept in one statement's
+# snapshot, records the drift in stat_drift (a row of order counts per drifting bucket,
+# and a second, its bucket suffixed ` amount`, when the amounts differ) and adds it to
+# the table as a delta: writes that commit meanwhile moved both sides alike, so they stay.
+#
+# customer_stat_cum (migration 0022) is checked against what customer_stat_month implies.
+# The exact comparison (the expected table rebuilt with running totals, joined with the
 # kept one) takes 24-34 s at 10M orders, so reconciliation first finds the customers
-# whose rows break a local rule (CUM_SUSPECTS, 9 s), then compares and corrects those
-# customers exactly (CUM_CORRECTION). Row by row, each rule is one the triggers keep:
+# whose rows break a local rule (cum_suspects, 9 s), then compares and corrects those
+# customers exactly (cum_correction). Row by row, each rule is one the triggers keep:
 #   - consecutive rows differ by one year, and the last is the horizon's;
 #   - a row's `before` is the previous row's before + its year's total (0 for the first);
 #   - the step from month m-1 to m (n_m - n_(m-1)) is that month's customer_stat_month row.
 # Together they make every row equal to the expected one by induction over the years,
 # so a customer none of them flags has no drift. A missing row and a row of zeros are
 # the same thing. Rows are locked in the order the triggers use.
-CUM_KEYS = ("year", "currency", "customer_id")
-CUM_COLUMNS = ("before_n", "before_a", *(f"{kind}{month:02d}" for month in range(1, 13) for kind in "na"))
-
-
-def _month_step(month: int) -> str:
-    """customer_stat_cum's figures for one month (its cumulative columns' step), as rows."""
-    n = f"n{month:02d}" + (f" - n{month - 1:02d}" if month > 1 else "")
-    a = f"a{month:02d}" + (f" - a{month - 1:02d}" if month > 1 else "")
-    return (
-        f"SELECT customer_id, currency, make_date(year, {month}, 1) AS month, {n} AS kn, {a} AS ka\n"
-        f"    FROM customer_stat_cum WHERE {n} <> 0 OR {a} <> 0"
-    )
-
-
-_KEPT_MONTHS = "\n    UNION ALL ".join(_month_step(m) for m in range(1, 13))
-# Twelve plain scans (UNION ALL) and a hash join on the month's date: a lateral unnest or
-# a join on extracted numbers planned a memoize or sorts and took twice as long.
-CUM_SUSPECTS = f"""
-WITH chained AS (
-    SELECT year, customer_id, before_n, before_a,
-           lag(year) OVER w AS prev_year, lead(year) OVER w AS next_year,
-           lag(before_n + n12) OVER w AS prev_n, lag(before_a + a12) OVER w AS prev_a
-    FROM customer_stat_cum
-    WINDOW w AS (PARTITION BY currency, customer_id ORDER BY year)
-), unchained AS (
-    SELECT c.customer_id FROM chained AS c, customer_stat_cum_horizon AS h
-    WHERE c.before_n <> coalesce(c.prev_n, 0) OR c.before_a <> coalesce(c.prev_a, 0)
-       OR c.year <> coalesce(c.prev_year + 1, c.year) OR (c.next_year IS NULL AND c.year <> h.year)
-), kept AS (
-    {_KEPT_MONTHS}
-), months AS (
-    SELECT customer_id, currency, month, order_count AS tn, (total_amount * 100)::bigint AS ta
-    FROM customer_stat_month WHERE order_count <> 0 OR total_amount <> 0
-), differs AS (
-    SELECT customer_id FROM months FULL JOIN kept USING (customer_id, month, currency)
-    WHERE coalesce(tn, 0) <> coalesce(kn, 0) OR coalesce(ta, 0) <> coalesce(ka, 0)
-)
-SELECT array(SELECT customer_id FROM unchained UNION SELECT customer_id FROM differs ORDER BY 1)
-"""
-
-
-# The exact drift of every customer: the invariant check lists it, and the seed's fold
-# (after a load that deferred the table) applies it.
-def _cum_drift(truth: str, kept_where: str) -> str:
-    return _drift(
-        truth=truth,
-        table="customer_stat_cum",
-        keys=CUM_KEYS,
-        values=CUM_COLUMNS,
-        kept_where=kept_where,
-        figure="{r}.before_n + {r}.n12",
-        amount="({r}.before_a + {r}.a12) / 100.0",  # kept in cents
-    )
-
-
-CUM_DRIFT = _cum_drift("SELECT * FROM customer_stat_cum_expected", "true")
-CUM_FOLD = _correction(
-    CUM_DRIFT,
-    table="customer_stat_cum",
-    keys=CUM_KEYS,
-    values=CUM_COLUMNS,
-    check=None,
-    bucket="",
-    order=("year", "customer_id", "currency"),
-)
-# The exact drift of the customers in %(customers)s, recorded and corrected.
-CUM_CORRECTION = _correction(
-    _cum_drift("SELECT * FROM customer_stat_cum_expected_for(%(customers)s)", "customer_id = ANY (%(customers)s)"),
-    table="customer_stat_cum",
-    keys=CUM_KEYS,
-    values=CUM_COLUMNS,
-    check="customer_stat_cum",
-    bucket="year || ' ' || currency || ' customer ' || customer_id",
-    order=("year", "customer_id", "currency"),
-)
+_QUERIES = load("reconcile")
+SLICE = _QUERIES["slice"]
+CUSTOMER_SLICE = _QUERIES["customer_slice"]
+CUM_SUSPECTS = _QUERIES["cum_suspects"]
+CUM_CORRECTION = _QUERIES["cum_correction"]
 
 # Per quarter: every line's movements against what its order's status implies
 # (minus its quantity, or 0 when CANCELLED); reported, never rewritten.
-LINES = """
+LINES: LiteralString = """
 WITH lines AS (
     SELECT o.sod_number, l.line_no, CASE WHEN o.status = 'CANCELLED' THEN 0 ELSE -l.quantity END AS expected
     FROM (SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive) AS l
@@ -273,7 +83,7 @@ WITH lines AS (
 SELECT count(*) FROM reported
 """
 
-STOCK = """
+STOCK: LiteralString = """
 WITH ledger AS (
     SELECT stock_item_id, sum(quantity) AS total FROM stock_movement GROUP BY 1
 ), checked AS (

@@ -37,10 +37,6 @@ class DocRow(NamedTuple):
 
 
 DOC_ROW = args_row(DocRow)
-DOC_COLUMNS = (
-    "o.id, o.sod_number, c.name, c.code, o.description, o.status::text, o.currency, o.created_at, "
-    "o.total_amount, o.updated_at"
-)
 
 CLAIM = "SELECT id, order_id FROM search_outbox ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
 # Try-locks: an order another sync holds is skipped (its rows stay for later), never waited for.
@@ -54,7 +50,8 @@ LOCK_ORDERS = (
 # chose a nested loop over a sequential scan of customer: 25M rows filtered for a batch
 # of 1,000 orders, 1.7-2.6 s instead of milliseconds (10M orders, 50k customers).
 FRESH_DOCUMENTS = (
-    "SELECT " + DOC_COLUMNS + " FROM service_order_key AS k "
+    "SELECT o.id, o.sod_number, c.name, c.code, o.description, o.status::text, o.currency, o.created_at, "
+    "o.total_amount, o.updated_at FROM service_order_key AS k "
     "JOIN service_order AS o ON o.id = k.id AND o.created_at = k.created_at "
     "CROSS JOIN LATERAL (SELECT name, code FROM customer WHERE id = o.customer_id OFFSET 0) AS c "
     "WHERE k.id = ANY(%(ids)s)"
@@ -151,7 +148,10 @@ FORGET_CHANGES = "DELETE FROM search_reindex_change WHERE reindex_id = %(run)s"
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
 # On a standby: has it replayed that far? On a primary (no replicas configured): yes.
 REPLAYED = "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn"
-REINDEX_DOCUMENTS = "SELECT " + DOC_COLUMNS + " FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id"
+REINDEX_DOCUMENTS = (
+    "SELECT o.id, o.sod_number, c.name, c.code, o.description, o.status::text, o.currency, o.created_at, "
+    "o.total_amount, o.updated_at FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id"
+)
 # The live partitions' row estimates (reltuples is -1 until a partition is first analyzed).
 ESTIMATE_ORDERS = (
     "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits AS i "
@@ -229,6 +229,32 @@ def estimate_orders(conn: psycopg.Connection[Any]) -> int:
     """The planner's estimate of live orders (progress only; 0 when never analyzed)."""
     row = conn.execute(ESTIMATE_ORDERS).fetchone()
     return int(row[0]) if row else 0
+
+
+class LatestReindex(NamedTuple):
+    collection: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    documents: int
+    estimated_total: int
+
+
+# The latest reindex, and the live partitions' row estimate (ESTIMATE_ORDERS' figure, the
+# one `nexes reindex` shows) to set its progress against.
+LATEST_REINDEX = """
+SELECT collection, started_at, finished_at, outcome, documents,
+       (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits AS i
+        JOIN pg_class AS c ON c.oid = i.inhrelid WHERE i.inhparent = 'service_order'::regclass)
+FROM search_reindex ORDER BY id DESC LIMIT 1
+"""
+
+
+async def latest_reindex(conn: AsyncConnection[Any]) -> LatestReindex | None:
+    """The latest reindex run (running or done), or None before the first."""
+    async with conn.cursor(row_factory=args_row(LatestReindex)) as cur:
+        await cur.execute(LATEST_REINDEX)
+        return await cur.fetchone()
 
 
 def stream_documents(conn: psycopg.Connection[Any], batch: int) -> Iterator[list[DocRow]]:

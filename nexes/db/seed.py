@@ -22,9 +22,11 @@ from psycopg import sql
 
 from nexes.db import partitions
 from nexes.db import search as search_db
-from nexes.db.reconcile import CUM_FOLD
+from nexes.db.sql import load
 
 log = logging.getLogger(__name__)
+# The fold of customer_stat_cum after a load that deferred it (db/sql/seed.sql).
+CUM_FOLD = load("seed")["cum_fold"]
 
 CHUNK = 50_000
 YEARS = 5

@@ -13,27 +13,20 @@ from nexes.search import metrics
 from nexes.search.engine import service_for
 from nexes.settings import Settings
 
-# The latest reindex: its progress while it runs (documents of about `estimated_total`,
-# the same estimate `nexes reindex` shows), its outcome once done.
-LATEST_REINDEX = f"""
-SELECT collection, started_at, finished_at, outcome, documents, ({search_db.ESTIMATE_ORDERS})
-FROM search_reindex ORDER BY id DESC LIMIT 1
-"""
-
 
 async def _latest_reindex(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
-    cur = await conn.execute(LATEST_REINDEX)
-    row = await cur.fetchone()
-    if row is None:
+    """The latest reindex: its progress while it runs (documents of about `estimated_total`,
+    the same estimate `nexes reindex` shows), its outcome once done."""
+    run = await search_db.latest_reindex(conn)
+    if run is None:
         return None
-    name, started, finished, outcome, documents, estimate = row
     return {
-        "collection": name,
-        "started_at": started.isoformat(),
-        "finished_at": finished.isoformat() if finished else None,
-        "outcome": outcome or "running",
-        "documents": documents,
-        "estimated_total": estimate,
+        "collection": run.collection,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "outcome": run.outcome or "running",
+        "documents": run.documents,
+        "estimated_total": run.estimated_total,
     }
 
 
