@@ -205,6 +205,22 @@ async def test_order_counts_with_bounds_past_the_last_utc_date_answer(app_client
         assert body["data"]["serviceOrders"] == everything["data"]["serviceOrders"], flt
 
 
+async def test_pages_bounded_near_the_first_or_last_date_answer(app_client: httpx.AsyncClient) -> None:
+    """A created_at page tries a quarter-long window first: one ending before 0001-01-01 or
+    starting after 9999-12-31 could not be computed (INTERNAL); such a page has no window."""
+    query = (
+        "query($f: ServiceOrderFilter, $o: ServiceOrderOrder) "
+        "{ serviceOrders(first: 2, filter: $f, orderBy: $o) { edges { node { sodNumber } } } }"
+    )
+    for flt, order in [
+        ({"createdTo": "0001-02-01T00:00:00+00:00"}, "CREATED_AT_DESC"),
+        ({"createdFrom": "9999-12-01T00:00:00+00:00"}, "CREATED_AT_ASC"),
+    ]:
+        body = await gql(app_client, query, {"f": flt, "o": order})
+        assert "errors" not in body, (flt, body["errors"])
+        assert body["data"]["serviceOrders"]["edges"] == [], flt
+
+
 async def test_stock_items_filter_and_order(app_client: httpx.AsyncClient) -> None:
     body = await gql(
         app_client,

@@ -278,14 +278,21 @@ def windowed(flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | Non
         return None
     if backward:
         direction = "ASC" if direction == "DESC" else "DESC"
+    # A window past Python's first or last date (a bound in 0001 or 9999) cannot narrow anything.
     if direction == "DESC":
         anchor = after.value if after is not None else flt.created_to or datetime.now(UTC)
-        low = anchor - WINDOW
+        try:
+            low = anchor - WINDOW
+        except OverflowError:
+            return None
         return replace(flt, created_from=low) if flt.created_from is None or flt.created_from < low else None
     anchor = after.value if after is not None else flt.created_from
     if anchor is None:
         return None
-    high = anchor + WINDOW
+    try:
+        high = anchor + WINDOW
+    except OverflowError:
+        return None
     return replace(flt, created_to=high) if flt.created_to is None or flt.created_to > high else None
 
 
