@@ -4,7 +4,7 @@
 only from values that passed `valid_request_id` / `TRACEPARENT`, so it can hold no
 quote, no `*/` and no `%`.
 
-Traces are OpenTelemetry's (DESIGN.md §9): `configure_tracing` installs the SDK once
+Traces are OpenTelemetry's (docs/design.md §9): `configure_tracing` installs the SDK once
 per process when the standard OTEL_* variables name an OTLP endpoint. Without one,
 only the API's no-op tracer runs: it records nothing and costs next to nothing, yet a
 W3C `traceparent` that came in still becomes the current span context, so logs, SQL

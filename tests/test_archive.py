@@ -175,7 +175,7 @@ def test_archived_sod_numbers_stay_taken(fresh_db: Settings) -> None:
     archive.archive(fresh_db.admin_url, after_years=AFTER_YEARS)
     with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
         sod, created_at = conn.execute("SELECT sod_number, created_at FROM service_order_archive LIMIT 1").fetchone()
-        # The way every write path creates an order (DESIGN.md §3): the key says it exists.
+        # The way every write path creates an order (docs/design.md §3): the key says it exists.
         reused = conn.execute(
             "INSERT INTO service_order_key (sod_number, created_at) VALUES (%s, now()) "
             "ON CONFLICT (sod_number) DO NOTHING RETURNING id",

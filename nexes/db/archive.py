@@ -25,7 +25,7 @@ lines, so a half-moved quarter never shows a live order without its lines.
 Quarters keep their table names, which is how `partitions.ensure` knows never to
 create them again in the live tables. `dashboard_stat` counts archived orders
 too, so it is not touched. Detaching also cancels long queries on replicas
-(FACTS.md), which is why this runs at night, from the scheduler.
+(docs/facts.md, PostgreSQL), which is why this runs at night, from the scheduler.
 """
 
 from __future__ import annotations

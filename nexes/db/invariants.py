@@ -1,4 +1,4 @@
-"""The data invariants (DESIGN.md §3), as queries that return their violations.
+"""The data invariants (docs/design.md §3), as queries that return their violations.
 
 Tests run them after every write path; the reconciliation job reports them. The
 queries are db/sql/invariants.sql, one named check each.

@@ -161,7 +161,7 @@ APPLY: list[LiteralString] = [
                || ', after the expected time; read it again and retry'
     WHERE outcome IS NULL AND live AND expected_updated_at IS NOT NULL AND expected_updated_at <> old_updated_at
     """,
-    # The allowed steps: adjacent ones forward, or any non-final state to CANCELLED (DESIGN.md §3).
+    # The allowed steps: adjacent ones forward, or any non-final state to CANCELLED (docs/design.md §3).
     """
     UPDATE w_order SET outcome = 'rejected', code = 'INVALID_TRANSITION', field = 'status',
            message = CASE WHEN old_status IN ('COMPLETED', 'CANCELLED')

@@ -250,7 +250,7 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-# The SPA reads these from responses, and sends these with requests (DESIGN.md §5).
+# The SPA reads these from responses, and sends these with requests (docs/design.md §5).
 CORS_EXPOSED_HEADERS = ("X-Nexes-LSN", "X-Request-ID", "Server-Timing", "traceresponse")
 CORS_ALLOWED_HEADERS = (
     "Content-Type",

@@ -2,7 +2,7 @@
 
 A background task probes the primary and every replica directly (not through
 PgBouncer, which queues clients of a dead server instead of failing them), with
-short timeouts, every `replica_probe_interval` seconds. Lag is DESIGN.md §5's: 0 once
+short timeouts, every `replica_probe_interval` seconds. Lag is docs/design.md §5's: 0 once
 a replica's replay LSN has reached the primary's current LSN, otherwise the time
 since its last replayed transaction. A replica that is unreachable, or past
 `replica_max_lag` on two probes in a row, leaves rotation; one good probe brings it

@@ -18,7 +18,7 @@ PRIMARY = (
 )
 # A database never migrated has no history table: schema version 0.
 PRIMARY_UNMIGRATED = "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery(), 0"
-# Lag per DESIGN.md §5: 0 once replay reached the primary's position, otherwise the
+# Lag per docs/design.md §5: 0 once replay reached the primary's position, otherwise the
 # time since the last replayed transaction.
 REPLICA = """
 SELECT pg_last_wal_replay_lsn()::text,
