@@ -132,10 +132,12 @@ class NotReady(RuntimeError):
 
 
 @contextmanager
-def process(cmd: list[str], env: dict[str, str], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
+def process(
+    cmd: list[str], env: dict[str, str], ready_url: str, ready_body: dict[str, str], cwd: Path | None = None
+) -> Iterator[None]:
     """A server, started in its own session, waited for, and stopped by its process group."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True, cwd=cwd)
         try:
             yield from _serving(proc, ready_url, ready_body)
         except NotReady as exc:
@@ -180,9 +182,18 @@ def wrk(url: str, body: dict[str, object], seconds: int, connections: int = 50) 
 
 
 def bench_api(
-    seconds: int, rounds: int = 3, workers: int = 1, ports: tuple[int, int] = (NEXES_PORT, PEER_PORT)
+    seconds: int,
+    rounds: int = 3,
+    workers: int = 1,
+    ports: tuple[int, int] = (NEXES_PORT, PEER_PORT),
+    checkout: Path | None = None,
 ) -> None:
-    """One Nexes worker against one PostGraphile (Node.js) process by default: like for like."""
+    """One Nexes worker against one PostGraphile (Node.js) process by default: like for like.
+
+    `checkout`: serve Nexes from another checkout of this repository (`python -m` puts the
+    working directory first on sys.path), to compare two versions of the code against the
+    same peer and database, e.g. a `git worktree` of an older commit.
+    """
     peer = peer_script()
     ensure_wrk()
     env = {**bench_env(), "NEXES_API_POOL_SIZE": "20"}
@@ -198,7 +209,7 @@ def bench_api(
     peer_first = {"query": f"{{ allServiceOrders(first: 50, {PEER_ORDER}) {{ pageInfo {{ endCursor }} }} }}"}
     nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", str(workers)]
     with (
-        process(nexes_cmd, env, nexes_url, first),
+        process(nexes_cmd, env, nexes_url, first, cwd=checkout),
         process([str(peer), peer_db, str(peer_port), "public"], PEER_ENV, peer_url, peer_first),
     ):
         cursor = httpx.post(nexes_url, json=first).json()["data"]["serviceOrders"]["pageInfo"]["endCursor"]
@@ -224,6 +235,7 @@ def bench_api(
     medians = {name: statistics.median(r["rps"] for r in results) for name, results in runs.items()}
     report(
         bench="api-page-50",
+        nexes_checkout=str(checkout or ROOT),
         nexes_workers=workers,
         runs=runs,
         median_rps=medians,
@@ -357,6 +369,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Nexes workers (PostGraphile runs one process)")
     parser.add_argument("--ports", type=int, nargs=2, default=(NEXES_PORT, PEER_PORT), metavar=("NEXES", "PEER"))
     parser.add_argument("--kills", type=int, default=3, help="import-recovery: SIGKILLs of the worker")
+    parser.add_argument("--rounds", type=int, default=3, help="api: alternating wrk rounds of each server")
+    parser.add_argument("--nexes-checkout", type=Path, default=None, help="api: serve Nexes from this checkout")
     args = parser.parse_args()
     if args.what in ("import", "import-load", "import-statements", "import-recovery", "reconcile"):
         from bench import write_path  # it imports this module's helpers
@@ -374,7 +388,7 @@ def main() -> None:
     elif args.what == "seed":
         bench_seed(args.orders or 10_000_000)
     elif args.what == "api":
-        bench_api(args.seconds, workers=args.workers, ports=tuple(args.ports))
+        bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
     else:
