@@ -35,6 +35,7 @@ from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.http.uploads import CHUNK_BYTES, UploadWriter
 from nexes.imports.parse import COLUMNS
+from nexes.db.connect.worker import close_worker_pools
 from nexes.jobs import imports_runner as import_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
@@ -72,7 +73,7 @@ def import_db(template_settings: Settings, test_db_name: str) -> Iterator[Settin
 
 def close_worker_pool() -> None:
     """The runner keeps a pool per database per process: close them before a drop."""
-    import_runner.close_pools()
+    close_worker_pools()
 
 
 @pytest.fixture

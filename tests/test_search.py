@@ -33,6 +33,7 @@ from nexes import settings as settings_module
 from nexes.db import search as search_db
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
+from nexes.db.connect import worker as worker_pools
 from nexes.jobs import imports_runner as import_runner
 from nexes.search import collection, drift, engine
 from nexes.search.client import sync_client
@@ -126,11 +127,11 @@ async def api(search_db_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 def close_worker_pool() -> None:
     """The runner keeps a pool per database per process: close them before a drop."""
-    import_runner.close_pools()
+    worker_pools.close_worker_pools()
 
 
 def worker_pool(settings: Settings) -> Any:
-    return import_runner.worker_pool(settings)
+    return worker_pools.worker_pool(settings)
 
 
 def sync_now(settings: Settings) -> None:

@@ -17,9 +17,9 @@ import pytest
 
 from nexes.db import archive
 from nexes.db import search as search_db
+from nexes.db.connect.worker import worker_pool
 from nexes.db.migrate import discover
 from nexes.db.seed import seed
-from nexes.jobs import imports_runner as import_runner
 from nexes.search.client import sync_client
 from nexes.search.sync import drain
 from nexes.settings import Settings
@@ -70,7 +70,7 @@ async def test_archived_orders_leave_the_index_and_stay_readable(indexed: Settin
         assert outbox(conn) == sorted((i, "delete") for i in archived)
         assert indexed_ids(indexed) == before  # nothing has told Typesense yet
 
-        drain(import_runner.worker_pool(indexed), sync_client(indexed), indexed.typesense_collection, batch=250)
+        drain(worker_pool(indexed), sync_client(indexed), indexed.typesense_collection, batch=250)
 
         assert outbox(conn) == []
         assert indexed_ids(indexed) == live

@@ -222,9 +222,9 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import nexes.jobs
+    import nexes.jobs.runtime
     from nexes.jobs import broker
-    from nexes.jobs import imports_runner as import_runner
+    from nexes.db.connect.worker import close_worker_pools
     from nexes.jobs.search import sync_search
 
     for queue in ("imports", sync_search.queue_name):
@@ -247,7 +247,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     assert message["options"]["nexes_traceparent"] == sender
     assert message["options"]["nexes_request_id"] == "trace-import-1"
 
-    monkeypatch.setattr(nexes.jobs, "settings", seeded)  # the actor reads its settings from there
+    monkeypatch.setattr(nexes.jobs.runtime, "settings", seeded)  # the actor reads its settings from there
     caplog.set_level(logging.INFO)
     worker = dramatiq.Worker(broker, queues={"imports"}, worker_threads=1, worker_timeout=100)
     worker.start()
@@ -255,7 +255,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
         status = wait_final(seeded, job_id)
     finally:
         worker.stop()
-        import_runner.close_pools()
+        close_worker_pools()
     assert status == "SUCCEEDED"
 
     traced = finished(spans, TRACE_ID)

@@ -15,9 +15,12 @@ its chunk is rolled back instead of committed.
 
 from __future__ import annotations
 
-from typing import Any, LiteralString
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString, NamedTuple
 
 import psycopg
+from psycopg.rows import class_row
 
 from nexes.db import order_write
 
@@ -34,7 +37,7 @@ SET status = 'RUNNING', lease_owner = %(owner)s, lease_until = now() + make_inte
     attempts = attempts + 1, started_at = coalesce(started_at, now())
 WHERE id = %(job)s AND status IN ('QUEUED', 'RUNNING') AND NOT cancel_requested AND attempts < 50
   AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %(owner)s)
-RETURNING phase, staged_rows, applied_through, request_id, trace_context ->> 'traceparent', format
+RETURNING phase, staged_rows, applied_through, request_id, trace_context ->> 'traceparent' AS traceparent, format
 """
 
 RENEW = """
@@ -45,7 +48,56 @@ RETURNING cancel_requested
 
 RELEASE = "UPDATE import_job SET lease_until = now() WHERE id = %(job)s AND lease_owner = %(owner)s"
 
+
+@dataclass(frozen=True)
+class Claimed:
+    """Where a claimed job stands: its phase and checkpoints, and the ids of the request
+    that sent it."""
+
+    phase: str
+    staged_rows: int
+    applied_through: str | None
+    request_id: str | None
+    traceparent: str | None
+    format: str | None
+
+
+def claim(conn: psycopg.Connection[Any], params: dict[str, Any]) -> Claimed | None:
+    """Take the job's lease (`params`: job, owner, lease seconds); None when it is finished,
+    cancelled, leased by another worker or out of attempts."""
+    with conn.cursor(row_factory=class_row(Claimed)) as cur:
+        return cur.execute(CLAIM, params).fetchone()
+
+
+def renew(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool | None:
+    """Extend the lease; whether a cancel was requested, or None when the lease is lost."""
+    row = conn.execute(RENEW, params).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def release(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """Let the lease run out now, so that a retry can take the job at once."""
+    conn.execute(RELEASE, params)
+
+
+JOB_STAGED_ROWS = "SELECT staged_rows FROM import_job WHERE id = %(job)s"
+
+
+def job_staged_rows(conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+    """How many rows the job row says are staged."""
+    row = conn.execute(JOB_STAGED_ROWS, params).fetchone()
+    return int(row[0]) if row else 0
+
+
 STAGED_COUNT = "SELECT count(*) FROM import_row WHERE job_id = %(job)s"
+
+
+def staged_count(conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+    """How many rows import_row holds for the job."""
+    row = conn.execute(STAGED_COUNT, params).fetchone()
+    return int(row[0]) if row else 0
+
+
 # Staging again from the start (import_row lost its rows): back to the `stage` phase;
 # `applied_through` stays, so the apply then resumes after the last committed chunk.
 RESET_STAGE = """
@@ -55,6 +107,12 @@ WITH job AS (
 )
 DELETE FROM import_row WHERE job_id IN (SELECT id FROM job)
 """
+
+
+def reset_stage(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """Back to the `stage` phase with nothing staged (fenced by the lease)."""
+    conn.execute(RESET_STAGE, params)
+
 
 COPY_ROWS: LiteralString = (
     "COPY import_row (job_id, row_no, sod_number, created_at, customer_code, status, description, currency, "
@@ -67,10 +125,30 @@ UPDATE import_job SET staged_rows = staged_rows + %(n)s, format = %(format)s,
 WHERE id = %(job)s AND lease_owner = %(owner)s AND staged_rows = %(before)s
 """
 
+
+def stage_rows(
+    conn: psycopg.Connection[Any], params: dict[str, Any], rows: Sequence[Sequence[Any]], *, before: int, fmt: str
+) -> None:
+    """COPY `rows` (import_row's columns, job_id first) and move the staging checkpoint from
+    `before`, in the caller's transaction; LeaseLost when another worker owns the job."""
+    with conn.cursor().copy(COPY_ROWS) as copy:
+        for row in rows:
+            copy.write_row(row)
+    moved = conn.execute(STAGED, {**params, "n": len(rows), "before": before, "format": fmt})
+    if moved.rowcount != 1:
+        raise LeaseLost(f"import {params['job']}: lease lost while staging")
+
+
 STAGE_DONE = """
 UPDATE import_job SET phase = 'apply', total_rows = staged_rows
 WHERE id = %(job)s AND lease_owner = %(owner)s
 """
+
+
+def stage_done(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """Every row is staged: on to the `apply` phase."""
+    conn.execute(STAGE_DONE, params)
+
 
 # Rows without a usable SOD number belong to no order: reported once, before the chunks.
 # The errors are written only when the job's checkpoint moves (a resumed job has moved
@@ -92,6 +170,21 @@ WHERE r.job_id = %(job)s AND r.sod_number IS NULL
 ORDER BY r.row_no
 """
 
+
+def report_orphans(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """Write the errors of rows without a SOD number, once per job."""
+    conn.execute(ORPHANS, params)
+
+
+APPLIED_THROUGH = "SELECT applied_through FROM import_job WHERE id = %(job)s"
+
+
+def applied_through(conn: psycopg.Connection[Any], params: dict[str, Any]) -> str:
+    """The apply checkpoint: the last SOD number applied ('' before the first chunk)."""
+    row = conn.execute(APPLIED_THROUGH, params).fetchone()
+    return str(row[0]) if row and row[0] is not None else ""
+
+
 # The last SOD number of the next chunk (NULL when none is left).
 NEXT_UPTO = """
 SELECT max(sod_number) FROM (
@@ -100,6 +193,13 @@ SELECT max(sod_number) FROM (
     ORDER BY sod_number LIMIT %(orders)s
 ) AS chunk
 """
+
+
+def next_upto(conn: psycopg.Connection[Any], params: dict[str, Any], *, after: str, orders: int) -> str | None:
+    """The last SOD number of the chunk of `orders` orders after `after`; None when none is left."""
+    row = conn.execute(NEXT_UPTO, {**params, "after": after, "orders": orders}).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
 
 CHUNK: list[LiteralString] = [
     """
@@ -219,6 +319,18 @@ RETURNING status::text
 DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
 
 
+def finish(
+    conn: psycopg.Connection[Any], params: dict[str, Any], *, status: str | None, message: str | None, retention: int
+) -> str | None:
+    """End the job (`status`, or PARTIAL/SUCCEEDED from its counts) and drop its staged rows,
+    in the caller's transaction; the final status, or None when the lease is lost."""
+    row = conn.execute(FINISH, {**params, "status": status, "message": message, "retention": retention}).fetchone()
+    if row is None:
+        return None
+    conn.execute(DROP_STAGED, params)
+    return str(row[0])
+
+
 class StagedRowsLost(RuntimeError):
     """import_row lost the job's rows (a server crash empties an unlogged table, and so
     does a failover: a promoted replica has none): the job must stage again."""
@@ -293,6 +405,22 @@ RETURNING id
 
 MARK_ENQUEUED = "UPDATE import_job SET enqueued_at = now() WHERE id = %(job)s"
 
+
+class Swept(NamedTuple):
+    cancelled: list[int]
+    given_up: list[int]
+    resend: list[int]
+
+
+def sweep(conn: psycopg.Connection[Any], *, retention: int, lease: float) -> Swept:
+    """The sweep's three steps (each its own statement): cancel, give up, pick the jobs to send again."""
+    days = {"retention": retention}
+    cancelled = [int(r[0]) for r in conn.execute(SWEEP_CANCEL, days)]
+    given_up = [int(r[0]) for r in conn.execute(SWEEP_GIVE_UP, days)]
+    resend = [int(r[0]) for r in conn.execute(SWEEP, {"lease": lease})]
+    return Swept(cancelled, given_up, resend)
+
+
 # Retention: finished jobs past expires_at, and abandoned uploads, go with their chunks
 # and errors (ON DELETE CASCADE); staged rows of vanished jobs go too.
 PURGE = """
@@ -307,3 +435,9 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 """
+
+
+def purge(conn: psycopg.Connection[Any], limit: int) -> int:
+    """Delete up to `limit` expired jobs; how many went."""
+    row = conn.execute(PURGE, {"limit": limit}).fetchone()
+    return int(row[0]) if row else 0

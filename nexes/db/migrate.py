@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -82,6 +83,12 @@ def code_version() -> int:
 
 # The newest migration applied.
 SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_migration"
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration applied to the database (0 for none)."""
+    row = conn.execute(SCHEMA_VERSION).fetchone()
+    return int(row[0]) if row else 0
 
 
 def behind(applied: int) -> str | None:

@@ -11,6 +11,8 @@ import logging
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from nexes.jobs import runtime
+
 log = logging.getLogger(__name__)
 
 QUEUE = "imports"
@@ -19,15 +21,14 @@ QUEUE = "imports"
 @dramatiq.actor(queue_name=QUEUE, max_retries=20, min_backoff=1_000, max_backoff=30_000, time_limit=6 * 3_600_000)
 def run_import(job_id: int) -> None:
     """Run (or resume) import job `job_id`; a no-op when another worker holds its lease."""
-    from nexes.jobs import settings, tag_worker_logs
     from nexes.jobs.imports_runner import run
 
-    tag_worker_logs()
+    runtime.tag_worker_logs()
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
     run(
         job_id,
-        settings,
+        runtime.settings,
         request_id=options.get("nexes_request_id"),
         traceparent=options.get("nexes_traceparent"),
     )

@@ -29,12 +29,11 @@ from psycopg_pool import ConnectionPool
 
 from nexes.db import imports_apply as sql
 from nexes.db import migrate
-from nexes.db.connect.conninfo import for_role
-from nexes.db.connect.tagged import SyncTaggedCursor
+from nexes.db.connect.worker import worker_pool
 from nexes.db.imports import upload_chunks
 from nexes.imports import parse as importfile
+from nexes.jobs.search import request_sync
 from nexes.observability import request_id_var, traceparent_var
-from nexes.search.trigger import request_sync
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,38 +42,6 @@ log = logging.getLogger(__name__)
 def stage_batch_rows(settings: Settings) -> int:
     """Rows per staging transaction (one checkpoint each): about as many as a chunk's orders hold."""
     return max(1_000, 4 * settings.import_chunk_orders)
-
-
-_pools: dict[str, ConnectionPool] = {}
-_pool_lock = threading.Lock()
-
-
-def worker_pool(settings: Settings) -> ConnectionPool:
-    """The worker process's pool: nexes_worker on the primary, through PgBouncer; one
-    per database (a worker serves one; tests run jobs in many)."""
-    conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-worker")
-    with _pool_lock:
-        pool = _pools.get(conninfo)
-        if pool is None or pool.closed:
-            pool = _pools[conninfo] = ConnectionPool(
-                conninfo,
-                min_size=1,
-                max_size=max(2, settings.worker_pool_size),
-                timeout=30,
-                name="worker-primary",
-                kwargs={"prepare_threshold": None, "autocommit": True, "cursor_factory": SyncTaggedCursor},
-                open=True,
-            )
-        return pool
-
-
-def close_pools() -> None:
-    """Close every worker pool of this process (tests, before dropping a database)."""
-    with _pool_lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for pool in pools:
-        pool.close()
 
 
 class Cancelled(Exception):
@@ -95,14 +62,14 @@ class Heartbeat(threading.Thread):
         while not self.stop.wait(self.every):
             try:
                 with self.pool.connection() as conn:
-                    row = conn.execute(sql.RENEW, self.params).fetchone()
+                    cancel = sql.renew(conn, self.params)
             except psycopg.Error as exc:
                 log.warning("import %s: lease renewal failed (%s); retrying", self.params["job"], exc)
                 continue
-            if row is None:
+            if cancel is None:
                 self.lost.set()
                 return
-            if row[0]:
+            if cancel:
                 self.cancel.set()
 
 
@@ -112,20 +79,25 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {"job": job_id, "owner": owner, "lease": settings.import_lease_seconds}
     with pool.connection() as conn:
-        row = conn.execute(migrate.SCHEMA_VERSION).fetchone()
-        if reason := migrate.behind(int(row[0]) if row else 0):
+        if reason := migrate.behind(migrate.schema_version(conn)):
             # Not claimed: the job stays as it is, and the sweep sends it again later.
             log.error("import %d: not run: %s", job_id, reason)
             return "schema-behind"
-        claimed = conn.execute(sql.CLAIM, params).fetchone()
+        claimed = sql.claim(conn, params)
     if claimed is None:
         log.info("import %d: not claimable (finished, cancelled, or leased by another worker)", job_id)
         return "skipped"
-    phase, staged_rows, applied_through, job_request_id, job_traceparent, _ = claimed
+    phase, staged_rows = claimed.phase, claimed.staged_rows
     # Worker threads live on: the ids are reset when this job is done.
-    request_token = request_id_var.set(request_id or job_request_id)
-    trace_token = traceparent_var.set(traceparent or job_traceparent)
-    log.info("import %d: running (phase %s, %d rows staged, through %r)", job_id, phase, staged_rows, applied_through)
+    request_token = request_id_var.set(request_id or claimed.request_id)
+    trace_token = traceparent_var.set(traceparent or claimed.traceparent)
+    log.info(
+        "import %d: running (phase %s, %d rows staged, through %r)",
+        job_id,
+        phase,
+        staged_rows,
+        claimed.applied_through,
+    )
     heartbeat = Heartbeat(pool, params, max(0.5, settings.import_lease_seconds / 3))
     heartbeat.start()
     try:
@@ -163,7 +135,7 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
 def _release(pool: ConnectionPool, params: dict[str, Any]) -> None:
     try:
         with pool.connection(timeout=5) as conn:
-            conn.execute(sql.RELEASE, params)
+            sql.release(conn, params)
     except Exception as exc:  # the lease then simply runs out
         log.warning("import %s: could not release the lease (%s)", params["job"], exc)
 
@@ -193,14 +165,12 @@ def _staged_intact(pool: ConnectionPool, params: dict[str, Any], staged_rows: in
     stages again from the start and then resumes applying after its checkpoint."""
     with pool.connection() as conn, conn.transaction():
         if staged_rows is None:
-            row = conn.execute("SELECT staged_rows FROM import_job WHERE id = %(job)s", params).fetchone()
-            staged_rows = int(row[0]) if row else 0
-        row = conn.execute(sql.STAGED_COUNT, params).fetchone()
-        found = int(row[0]) if row else 0
+            staged_rows = sql.job_staged_rows(conn, params)
+        found = sql.staged_count(conn, params)
         if found == staged_rows:
             return True
         log.warning("import %d: %d staged rows found, %d expected; staging again", params["job"], found, staged_rows)
-        conn.execute(sql.RESET_STAGE, params)
+        sql.reset_stage(conn, params)
         return False
 
 
@@ -222,23 +192,21 @@ def _stage(
                 _check(heartbeat)
         staged_rows = _stage_batch(pool, params, batch, staged_rows, fmt)
     with pool.connection() as conn:
-        conn.execute(sql.STAGE_DONE, params)
+        sql.stage_done(conn, params)
     log.info("import %d: %d rows staged", job, staged_rows)
 
 
 def _stage_batch(
     pool: ConnectionPool, params: dict[str, Any], batch: list[importfile.Row], before: int, fmt: str
 ) -> int:
-    job = params["job"]
+    rows = [(params["job"], r.row_no, *r.values, _errors(r), r.raw) for r in batch]
     with pool.connection() as conn, conn.transaction():
-        with conn.cursor().copy(sql.COPY_ROWS) as copy:
-            for r in batch:
-                errors = json.dumps([_error(e) for e in r.errors]) if r.errors else None
-                copy.write_row((job, r.row_no, *r.values, errors, r.raw))
-        moved = conn.execute(sql.STAGED, {**params, "n": len(batch), "before": before, "format": fmt})
-        if moved.rowcount != 1:
-            raise sql.LeaseLost(f"import {job}: lease lost while staging")
+        sql.stage_rows(conn, params, rows, before=before, fmt=fmt)
     return before + len(batch)
+
+
+def _errors(row: importfile.Row) -> str | None:
+    return json.dumps([_error(e) for e in row.errors]) if row.errors else None
 
 
 def _error(e: importfile.RowError) -> dict[str, Any]:
@@ -279,10 +247,9 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
     """
     job = params["job"]
     with pool.connection() as conn, conn.transaction():
-        conn.execute(sql.ORPHANS, params)
+        sql.report_orphans(conn, params)
     with pool.connection() as conn:
-        row = conn.execute("SELECT applied_through FROM import_job WHERE id = %s", [job]).fetchone()
-    after = row[0] if row else ""
+        after = sql.applied_through(conn, params)
     depth = settings.import_apply_parallel
     pipeline = _Pipeline()
     previous: _Link | None = None
@@ -293,10 +260,7 @@ def _apply(pool: ConnectionPool, params: dict[str, Any], settings: Settings, hea
             while not cancel:
                 _check(heartbeat)
                 with pool.connection() as conn:
-                    found = conn.execute(
-                        sql.NEXT_UPTO, {**params, "after": after, "orders": settings.import_chunk_orders}
-                    ).fetchone()
-                upto = found[0] if found else None
+                    upto = sql.next_upto(conn, params, after=after, orders=settings.import_chunk_orders)
                 if upto is None:
                     break
                 while len(inflight) >= depth:
@@ -352,11 +316,8 @@ def _finish(
     pool: ConnectionPool, params: dict[str, Any], settings: Settings, status: str | None, message: str | None
 ) -> str:
     with pool.connection() as conn, conn.transaction():
-        row = conn.execute(
-            sql.FINISH, {**params, "status": status, "message": message, "retention": settings.import_retention_days}
-        ).fetchone()
-        if row is None:
-            return "lease-lost"
-        conn.execute(sql.DROP_STAGED, params)
-    log.info("import %d: %s", params["job"], row[0])
-    return str(row[0])
+        final = sql.finish(conn, params, status=status, message=message, retention=settings.import_retention_days)
+    if final is None:
+        return "lease-lost"
+    log.info("import %d: %s", params["job"], final)
+    return final

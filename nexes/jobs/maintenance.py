@@ -7,8 +7,9 @@ import logging
 import dramatiq
 import psycopg
 
-from nexes.db import partitions
-from nexes.jobs import settings
+from nexes.db import imports_apply, partitions
+from nexes.db.connect.worker import worker_pool
+from nexes.jobs.runtime import settings
 
 log = logging.getLogger(__name__)
 
@@ -73,32 +74,28 @@ def archive_quarters() -> None:
 def sweep_imports() -> None:
     """Send again the import jobs whose worker died (lease ran out) or whose message
     was lost; finish a cancel asked of a dead job. The lease makes a resend harmless."""
-    from nexes.db import imports_apply as import_apply
     from nexes.jobs.imports import enqueue_import
-    from nexes.jobs.imports_runner import worker_pool
 
     with worker_pool(settings).connection() as conn:
-        retention = {"retention": settings.import_retention_days}
-        cancelled = conn.execute(import_apply.SWEEP_CANCEL, retention).fetchall()
-        given_up = conn.execute(import_apply.SWEEP_GIVE_UP, retention).fetchall()
-        resend = conn.execute(import_apply.SWEEP, {"lease": settings.import_lease_seconds}).fetchall()
-    for (job_id,) in resend:
+        swept = imports_apply.sweep(conn, retention=settings.import_retention_days, lease=settings.import_lease_seconds)
+    for job_id in swept.resend:
         enqueue_import(job_id)
-    if resend or cancelled or given_up:
-        log.info("import sweep: %d sent again, %d cancelled, %d given up", len(resend), len(cancelled), len(given_up))
+    if swept.resend or swept.cancelled or swept.given_up:
+        log.info(
+            "import sweep: %d sent again, %d cancelled, %d given up",
+            len(swept.resend),
+            len(swept.cancelled),
+            len(swept.given_up),
+        )
 
 
 @dramatiq.actor(queue_name="maintenance", max_retries=3, min_backoff=60_000, max_backoff=600_000, time_limit=600_000)
 def purge_imports() -> None:
     """Delete import jobs past their retention (uploads and error rows go with them)."""
-    from nexes.db import imports_apply as import_apply
-    from nexes.jobs.imports_runner import worker_pool
-
     total, batch = 0, 100
     while True:  # bounded batches: each a short transaction
         with worker_pool(settings).connection() as conn:
-            row = conn.execute(import_apply.PURGE, {"limit": batch}).fetchone()
-        deleted = int(row[0]) if row else 0
+            deleted = imports_apply.purge(conn, batch)
         total += deleted
         if deleted < batch:
             break

@@ -1,20 +1,25 @@
 """Search actors: the outbox sync (after writes, and swept on a schedule), the reindex,
-and the daily drift check. All take no arguments and re-read everything: safe twice."""
+and the daily drift check. All take no arguments and re-read everything: safe twice.
+Writers ask for a sync with request_sync (after_commit on the API's event loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import dramatiq
 import typesense
 
-from nexes.jobs import settings
+from nexes.db.connect.worker import worker_pool
+from nexes.jobs.runtime import settings
 
 log = logging.getLogger(__name__)
 QUEUE = "search"
+T = TypeVar("T")
 _client: typesense.Client | None = None
 _client_lock = threading.Lock()
 
@@ -36,7 +41,6 @@ def client() -> typesense.Client:
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
 def sync_search() -> None:
     """Drain the search outbox into Typesense."""
-    from nexes.jobs.imports_runner import worker_pool
     from nexes.search.sync import drain
 
     report = drain(worker_pool(settings), client(), settings.typesense_collection, batch=settings.search_sync_batch)
@@ -50,6 +54,21 @@ def sync_search() -> None:
         )
 
 
+def request_sync() -> None:
+    """Ask the workers to sync search now, after a committed write; never fails the caller
+    (the outbox keeps the change, and the scheduled sweep catches a lost message)."""
+    try:
+        sync_search.send()
+    except Exception as exc:
+        log.warning("search: could not request a sync (%s); the sweep will catch up", exc)
+
+
+def after_commit(result: T) -> T:
+    """request_sync without waiting for the broker (API side); returns `result` as is."""
+    asyncio.get_running_loop().run_in_executor(None, request_sync)
+    return result
+
+
 REINDEX_EVERY = 300.0  # seconds between attempts at an asked-for reindex (db.search.REINDEX_WANTED)
 
 
@@ -57,7 +76,6 @@ REINDEX_EVERY = 300.0  # seconds between attempts at an asked-for reindex (db.se
 def sweep_search() -> None:
     """The scheduled sweep: drain, and start a reindex that was asked for."""
     from nexes.db.search import reindex_wanted
-    from nexes.jobs.imports_runner import worker_pool
 
     sync_search()
     with worker_pool(settings).connection() as conn:
@@ -81,7 +99,6 @@ def reindex_search() -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=60_000, max_backoff=3_600_000, time_limit=600_000)
 def check_search_drift() -> None:
     """Compare Typesense with PostgreSQL and queue repairs, then sync them."""
-    from nexes.jobs.imports_runner import worker_pool
     from nexes.search.drift import check
 
     with worker_pool(settings).connection() as conn:

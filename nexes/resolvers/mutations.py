@@ -24,7 +24,6 @@ from nexes.resolvers.ids import parse_global_id
 from nexes.resolvers.orders import Info, hydrate, to_customer
 from nexes.schema.payloads import UserError
 from nexes.schema.types import Customer, ServiceOrder, StockItem
-from nexes.search.trigger import after_commit
 
 SOD = re.compile(r"[A-Za-z0-9-]{1,40}")
 CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
@@ -276,6 +275,8 @@ async def update_service_order(
 
 async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
     """Run a mutation's work on the primary; Rejected becomes payload errors."""
+    from nexes.jobs.search import after_commit  # importing nexes.jobs configures the broker
+
     try:
         return after_commit(await info.context.router.write(work)), []
     except Rejected as exc:

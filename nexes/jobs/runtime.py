@@ -1,0 +1,124 @@
+"""The workers' runtime: settings, tracing and the Dramatiq broker with its middleware.
+
+Configured here, at import, and only here: every actor module imports this one, so the
+broker is set before any actor registers on it, and the process that sends an actor
+(the API, the scheduler) configures it by importing that actor. Settings are read
+once, from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AsyncIO, CurrentMessage
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from nexes import settings as settings_module
+from nexes.observability import (
+    configure_tracing,
+    current_traceparent,
+    extract_traceparent,
+    request_id_var,
+    valid_request_id,
+)
+
+settings = settings_module.load()
+configure_tracing(settings, "nexes-worker")  # a no-op in a process that configured it already (the API)
+tracer = trace.get_tracer(__name__)
+
+
+def tag_worker_logs() -> None:
+    """Every log record of a worker process carries the request id (and trace) of the
+    job it serves. Dramatiq owns the worker processes' handlers and format (children
+    pipe their records to the parent), so the tag goes into the record itself. Called
+    by the actors (worker processes only; the API's JSON logs carry the ids already)."""
+    global _tagging
+    if _tagging:
+        return
+    _tagging = True
+    make_record = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        request_id, traceparent = request_id_var.get(), current_traceparent()
+        if request_id or traceparent:
+            record.request_id = request_id
+            record.msg = record.getMessage() + f" [request_id={request_id or '-'} traceparent={traceparent or '-'}]"
+            record.args = None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+_tagging = False
+
+
+class TraceContext(dramatiq.Middleware):
+    """The sender's request id and trace context ride in every message's options; the worker
+    runs each message in a consumer span that continues the sender's trace (API -> Dramatiq
+    -> SQL) with the request id set, so its logs and SQL carry both. No library fits: there
+    is no OpenTelemetry instrumentation for Dramatiq."""
+
+    def __init__(self) -> None:
+        self._running = threading.local()  # before/after process_message run on one worker thread
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        tag_worker_logs()
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        # setdefault: a retry keeps the trace of the original send
+        if request_id := request_id_var.get():
+            message.options.setdefault("nexes_request_id", request_id)
+        if traceparent := current_traceparent():
+            message.options.setdefault("nexes_traceparent", traceparent)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        parent = extract_traceparent(message.options.get("nexes_traceparent"))
+        span = tracer.start_span(
+            f"{message.actor_name} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "dramatiq",
+                "messaging.destination.name": message.queue_name,
+                "messaging.message.id": message.message_id,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        request_token = request_id_var.set(valid_request_id(message.options.get("nexes_request_id")))
+        self._running.state = (span, token, request_token)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        state, self._running.state = getattr(self._running, "state", None), None
+        if state is None:
+            return
+        span, token, request_token = state
+        if exception is not None:
+            span.record_exception(exception)
+            span.set_status(Status(StatusCode.ERROR, type(exception).__name__))
+        span.end()
+        otel_context.detach(token)
+        request_id_var.reset(request_token)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self.after_process_message(broker, message)
+
+
+broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+broker.add_middleware(AsyncIO())
+broker.add_middleware(CurrentMessage())
+broker.add_middleware(TraceContext())
+dramatiq.set_broker(broker)
