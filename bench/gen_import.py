@@ -14,20 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-# The header of docs/import-format.md (nexes.imports.parse.COLUMNS); not imported
-# from there because importing nexes.jobs configures the broker from the environment.
-COLUMNS = (
-    "sod_number",
-    "created_at",
-    "customer_code",
-    "status",
-    "description",
-    "currency",
-    "line_no",
-    "sku",
-    "quantity",
-    "unit_price",
-)
+from nexes.imports.parse import COLUMNS  # the header of docs/import-format.md
+
 # Weights out of 100: most orders are live or done, a few drafts and cancellations.
 STATUSES = ("OPEN",) * 35 + ("IN_PROGRESS",) * 25 + ("COMPLETED",) * 30 + ("DRAFT",) * 5 + ("CANCELLED",) * 5
 CURRENCIES = ("EUR",) * 6 + ("USD",) * 3 + ("GBP",)
