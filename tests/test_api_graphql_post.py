@@ -1,5 +1,6 @@
-"""JSON POSTs to /graphql take the plain-ASGI path (nexes.http.graphql_post); Starlette's
-endpoint answers everything else. Both must answer a JSON POST identically."""
+"""JSON POSTs to /graphql: answered in plain ASGI (nexes.http.graphql.json_post), taken by
+GraphQLMiddleware before Starlette's routing; the route itself answers them the same way
+when no middleware takes them first (one implementation, two ways in)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,56 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from nexes.http import endpoints
+from nexes.http import graphql
 from nexes.http.app import RequestContextMiddleware
 
+# (body, status, the errors' codes or None for a response without errors, data present)
 BODIES = [
-    b'{"query": "{ serviceOrders(first: 3) { edges { cursor node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { hasNextPage endCursor } } }"}',  # noqa: E501
-    b'{"query": "query($n: Int) { serviceOrders(first: $n) { edges { node { id } } } }", "variables": {"n": 2}}',
-    b'{"query": "{ serviceOrders(first: 1000) { edges { node { id } } } }"}',
-    b'{"query": "{ serviceOrders(after: \\"bogus\\") { edges { node { id } } } }"}',
-    b'{"query": "query A { __typename } query B { __typename }"}',
-    b'{"query": "{ noSuchField }"}',
-    b'{"query": "{ serviceOrders(first: ) }"}',
-    b'{"query": 42}',
-    b"[1, 2]",
-    b"{not json",
+    (
+        b'{"query": "{ serviceOrders(first: 3) { edges { cursor node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { hasNextPage endCursor } } }"}',  # noqa: E501
+        200,
+        None,
+    ),
+    (
+        b'{"query": "query($n: Int) { serviceOrders(first: $n) { edges { node { id } } } }", "variables": {"n": 2}}',
+        200,
+        None,
+    ),
+    (b'{"query": "{ serviceOrders(first: 1000) { edges { node { id } } } }"}', 400, ["BAD_USER_INPUT"]),
+    (b'{"query": "{ serviceOrders(after: \\"bogus\\") { edges { node { id } } } }"}', 400, ["BAD_CURSOR"]),
+    (b'{"query": "query A { __typename } query B { __typename }"}', 400, ["BAD_USER_INPUT"]),
+    (b'{"query": "{ noSuchField }"}', 400, ["BAD_USER_INPUT"]),
+    (b'{"query": "{ serviceOrders(first: ) }"}', 400, ["BAD_USER_INPUT"]),
+    (b'{"query": 42}', 400, ["BAD_USER_INPUT"]),
+    (b"[1, 2]", 400, ["BAD_USER_INPUT"]),
+    (b"{not json", 400, ["BAD_USER_INPUT"]),
 ]
 
 
-@pytest.mark.parametrize("body", BODIES)
-async def test_json_post_answers_as_the_starlette_endpoint_does(app_client: httpx.AsyncClient, body: bytes) -> None:
-    state = app_client.app.state  # type: ignore[attr-defined]
-    plain = Starlette(routes=[Route("/graphql", endpoints.graphql, methods=["GET", "POST"])])
-    plain.state.settings, plain.state.router, plain.state.cursors = state.settings, state.router, state.cursors
-    plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
+async def _post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
     headers = {"content-type": "application/json", "x-request-id": "same-request"}
-    transport = httpx.ASGITransport(app=plain)
-    async with httpx.AsyncClient(transport=transport, base_url="http://nexes.test") as reference:
-        expected = await reference.post("/graphql", content=body, headers=headers)
-    got = await app_client.post("/graphql", content=body, headers=headers)
-    assert (got.status_code, got.json()) == (expected.status_code, expected.json())
-    assert got.headers["content-type"] == expected.headers["content-type"]
+    return await client.post("/graphql", content=body, headers=headers)
+
+
+@pytest.mark.parametrize(("body", "status", "codes"), BODIES)
+async def test_json_post_answers_its_status_codes_and_headers_on_both_ways_in(
+    app_client: httpx.AsyncClient, body: bytes, status: int, codes: list[str] | None
+) -> None:
+    got = await _post(app_client, body)
+    payload = got.json()
+    assert got.status_code == status
+    assert [e["extensions"]["code"] for e in payload.get("errors", [])] == (codes or [])
+    assert all(e["extensions"]["requestId"] == "same-request" for e in payload.get("errors", []))
+    assert got.headers["content-type"] == "application/json"
     assert got.headers["x-request-id"] == "same-request"
     assert "statements" in got.headers["server-timing"]
+
+    state = app_client.app.state  # type: ignore[attr-defined]
+    plain = Starlette(routes=[Route("/graphql", graphql.endpoint, methods=["GET", "POST"])])
+    plain.state.settings, plain.state.router, plain.state.cursors = state.settings, state.router, state.cursors
+    plain.state.pipeline = state.pipeline
+    plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://nexes.test") as route:
+        expected = await _post(route, body)
+    assert (expected.status_code, expected.json()) == (got.status_code, payload)
+    assert expected.headers["content-type"] == got.headers["content-type"]

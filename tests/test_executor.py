@@ -197,10 +197,10 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
                 request_id="equivalence", settings=state.settings, router=state.router, cursors=state.cursors
             )
 
-        from nexes.execution import pipeline as execution
+        from nexes.execution.pipeline import Pipeline
 
-        expected = await stock.execute(document, context_value=context())
+        expected = await Pipeline(stock).run(document, None, None, context(), queries_only=True)
         # The production path: cached parse and validation, then the fast executor.
-        got = await execution.run(document, None, None, context(), queries_only=True)
+        got = await state.pipeline.run(document, None, None, context(), queries_only=True)
     assert expected.errors is None and got.errors is None
     assert got.data == expected.data

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.lsn import format_lsn, parse_lsn
-from nexes.http import endpoints
+from nexes.http import graphql
 from nexes.http.app import RequestContextMiddleware
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql, superuser_url
@@ -80,8 +80,9 @@ async def test_a_mutation_answers_the_lsn_in_the_header_and_extensions_on_both_p
         assert body["_response"].headers["x-nexes-lsn"] == lsn
         # Starlette's endpoint (multipart and GET take it) does the same.
         state = c.app.state  # type: ignore[attr-defined]
-        plain = Starlette(routes=[Route("/graphql", endpoints.graphql, methods=["GET", "POST"])])
+        plain = Starlette(routes=[Route("/graphql", graphql.endpoint, methods=["GET", "POST"])])
         plain.state.settings, plain.state.router, plain.state.cursors = state.settings, state.router, state.cursors
+        plain.state.pipeline = state.pipeline
         plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://t") as ref:
             again = await gql(ref, CREATE, {"c": code + "b"})

@@ -42,6 +42,8 @@ from graphql.pyutils import Undefined
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
 Completer = Callable[[Any], Any]
+# Whether a field guard covers (type name, field name): such fields are never compiled.
+Guarded = Callable[[str, str], bool]
 # How a caller asks for the sub-selection of a field: (object type, field details) ->
 # the grouped field set and whether it defers anything (graphql-core's collect_subfields).
 Collect = Callable[[GraphQLObjectType, Any], tuple[dict[str, Any], bool]]
@@ -84,8 +86,9 @@ def no_directives(field_nodes: Sequence[FieldNode], fragments: dict[str, Any]) -
 class _Builder:
     """Generates the source of one completer and the namespace it runs in."""
 
-    def __init__(self, collect: Collect) -> None:
+    def __init__(self, collect: Collect, guarded: Guarded) -> None:
         self.collect = collect
+        self.guarded = guarded
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"UNDEF": Undefined, "TCA": TYPE_CAST_ATTRIBUTE}
         self.counter = 0
@@ -195,12 +198,14 @@ class _Builder:
         self.lines += [f"def {fn}(o):", *body, f"    return {{{', '.join(items)}}}", ""]
         return fn
 
-    @staticmethod
-    def plain_field(type_: GraphQLObjectType, field_details: Any) -> tuple[str, GraphQLOutputType]:
-        """The attribute behind a field Strawberry resolves with plain getattr, else NotCompilable."""
+    def plain_field(self, type_: GraphQLObjectType, field_details: Any) -> tuple[str, GraphQLOutputType]:
+        """The attribute behind an unguarded field Strawberry resolves with plain getattr,
+        else NotCompilable."""
         name = field_details[0].node.name.value
         field_def = type_.fields.get(name)
         if field_def is None or field_def.args or any(d.node.arguments for d in field_details):
+            raise NotCompilable
+        if self.guarded(type_.name, name):
             raise NotCompilable
         definition = field_def.extensions.get("strawberry-definition")
         if (
@@ -222,11 +227,11 @@ class _Builder:
         return completer
 
 
-def compile_completer(type_: GraphQLOutputType, details: Any, collect: Collect) -> Completer | None:
+def compile_completer(type_: GraphQLOutputType, details: Any, collect: Collect, guarded: Guarded) -> Completer | None:
     """A function completing a value of `type_` for this selection, or None when the
-    selection needs graphql-core's general path."""
+    selection needs graphql-core's general path (or a guard covers one of its fields)."""
     try:
-        return _Builder(collect).build(type_, details)
+        return _Builder(collect, guarded).build(type_, details)
     except NotCompilable:
         return None
 

@@ -8,18 +8,19 @@ selection set once (per type and field list) and reads such leaves directly:
 `getattr` plus the type's own `serialize`.
 
 Anything else takes graphql-core's own path, field by field: fields with resolvers,
-arguments, permissions or extensions; objects, lists and abstract types; and any
-leaf whose value is None or fails to serialize, so that nulls and errors (non-null
-propagation, messages, paths) are exactly the stock executor's. Tests compare the
-two on the same documents. It relies on graphql-core internals (`execute_fields`),
-so graphql-core and strawberry are pinned.
+arguments, permissions or extensions; fields a field guard covers (hooks.FieldGuard);
+objects, lists and abstract types; and any leaf whose value is None or fails to
+serialize, so that nulls and errors (non-null propagation, messages, paths) are exactly
+the stock executor's. Tests compare the two on the same documents. It relies on
+graphql-core internals (`execute_fields`, `execute_field`), so graphql-core and
+strawberry are pinned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, is_leaf_type
 from graphql.execution.executor import gather_with_cancel  # type: ignore[attr-defined]
@@ -27,6 +28,7 @@ from graphql.pyutils import Path, Undefined
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from nexes.execution.compiled import CompiledCache, Completer, compile_completer, no_directives
+from nexes.execution.hooks import FieldCheck, FieldGuard
 
 PLAN_CACHE_LIMIT = 10_000
 
@@ -47,18 +49,71 @@ class Child:
 
 
 Plan = dict[str, Leaf | Child]
-_plans: dict[tuple[Any, ...], Plan] = {}
-_completers = CompiledCache()
+Guarded = Callable[[str, str], bool]
 
 
-def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | Child | None:
+class HookedExecutor(StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's stock execution (through Strawberry's context) that runs the field
+    guards before the fields they cover. `with_guards` makes the class for a set of guards;
+    without guards it is the stock path, at the cost of one attribute test per field."""
+
+    field_guards: ClassVar[tuple[FieldGuard, ...]] = ()
+    _checks: ClassVar[dict[tuple[str, str], tuple[FieldCheck, ...]]] = {}
+
+    @classmethod
+    def with_guards(cls, guards: tuple[FieldGuard, ...]) -> type[Self]:
+        """This executor with these field guards (itself when there are none). Its plans
+        and compiled completers are its own: they depend on what the guards cover."""
+        if not guards:
+            return cls
+        caches = {"_checks": {}, "_plans": {}, "_completers": CompiledCache()}
+        return type(cls.__name__, (cls,), {"field_guards": guards, **caches})
+
+    @classmethod
+    def checks_for(cls, type_name: str, field_name: str) -> tuple[FieldCheck, ...]:
+        """The checks of the guards that cover this field, found once per field."""
+        key = (type_name, field_name)
+        checks = cls._checks.get(key)
+        if checks is None:
+            coordinate = f"{type_name}.{field_name}"
+            covered = () if field_name.startswith("__") else cls.field_guards
+            checks = cls._checks[key] = tuple(g.check for g in covered if g.covers(coordinate))
+        return checks
+
+    @classmethod
+    def is_guarded(cls, type_name: str, field_name: str) -> bool:
+        return bool(cls.field_guards) and bool(cls.checks_for(type_name, field_name))
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        if self.field_guards:
+            name = field_details_list[0].node.name.value
+            checks = self.checks_for(parent_type.name, name)
+            if checks:
+                coordinate = f"{parent_type.name}.{name}"
+                try:
+                    for check in checks:
+                        check(self.context_value, coordinate, source)
+                except Exception as raw_error:
+                    self.handle_field_error(raw_error, parent_type.fields[name].type, field_details_list, path)
+                    return None
+        return super().execute_field(parent_type, source, field_details_list, path, position_context)
+
+
+def _leaf(parent_type: GraphQLObjectType, node: Any, guarded: Guarded) -> Leaf | Child | None:
     """The fast reading of one field, or None when it must take the stock path."""
     name = node.name.value
     if name == "__typename":
         type_name = parent_type.name
         return Leaf(None, lambda _: type_name)
     field_def = parent_type.fields.get(name)
-    if field_def is None or node.arguments or field_def.args or node.directives:
+    if field_def is None or node.arguments or field_def.args or node.directives or guarded(parent_type.name, name):
         return None
     named = field_def.type.of_type if isinstance(field_def.type, GraphQLNonNull) else field_def.type
     definition = field_def.extensions.get("strawberry-definition")
@@ -76,24 +131,33 @@ def _leaf(parent_type: GraphQLObjectType, node: Any) -> Leaf | Child | None:
     return None
 
 
-def plan_for(parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan:
+def plan_for(
+    parent_type: GraphQLObjectType,
+    grouped_field_set: Any,
+    plans: dict[tuple[Any, ...], Plan],
+    guarded: Guarded,
+) -> Plan:
     key = (parent_type.name, *((name, details[0].node.name.value) for name, details in grouped_field_set.items()))
-    plan = _plans.get(key)
+    plan = plans.get(key)
     if plan is None:
         plan = {}
         for response_name, details in grouped_field_set.items():
-            leaf = _leaf(parent_type, details[0].node)
-            if leaf is not None and all(_leaf(parent_type, d.node) is not None for d in details[1:]):
+            leaf = _leaf(parent_type, details[0].node, guarded)
+            if leaf is not None and all(_leaf(parent_type, d.node, guarded) is not None for d in details[1:]):
                 plan[response_name] = leaf
-        if len(_plans) >= PLAN_CACHE_LIMIT:
-            _plans.clear()
-        _plans[key] = plan
+        if len(plans) >= PLAN_CACHE_LIMIT:
+            plans.clear()
+        plans[key] = plan
     return plan
 
 
-class FastExecutor(StrawberryGraphQLCoreExecutionContext):
+class FastExecutor(HookedExecutor):
     """Strawberry's execution context with plain leaves read directly, and whole
-    plain selection sets completed by compiled functions (nexes.execution.compiled)."""
+    plain selection sets completed by compiled functions (nexes.execution.compiled).
+    Fields a guard covers are never read directly: they take `execute_field`."""
+
+    _plans: ClassVar[dict[tuple[Any, ...], Plan]] = {}
+    _completers: ClassVar[CompiledCache] = CompiledCache()
 
     def complete_value(
         self,
@@ -125,7 +189,7 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             completer = None
         else:
             nodes = [details.node for details in field_details_list]
-            completer = _completers.get(return_type, nodes, lambda: self._compile(return_type, field_details_list))
+            completer = self._completers.get(return_type, nodes, lambda: self._compile(return_type, field_details_list))
         memo[key] = completer
         self.__dict__.setdefault("_nexes_keep", []).append(field_details_list)  # its id stays unique
         return completer
@@ -138,7 +202,7 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
             collected = self.collect_subfields(type_, details)
             return collected.grouped_field_set, bool(collected.new_defer_usages)
 
-        return compile_completer(return_type, field_details_list, collect)
+        return compile_completer(return_type, field_details_list, collect, self.is_guarded)
 
     def execute_fields(
         self,
@@ -155,7 +219,7 @@ class FastExecutor(StrawberryGraphQLCoreExecutionContext):
         plans = self.__dict__.setdefault("_nexes_plans", {})
         plan = plans.get(id(grouped_field_set))
         if plan is None:
-            plan = plans[id(grouped_field_set)] = plan_for(parent_type, grouped_field_set)
+            plan = plans[id(grouped_field_set)] = plan_for(parent_type, grouped_field_set, self._plans, self.is_guarded)
         results: dict[str, Any] = {}
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
@@ -267,3 +331,8 @@ def _read(leaf: Leaf, source: Any) -> Any:
     except Exception:  # the stock path re-resolves it and reports the error properly
         return None
     return None if serialized is Undefined else serialized
+
+
+# The unguarded executor's caches (tests clear and inspect them).
+_plans = FastExecutor._plans
+_completers = FastExecutor._completers

@@ -1,9 +1,14 @@
-"""Executing a GraphQL request: cached parse and validation, then the fast executor.
+"""Executing a GraphQL request: the one path every request takes.
+
+parse (cached, token limit) -> validate (cached, graphql-core's rules and the document
+rules) -> operation guards -> execute (the executor the schema names, with the field
+guards) -> result masks. The hook points are `hooks.Hooks`; the limits below are their
+default, and the only definition of the limits.
 
 This is what `strawberry.Schema.execute` does for this schema, without its per-request
-extension machinery (a runner, hooks and extension objects per request), which
-costs more than parsing and validating from a cache. The schema itself, its types and
-resolvers stay Strawberry's; the equivalence tests run both paths.
+extension machinery (a runner, hooks and extension objects per request), which costs
+more than parsing and validating from a cache. The schema itself, its types and
+resolvers stay Strawberry's; the equivalence tests run both executors.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import strawberry
 from graphql import (
     DocumentNode,
     ExecutionResult,
@@ -23,12 +29,22 @@ from graphql import (
     validate,
 )
 from strawberry.execution.is_awaitable import optimized_is_awaitable
+from strawberry.extensions.max_aliases import create_validator as aliases_validator
+from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 
-from nexes.execution.executor import FastExecutor
-from nexes.execution.schema import LIMIT_RULES, MAX_TOKENS, schema
+from nexes.errors import NexesError
+from nexes.execution.executor import HookedExecutor
+from nexes.execution.hooks import Hooks
+from nexes.resolvers.context import Context
 
-CACHE_SIZE = 1000
-RULES = (*specified_rules, *LIMIT_RULES)
+MAX_DEPTH = 10
+MAX_ALIASES = 30
+MAX_TOKENS = 5000
+CACHE_SIZE = 1000  # documents, by query text: the parse cache and the validation cache each
+
+# Made once: a validation rule is a class, and new classes per request would be new rules.
+LIMIT_RULES = (depth_validator(MAX_DEPTH, None, None), aliases_validator(MAX_ALIASES))
+DEFAULT_HOOKS = Hooks(document_rules=LIMIT_RULES)
 
 
 class OperationNotAllowed(Exception):
@@ -39,20 +55,72 @@ class UnknownOperation(Exception):
     """No operation by that name, or several and no name."""
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _parsed(query: str) -> DocumentNode | GraphQLError:
-    """The parsed document, or its syntax error; cached by query text."""
+def _parse(query: str) -> DocumentNode | GraphQLError:
+    """The parsed document, or its syntax error."""
     try:
         return parse(query, max_tokens=MAX_TOKENS)
     except GraphQLError as error:
         return error
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _validation_errors(query: str) -> tuple[GraphQLError, ...]:
-    document = _parsed(query)
-    assert isinstance(document, DocumentNode)
-    return tuple(validate(schema._schema, document, RULES))
+class Pipeline:
+    """One schema with its hooks; `run` executes a request. Its caches are bounded."""
+
+    def __init__(self, schema: strawberry.Schema, hooks: Hooks = DEFAULT_HOOKS) -> None:
+        self.hooks = hooks
+        self._schema = schema._schema
+        # The executor the schema names; the stock path (make_schema(None)) runs the field guards too.
+        named: type = schema.execution_context_class
+        executor: type[HookedExecutor] = named if issubclass(named, HookedExecutor) else HookedExecutor
+        self._executor = executor.with_guards(hooks.field_guards)
+        self._rules = (*specified_rules, *hooks.document_rules)
+        self._parsed = lru_cache(maxsize=CACHE_SIZE)(_parse)
+        self._validation_errors = lru_cache(maxsize=CACHE_SIZE)(self._validate)
+
+    def _validate(self, query: str) -> tuple[GraphQLError, ...]:
+        document = self._parsed(query)
+        assert isinstance(document, DocumentNode)
+        return tuple(validate(self._schema, document, self._rules))
+
+    async def run(
+        self,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        context: Context,
+        *,
+        queries_only: bool,
+    ) -> ExecutionResult:
+        """Execute one request; raises OperationNotAllowed or UnknownOperation before executing."""
+        document = self._parsed(query)
+        if isinstance(document, GraphQLError):
+            return ExecutionResult(data=None, errors=[document])
+        operation = _operation(document, operation_name)
+        if queries_only and operation.operation is not OperationType.QUERY:
+            raise OperationNotAllowed
+        errors = self._validation_errors(query)
+        if errors:
+            return ExecutionResult(data=None, errors=list(errors))
+        hooks = self.hooks
+        try:
+            for guard in hooks.operation_guards:
+                guard(operation, context)
+        except NexesError as refused:
+            return ExecutionResult(data=None, errors=[GraphQLError(refused.message, operation, original_error=refused)])
+        result = execute(
+            self._schema,
+            document,
+            context_value=context,
+            variable_values=variables,
+            operation_name=operation_name,
+            executor_class=self._executor,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool-returning check, as Strawberry's
+        )
+        if not isinstance(result, ExecutionResult):
+            result = await result
+        for mask in hooks.result_masks:
+            result = mask(result, context)
+        return result
 
 
 def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode:
@@ -65,33 +133,3 @@ def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionN
         if operation.name is not None and operation.name.value == name:
             return operation
     raise UnknownOperation
-
-
-async def run(
-    query: str,
-    variables: dict[str, Any] | None,
-    operation_name: str | None,
-    context: Any,
-    *,
-    queries_only: bool,
-) -> ExecutionResult:
-    """Execute one request; raises OperationNotAllowed or UnknownOperation before executing."""
-    document = _parsed(query)
-    if isinstance(document, GraphQLError):
-        return ExecutionResult(data=None, errors=[document])
-    operation = _operation(document, operation_name)
-    if queries_only and operation.operation is not OperationType.QUERY:
-        raise OperationNotAllowed
-    errors = _validation_errors(query)
-    if errors:
-        return ExecutionResult(data=None, errors=list(errors))
-    result = execute(
-        schema._schema,
-        document,
-        context_value=context,
-        variable_values=variables,
-        operation_name=operation_name,
-        executor_class=FastExecutor,
-        is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool-returning check, as Strawberry's
-    )
-    return result if isinstance(result, ExecutionResult) else await result

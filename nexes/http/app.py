@@ -21,8 +21,11 @@ from nexes.db.connect.monitor import ReplicaMonitor
 from nexes.db.connect.pools import Pools
 from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError
-from nexes.http import endpoints, exports
-from nexes.http.graphql_post import GraphQLPostMiddleware
+from nexes.execution.hooks import Hooks
+from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
+from nexes.execution.schema import schema
+from nexes.http import exports, graphql, headers, health, uploads
+from nexes.http.errors import error_payload, send_json
 from nexes.observability import (
     configure_tracing,
     extract_traceparent,
@@ -56,7 +59,7 @@ class RequestContextMiddleware:
             return
         incoming = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == headers.REQUEST_ID.raw:
                 incoming = valid_request_id(value.decode("latin-1"))
         request_id = incoming or new_request_id()
         request_id_var.set(request_id)
@@ -71,16 +74,16 @@ class RequestContextMiddleware:
                 timing = f'db;dur={db_ms:.2f};desc="{len(stats)} statements", app;dur={total_ms:.2f}'
                 message["headers"] = [
                     *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                    (b"server-timing", timing.encode()),
+                    (headers.REQUEST_ID.raw, request_id.encode()),
+                    (headers.SERVER_TIMING.raw, timing.encode()),
                 ]
             await send(message)
 
-        headers = dict(scope["headers"])
-        limit = self.upload_max_bytes if _is_upload(scope, headers) else self.max_body_bytes
-        length = headers.get(b"content-length")
+        request_headers = dict(scope["headers"])
+        limit = self.upload_max_bytes if _is_upload(scope, request_headers) else self.max_body_bytes
+        length = request_headers.get(headers.CONTENT_LENGTH.raw)
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await self._too_large(send_with_headers, request_id, limit)
+            await _too_large(send_with_headers, limit)
             return
         await self.app(scope, self._limited(receive, limit), send_with_headers)
 
@@ -92,29 +95,18 @@ class RequestContextMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise NexesError(Code.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes")
+                raise NexesError(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))
             return message
 
         return limited
 
-    async def _too_large(self, send: Send, request_id: str, limit: int) -> None:
-        body = (
-            b'{"errors":[{"message":"the request body is larger than '
-            + str(limit).encode()
-            + b' bytes","extensions":{"code":"'
-            + Code.PAYLOAD_TOO_LARGE.value.encode()
-            + b'","requestId":"'
-            + request_id.encode()
-            + b'"}}]}'
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def _too_large_message(limit: int) -> str:
+    return f"the request body is larger than {limit} bytes"
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    await send_json(send, {"errors": [error_payload(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))]}, 413)
 
 
 class TracingMiddleware:
@@ -136,9 +128,9 @@ class TracingMiddleware:
             return
         traceparent = tracestate = None
         for name, value in scope["headers"]:
-            if name == b"traceparent":
+            if name == headers.TRACEPARENT.raw:
                 traceparent = value.decode("latin-1")
-            elif name == b"tracestate":
+            elif name == headers.TRACESTATE.raw:
                 tracestate = value.decode("latin-1")
         parent = extract_traceparent(traceparent, tracestate)
         if not tracing_enabled() or scope["path"] in UNTRACED_PATHS:
@@ -155,7 +147,7 @@ class TracingMiddleware:
                 "url.scheme": scope.get("scheme", "http"),
             },
         )
-        response_header = (b"traceresponse", format_traceparent(span.get_span_context()).encode())
+        response_header = (headers.TRACERESPONSE.raw, format_traceparent(span.get_span_context()).encode())
 
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -190,15 +182,20 @@ class TracingMiddleware:
             otel_context.detach(token)
 
 
-def _is_upload(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+def _is_upload(scope: Scope, request_headers: dict[bytes, bytes]) -> bool:
     if scope["method"] != "POST":
         return False
-    if scope["path"] == "/api/imports":
+    if scope["path"] == IMPORTS_PATH:
         return True
-    return scope["path"] == "/graphql" and headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+    content_type = request_headers.get(headers.CONTENT_TYPE.raw, b"")
+    return scope["path"] == graphql.PATH and content_type.lower().startswith(headers.MULTIPART.encode())
 
 
-def create_app(settings: Settings) -> Starlette:
+IMPORTS_PATH = "/api/imports"
+
+
+def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
+    """The API; `hooks` are the GraphQL pipeline's (nexes.execution.hooks)."""
     configure_tracing(settings, "nexes-api")  # once per process: a later call changes nothing
     pools = Pools.for_api(settings)
     monitor = ReplicaMonitor.for_settings(settings)
@@ -219,10 +216,10 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/graphql", endpoints.graphql, methods=["GET", "POST"]),
-            Route("/api/imports", endpoints.imports, methods=["POST"]),
-            Route("/api/health", endpoints.health),
-            Route("/api/health/live", endpoints.health_live),
+            Route(graphql.PATH, graphql.endpoint, methods=["GET", "POST"]),
+            Route(IMPORTS_PATH, uploads.imports, methods=["POST"]),
+            Route("/api/health", health.health),
+            Route("/api/health/live", health.health_live),
             Route("/api/exports/service-orders.csv", exports.service_orders_csv),
             Route("/metrics", metrics.metrics),
         ],
@@ -233,7 +230,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.monitor = monitor
     app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
-    app.add_middleware(GraphQLPostMiddleware)  # inside the request context: it sees the request id
+    app.state.pipeline = Pipeline(schema, hooks)
+    app.add_middleware(graphql.GraphQLMiddleware)  # inside the request context: it sees the request id
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
     )
@@ -243,24 +241,13 @@ def create_app(settings: Settings) -> Starlette:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=list(CORS_ALLOWED_HEADERS),
-            expose_headers=list(CORS_EXPOSED_HEADERS),
+            allow_headers=[h.name for h in headers.CORS_ALLOWED],
+            expose_headers=[h.name for h in headers.CORS_EXPOSED],
             max_age=600,
         )
     return app
 
 
-# The SPA reads these from responses, and sends these with requests (docs/design.md §5).
-CORS_EXPOSED_HEADERS = ("X-Nexes-LSN", "X-Request-ID", "Server-Timing", "traceresponse")
-CORS_ALLOWED_HEADERS = (
-    "Content-Type",
-    "X-Nexes-Min-LSN",
-    "X-Nexes-CSRF",
-    "X-Nexes-Admin-Token",
-    "X-Request-ID",
-    "traceparent",
-    "tracestate",
-)
 # Probes and scrapes every few seconds: not worth a trace each.
 UNTRACED_PATHS = frozenset({"/metrics", "/api/health", "/api/health/live"})
 HTTP_TRACER = trace.get_tracer("nexes.http")

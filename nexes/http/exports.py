@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -23,7 +22,8 @@ from nexes.db.connect.router import Router
 from nexes.db.exports import copy_orders_csv
 from nexes.db.orders import OrderFilter
 from nexes.errors import Code, NexesError, bad_input
-from nexes.http.endpoints import error_result
+from nexes.http import headers
+from nexes.http.errors import error_response
 from nexes.resolvers.orders import order_filter
 from nexes.schema.connections import ServiceOrderFilter
 from nexes.schema.types import STATUS_BY_NAME
@@ -73,13 +73,8 @@ async def service_orders_csv(request: Request) -> Response:
     try:
         flt = export_filter(request)
     except NexesError as exc:
-        return _json_error(exc)
+        return error_response(exc)
     return CopyResponse(request.app.state.router, flt)
-
-
-def _json_error(exc: NexesError) -> Response:
-    payload, status = error_result(exc)
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 class CopyResponse(Response):
@@ -98,7 +93,7 @@ class CopyResponse(Response):
             if self.started:
                 log.warning("export failed mid-stream: %s", exc.message)
                 return
-            await _json_error(exc)(scope, receive, send)
+            await error_response(exc)(scope, receive, send)
 
     started = False
 
@@ -124,11 +119,11 @@ class CopyResponse(Response):
     async def _send_all(self, conn: Any, send: Send) -> None:
         blocks = copy_orders_csv(conn, self.flt)
         first = await anext(blocks, b"")  # errors (timeouts, a vanished replica) come before the headers
-        headers = [
-            (b"content-type", b"text/csv; charset=utf-8"),
-            (b"content-disposition", b'attachment; filename="service-orders.csv"'),
+        response_headers = [
+            (headers.CONTENT_TYPE.raw, headers.CSV.encode()),
+            (headers.CONTENT_DISPOSITION.raw, b'attachment; filename="service-orders.csv"'),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         self.started = True
         await send({"type": "http.response.body", "body": first, "more_body": True})
         async for block in blocks:

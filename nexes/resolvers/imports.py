@@ -10,7 +10,7 @@ from psycopg import AsyncConnection
 from nexes.db import imports as db
 from nexes.db.imports import FINAL_STATUSES, ImportErrorRow, ImportJobRow
 from nexes.errors import Code, NexesError
-from nexes.http.uploads import StoredUpload, enqueue
+from nexes.imports.upload import StoredUpload, enqueue
 from nexes.resolvers.context import Context
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, build_page, page_request

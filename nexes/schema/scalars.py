@@ -9,7 +9,7 @@ from typing import Any, NewType
 
 import strawberry
 
-from nexes.http.uploads import StoredUpload
+from nexes.imports.upload import StoredUpload
 
 
 def serialize_datetime(value: dt.datetime) -> str:

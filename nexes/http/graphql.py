@@ -1,0 +1,255 @@
+"""GraphQL over HTTP: /graphql, the one endpoint.
+
+- A JSON POST (the API's hot path) is answered in plain ASGI (`json_post`): one orjson
+  parse, one pipeline run, one orjson dump. `GraphQLMiddleware` takes it in front of
+  Starlette's routing, whose router, Request and Response objects and exception
+  middleware cost about a tenth of a cached 50-row page's CPU.
+- GET (queries only; the IDE in development) and multipart uploads (nexes.http.uploads
+  stores the files, then the operation runs here) go through Starlette's route, `endpoint`.
+
+Either way the request runs through the app's nexes.execution.pipeline.Pipeline, and
+errors are formatted by nexes.http.errors.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.http.ides import get_graphql_ide_html
+
+from nexes.db.connect.lsn import parse_lsn
+from nexes.db.connect.router import Consistency, consistency_var
+from nexes.errors import Code, NexesError, bad_input
+from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
+from nexes.http import headers
+from nexes.http.errors import (
+    Payload,
+    error_response,
+    error_result,
+    format_error,
+    json_response,
+    refusal,
+    request_status,
+    send_json,
+)
+from nexes.http.uploads import graphql_multipart, is_multipart
+from nexes.observability import request_id_var
+from nexes.resolvers.context import Context, Viewer
+from nexes.settings import Settings
+
+PATH = "/graphql"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLRequest:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    queries_only: bool  # GET
+
+
+def request_from_json(body: bytes) -> GraphQLRequest:
+    """The GraphQL parameters of a JSON POST body, validated; else NexesError."""
+    return request_from_params(_loads(body, "the body"), queries_only=False)
+
+
+def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
+    if not isinstance(params, dict):
+        raise bad_input("the request body must be a JSON object with a 'query'")
+    query, variables, operation_name = params.get("query"), params.get("variables"), params.get("operationName")
+    if isinstance(variables, str):
+        variables = _loads(variables.encode(), "'variables'")
+    if not isinstance(query, str) or not query.strip():
+        raise bad_input("'query' must be a non-empty string")
+    if variables is not None and not isinstance(variables, dict):
+        raise bad_input("'variables' must be a JSON object")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise bad_input("'operationName' must be a string")
+    return GraphQLRequest(query, variables, operation_name, queries_only)
+
+
+def _loads(raw: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_input(f"{what} is not valid JSON") from None
+
+
+ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
+
+
+def viewer_of(given: str, settings: Settings) -> Viewer:
+    """Admin when the request carries the configured admin token (`given`, compared in
+    constant time); in development with no token configured, everyone is admin."""
+    token = str(settings.admin_token)
+    if (token and hmac.compare_digest(given.encode(), token.encode())) or (not token and settings.development):
+        return ADMIN
+    return Viewer()
+
+
+async def execute(app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn: str = "") -> tuple[Payload, int]:
+    """The payload and HTTP status of a parsed request, run with the app's state.
+
+    `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
+    request that wrote gets the primary's position after its commit in
+    `extensions.consistency.lsn` (and the response in X-Nexes-LSN)."""
+    consistency = Consistency()
+    if min_lsn:
+        consistency.min_lsn = parse_lsn(min_lsn)
+        if consistency.min_lsn is None:
+            return error_result(bad_input(f"{headers.MIN_LSN.name} must be a WAL position like 16/B374D848"))
+    token = consistency_var.set(consistency)
+    try:
+        payload, status = await _run(app, gql, admin_token)
+    finally:
+        consistency_var.reset(token)
+    if consistency.lsn is not None:
+        payload["extensions"] = {"consistency": {"lsn": consistency.lsn_text}}
+    return payload, status
+
+
+async def _run(app: Any, gql: GraphQLRequest, admin_token: str) -> tuple[Payload, int]:
+    context = Context(
+        request_id=request_id_var.get() or "",
+        settings=app.settings,
+        router=app.router,
+        cursors=app.cursors,
+        viewer=viewer_of(admin_token, app.settings),
+    )
+    try:
+        result = await app.pipeline.run(
+            gql.query, gql.variables, gql.operation_name, context, queries_only=gql.queries_only
+        )
+    except OperationNotAllowed:
+        return refusal(Code.BAD_USER_INPUT, "GET runs only queries; send mutations with POST", 405)
+    except UnknownOperation:
+        message = "the document has no operation by that operationName (or several and no operationName)"
+        return refusal(Code.BAD_USER_INPUT, message, 400)
+    payload: Payload = {"data": result.data}
+    status = 200
+    if result.errors:
+        payload["errors"] = [format_error(e) for e in result.errors]
+        if result.data is None:
+            status = request_status(payload["errors"])
+    return payload, status
+
+
+def lsn_of(payload: Payload) -> str | None:
+    """The WAL position a mutation's payload carries (extensions.consistency.lsn), if any."""
+    extensions = payload.get("extensions")
+    return extensions["consistency"]["lsn"] if extensions and "consistency" in extensions else None
+
+
+# JSON POST, plain ASGI
+
+
+def is_json_post(scope: Scope) -> bool:
+    if scope["method"] != "POST":
+        return False
+    raw = headers.CONTENT_TYPE.raw
+    for name, value in scope["headers"]:
+        if name == raw:  # the first one, as Starlette's Headers.get reads it
+            return bool(value.startswith(headers.JSON_RAW))
+    return False
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a JSON POST to /graphql."""
+    try:
+        body = await _body(receive)
+        if body is None:
+            return
+        gql = request_from_json(body)
+    except NexesError as exc:
+        payload, status = error_result(exc)
+    else:
+        scope_headers = scope["headers"]
+        payload, status = await execute(
+            scope["app"].state,
+            gql,
+            headers.scope_header(scope_headers, headers.ADMIN_TOKEN),
+            headers.scope_header(scope_headers, headers.MIN_LSN),
+        )
+    lsn = lsn_of(payload)
+    await send_json(send, payload, status, () if lsn is None else ((headers.LSN.raw, lsn.encode()),))
+
+
+class GraphQLMiddleware:
+    """Answers JSON POSTs to /graphql before Starlette's routing; everything else goes on.
+    Errors that escape still reach Starlette's ServerErrorMiddleware outside this one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and is_json_post(scope):
+            await json_post(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+# Starlette's route: GET, multipart uploads, anything else
+
+
+class Endpoint:
+    """/graphql behind Starlette's routing, as an ASGI app (GET and POST; JSON POSTs too
+    when no GraphQLMiddleware takes them first)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_json_post(scope):
+            await json_post(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        response = await _answer(request)
+        await response(scope, receive, send)
+
+
+endpoint = Endpoint()
+
+
+async def _answer(request: Request) -> Response:
+    app = request.app.state
+    if request.method == "GET":
+        if "query" not in request.query_params and app.settings.development:
+            return HTMLResponse(get_graphql_ide_html(graphql_ide="graphiql"))
+        return await _params(request, dict(request.query_params), queries_only=True)
+    if is_multipart(request.headers.get(headers.CONTENT_TYPE.key, "")):
+        return await graphql_multipart(request, lambda operations: _params(request, operations, queries_only=False))
+    return error_response(bad_input("send GraphQL as application/json (or GET for queries)"))
+
+
+async def _params(request: Request, params: Any, *, queries_only: bool) -> Response:
+    try:
+        gql = request_from_params(params, queries_only=queries_only)
+    except NexesError as exc:
+        return error_response(exc)
+    request_headers = request.headers
+    payload, status = await execute(
+        request.app.state,
+        gql,
+        request_headers.get(headers.ADMIN_TOKEN.key, ""),
+        request_headers.get(headers.MIN_LSN.key, ""),
+    )
+    response = json_response(payload, status)
+    lsn = lsn_of(payload)
+    if lsn is not None:
+        response.headers[headers.LSN.key] = lsn
+    return response

@@ -1,0 +1,56 @@
+"""Every HTTP header Nexes reads or writes, named once.
+
+`name` is the documented spelling (CORS lists, messages); `key` is the lower-case form
+Starlette's Headers take; `raw` is the bytes an ASGI scope or message carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    name: str
+    key: str = field(init=False)
+    raw: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.name.lower())
+        object.__setattr__(self, "raw", self.name.lower().encode("latin-1"))
+
+
+# Nexes' own (docs/design.md §5)
+ADMIN_TOKEN = Header("X-Nexes-Admin-Token")  # in: the admin token (resolvers.context.Viewer)
+MIN_LSN = Header("X-Nexes-Min-LSN")  # in: reads must see this WAL position
+LSN = Header("X-Nexes-LSN")  # out: the primary's WAL position after a request that wrote
+CSRF = Header("X-Nexes-CSRF")  # in: uploads need it (any non-empty value)
+# Request identity and timing
+REQUEST_ID = Header("X-Request-ID")  # in (when safe) and out
+SERVER_TIMING = Header("Server-Timing")  # out: database and total time
+TRACEPARENT = Header("traceparent")  # in: W3C trace context
+TRACESTATE = Header("tracestate")  # in
+TRACERESPONSE = Header("traceresponse")  # out: the server span
+# HTTP's own
+CONTENT_TYPE = Header("Content-Type")
+CONTENT_LENGTH = Header("Content-Length")
+CONTENT_DISPOSITION = Header("Content-Disposition")  # in: a raw import's filename; out: the export's
+
+# Media types
+JSON = "application/json"
+JSON_RAW = JSON.encode()
+MULTIPART = "multipart/form-data"
+CSV = "text/csv; charset=utf-8"
+
+# The SPA reads these from responses, and sends these with requests (CORS; docs/design.md §5).
+CORS_EXPOSED = (LSN, REQUEST_ID, SERVER_TIMING, TRACERESPONSE)
+CORS_ALLOWED = (CONTENT_TYPE, MIN_LSN, CSRF, ADMIN_TOKEN, REQUEST_ID, TRACEPARENT, TRACESTATE)
+
+
+def scope_header(scope_headers: list[tuple[bytes, bytes]], header: Header) -> str:
+    """The first value of a header in an ASGI scope's list, or ""."""
+    raw = header.raw
+    for key, value in scope_headers:
+        if key == raw:
+            return value.decode("latin-1")
+    return ""
