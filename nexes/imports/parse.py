@@ -19,7 +19,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any, BinaryIO, Literal
 
-from nexes.currencies import is_currency
+from nexes import rules
 from nexes.errors import Code
 
 COLUMNS: tuple[str, ...] = (
@@ -35,7 +35,6 @@ COLUMNS: tuple[str, ...] = (
     "unit_price",
 )
 STATUSES = ("DRAFT", "OPEN", "IN_PROGRESS", "COMPLETED", "CANCELLED")
-MAX_DESCRIPTION = 2_000
 # A quoted field may hold line breaks, but one unclosed quote must not swallow the
 # rest of the file: past this many characters the record is declared broken, and
 # reading resumes on the line after the one that opened the quote.
@@ -135,8 +134,6 @@ def _shown(value: str) -> str:
     return '"' + text.replace("\x00", "\\x00") + '"'
 
 
-_CODE = re.compile(r"[A-Za-z0-9-]{1,40}").fullmatch
-_SKU = re.compile(r"[A-Za-z0-9._-]{1,40}").fullmatch
 _DIGITS = re.compile(r"[0-9]{1,9}").fullmatch
 _PRICE = re.compile(r"0*[0-9]{1,10}(?:\.[0-9]{0,2})?|\.[0-9]{1,2}").fullmatch
 _CENT = Decimal("0.01")
@@ -144,10 +141,10 @@ _CODE_RULE = '1 to 40 characters of A-Z, a-z, 0-9 and "-"'
 _ISO_EXAMPLE = "2026-03-01T09:30:00+01:00"
 
 
-def _code_rule(column: str) -> Callable[[str], object]:
+def _code_rule(column: str, pattern: re.Pattern[str]) -> Callable[[str], object]:
     def check(s: str) -> object:
         s = s.strip()
-        if _CODE(s):
+        if pattern.fullmatch(s):
             return s
         if not s:
             return _Bad(f"{column} is required ({_CODE_RULE})")
@@ -180,14 +177,14 @@ def _status(s: str) -> object:
 
 
 def _description(s: str) -> object:
-    if len(s) <= MAX_DESCRIPTION:
+    if len(s) <= rules.MAX_DESCRIPTION:
         return s
-    return _Bad(f"description is {len(s):,} characters long; at most {MAX_DESCRIPTION:,} are allowed")
+    return _Bad(f"description is {len(s):,} characters long; at most {rules.MAX_DESCRIPTION:,} are allowed")
 
 
 def _currency(s: str) -> object:
     code = s.strip().upper()
-    if is_currency(code):
+    if rules.is_currency(code):
         return code
     return _Bad(f"currency {_shown(s)} is not an ISO 4217 code, such as EUR or USD")
 
@@ -206,7 +203,7 @@ def _integer(column: str, high: int) -> Callable[[str], object]:
 
 def _sku(s: str) -> object:
     s = s.strip()
-    if _SKU(s):
+    if rules.SKU.fullmatch(s):
         return s
     rule = '1 to 40 characters of A-Z, a-z, 0-9, ".", "_" and "-"'
     if not s:
@@ -235,15 +232,15 @@ def _price_problem(t: str) -> str:
 
 
 _CHECKS: tuple[Callable[[str], object], ...] = (
-    _code_rule("sod_number"),
+    _code_rule("sod_number", rules.SOD_NUMBER),
     _created_at,
-    _code_rule("customer_code"),
+    _code_rule("customer_code", rules.CUSTOMER_CODE),
     _status,
     _description,
     _currency,
-    _integer("line_no", 999),
+    _integer("line_no", rules.MAX_LINES),
     _sku,
-    _integer("quantity", 1_000_000),
+    _integer("quantity", rules.MAX_QUANTITY),
     _unit_price,
 )
 

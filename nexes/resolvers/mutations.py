@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from nexes.currencies import is_currency
+from nexes import rules
 from nexes.db import master_write as db
 from nexes.db import orders as orders_db
 from nexes.errors import Code, NexesError
@@ -25,14 +25,8 @@ from nexes.resolvers.orders import Info, hydrate, to_customer
 from nexes.schema.payloads import UserError
 from nexes.schema.types import Customer, ServiceOrder, StockItem
 
-SOD = re.compile(r"[A-Za-z0-9-]{1,40}")
-CODE = re.compile(r"[A-Za-z0-9-]{1,40}")
-SKU = re.compile(r"[A-Za-z0-9._-]{1,40}")
 REFERENCE = re.compile(r"[\x21-\x7e]{1,100}")
 log = logging.getLogger(__name__)
-MAX_LINES = 999
-MAX_DESCRIPTION = 2000
-MAX_QUANTITY = 1_000_000
 MAX_PRICE = Decimal("9999999999.99")
 
 
@@ -70,24 +64,24 @@ class OrderIn:
 
 def check_lines(lines: Sequence[LineIn], errors: list[UserError]) -> list[tuple[int, LineIn]]:
     """Validated (line_no, line) pairs: numbered by position unless lineNo is given."""
-    if len(lines) > MAX_LINES:
-        errors.append(user_error(Code.BAD_USER_INPUT, f"at most {MAX_LINES} lines per order", "lines"))
+    if len(lines) > rules.MAX_LINES:
+        errors.append(user_error(Code.BAD_USER_INPUT, f"at most {rules.MAX_LINES} lines per order", "lines"))
         return []
     numbered: list[tuple[int, LineIn]] = []
     seen: set[int] = set()
     for i, line in enumerate(lines):
         where = f"lines.{i}"
         line_no = line.line_no if line.line_no is not None else i + 1
-        if not 1 <= line_no <= MAX_LINES:
-            errors.append(user_error(Code.BAD_USER_INPUT, f"lineNo must be 1-{MAX_LINES}", f"{where}.lineNo"))
+        if not 1 <= line_no <= rules.MAX_LINES:
+            errors.append(user_error(Code.BAD_USER_INPUT, f"lineNo must be 1-{rules.MAX_LINES}", f"{where}.lineNo"))
         elif line_no in seen:
             errors.append(user_error(Code.BAD_USER_INPUT, f"lineNo {line_no} appears twice", f"{where}.lineNo"))
         seen.add(line_no)
-        if not SKU.fullmatch(line.sku.strip()):
+        if not rules.SKU.fullmatch(line.sku.strip()):
             errors.append(user_error(Code.BAD_USER_INPUT, "sku must be 1-40 of A-Z a-z 0-9 . _ -", f"{where}.sku"))
-        if not 1 <= line.quantity <= MAX_QUANTITY:
+        if not 1 <= line.quantity <= rules.MAX_QUANTITY:
             errors.append(
-                user_error(Code.BAD_USER_INPUT, f"quantity must be 1 to {MAX_QUANTITY:,}", f"{where}.quantity")
+                user_error(Code.BAD_USER_INPUT, f"quantity must be 1 to {rules.MAX_QUANTITY:,}", f"{where}.quantity")
             )
         price = line.unit_price
         if price < 0 or price > MAX_PRICE or price != price.quantize(Decimal("0.01")):
@@ -103,13 +97,15 @@ def check_lines(lines: Sequence[LineIn], errors: list[UserError]) -> list[tuple[
 
 
 def check_order_fields(order: OrderIn, errors: list[UserError]) -> None:
-    if not SOD.fullmatch(order.sod_number):
+    if not rules.SOD_NUMBER.fullmatch(order.sod_number):
         errors.append(user_error(Code.BAD_USER_INPUT, "sodNumber must be 1-40 of A-Z a-z 0-9 -", "sodNumber"))
-    if len(order.description) > MAX_DESCRIPTION:
+    if len(order.description) > rules.MAX_DESCRIPTION:
         errors.append(
-            user_error(Code.BAD_USER_INPUT, f"description is longer than {MAX_DESCRIPTION:,} characters", "description")
+            user_error(
+                Code.BAD_USER_INPUT, f"description is longer than {rules.MAX_DESCRIPTION:,} characters", "description"
+            )
         )
-    if not is_currency(order.currency):
+    if not rules.is_currency(order.currency):
         errors.append(user_error(Code.BAD_USER_INPUT, "currency must be an ISO 4217 code, e.g. EUR", "currency"))
     if (order.customer_id is None) == (order.customer_code is None):
         errors.append(user_error(Code.BAD_USER_INPUT, "give exactly one of customerId and customerCode", "customerId"))
@@ -138,7 +134,7 @@ async def resolve_customer(conn: AsyncConnection[Any], order: OrderIn, errors: l
             return None
         return customer_id
     code = (order.customer_code or "").strip()
-    found = await db.customer_ids_by_code(conn, [code]) if CODE.fullmatch(code) else {}
+    found = await db.customer_ids_by_code(conn, [code]) if rules.CUSTOMER_CODE.fullmatch(code) else {}
     if code not in found:
         errors.append(user_error(Code.UNKNOWN_CUSTOMER, f"no customer has code {code[:40]!r}", "customerCode"))
         return None
@@ -230,11 +226,13 @@ async def update_service_order(
 ) -> tuple[ServiceOrder | None, list[UserError]]:
     errors: list[UserError] = []
     sod = sod_number.strip()
-    if not SOD.fullmatch(sod):
+    if not rules.SOD_NUMBER.fullmatch(sod):
         errors.append(user_error(Code.BAD_USER_INPUT, "sodNumber must be 1-40 of A-Z a-z 0-9 -", "sodNumber"))
-    if change.description is not None and len(change.description) > MAX_DESCRIPTION:
+    if change.description is not None and len(change.description) > rules.MAX_DESCRIPTION:
         errors.append(
-            user_error(Code.BAD_USER_INPUT, f"description is longer than {MAX_DESCRIPTION:,} characters", "description")
+            user_error(
+                Code.BAD_USER_INPUT, f"description is longer than {rules.MAX_DESCRIPTION:,} characters", "description"
+            )
         )
     numbered = check_lines(change.lines, errors) if change.lines is not None else None
     if errors:
@@ -286,7 +284,7 @@ async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
 async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | None, list[UserError]]:
     code, name = code.strip(), name.strip()
     errors: list[UserError] = []
-    if not CODE.fullmatch(code):
+    if not rules.CUSTOMER_CODE.fullmatch(code):
         errors.append(user_error(Code.BAD_USER_INPUT, "code must be 1-40 of A-Z a-z 0-9 -", "code"))
     if not 1 <= len(name) <= 200:
         errors.append(user_error(Code.BAD_USER_INPUT, "name must be 1-200 characters", "name"))
@@ -307,7 +305,7 @@ async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | 
 async def create_stock_item(info: Info, sku: str, name: str, on_hand: int) -> tuple[StockItem | None, list[UserError]]:
     sku, name = sku.strip(), name.strip()
     errors: list[UserError] = []
-    if not SKU.fullmatch(sku):
+    if not rules.SKU.fullmatch(sku):
         errors.append(user_error(Code.BAD_USER_INPUT, "sku must be 1-40 of A-Z a-z 0-9 . _ -", "sku"))
     if not 1 <= len(name) <= 200:
         errors.append(user_error(Code.BAD_USER_INPUT, "name must be 1-200 characters", "name"))
@@ -345,7 +343,7 @@ async def receive_stock(
 
     async def work(conn: AsyncConnection[Any]) -> StockItem:
         async with conn.transaction():
-            found = await db.stock_item_ids_by_sku(conn, [sku]) if SKU.fullmatch(sku) else {}
+            found = await db.stock_item_ids_by_sku(conn, [sku]) if rules.SKU.fullmatch(sku) else {}
             if sku not in found:
                 raise Rejected([user_error(Code.UNKNOWN_SKU, f"no stock item has SKU {sku[:40]!r}", "sku")])
             _, earlier = await db.receive_stock(conn, found[sku], quantity, reference)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -13,6 +12,7 @@ from typing import Any
 import strawberry
 from psycopg import AsyncConnection
 
+from nexes import rules
 from nexes.db import catalog
 from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
@@ -25,7 +25,6 @@ from nexes.resolvers.selection import selected_paths
 from nexes.schema.connections import ServiceOrderConnection, ServiceOrderFilter, ServiceOrderOrder
 from nexes.schema.types import STATUS_BY_NAME, Customer, ServiceOrder, ServiceOrderLine, StockItem
 
-SOD_PREFIX = re.compile(r"[A-Za-z0-9-]{1,40}")
 # The Python type of each sort column's value, for decoding cursors.
 SORT_KIND: dict[str, type] = {"created_at": datetime, "updated_at": datetime, "total_amount": Decimal}
 Info = strawberry.Info[Context, Any]
@@ -39,7 +38,7 @@ def order_filter(flt: ServiceOrderFilter | None) -> OrderFilter:
     if flt.customer_id is not None:
         customer_id = parse_global_id(flt.customer_id, "Customer", field="filter.customerId")
     prefix = flt.sod_number_prefix.strip() if flt.sod_number_prefix is not None else None
-    if prefix is not None and not SOD_PREFIX.fullmatch(prefix):
+    if prefix is not None and not rules.SOD_NUMBER.fullmatch(prefix):
         raise bad_input(
             "sodNumberPrefix must be 1-40 characters of A-Z, a-z, 0-9 and '-'", field="filter.sodNumberPrefix"
         )
@@ -255,7 +254,7 @@ async def customer_orders(
 
 async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:
     sod = sod_number.strip()
-    if not SOD_PREFIX.fullmatch(sod):
+    if not rules.SOD_NUMBER.fullmatch(sod):
         raise bad_input("sodNumber must be 1-40 characters of A-Z, a-z, 0-9 and '-'", field="sodNumber")
 
     async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
