@@ -74,6 +74,7 @@ lint: venv
 	$(BIN)/ruff format --check nexes tests bench infra/stack infra/test-dates
 	$(BIN)/mypy
 	$(BIN)/deptry .
+	$(BIN)/lint-imports
 
 bench: up
 	$(WITH_ENV) $(BIN)/python -m bench.run

@@ -25,8 +25,7 @@ from nexes.errors import Code, NexesError, bad_input
 from nexes.http import headers
 from nexes.http.errors import error_response
 from nexes.resolvers.orders import order_filter
-from nexes.schema.connections import ServiceOrderFilter
-from nexes.schema.types import STATUS_BY_NAME
+from nexes.schema.types import STATUS_BY_NAME, ServiceOrderFilter
 
 log = logging.getLogger(__name__)
 PARAMS = {"status", "customerId", "createdFrom", "createdTo", "sodNumberPrefix", "includeArchived"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import strawberry
@@ -11,21 +11,13 @@ from psycopg import AsyncConnection
 from nexes.db import catalog
 from nexes.db.catalog import CatalogFilter, StockItemRow, Table
 from nexes.errors import bad_input
-from nexes.resolvers.context import Context
+from nexes.resolvers.context import Info
 from nexes.resolvers.ids import global_id
 from nexes.resolvers.orders import to_customer
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
-from nexes.schema.connections import (
-    CustomerConnection,
-    CustomerFilter,
-    Edge,
-    PageInfo,
-    StockItemConnection,
-    StockItemFilter,
-)
-from nexes.schema.types import StockItem
+from nexes.schema.connections import Edge, PageInfo
+from nexes.schema.types import CustomerConnection, CustomerFilter, StockItem, StockItemConnection, StockItemFilter
 
-Info = strawberry.Info[Context, Any]
 MAX_TEXT = 200
 
 
@@ -37,6 +29,12 @@ def _text(value: str | None, field: str) -> str | None:
 
 def to_stock_item(row: StockItemRow) -> StockItem:
     return StockItem(id=strawberry.ID(global_id("StockItem", row.id)), sku=row.sku, name=row.name, on_hand=row.on_hand)
+
+
+async def stock_items_by_id(conn: AsyncConnection[Any], _: None, ids: Sequence[int]) -> list[StockItem | None]:
+    """The batch of node(id)'s StockItem loader."""
+    found = {r.id: to_stock_item(r) for r in await catalog.stock_items_by_id(conn, ids)}
+    return [found.get(i) for i in ids]
 
 
 async def _connection(

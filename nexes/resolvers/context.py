@@ -1,17 +1,18 @@
-"""The request context handed to every resolver: request id, viewer, router, loaders."""
+"""The request context handed to every resolver: request id, viewer, router, loaders; and
+`Info`, the type of every resolver's `info`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Any
+
+import strawberry
 
 from nexes.db.connect.router import Router
+from nexes.resolvers.ids import CursorCodec
+from nexes.resolvers.loaders import Loaders
 from nexes.settings import Settings
-
-if TYPE_CHECKING:
-    from nexes.resolvers.ids import CursorCodec
-    from nexes.resolvers.loaders import Loaders
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Context:
     @cached_property
     def loaders(self) -> Loaders:
         """Per-request DataLoaders, made on first use: most requests need none."""
-        from nexes.resolvers.loaders import Loaders
-
         return Loaders(self.router)
+
+
+Info = strawberry.Info[Context, Any]

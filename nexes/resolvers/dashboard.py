@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
-
-import strawberry
 
 from nexes.db import dashboard as dashboard_db
 from nexes.errors import bad_input
-from nexes.resolvers.context import Context
+from nexes.resolvers.context import Info
 from nexes.schema.dashboard import CurrencyAmount, Dashboard, StatusFigures
 from nexes.schema.types import STATUS_BY_NAME, Status
-
-Info = strawberry.Info[Context, Any]
 
 
 async def dashboard(info: Info, day_from: date | None, day_to: date | None) -> Dashboard:

@@ -11,7 +11,7 @@ from nexes.db import imports as db
 from nexes.db.imports import FINAL_STATUSES, ImportErrorRow, ImportJobRow
 from nexes.errors import Code, NexesError
 from nexes.imports.upload import StoredUpload, enqueue
-from nexes.resolvers.context import Context
+from nexes.resolvers.context import Info
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
 from nexes.schema.imports import (
@@ -23,9 +23,8 @@ from nexes.schema.imports import (
     ImportRowError,
     StartImportPayload,
 )
-from nexes.schema.payloads import UserError, user_error
+from nexes.schema.payloads import user_error
 
-Info = strawberry.Info[Context, Any]
 JOBS_ORDER = "IMPORT_JOBS_ID_DESC"
 ERRORS_ORDER = "IMPORT_ERRORS_ROW_NO"
 
@@ -51,6 +50,7 @@ def to_import_job(row: ImportJobRow) -> ImportJob:
         finished_at=row.finished_at,
         lsn=row.lsn if final else None,
         row_id=row.id,
+        errors_of=import_errors,
     )
 
 
@@ -119,7 +119,7 @@ async def cancel_import(info: Info, id: strawberry.ID) -> CancelImportPayload:
     try:
         key = parse_global_id(id, "ImportJob")
     except NexesError as exc:
-        return CancelImportPayload(import_job=None, errors=[user_error(exc)])
+        return CancelImportPayload(import_job=None, errors=[user_error(exc.code, exc.message, exc.field)])
 
     async def work(conn: AsyncConnection[Any]) -> tuple[bool, ImportJobRow | None]:
         cancelled = await db.cancel(conn, key)
@@ -127,11 +127,11 @@ async def cancel_import(info: Info, id: strawberry.ID) -> CancelImportPayload:
 
     cancelled, row = await info.context.router.write(work)
     if row is None:
-        error = UserError(code=Code.NOT_FOUND.value, field="id", message="no import job has this id")
-        return CancelImportPayload(import_job=None, errors=[error])
+        return CancelImportPayload(
+            import_job=None, errors=[user_error(Code.NOT_FOUND, "no import job has this id", "id")]
+        )
     job = to_import_job(row)
     if cancelled:
         return CancelImportPayload(import_job=job, errors=[])
     message = f"the import job is already {job.status.value}; only QUEUED or RUNNING jobs can be cancelled"
-    error = UserError(code=Code.INVALID_TRANSITION.value, field="id", message=message)
-    return CancelImportPayload(import_job=job, errors=[error])
+    return CancelImportPayload(import_job=job, errors=[user_error(Code.INVALID_TRANSITION, message, "id")])

@@ -1,62 +1,41 @@
-"""Per-request DataLoaders for what the connection prefetches cannot reach: node and nodes."""
+"""Per-request DataLoaders for what the connection prefetches cannot reach: node, nodes and
+Customer.serviceOrders under a list of customers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from strawberry.dataloader import DataLoader
 
-from nexes.db import catalog
-from nexes.db import orders as orders_db
 from nexes.db.connect.router import Router
-from nexes.schema.types import Customer, ServiceOrder, StockItem
+
+K = TypeVar("K")
+V = TypeVar("V")
+S = TypeVar("S", bound=Hashable)
+# One batch: the values of `keys`, in their order, read in one statement per table. The
+# shape (None, or a page's spec) is part of the loader's identity.
+Batch = Callable[[AsyncConnection[Any], S, Sequence[K]], Awaitable[list[V]]]
 
 
 class Loaders:
-    """`XByYLoader`s of one request; each batch is one statement per table."""
+    """The request's loaders, one per batch function and shape, each made on first use.
+
+    The resolvers own their batch functions (`orders.orders_by_id`, ...), so this module
+    imports none of them and the context can hold it.
+    """
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.service_order_by_id: DataLoader[int, ServiceOrder | None] = DataLoader(self._orders)
-        self.customer_by_id: DataLoader[int, Customer | None] = DataLoader(self._customers)
-        self.stock_item_by_id: DataLoader[int, StockItem | None] = DataLoader(self._stock_items)
-        self._orders_by_customer: dict[Any, DataLoader[int, Any]] = {}
+        self._made: dict[tuple[Callable[..., Any], Hashable], DataLoader[Any, Any]] = {}
 
-    def service_orders_by_customer(self, spec: Any) -> DataLoader[int, Any]:
-        """One loader per page shape (a PageSpec): sibling customers' pages load together."""
-        loader = self._orders_by_customer.get(spec)
+    def of(self, batch: Batch[S, K, V], shape: S) -> DataLoader[K, V]:
+        loader = self._made.get((batch, shape))
         if loader is None:
-            from nexes.resolvers.orders import fetch_customers_pages
 
-            async def load(customer_ids: Sequence[int]) -> list[Any]:
-                return await self.router.read(lambda conn: fetch_customers_pages(conn, spec, customer_ids))
+            async def load(keys: Sequence[K]) -> list[V]:
+                return await self.router.read(lambda conn: batch(conn, shape, keys))
 
-            loader = self._orders_by_customer[spec] = DataLoader(load)
+            loader = self._made[batch, shape] = DataLoader(load)
         return loader
-
-    async def _orders(self, ids: Sequence[int]) -> list[ServiceOrder | None]:
-        from nexes.resolvers.orders import hydrate
-
-        async def work(conn: AsyncConnection[Any]) -> dict[int, ServiceOrder]:
-            rows = await orders_db.orders_by_id(conn, ids)
-            nodes = await hydrate(conn, rows, customers=True, lines=True, archived=True)
-            return {row.id: node for row, node in zip(rows, nodes, strict=True)}
-
-        found = await self.router.read(work)
-        return [found.get(i) for i in ids]
-
-    async def _customers(self, ids: Sequence[int]) -> list[Customer | None]:
-        from nexes.resolvers.orders import to_customer
-
-        rows = await self.router.read(lambda conn: catalog.customers_by_id(conn, ids))
-        found = {r.id: to_customer(r) for r in rows}
-        return [found.get(i) for i in ids]
-
-    async def _stock_items(self, ids: Sequence[int]) -> list[StockItem | None]:
-        from nexes.resolvers.catalog import to_stock_item
-
-        rows = await self.router.read(lambda conn: catalog.stock_items_by_id(conn, ids))
-        found = {r.id: to_stock_item(r) for r in rows}
-        return [found.get(i) for i in ids]

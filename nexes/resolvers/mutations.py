@@ -20,9 +20,21 @@ from nexes.db import master_write as db
 from nexes.db import orders as orders_db
 from nexes.errors import Code, NexesError
 from nexes.resolvers.catalog import to_stock_item
+from nexes.resolvers.context import Info
 from nexes.resolvers.ids import parse_global_id
-from nexes.resolvers.orders import Info, hydrate, to_customer
-from nexes.schema.payloads import UserError
+from nexes.resolvers.orders import hydrate, to_customer
+from nexes.schema.mutations import (
+    CreateCustomerInput,
+    CreateServiceOrderInput,
+    CreateStockItemInput,
+    CustomerPayload,
+    ReconcilePayload,
+    ServiceOrderLineInput,
+    ServiceOrderPayload,
+    StockItemPayload,
+    UpdateServiceOrderInput,
+)
+from nexes.schema.payloads import UserError, user_error
 from nexes.schema.types import Customer, ServiceOrder, StockItem
 
 REFERENCE = re.compile(r"[\x21-\x7e]{1,100}")
@@ -36,10 +48,6 @@ class Rejected(Exception):
     def __init__(self, errors: list[UserError]) -> None:
         super().__init__(errors[0].message if errors else "rejected")
         self.errors = errors
-
-
-def user_error(code: Code | str, message: str, field: str | None = None) -> UserError:
-    return UserError(code=str(code), field=field, message=message)
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,26 @@ async def order_payload(conn: AsyncConnection[Any], info: Info, sod_number: str)
     return order
 
 
-async def create_service_order(info: Info, order: OrderIn) -> tuple[ServiceOrder | None, list[UserError]]:
+def _lines(lines: Sequence[ServiceOrderLineInput]) -> list[LineIn]:
+    return [LineIn(line.sku, line.quantity, line.unit_price, line.line_no) for line in lines]
+
+
+async def create_service_order(info: Info, input: CreateServiceOrderInput) -> ServiceOrderPayload:
+    order = OrderIn(
+        sod_number=input.sod_number,
+        customer_id=input.customer_id,
+        customer_code=input.customer_code,
+        created_at=input.created_at,
+        status=input.status.value,
+        description=input.description,
+        currency=input.currency,
+        lines=_lines(input.lines),
+    )
+    found, errors = await _create_order(info, order)
+    return ServiceOrderPayload(service_order=found, errors=errors)
+
+
+async def _create_order(info: Info, order: OrderIn) -> tuple[ServiceOrder | None, list[UserError]]:
     errors: list[UserError] = []
     order = OrderIn(**{**order.__dict__, "sod_number": order.sod_number.strip(), "currency": order.currency.upper()})
     check_order_fields(order, errors)
@@ -221,7 +248,23 @@ class OrderChange:
     expected_updated_at: datetime | None = None
 
 
-async def update_service_order(
+async def update_service_order(info: Info, sod_number: str, input: UpdateServiceOrderInput) -> ServiceOrderPayload:
+    change = OrderChange(
+        status=input.status.value if input.status else None,
+        description=input.description,
+        lines=_lines(input.lines) if input.lines is not None else None,
+        expected_updated_at=input.expected_updated_at,
+    )
+    found, errors = await _update_order(info, sod_number, change)
+    return ServiceOrderPayload(service_order=found, errors=errors)
+
+
+async def cancel_service_order(info: Info, sod_number: str) -> ServiceOrderPayload:
+    found, errors = await _update_order(info, sod_number, OrderChange(status="CANCELLED"))
+    return ServiceOrderPayload(service_order=found, errors=errors)
+
+
+async def _update_order(
     info: Info, sod_number: str, change: OrderChange
 ) -> tuple[ServiceOrder | None, list[UserError]]:
     errors: list[UserError] = []
@@ -281,8 +324,12 @@ async def _run(info: Info, work: Any) -> tuple[Any, list[UserError]]:
         return None, exc.errors
 
 
-async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | None, list[UserError]]:
-    code, name = code.strip(), name.strip()
+async def create_customer(info: Info, input: CreateCustomerInput) -> CustomerPayload:
+    found, errors = await _create_customer(info, input.code.strip(), input.name.strip())
+    return CustomerPayload(customer=found, errors=errors)
+
+
+async def _create_customer(info: Info, code: str, name: str) -> tuple[Customer | None, list[UserError]]:
     errors: list[UserError] = []
     if not rules.CUSTOMER_CODE.fullmatch(code):
         errors.append(user_error(Code.BAD_USER_INPUT, "code must be 1-40 of A-Z a-z 0-9 -", "code"))
@@ -302,8 +349,12 @@ async def create_customer(info: Info, code: str, name: str) -> tuple[Customer | 
     return await _run(info, work)
 
 
-async def create_stock_item(info: Info, sku: str, name: str, on_hand: int) -> tuple[StockItem | None, list[UserError]]:
-    sku, name = sku.strip(), name.strip()
+async def create_stock_item(info: Info, input: CreateStockItemInput) -> StockItemPayload:
+    found, errors = await _create_stock_item(info, input.sku.strip(), input.name.strip(), input.on_hand)
+    return StockItemPayload(stock_item=found, errors=errors)
+
+
+async def _create_stock_item(info: Info, sku: str, name: str, on_hand: int) -> tuple[StockItem | None, list[UserError]]:
     errors: list[UserError] = []
     if not rules.SKU.fullmatch(sku):
         errors.append(user_error(Code.BAD_USER_INPUT, "sku must be 1-40 of A-Z a-z 0-9 . _ -", "sku"))
@@ -327,10 +378,14 @@ async def create_stock_item(info: Info, sku: str, name: str, on_hand: int) -> tu
     return await _run(info, work)
 
 
-async def receive_stock(
+async def receive_stock(info: Info, sku: str, quantity: int, reference: str) -> StockItemPayload:
+    found, errors = await _receive_stock(info, sku.strip(), quantity, reference.strip())
+    return StockItemPayload(stock_item=found, errors=errors)
+
+
+async def _receive_stock(
     info: Info, sku: str, quantity: int, reference: str
 ) -> tuple[StockItem | None, list[UserError]]:
-    sku, reference = sku.strip(), reference.strip()
     errors: list[UserError] = []
     if not 1 <= quantity <= 1_000_000_000:
         errors.append(user_error(Code.BAD_USER_INPUT, "quantity must be 1 to 1,000,000,000", "quantity"))
@@ -355,11 +410,18 @@ async def receive_stock(
     return await _run(info, work)
 
 
-async def reconcile_dashboard(info: Info) -> list[UserError]:
+async def reconcile_dashboard(info: Info) -> ReconcilePayload:
     """Send the reconciliation actor (admins only); its findings land in stat_drift."""
+    errors = await _send_reconcile(info)
+    return ReconcilePayload(queued=not errors, errors=errors)
+
+
+async def _send_reconcile(info: Info) -> list[UserError]:
     if "admin" not in info.context.viewer.roles:
         return [user_error(Code.FORBIDDEN, "reconcileDashboard needs the admin token (X-Nexes-Admin-Token)")]
-    from nexes.jobs.maintenance import reconcile_stats  # importing nexes.jobs configures the broker
+    # Imported on first use: importing nexes.jobs configures the broker (a Redis client),
+    # which an API process that never enqueues does not need.
+    from nexes.jobs.maintenance import reconcile_stats
 
     try:
         await asyncio.to_thread(reconcile_stats.send)

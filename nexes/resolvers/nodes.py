@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import strawberry
 
 from nexes.errors import bad_input
-from nexes.resolvers.context import Context
+from nexes.resolvers.catalog import stock_items_by_id
+from nexes.resolvers.context import Info
 from nexes.resolvers.ids import decode_any_global_id
+from nexes.resolvers.imports import import_job_by_key
+from nexes.resolvers.orders import customers_by_id, orders_by_id
 from nexes.schema.types import Node
 
-Info = strawberry.Info[Context, Any]
 MAX_NODES = 100
 
 
@@ -23,14 +24,12 @@ async def node(info: Info, id: strawberry.ID) -> Node | None:
     type_name, key = decoded
     loaders = info.context.loaders
     if type_name == "ServiceOrder":
-        return await loaders.service_order_by_id.load(key)
+        return await loaders.of(orders_by_id, None).load(key)
     if type_name == "Customer":
-        return await loaders.customer_by_id.load(key)
+        return await loaders.of(customers_by_id, None).load(key)
     if type_name == "StockItem":
-        return await loaders.stock_item_by_id.load(key)
+        return await loaders.of(stock_items_by_id, None).load(key)
     if type_name == "ImportJob":
-        from nexes.resolvers.imports import import_job_by_key
-
         return await import_job_by_key(info, key)
     raise bad_input(f"id {id[:64]!r} is not the global id of a known type", field="id")
 

@@ -18,16 +18,23 @@ from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
 from nexes.db.orders import Keyset, LineRow, OrderFilter, OrderRow
 from nexes.errors import bad_input
-from nexes.resolvers.context import Context
+from nexes.resolvers.context import Context, Info
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
 from nexes.resolvers.selection import selected_paths
-from nexes.schema.connections import ServiceOrderConnection, ServiceOrderFilter, ServiceOrderOrder
-from nexes.schema.types import STATUS_BY_NAME, Customer, ServiceOrder, ServiceOrderLine, StockItem
+from nexes.schema.types import (
+    STATUS_BY_NAME,
+    Customer,
+    ServiceOrder,
+    ServiceOrderConnection,
+    ServiceOrderFilter,
+    ServiceOrderLine,
+    ServiceOrderOrder,
+    StockItem,
+)
 
 # The Python type of each sort column's value, for decoding cursors.
 SORT_KIND: dict[str, type] = {"created_at": datetime, "updated_at": datetime, "total_amount": Decimal}
-Info = strawberry.Info[Context, Any]
 
 
 def order_filter(flt: ServiceOrderFilter | None) -> OrderFilter:
@@ -55,7 +62,13 @@ def order_filter(flt: ServiceOrderFilter | None) -> OrderFilter:
 
 
 def to_customer(row: CustomerRow) -> Customer:
-    return Customer(id=strawberry.ID(global_id("Customer", row.id)), code=row.code, name=row.name, row_id=row.id)
+    return Customer(
+        id=strawberry.ID(global_id("Customer", row.id)),
+        code=row.code,
+        name=row.name,
+        row_id=row.id,
+        orders_of=customer_orders,
+    )
 
 
 def to_line(row: LineRow) -> ServiceOrderLine:
@@ -92,6 +105,7 @@ async def hydrate(
                 code=r.customer_code or "",
                 name=r.customer_name or "",
                 row_id=r.customer_id,
+                orders_of=customer_orders,
             )
             for r in rows
         }
@@ -103,6 +117,20 @@ async def hydrate(
         for line in await orders_db.lines_of(conn, rows, archived=archived):
             by_order[line.order_id].append(to_line(line))
     return [to_order(r, by_customer.get(r.customer_id), by_order.get(r.id, [])) for r in rows]
+
+
+async def orders_by_id(conn: AsyncConnection[Any], _: None, ids: Sequence[int]) -> list[ServiceOrder | None]:
+    """The batch of node(id)'s ServiceOrder loader."""
+    rows = await orders_db.orders_by_id(conn, ids)
+    nodes = await hydrate(conn, rows, customers=True, lines=True, archived=True)
+    found = {row.id: node for row, node in zip(rows, nodes, strict=True)}
+    return [found.get(i) for i in ids]
+
+
+async def customers_by_id(conn: AsyncConnection[Any], _: None, ids: Sequence[int]) -> list[Customer | None]:
+    """The batch of node(id)'s Customer loader."""
+    found = {r.id: to_customer(r) for r in await catalog.customers_by_id(conn, ids)}
+    return [found.get(i) for i in ids]
 
 
 def _midnight(value: datetime | None) -> bool:
@@ -206,8 +234,7 @@ async def connection(
 ) -> ServiceOrderConnection:
     """A connection of orders; `of_customer` pages are batched with their sibling customers'."""
     ctx = info.context
-    # Customer.serviceOrders declares its default as the enum's name (a lazy type).
-    sort = order.value if isinstance(order, ServiceOrderOrder) else str(order or "CREATED_AT_DESC")
+    sort = (order or ServiceOrderOrder.CREATED_AT_DESC).value
     field = orders_db.SORTS[sort][0]
     after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
     paths = selected_paths(info)
@@ -222,7 +249,8 @@ async def connection(
     )
     keyed: Keyed = []
     if request.limit and of_customer is not None:
-        keyed = await ctx.loaders.service_orders_by_customer(spec).load(of_customer)
+        # One loader per page shape: sibling customers' pages load together.
+        keyed = await ctx.loaders.of(fetch_customers_pages, spec).load(of_customer)
     elif request.limit:
         keyed = await ctx.router.read(lambda conn: fetch_page(conn, spec))
     edges, page_info = build_page(
@@ -244,11 +272,20 @@ async def service_orders(
 
 
 async def customer_orders(
-    info: Info, customer_id: int, page: PageArgs, filter: ServiceOrderFilter | None, order_by: ServiceOrderOrder | None
+    info: Info,
+    customer_id: int,
+    *,
+    first: int | None,
+    after: str | None,
+    last: int | None,
+    before: str | None,
+    filter: ServiceOrderFilter | None,
+    order_by: ServiceOrderOrder | None,
 ) -> ServiceOrderConnection:
+    """Customer.serviceOrders: every Customer built here carries it (its `orders_of`)."""
     if filter is not None and filter.customer_id is not None:
         raise bad_input("Customer.serviceOrders is already filtered by its customer", field="filter.customerId")
-    request = page_request(page, max_size=info.context.settings.max_page_size)
+    request = page_request(PageArgs(first, after, last, before), max_size=info.context.settings.max_page_size)
     return await connection(info, order_filter(filter), order_by, request, of_customer=customer_id)
 
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
-
-import strawberry
 
 from nexes.db import reports as db
 from nexes.db.catalog import CustomerRow
 from nexes.errors import bad_input
-from nexes.resolvers.context import Context
+from nexes.resolvers.context import Info
 from nexes.resolvers.orders import to_customer
 from nexes.schema.reports import AgingBucket, CustomerAmount, PeriodFigures
 from nexes.schema.types import STATUS_BY_NAME
 
-Info = strawberry.Info[Context, Any]
 MAX_TOP = 100
 MAX_DAYS = 3_700  # about ten years of days
 # DAY rows are one per day, status and currency: three years is up to about 16k rows (about

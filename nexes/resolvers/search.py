@@ -11,11 +11,12 @@ from psycopg import AsyncConnection
 
 from nexes.db import orders as orders_db
 from nexes.errors import Code, bad_input
-from nexes.resolvers.orders import Info, hydrate
+from nexes.resolvers.context import Info
+from nexes.resolvers.orders import hydrate
 from nexes.resolvers.selection import selected_paths
 from nexes.schema import search as gql
 from nexes.schema.connections import PageInfo
-from nexes.schema.payloads import UserError
+from nexes.schema.payloads import user_error
 from nexes.schema.types import ServiceOrder
 from nexes.search.engine import Found, SearchQuery, checked_text, service_for
 
@@ -96,16 +97,19 @@ def _connection(found: Found | None, query: SearchQuery, edges: list[gql.SearchE
     )
 
 
-async def reindex_search(info: Info) -> list[UserError]:
+async def reindex_search(info: Info) -> gql.ReindexSearchPayload:
     """Send the reindex actor (admins only)."""
     if "admin" not in info.context.viewer.roles:
-        return [UserError(code=str(Code.FORBIDDEN), field=None, message="reindexSearch needs the admin token")]
-    from nexes.jobs.search import reindex_search as actor  # importing nexes.jobs configures the broker
+        error = user_error(Code.FORBIDDEN, "reindexSearch needs the admin token")
+        return gql.ReindexSearchPayload(queued=False, errors=[error])
+    # Imported on first use: importing nexes.jobs configures the broker (a Redis client),
+    # which an API process that never enqueues does not need.
+    from nexes.jobs.search import reindex_search as actor
 
     try:
         await asyncio.to_thread(actor.send)
     except Exception as exc:
         log.warning("reindexSearch: could not enqueue (%s)", exc)
-        message = "the job queue is unreachable; retry shortly"
-        return [UserError(code=str(Code.SERVICE_UNAVAILABLE), field=None, message=message)]
-    return []
+        error = user_error(Code.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly")
+        return gql.ReindexSearchPayload(queued=False, errors=[error])
+    return gql.ReindexSearchPayload(queued=True, errors=[])

@@ -1,16 +1,12 @@
-"""Relay connections, their filters and orders."""
+"""The Relay pieces every connection is made of: PageInfo, Edge[N] and the shared count."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from typing import Generic, TypeVar
 
 import strawberry
-
-from nexes.schema.types import Customer, ServiceOrder, Status, StockItem
 
 N = TypeVar("N")
 Counter = Callable[[], Awaitable[tuple[int, bool]]]
@@ -28,37 +24,6 @@ class PageInfo:
 class Edge(Generic[N]):
     cursor: str
     node: N
-
-
-@strawberry.enum
-class ServiceOrderOrder(Enum):
-    CREATED_AT_DESC = "CREATED_AT_DESC"
-    CREATED_AT_ASC = "CREATED_AT_ASC"
-    UPDATED_AT_DESC = "UPDATED_AT_DESC"
-    TOTAL_AMOUNT_DESC = "TOTAL_AMOUNT_DESC"
-
-
-@strawberry.input(description="All given conditions must hold. createdFrom is inclusive, createdTo exclusive.")
-class ServiceOrderFilter:
-    status: list[Status] | None = None
-    customer_id: strawberry.ID | None = None
-    created_from: dt.datetime | None = None
-    created_to: dt.datetime | None = None
-    sod_number_prefix: str | None = None
-    include_archived: bool = False
-
-
-@strawberry.input
-class CustomerFilter:
-    name_contains: str | None = strawberry.field(default=None, description="case-insensitive substring")
-    code: str | None = None
-
-
-@strawberry.input
-class StockItemFilter:
-    name_contains: str | None = strawberry.field(default=None, description="case-insensitive substring")
-    sku: str | None = None
-    negative_only: bool = strawberry.field(default=False, description="only items whose on_hand is below 0")
 
 
 @strawberry.type
@@ -80,21 +45,3 @@ class Counted:
     @strawberry.field(description="Whether totalCount is exact.")
     async def total_count_exact(self) -> bool:
         return (await self._counted())[1]
-
-
-@strawberry.type
-class ServiceOrderConnection(Counted):
-    edges: list[Edge[ServiceOrder]]
-    page_info: PageInfo
-
-
-@strawberry.type
-class CustomerConnection(Counted):
-    edges: list[Edge[Customer]]
-    page_info: PageInfo
-
-
-@strawberry.type
-class StockItemConnection(Counted):
-    edges: list[Edge[StockItem]]
-    page_info: PageInfo

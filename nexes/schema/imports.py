@@ -1,20 +1,17 @@
-"""Import jobs in GraphQL: importJob, importJobs, startImport, cancelImport."""
+"""Import jobs in GraphQL: the job, its rejected rows and the payloads of startImport and cancelImport."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
 import strawberry
 
-from nexes.resolvers.context import Context
 from nexes.schema.connections import Edge, PageInfo
 from nexes.schema.payloads import UserError
-from nexes.schema.scalars import Upload
 from nexes.schema.types import Node
-
-Info = strawberry.Info[Context, Any]
 
 
 @strawberry.enum(
@@ -46,6 +43,11 @@ class ImportErrorConnection:
     page_info: PageInfo
 
 
+# A job's page of rejected rows: (info, job row id, first, after). The resolver that builds an
+# ImportJob gives it one, so no type imports a resolver.
+ImportErrors = Callable[[strawberry.Info[Any, Any], int, int | None, str | None], Awaitable[ImportErrorConnection]]
+
+
 @strawberry.type(description="An uploaded CSV/XLSX file and its import into service orders.")
 class ImportJob(Node):
     id: strawberry.ID
@@ -68,12 +70,13 @@ class ImportJob(Node):
         description="Once finished: the primary's WAL position; send it as X-Nexes-Min-LSN to read the result."
     )
     row_id: strawberry.Private[int]
+    errors_of: strawberry.Private[ImportErrors]
 
     @strawberry.field(description="Rejected rows in file order. Default 20 per page.")
-    async def errors(self, info: Info, first: int | None = None, after: str | None = None) -> ImportErrorConnection:
-        from nexes.resolvers import imports
-
-        return await imports.import_errors(info, self.row_id, first, after)
+    async def errors(
+        self, info: strawberry.Info, first: int | None = None, after: str | None = None
+    ) -> ImportErrorConnection:
+        return await self.errors_of(info, self.row_id, first, after)
 
 
 @strawberry.type
@@ -92,44 +95,3 @@ class StartImportPayload:
 class CancelImportPayload:
     import_job: ImportJob | None
     errors: list[UserError]
-
-
-@strawberry.type
-class ImportQuery:
-    @strawberry.field(description="One import job by its global id (read from the primary: progress is fresh).")
-    async def import_job(self, info: Info, id: strawberry.ID) -> ImportJob | None:
-        from nexes.resolvers import imports
-
-        return await imports.import_job(info, id)
-
-    @strawberry.field(description="Import jobs, newest first, optionally of one status. Default 20 per page.")
-    async def import_jobs(
-        self,
-        info: Info,
-        status: ImportJobStatus | None = None,
-        first: int | None = None,
-        after: str | None = None,
-    ) -> ImportJobConnection:
-        from nexes.resolvers import imports
-
-        return await imports.import_jobs(info, status.value if status else None, first, after)
-
-
-@strawberry.type
-class ImportMutation:
-    @strawberry.mutation(
-        description="Import an uploaded CSV or XLSX file (a multipart request with the header X-Nexes-CSRF); "
-        "the job is queued for the workers."
-    )
-    async def start_import(self, info: Info, file: Upload) -> StartImportPayload:
-        from nexes.resolvers import imports
-
-        return await imports.start_import(info, file)
-
-    @strawberry.mutation(
-        description="Cancel a QUEUED job at once, or ask a RUNNING one to stop after its current chunk."
-    )
-    async def cancel_import(self, info: Info, id: strawberry.ID) -> CancelImportPayload:
-        from nexes.resolvers import imports
-
-        return await imports.cancel_import(info, id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
-from nexes.errors import NexesError
+from nexes.errors import Code
 
 
 @strawberry.type(description="A problem with a mutation's input: a stable code, the field, a message.")
@@ -14,6 +14,6 @@ class UserError:
     message: str
 
 
-def user_error(exc: NexesError) -> UserError:
-    """An expected failure as a payload error."""
-    return UserError(code=exc.code.value, field=exc.field, message=exc.message)
+def user_error(code: Code | str, message: str, field: str | None = None) -> UserError:
+    """An expected failure as a payload error (for a NexesError: its code, message and field)."""
+    return UserError(code=str(code), field=field, message=message)

@@ -1,4 +1,4 @@
-"""Global search: `search(query, first, after, filter)` and the admin `reindexSearch`."""
+"""Global search's types: the filter, the hits with their highlights, and reindexSearch's payload."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from enum import Enum
 
 import strawberry
 
-from nexes.resolvers import search as resolvers
-from nexes.resolvers.orders import Info
 from nexes.schema.connections import PageInfo
 from nexes.schema.payloads import UserError
 from nexes.schema.types import ServiceOrder, Status
@@ -51,34 +49,6 @@ class SearchConnection:
 
 
 @strawberry.type
-class SearchQueries:
-    @strawberry.field(
-        description="Orders matching part of a SOD number, a customer's name or code (typos allowed), or words "
-        "of a description; best match first. Default 20 per page."
-    )
-    async def search(
-        self,
-        info: Info,
-        query: str,
-        first: int | None = None,
-        after: str | None = None,
-        filter: SearchFilter | None = None,
-    ) -> SearchConnection:
-        return await resolvers.search(info, query, first, after, filter)
-
-
-@strawberry.type
 class ReindexSearchPayload:
     queued: bool
     errors: list[UserError]
-
-
-@strawberry.type
-class SearchMutation:
-    @strawberry.mutation(
-        description="Admin: rebuild the search index into a new collection and swap the alias to it, in a "
-        "background job (nexes reindex runs the same); searches keep answering throughout."
-    )
-    async def reindex_search(self, info: Info) -> ReindexSearchPayload:
-        errors = await resolvers.reindex_search(info)
-        return ReindexSearchPayload(queued=not errors, errors=errors)
