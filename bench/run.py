@@ -246,7 +246,8 @@ def bench_api(
 async def _latencies(samples: int) -> None:
     """Median and p99 of pages in process: raw keyset SQL against the same page through GraphQL."""
     from nexes.db import orders as orders_db
-    from nexes.db.orders import Keyset, OrderFilter
+    from nexes.db.keyset import Keyset
+    from nexes.db.orders import OrderFilter
     from nexes.http.app import create_app
 
     settings = settings_module.load(bench_env())

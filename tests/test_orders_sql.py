@@ -6,7 +6,8 @@ import itertools
 import re
 from datetime import UTC, datetime
 
-from nexes.db.orders import SORTS, Keyset, OrderFilter, PageShape, page_query, page_sql_text
+from nexes.db.keyset import Keyset
+from nexes.db.orders import SORTS, OrderFilter, PageShape, page_query, page_sql_text
 
 FILTERS = [
     OrderFilter(),

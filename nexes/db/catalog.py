@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import class_row
 
-from nexes.db.orders import Keyset
+from nexes.db.keyset import Keyset
 
 R = TypeVar("R")
 

@@ -19,6 +19,8 @@ from psycopg import AsyncConnection, sql
 from psycopg.errors import QueryCanceled
 from psycopg.rows import args_row
 
+from nexes.db.keyset import Keyset
+
 Direction = Literal["ASC", "DESC"]
 
 # GraphQL's ServiceOrderOrder -> (column, direction). Only these columns are ever
@@ -78,12 +80,6 @@ class OrderFilter:
     created_to: datetime | None = None  # exclusive
     sod_number_prefix: str | None = None
     include_archived: bool = False
-
-
-@dataclass(frozen=True)
-class Keyset:
-    value: Any
-    id: int
 
 
 def _like_prefix(prefix: str) -> str:

@@ -20,6 +20,7 @@ from nexes import metrics
 from nexes.db.connect.monitor import ReplicaMonitor
 from nexes.db.connect.pools import Pools
 from nexes.db.connect.router import Router
+from nexes.db.keyset import CursorCodec
 from nexes.errors import Code, NexesError
 from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
@@ -36,7 +37,6 @@ from nexes.observability import (
     tracing_enabled,
     valid_request_id,
 )
-from nexes.resolvers.ids import CursorCodec
 from nexes.settings import Settings
 
 

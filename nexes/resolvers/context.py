@@ -10,7 +10,7 @@ from typing import Any
 import strawberry
 
 from nexes.db.connect.router import Router
-from nexes.resolvers.ids import CursorCodec
+from nexes.db.keyset import CursorCodec
 from nexes.resolvers.loaders import Loaders
 from nexes.settings import Settings
 

@@ -16,7 +16,8 @@ from nexes import rules
 from nexes.db import catalog
 from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
-from nexes.db.orders import Keyset, LineRow, OrderFilter, OrderRow
+from nexes.db.keyset import Keyset
+from nexes.db.orders import LineRow, OrderFilter, OrderRow
 from nexes.errors import bad_input
 from nexes.resolvers.context import Context, Info
 from nexes.resolvers.ids import global_id, parse_global_id
