@@ -15,15 +15,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes import settings as settings_module
-from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.migrate import migrate
 from nexes.settings import Settings
-
-TEMPLATE_DB = "nexes_test_template"
+from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database, superuser_url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,59 +51,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["DONT_FAKE_MONOTONIC"] = "1"
 
 
-def superuser_url(url: str, dbname: str = "postgres") -> str:
-    """The stack's superuser, directly on the server behind `url` (tests only)."""
-    params = conninfo_to_dict(url)
-    params.update(user="postgres", dbname=dbname)
-    return make_conninfo(**params)
-
-
-def _environ_for(dbname: str) -> dict[str, str]:
-    return environ_for_database(os.environ, dbname)
-
-
-def recreate_database(admin_url: str, name: str, template: str | None = None) -> None:
-    with psycopg.connect(superuser_url(admin_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER nexes_owner TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template or "template0")
-            )
-        )
-    if template:
-        wait_until_served(name)
-
-
-def wait_until_served(name: str, seconds: float = 15.0) -> None:
-    """Until every role reaches the new database through PgBouncer.
-
-    Re-creating a database kills PgBouncer's idle server connections to the old one;
-    a pool that then tries to reconnect before CREATE finishes fails its login, and
-    PgBouncer refuses that (database, role) pool for `server_login_retry` seconds.
-    Tests wait that out here instead of failing on their first statement.
-    """
-    environ = _environ_for(name)
-    settings = settings_module.load(environ)
-    from nexes.db.connect.conninfo import for_role
-
-    deadline = time.monotonic() + seconds
-    for role in ("nexes_api", "nexes_worker", "nexes_analyst"):
-        while True:
-            try:
-                with psycopg.connect(for_role(settings.primary_url, settings, role), prepare_threshold=None) as conn:
-                    conn.execute("SELECT 1")
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(superuser_url(admin_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="session")
 def test_db_name() -> str:
     name = os.environ.get("NEXES_TEST_DB", "nexes_test")
@@ -124,7 +67,7 @@ def template_settings(test_db_name: str) -> Settings:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DB]).fetchone()
     if not exists:
         recreate_database(base.admin_url, TEMPLATE_DB)
-    settings = settings_module.load(_environ_for(TEMPLATE_DB))
+    settings = settings_module.load(environ_for(TEMPLATE_DB))
     migrate(settings)
     return settings
 
@@ -133,7 +76,7 @@ def template_settings(test_db_name: str) -> Settings:
 def settings(template_settings: Settings, test_db_name: str) -> Settings:
     """Settings pointing every URL at a fresh copy of the template."""
     recreate_database(template_settings.admin_url, test_db_name, template=TEMPLATE_DB)
-    return settings_module.load(_environ_for(test_db_name))
+    return settings_module.load(environ_for(test_db_name))
 
 
 @pytest.fixture
@@ -141,13 +84,27 @@ def fresh_db(template_settings: Settings, request: pytest.FixtureRequest) -> Ite
     """A database of the test's own, for tests that change data globally."""
     name = f"nexes_t_{request.node.name.lower()[:40]}".replace("[", "_").replace("]", "_")
     recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    yield settings_module.load(_environ_for(name))
+    yield settings_module.load(environ_for(name))
     drop_database(template_settings.admin_url, name)
 
 
 @pytest.fixture
 def admin(settings: Settings) -> Iterator[psycopg.Connection]:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def db_settings(settings: Settings) -> Settings:
+    """The database the `db` fixture connects to: a module with a database of its own
+    overrides this fixture to return that database's settings."""
+    return settings
+
+
+@pytest.fixture
+def db(db_settings: Settings) -> Iterator[psycopg.Connection]:
+    """An autocommit superuser-owner connection (admin_url) to `db_settings`' database."""
+    with psycopg.connect(db_settings.admin_url, autocommit=True) as conn:
         yield conn
 
 

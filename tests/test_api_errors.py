@@ -133,7 +133,8 @@ async def test_statement_timeout_is_timeout(fresh_db: object) -> None:
     import psycopg
 
     from nexes.settings import Settings
-    from tests.conftest import client_for, superuser_url
+    from tests.conftest import client_for
+    from tests.support.databases import superuser_url
 
     assert isinstance(fresh_db, Settings)
     dbname = psycopg.conninfo.conninfo_to_dict(fresh_db.admin_url)["dbname"]

@@ -8,10 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,15 +17,11 @@ import psycopg
 
 from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
-from tests.conftest import client_for, error_codes, gql, superuser_url
+from tests.conftest import client_for, error_codes, gql
+from tests.support.databases import superuser_url
+from tests.support.stack import stopped
 
-ROOT = Path(__file__).resolve().parent.parent
-STACK = str(ROOT / "infra" / "stack")
 PAGE = "{ serviceOrders(first: 5) { edges { node { sodNumber customer { name } } } } }"
-
-
-def stack(*args: str) -> None:
-    subprocess.run([STACK, *args], check=True, capture_output=True, timeout=180)
 
 
 async def test_request_id_is_echoed_or_replaced(app_client: httpx.AsyncClient) -> None:
@@ -135,32 +128,6 @@ async def test_exhausted_pools_give_503_not_a_hang(seeded: Settings) -> None:
     assert body["_response"].status_code == 503
     assert error_codes(body) == ["SERVICE_UNAVAILABLE"]
     assert elapsed < 10
-
-
-def wait_until_served(url: str) -> None:
-    """After a restart, until a query succeeds through PgBouncer (which holds back clients
-    for a while after failed server logins), so the next test starts from a settled stack."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with psycopg.connect(url, connect_timeout=3, prepare_threshold=None) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-@contextmanager
-def stopped(service: str, url: str) -> Iterator[None]:
-    """`service` stopped for the block, then started and served again."""
-    stack("down", service)
-    try:
-        yield
-    finally:
-        stack("up", service)
-        wait_until_served(url)
 
 
 async def reads_and_health(settings: Settings) -> dict[str, Any]:

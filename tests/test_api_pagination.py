@@ -16,7 +16,8 @@ from nexes import settings as settings_module
 from nexes.db.seed import seed
 from nexes.resolvers.ids import decode_any_global_id, global_id
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, _environ_for, client_for, drop_database, gql, recreate_database
+from tests.conftest import client_for, gql
+from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
 
 ORDERS = 400
 SORT_SQL = {
@@ -44,7 +45,7 @@ def walk_db(template_settings: Settings) -> Any:
     """A small database of its own: full walks stay short, and inserts touch nothing else."""
     name = "nexes_t_pagination"
     recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    s = settings_module.load(_environ_for(name))
+    s = settings_module.load(environ_for(name))
     seed(s.admin_url, ORDERS, defer=False)
     # Ties on total_amount, so the id tie-breaker is exercised.
     with psycopg.connect(s.admin_url, autocommit=True) as conn:

@@ -20,6 +20,8 @@ from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
+from tests.support.replicas import wait_for_replica
+from tests.support.waits import wait_for_lock_wait
 
 AFTER_YEARS = 2
 ORDERS = 600
@@ -67,27 +69,6 @@ def run_archive(settings: Settings) -> tuple[list[str], list[str]]:
         conn.add_notice_handler(lambda diag: messages.append(diag.message_primary or ""))
         conn.execute("SET client_min_messages = debug1")
         return archive.archive(conn, after_years=AFTER_YEARS), messages
-
-
-def wait_for_replica(settings: Settings) -> None:
-    """The app reads from the replica: wait until it has replayed the archive's DDL."""
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
-        (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone() or ("",)
-    url = (settings.replica_admin_urls or settings.replica_urls)[0]
-    deadline = time.monotonic() + 30
-    while True:
-        # The test's database is new: a replica behind (replay waits on a conflicting
-        # query up to max_standby_streaming_delay) has not created it yet.
-        try:
-            replica = psycopg.connect(url, autocommit=True)
-            break
-        except psycopg.OperationalError as exc:
-            assert time.monotonic() < deadline, f"the replica has not made the database in 30 s: {exc}"
-            time.sleep(0.1)
-    with replica:
-        while replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]).fetchone() != (True,):
-            assert time.monotonic() < deadline, "the replica did not catch up in 30 s"
-            time.sleep(0.05)
 
 
 def test_archive_moves_old_quarters_by_metadata_without_scanning(fresh_db: Settings) -> None:
@@ -211,7 +192,7 @@ def test_interrupted_concurrent_detach_is_finalized(fresh_db: Settings) -> None:
 
         thread = threading.Thread(target=detach)
         thread.start()
-        wait_for_lock_wait(watcher, detacher.info.backend_pid)
+        wait_for_lock_wait(watcher, detacher.info.backend_pid, "the detach never waited")
         watcher.execute("SELECT pg_cancel_backend(%s)", [detacher.info.backend_pid])
         thread.join(10)
         reader.rollback()
@@ -233,13 +214,6 @@ def test_interrupted_concurrent_detach_is_finalized(fresh_db: Settings) -> None:
         assert bound_constraints(conn) == []
         assert check_all(conn) == []
     assert not [m for m in messages if m.startswith("verifying table")]
-
-
-def wait_for_lock_wait(conn: psycopg.Connection, pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() != ("Lock",):
-        assert time.monotonic() < deadline, "the detach never waited"
-        time.sleep(0.02)
 
 
 def test_a_run_that_crashed_between_steps_is_completed_by_the_next(fresh_db: Settings) -> None:

@@ -10,7 +10,7 @@ import os
 import psycopg
 
 from nexes.settings import Settings
-from tests.conftest import superuser_url
+from tests.support.databases import superuser_url
 
 
 def test_the_primary_the_replica_and_the_tests_read_the_same_clock(settings: Settings) -> None:

@@ -15,8 +15,10 @@ import psycopg
 from nexes.imports.parse import COLUMNS
 from nexes.jobs import imports_runner as import_runner
 from nexes.settings import Settings
-from tests.conftest import client_for, superuser_url
-from tests.test_imports import close_worker_pool, job_row, store_async
+from tests.conftest import client_for
+from tests.support.databases import superuser_url
+from tests.support.imports import close_worker_pool, job_row, store_async
+from tests.support.waits import eventually, wait_for
 
 URL = "/api/exports/service-orders.csv"
 
@@ -128,28 +130,28 @@ def _flush_wal(url: str) -> None:
 
 
 def _wait_for_replayed_lock(url: str) -> None:
-    deadline = time.monotonic() + 10
     with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            held = conn.execute(
-                "SELECT 1 FROM pg_locks WHERE relation = 'customer'::regclass AND mode = 'AccessExclusiveLock'"
-            ).fetchone()
-            if held:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the lock never reached the replica")
+
+        def held() -> bool:
+            return bool(
+                conn.execute(
+                    "SELECT 1 FROM pg_locks WHERE relation = 'customer'::regclass AND mode = 'AccessExclusiveLock'"
+                ).fetchone()
+            )
+
+        if not wait_for(held, 10, 0.05):
+            raise AssertionError("the lock never reached the replica")
 
 
 async def _copy_running(url: str, wait: float = 10) -> bool:
-    deadline = time.monotonic() + wait
-    while True:
+    """Whether the export's COPY runs on the replica, waiting up to `wait` s for it."""
+
+    def copying() -> bool:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = 'nexes_analyst' "
                 "AND state = 'active' AND query LIKE '%COPY%'"
             ).fetchone()
-        if row and row[0]:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
+        return bool(row and row[0])
+
+    return await eventually(copying, wait, 0.05)

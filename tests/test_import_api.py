@@ -7,7 +7,6 @@ back from the Redis queue.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 import os
@@ -30,21 +29,14 @@ from nexes.db.connect.conninfo import environ_for_database
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.imports import CSRF, job_key
 
-CSRF = {"X-Nexes-CSRF": "1"}
 BOUNDARY = "nexes-test-boundary-7f3a"
 START = (
     "mutation($file: Upload!) { startImport(file: $file) { "
     "importJob { id status filename sizeBytes sha256 requestId processedRows lsn } errors { code message } } }"
 )
 JOB = "query($id: ID!) { importJob(id: $id) { id status filename sizeBytes sha256 requestId } }"
-
-
-def job_key(global_id_value: str) -> int:
-    raw = base64.urlsafe_b64decode(global_id_value + "=" * (-len(global_id_value) % 4)).decode()
-    type_name, _, key = raw.partition(":")
-    assert type_name == "ImportJob"
-    return int(key)
 
 
 def payload(size: int, seed: int = 1) -> bytes:

@@ -11,18 +11,12 @@ so no other worker on the machine can take these messages.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -30,30 +24,14 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from bench.gen_import import generate_csv
-from nexes import settings as settings_module
-from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.invariants import check_all
-from nexes.db.seed import seed
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, drop_database, recreate_database
+from tests.support.databases import drop_database
+from tests.support.processes import Processes
+from tests.support.workers import environ, fresh, job_state, store
 
 ORDERS = 6_800  # about 20,000 rows
 KILLS = 10
-REDIS_DB = 7
-
-
-def environ(dbname: str) -> dict[str, str]:
-    env = environ_for_database(os.environ, dbname)
-    url = urlsplit(env["NEXES_REDIS_URL"])
-    env.update(
-        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
-        NEXES_IMPORT_LEASE_SECONDS="2",
-        NEXES_IMPORT_SWEEP_SECONDS="1",
-        NEXES_IMPORT_CHUNK_ORDERS="25",
-        NEXES_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -62,33 +40,6 @@ def import_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = generate_csv(path, ORDERS, prefix="CRASH", seed=7)
     assert rows >= 20_000
     return path
-
-
-def fresh(template_settings: Settings, name: str) -> Settings:
-    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    settings = settings_module.load(environ(name))
-    seed(settings.admin_url, 100, defer=False)
-    return settings
-
-
-def store(settings: Settings, path: Path, request_id: str) -> int:
-    """The upload as `nexes import` stores it: chunks, then QUEUED."""
-    data = path.read_bytes()
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO import_job (status, filename, size_bytes, request_id) VALUES ('UPLOADING', %s, %s, %s) "
-            "RETURNING id",
-            [path.name, len(data), request_id],
-        ).fetchone()
-        assert row
-        job_id = int(row[0])
-        for seq, start in enumerate(range(0, len(data), 1 << 20)):
-            conn.execute(
-                "INSERT INTO import_upload_chunk (job_id, seq, data) VALUES (%s, %s, %s)",
-                [job_id, seq, data[start : start + (1 << 20)]],
-            )
-        conn.execute("UPDATE import_job SET status = 'QUEUED' WHERE id = %s", [job_id])
-    return job_id
 
 
 def business_data(settings: Settings, before: dict[str, int]) -> dict[str, Any]:
@@ -120,76 +71,6 @@ def business_data(settings: Settings, before: dict[str, int]) -> dict[str, Any]:
 def on_hand_now(settings: Settings) -> dict[str, int]:
     with psycopg.connect(settings.admin_url) as conn:
         return {sku: int(q) for sku, q in conn.execute("SELECT sku, on_hand FROM stock_item")}
-
-
-def job_state(settings: Settings, job_id: int) -> tuple[str, int, int, int]:
-    with psycopg.connect(settings.admin_url) as conn:
-        row = conn.execute(
-            "SELECT status::text, attempts, staged_rows, processed_rows FROM import_job WHERE id = %s", [job_id]
-        ).fetchone()
-    assert row
-    return row[0], int(row[1]), int(row[2]), int(row[3])
-
-
-class Processes:
-    """The worker (restartable) and the scheduler, started and stopped by pid."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.scheduler: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start_worker(self) -> None:
-        self.starts += 1
-        log = (self.log_dir / f"worker-{self.starts}.log").open("wb")
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "2"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def start_scheduler(self) -> None:
-        log = (self.log_dir / "scheduler.log").open("wb")
-        self.scheduler = subprocess.Popen(
-            [sys.executable, "-m", "nexes.cli", "scheduler"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def worker_children(self) -> list[int]:
-        assert self.worker
-        path = Path(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except OSError:
-            return []
-
-    def kill_worker(self) -> None:
-        """SIGKILL the worker process(es) that run actors; the dramatiq parent then exits."""
-        assert self.worker
-        children = self.worker_children()
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        try:
-            self.worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.worker.pid, signal.SIGKILL)
-            self.worker.wait(timeout=5)
-
-    def stop(self) -> None:
-        for proc in (self.worker, self.scheduler):
-            if proc and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        if self.worker:  # the worker's own children, by its process group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.worker.pid, signal.SIGKILL)
 
 
 def activity_sampler(settings: Settings, needle: str, seen: threading.Event, stop: threading.Event) -> None:

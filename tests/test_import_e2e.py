@@ -25,7 +25,7 @@ from nexes import settings as settings_module
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, drop_database, recreate_database
+from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
 
 DB = "nexes_t_import_e2e"
 REDIS_DB = 12

@@ -18,7 +18,7 @@ import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,30 +30,26 @@ import pytest
 from bench.gen_import import generate_csv
 from nexes import settings as settings_module
 from nexes.db import imports_apply as import_apply
-from nexes.db.connect.conninfo import for_role
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
-from nexes.http.uploads import CHUNK_BYTES, UploadWriter
 from nexes.imports.parse import COLUMNS
-from nexes.db.connect.worker import close_worker_pools
 from nexes.jobs import imports_runner as import_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
-from tests.conftest import (
-    TEMPLATE_DB,
-    _environ_for,
-    client_for,
-    drop_database,
-    gql,
-    recreate_database,
-    superuser_url,
+from tests.conftest import client_for, gql
+from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database, superuser_url
+from tests.support.imports import (
+    CREATED_AT,
+    HEADER,
+    close_worker_pool,
+    csv_bytes,
+    job_row,
+    line,
+    store,
+    store_async,
 )
 
-HEADER = ",".join(COLUMNS)
 OPENING = 1_000_000  # every seeded stock item's opening balance
-# In a live quarter (the seed makes partitions up to now), with a non-UTC offset.
-CREATED_AT = (datetime.now(UTC) - timedelta(days=20)).replace(microsecond=0)
-CREATED = CREATED_AT.astimezone(timezone(timedelta(hours=1))).isoformat()
 
 
 # -- fixtures and helpers ------------------------------------------------------------
@@ -64,83 +60,21 @@ def import_db(template_settings: Settings, test_db_name: str) -> Iterator[Settin
     """A database of this module's own, seeded small (200 customers, SKU-00001..SKU-00050)."""
     name = f"{test_db_name}_imports"[:63]
     recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    settings = settings_module.load(_environ_for(name))
+    settings = settings_module.load(environ_for(name))
     seed(settings.admin_url, 100, defer=False)
     yield settings
     close_worker_pool()
     drop_database(template_settings.admin_url, name)
 
 
-def close_worker_pool() -> None:
-    """The runner keeps a pool per database per process: close them before a drop."""
-    close_worker_pools()
-
-
 @pytest.fixture
-def db(import_db: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(import_db.admin_url, autocommit=True) as conn:
-        yield conn
-
-
-def line(
-    sod: str,
-    line_no: object = 1,
-    *,
-    created_at: str = CREATED,
-    customer: str = "C000001",
-    status: str = "OPEN",
-    description: str = "Boiler service",
-    currency: str = "EUR",
-    sku: str = "SKU-00001",
-    quantity: object = 2,
-    price: str = "49.90",
-) -> str:
-    """One CSV line (fields written as given: no quoting)."""
-    fields = (sod, created_at, customer, status, description, currency, line_no, sku, quantity, price)
-    return ",".join(str(f) for f in fields)
-
-
-def csv_bytes(*lines: str, header: str = HEADER) -> bytes:
-    return ("\n".join([header, *lines]) + "\n").encode()
-
-
-async def store_async(settings: Settings, data: bytes, filename: str = "orders.csv") -> int:
-    """Store `data` as a QUEUED job exactly as `nexes import` does, without enqueueing it."""
-    conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-import")
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
-
-        async def run(work: Any) -> Any:
-            return await work(conn)
-
-        writer = UploadWriter(
-            run, filename=filename, max_bytes=settings.import_max_bytes, retention_days=settings.import_retention_days
-        )
-        await writer.start()
-        for start in range(0, len(data), CHUNK_BYTES):
-            await writer.write(data[start : start + CHUNK_BYTES])
-        upload = await writer.finish()
-    return upload.job_id
-
-
-def store(settings: Settings, data: bytes, filename: str = "orders.csv") -> int:
-    return asyncio.run(store_async(settings, data, filename))
+def db_settings(import_db: Settings) -> Settings:
+    return import_db
 
 
 def run_file(settings: Settings, data: bytes, filename: str = "orders.csv") -> tuple[int, str]:
     job = store(settings, data, filename)
     return job, import_runner.run(job, settings)
-
-
-def job_row(db: psycopg.Connection, job: int) -> dict[str, Any]:
-    cur = db.execute(
-        "SELECT status::text, inserted, updated, unchanged, failed, processed_rows, total_rows, message, "
-        "lease_owner, finished_at, lsn::text, applied_through FROM import_job WHERE id = %s",
-        [job],
-    )
-    names = [c.name for c in cur.description or ()]
-    row = cur.fetchone()
-    assert row is not None
-    return dict(zip(names, row, strict=True))
 
 
 def counts(db: psycopg.Connection, job: int) -> tuple[str, int, int, int, int]:

@@ -15,8 +15,10 @@ from dramatiq.brokers.redis import RedisBroker
 
 from bench.gen_import import generate_csv
 from nexes.settings import Settings
-from tests.conftest import client_for, drop_database, gql
-from tests.test_import_crash import Processes, environ, fresh, job_state, store
+from tests.conftest import client_for, gql
+from tests.support.databases import drop_database
+from tests.support.processes import Processes
+from tests.support.workers import environ, fresh, job_state, store
 
 PAGE = "{ serviceOrders(first: 50) { edges { node { sodNumber status customer { name } lines { quantity } } } } }"
 CREATE = """mutation($sod: String!) { createServiceOrder(input: {sodNumber: $sod, customerCode: "C000001",

@@ -17,7 +17,8 @@ from nexes.db import partitions
 from nexes.db.invariants import check_all
 from nexes.db.seed import seed
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, _environ_for, client_for, drop_database, error_codes, gql, recreate_database
+from tests.conftest import client_for, error_codes, gql
+from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
 
 DB = "nexes_t_mutations"
 # The orders' day: in a live quarter on any date (the quarters reach 5 years back and 4 ahead);
@@ -51,7 +52,7 @@ mutation($sod: String!) {
 def write_db(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own (mutations change global figures), seeded small."""
     recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    settings = settings_module.load(_environ_for(DB))
+    settings = settings_module.load(environ_for(DB))
     seed(settings.admin_url, 300, defer=False)
     yield settings
     drop_database(template_settings.admin_url, DB)
@@ -64,9 +65,8 @@ async def client(write_db: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def db(write_db: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(write_db.admin_url, autocommit=True) as conn:
-        yield conn
+def db_settings(write_db: Settings) -> Settings:
+    return write_db
 
 
 def on_hand(db: psycopg.Connection, sku: str) -> int:

@@ -91,7 +91,7 @@ def test_reconciliation_while_an_import_runs_corrects_nothing_that_was_right(
 
     from bench.gen_import import generate_csv
     from nexes.jobs.imports_runner import run
-    from tests.test_import_crash import store
+    from tests.support.workers import store
 
     seed(fresh_db.admin_url, 200, defer=False)
     path = tmp_path / "orders.csv"
@@ -176,7 +176,7 @@ def test_stock_below_zero_is_reported_as_negative_stock_and_not_as_drift(fresh_d
     """Stock may go negative (an order may consume more than is on hand); reconciliation
     reports where it does, and the ledger still explains it."""
     from nexes.jobs.imports_runner import run
-    from tests.test_import_crash import store
+    from tests.support.workers import store
 
     seed(fresh_db.admin_url, 50, defer=False)
     with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:

@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
@@ -21,48 +21,20 @@ from nexes.db.connect.lsn import format_lsn, parse_lsn
 from nexes.http import graphql
 from nexes.http.app import RequestContextMiddleware
 from nexes.settings import Settings
-from tests.conftest import client_for, error_codes, gql, superuser_url
-from tests.test_api_operations import stopped
+from tests.conftest import client_for, error_codes, gql
+from tests.support.databases import superuser_url
+from tests.support.replicas import fast, monitor_of, replay_paused, wait_for_state
+from tests.support.stack import stopped
 
 CREATE = "mutation($c: String!) { createCustomer(input: {code: $c, name: $c}) { customer { id } errors { code } } }"
 FIND = "query($c: String!) { customers(first: 1, filter: {code: $c}) { edges { node { code } } } }"
 REPORT = "{ reports { aging { bucket orderCount } } }"
 
 
-def fast(settings: Settings, **changes: object) -> Settings:
-    """The monitor probing every 0.2 s, a 1 s lag threshold (unless told otherwise)."""
-    return replace(settings, **{"replica_probe_interval": 0.2, "replica_max_lag": 1.0, **changes})  # type: ignore[arg-type]
-
-
-@contextmanager
-def replay_paused(settings: Settings) -> Iterator[None]:
-    url = superuser_url(settings.replica_admin_urls[0])  # cluster-wide; "postgres" always exists
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("SELECT pg_wal_replay_resume()")
-
-
 @asynccontextmanager
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(settings) as c:
         yield c
-
-
-def monitor_of(c: httpx.AsyncClient):  # type: ignore[no-untyped-def]
-    return c.app.state.monitor  # type: ignore[attr-defined]
-
-
-async def wait_for_state(c: httpx.AsyncClient, state: str, timeout: float) -> float:
-    started = time.monotonic()
-    while monitor_of(c).status[0].state != state:
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"replica stayed {monitor_of(c).status[0].state}, wanted {state}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_lsn_text_round_trips() -> None:

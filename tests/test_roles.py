@@ -12,7 +12,7 @@ from psycopg import errors
 
 from nexes.db.connect.conninfo import for_role, with_database
 from nexes.settings import Settings
-from tests.conftest import drop_database, recreate_database, superuser_url
+from tests.support.databases import drop_database, recreate_database, superuser_url
 
 
 def test_role_statement_timeout_cancels_a_longer_sleep_through_pgbouncer(settings: Settings) -> None:

@@ -16,15 +16,8 @@ from psycopg.conninfo import conninfo_to_dict
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.jobs import scheduler
 from nexes.settings import Settings
-
-
-def wait_for(predicate: object, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+from tests.support.processes import wait_for_log
+from tests.support.waits import wait_for
 
 
 def test_a_second_scheduler_waits_until_the_first_stops(settings: Settings) -> None:
@@ -76,7 +69,7 @@ def test_two_scheduler_processes_one_leads_and_the_other_takes_over_when_it_is_k
     try:
         assert wait_for(lambda: leads(logs[0]), timeout=30), logs[0].read_text()
         second = start(logs[1])
-        assert wait_for(lambda: "scheduler waiting for leadership" in logs[1].read_text(), timeout=30)
+        assert wait_for_log(logs[1], "scheduler waiting for leadership", timeout=30)
         time.sleep(2)
         assert not leads(logs[1]) and second.poll() is None
         first.send_signal(signal.SIGKILL)

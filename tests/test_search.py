@@ -5,18 +5,15 @@ Typesense is stopped, concurrent syncs, hostile queries, the drift check."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -25,70 +22,24 @@ import pytest
 import redis
 import typesense
 from dramatiq.brokers.redis import RedisBroker
-from psycopg.conninfo import conninfo_to_dict
 from starlette.datastructures import Secret
 from typesense.exceptions import TypesenseClientError
 
-from nexes import settings as settings_module
 from nexes.db import search as search_db
-from nexes.db.connect.conninfo import environ_for_database
-from nexes.db.seed import seed
-from nexes.db.connect import worker as worker_pools
 from nexes.jobs import imports_runner as import_runner
 from nexes.search import collection, drift, engine
 from nexes.search.client import sync_client
 from nexes.search.reindex import reindex
 from nexes.search.sync import drain
 from nexes.settings import Settings
-from tests.conftest import TEMPLATE_DB, client_for, drop_database, error_codes, gql, recreate_database
+from tests.conftest import client_for, error_codes, gql
+from tests.support.imports import csv_bytes, line, store_async
+from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now, worker_pool
+from tests.support.stack import ROOT, stack
+from tests.support.waits import eventually, wait_for
 
 DB = "nexes_t_search"
 REDIS_DB = 9
-ROOT = Path(__file__).resolve().parent.parent
-
-SEARCH = """
-query($q: String!, $first: Int, $after: String, $filter: SearchFilter) {
-  search(query: $q, first: $first, after: $after, filter: $filter) {
-    engine found foundExact
-    pageInfo { hasNextPage endCursor }
-    edges { cursor score highlights { field snippet }
-            node { id sodNumber status description createdAt customer { name code } } }
-  }
-}"""
-
-
-def search_environ(db: str, redis_db: int, **extra: str) -> dict[str, str]:
-    """The stack's variables for a search module's own database, Redis db and collection."""
-    env = environ_for_database(os.environ, db)
-    url = urlsplit(env["NEXES_REDIS_URL"])
-    env.update(
-        NEXES_REDIS_URL=url._replace(path=f"/{redis_db}").geturl(),
-        NEXES_TYPESENSE_COLLECTION=f"{db}_service_orders",
-        **extra,
-    )
-    return env
-
-
-@contextmanager
-def indexed_database(template_settings: Settings, env: dict[str, str], orders: int) -> Iterator[Settings]:
-    """A database re-created from the template, seeded with `orders` orders and reindexed;
-    afterwards its collections, alias, Redis db and database are gone."""
-    db = str(conninfo_to_dict(env["NEXES_ADMIN_URL"])["dbname"])
-    recreate_database(template_settings.admin_url, db, template=TEMPLATE_DB)
-    close_worker_pool()
-    settings = settings_module.load(env)
-    seed(settings.admin_url, orders, defer=False)
-    client = sync_client(settings)
-    reindex(settings, client)
-    try:
-        yield settings
-    finally:
-        for name in collection.versions(client, settings.typesense_collection):
-            client.collections[name].delete()
-        client.aliases[settings.typesense_collection].delete()
-        close_worker_pool()
-        redis.Redis.from_url(settings.redis_url).flushdb()
-        drop_database(template_settings.admin_url, db)
 
 
 def environ() -> dict[str, str]:
@@ -114,28 +65,14 @@ def ts(search_db_settings: Settings) -> typesense.Client:
 
 
 @pytest.fixture
-def db(search_db_settings: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(search_db_settings.admin_url, autocommit=True) as conn:
-        yield conn
+def db_settings(search_db_settings: Settings) -> Settings:
+    return search_db_settings
 
 
 @pytest.fixture
 async def api(search_db_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(search_db_settings) as client:
         yield client
-
-
-def close_worker_pool() -> None:
-    """The runner keeps a pool per database per process: close them before a drop."""
-    worker_pools.close_worker_pools()
-
-
-def worker_pool(settings: Settings) -> Any:
-    return worker_pools.worker_pool(settings)
-
-
-def sync_now(settings: Settings) -> None:
-    drain(worker_pool(settings), sync_client(settings), settings.typesense_collection, batch=500)
 
 
 def index_diff(settings: Settings, conn: psycopg.Connection) -> dict[str, list[int]]:
@@ -178,15 +115,6 @@ async def search(api: httpx.AsyncClient, q: str, **variables: Any) -> dict[str, 
 
 def sods(body: dict[str, Any]) -> list[str]:
     return [e["node"]["sodNumber"] for e in body["data"]["search"]["edges"]]
-
-
-def pick(conn: psycopg.Connection, where: str = "TRUE") -> tuple[int, str, str, str]:
-    row = conn.execute(
-        "SELECT o.id, o.sod_number, c.name, o.description FROM service_order o JOIN customer c ON c.id = o.customer_id "
-        f"WHERE {where} ORDER BY o.id LIMIT 1"
-    ).fetchone()
-    assert row
-    return row
 
 
 def test_reindex_fills_a_new_versioned_collection_swaps_the_alias_and_drops_the_old(
@@ -368,10 +296,6 @@ def test_concurrent_syncs_leave_every_order_at_its_latest_state(
     assert no_drift(index_diff(search_db_settings, db))
 
 
-def stack(*args: str) -> None:
-    subprocess.run([str(ROOT / "infra" / "stack"), *args], check=True, cwd=ROOT, capture_output=True, timeout=120)
-
-
 def indexed(settings: Settings) -> int:
     """The documents in the alias's collection."""
     found: dict[str, Any] = sync_client(settings).collections[settings.typesense_collection].retrieve()  # type: ignore[assignment]
@@ -385,15 +309,9 @@ def start_typesense(settings: Settings, documents: int) -> None:
     its last snapshot (every 5 minutes, infra/stack) says ok as soon as it leads, while
     it still applies the log (seen: 404 for the collection for about 10 s)."""
     subprocess.run([str(ROOT / "infra" / "stack"), "up", "typesense"], cwd=ROOT, capture_output=True, timeout=120)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if indexed(settings) >= documents:
-                return
-        except (TypesenseClientError, httpx.HTTPError, ValueError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"Typesense did not hold its {documents} documents again within 10 minutes")
+    ignoring = (TypesenseClientError, httpx.HTTPError, ValueError)
+    if not wait_for(lambda: indexed(settings) >= documents, 600, 1, ignoring=ignoring):
+        raise AssertionError(f"Typesense did not hold its {documents} documents again within 10 minutes")
 
 
 async def test_typesense_down_search_falls_back_to_postgres_and_the_index_converges_after(
@@ -442,8 +360,6 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
 async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answers(
     search_db_settings: Settings, api: httpx.AsyncClient, db: psycopg.Connection, tmp_path: Path
 ) -> None:
-    from tests.test_imports import csv_bytes, line, store_async
-
     settings = search_db_settings
     ts = sync_client(settings)
     done = threading.Event()
@@ -522,15 +438,6 @@ def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[RedisBroker
         redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
 
 
-async def eventually(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
-
-
 async def test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval(
     search_db_settings: Settings,
     api: httpx.AsyncClient,
@@ -540,7 +447,6 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
 ) -> None:
     from nexes.jobs.imports import run_import
     from nexes.jobs.search import sync_search
-    from tests.test_imports import csv_bytes, line, store_async
 
     worker.declare_queue("search")
     worker.declare_queue("imports")

@@ -24,8 +24,9 @@ from nexes.search.client import sync_client
 from nexes.search.sync import drain
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
-from tests.test_archive import wait_for_replica
-from tests.test_search import indexed_database, search_environ
+from tests.support.replicas import wait_for_replica
+from tests.support.search import indexed_database, search_environ
+from tests.support.waits import wait_for_lock_wait
 
 DB = "nexes_t_search_archive"
 REDIS_DB = 10
@@ -130,18 +131,6 @@ def test_migration_0029_queues_the_orders_of_quarters_archived_before(fresh_db: 
 # --- the reindex gate ----------------------------------------------------------------
 
 
-def in_lock_wait(conn: psycopg.Connection, pid: int) -> bool:
-    row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
-    return row == ("Lock",)
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
@@ -199,10 +188,10 @@ def test_the_finish_waits_for_running_syncs_and_later_syncs_queue_behind_it(fres
         assert run is not None and search_db.running_reindex(running) == run
 
         finisher, queued = in_thread(lambda: search_db.finish_reindex(reindexer, run, 10, swapped=True))
-        wait_for(lambda: in_lock_wait(watcher, reindexer.info.backend_pid), "the finish never waited for the sync")
+        wait_for_lock_wait(watcher, reindexer.info.backend_pid, "the finish never waited for the sync")
         late_sync, seen = in_thread(lambda: search_db.running_reindex(later))
         # It does not jump ahead of the waiting finish (a FOR SHARE row lock did).
-        wait_for(lambda: in_lock_wait(watcher, later.info.backend_pid), "the later sync did not queue")
+        wait_for_lock_wait(watcher, later.info.backend_pid, "the later sync did not queue")
 
         search_db.record_changes(running, run, [101, 102, 103])
         running.commit()

@@ -30,9 +30,8 @@ from nexes.search import engine
 from nexes.search.client import sync_client
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
-from tests.test_archive import wait_for_replica
-from tests.test_replicas import fast, replay_paused, wait_for_state
-from tests.test_search import SEARCH, indexed_database, pick, search_environ, sync_now
+from tests.support.replicas import fast, replay_paused, wait_for_replica, wait_for_state
+from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now
 
 DB = "nexes_t_search_paths"
 REDIS_DB = 11
@@ -57,9 +56,8 @@ def paths_settings(template_settings: Settings) -> Iterator[Settings]:
 
 
 @pytest.fixture
-def db(paths_settings: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(paths_settings.admin_url, autocommit=True) as conn:
-        yield conn
+def db_settings(paths_settings: Settings) -> Settings:
+    return paths_settings
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ Redis broker.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,9 +31,8 @@ from starlette.types import Message, Receive, Scope, Send
 from nexes import observability
 from nexes.http import app as app_module
 from nexes.settings import Settings
-from tests.conftest import wait_until_served
-from tests.test_import_api import CSRF, job_key
-from tests.test_imports import csv_bytes, line
+from tests.support.databases import wait_until_database_served
+from tests.support.imports import CSRF, csv_bytes, job_key, line, wait_for_job
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -145,7 +143,7 @@ async def test_a_requests_log_lines_and_sql_comment_carry_its_request_id_and_tra
     # The probe opens a new connection through PgBouncer, which refuses a pool's logins for
     # server_login_retry after any failed one (databases other tests drop and re-create
     # share the server): wait that out first, as conftest does after a re-create.
-    wait_until_served(str(conninfo_to_dict(seeded.admin_url)["dbname"]))
+    wait_until_database_served(str(conninfo_to_dict(seeded.admin_url)["dbname"]))
     client = with_probe(app_client)
     response = await client.get("/test/probe", headers={"traceparent": TRACEPARENT, "X-Request-ID": "trace-sql-1"})
     assert response.status_code == 200, response.text
@@ -204,17 +202,6 @@ def queued(queue: str, actor: str) -> list[dict[str, Any]]:
     return [m for m in map(orjson.loads, raw) if m["actor_name"] == actor]
 
 
-def wait_final(settings: Settings, job_id: int, seconds: float = 60.0) -> str:
-    deadline = time.monotonic() + seconds
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
-        while True:
-            row = conn.execute("SELECT status::text FROM import_job WHERE id = %s", [job_id]).fetchone()
-            assert row is not None
-            if row[0] not in ("UPLOADING", "QUEUED", "RUNNING") or time.monotonic() > deadline:
-                return str(row[0])
-            time.sleep(0.1)
-
-
 async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_workers_logs_and_sql(
     app_client: httpx.AsyncClient,
     seeded: Settings,
@@ -223,8 +210,8 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import nexes.jobs.runtime
-    from nexes.jobs import broker
     from nexes.db.connect.worker import close_worker_pools
+    from nexes.jobs import broker
     from nexes.jobs.search import sync_search
 
     for queue in ("imports", sync_search.queue_name):
@@ -252,7 +239,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     worker = dramatiq.Worker(broker, queues={"imports"}, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
-        status = wait_final(seeded, job_id)
+        status = wait_for_job(seeded, job_id)
     finally:
         worker.stop()
         close_worker_pools()

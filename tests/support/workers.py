@@ -1,0 +1,73 @@
+"""Import jobs for real Dramatiq worker processes: their environment, a fresh seeded
+database, a file stored as a QUEUED job, the job's state.
+
+The workers, the scheduler and the test use a Redis database of their own (db 7), so no
+other worker on the machine can take these messages; recovery is made fast (2 s lease,
+1 s sweep, 25 orders per chunk: many small checkpoints, so a kill lands mid-job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from nexes import settings as settings_module
+from nexes.db.seed import seed
+from nexes.settings import Settings
+from tests.support.databases import TEMPLATE_DB, environ_for, recreate_database
+
+REDIS_DB = 7
+
+
+def environ(dbname: str) -> dict[str, str]:
+    env = environ_for(dbname)
+    url = urlsplit(env["NEXES_REDIS_URL"])
+    env.update(
+        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
+        NEXES_IMPORT_LEASE_SECONDS="2",
+        NEXES_IMPORT_SWEEP_SECONDS="1",
+        NEXES_IMPORT_CHUNK_ORDERS="25",
+        NEXES_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def fresh(template_settings: Settings, name: str) -> Settings:
+    """Database `name` re-created from the template and seeded small (100 orders)."""
+    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
+    settings = settings_module.load(environ(name))
+    seed(settings.admin_url, 100, defer=False)
+    return settings
+
+
+def store(settings: Settings, path: Path, request_id: str) -> int:
+    """The upload as `nexes import` stores it: chunks, then QUEUED."""
+    data = path.read_bytes()
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO import_job (status, filename, size_bytes, request_id) VALUES ('UPLOADING', %s, %s, %s) "
+            "RETURNING id",
+            [path.name, len(data), request_id],
+        ).fetchone()
+        assert row
+        job_id = int(row[0])
+        for seq, start in enumerate(range(0, len(data), 1 << 20)):
+            conn.execute(
+                "INSERT INTO import_upload_chunk (job_id, seq, data) VALUES (%s, %s, %s)",
+                [job_id, seq, data[start : start + (1 << 20)]],
+            )
+        conn.execute("UPDATE import_job SET status = 'QUEUED' WHERE id = %s", [job_id])
+    return job_id
+
+
+def job_state(settings: Settings, job_id: int) -> tuple[str, int, int, int]:
+    """(status, attempts, staged_rows, processed_rows)."""
+    with psycopg.connect(settings.admin_url) as conn:
+        row = conn.execute(
+            "SELECT status::text, attempts, staged_rows, processed_rows FROM import_job WHERE id = %s", [job_id]
+        ).fetchone()
+    assert row
+    return row[0], int(row[1]), int(row[2]), int(row[3])
