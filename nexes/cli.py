@@ -44,14 +44,14 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_seed(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from nexes.db.seed import SeedError, seed
+    from nexes.db.seed import SeedError, has_orders, seed
 
     settings = _settings()
     if args.orders < 1:
         sys.exit("nexes seed: --orders must be at least 1")
     if args.if_empty:
         with psycopg.connect(settings.admin_url) as conn:
-            if conn.execute("SELECT EXISTS (SELECT 1 FROM service_order_key)").fetchone() == (True,):
+            if has_orders(conn):
                 print("seed: the database already holds orders; nothing to do")
                 return
     started = time.monotonic()

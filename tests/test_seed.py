@@ -9,7 +9,7 @@ import pytest
 
 from nexes.db import partitions
 from nexes.db.invariants import check_all
-from nexes.db.seed import SeedError, check_disk, seed
+from nexes.db.seed import SeedError, check_disk, has_orders, seed
 from nexes.settings import Settings
 from tests.conftest import SEED_ORDERS as ORDERS
 
@@ -104,3 +104,12 @@ def test_a_seed_rolls_the_customer_totals_horizon_to_its_year(fresh_db: Settings
 def test_seed_refuses_when_the_disk_is_too_small(settings: Settings) -> None:
     with psycopg.connect(settings.admin_url) as conn, pytest.raises(SeedError, match="GiB free"):
         check_disk(conn, 10**12)
+
+
+def test_an_empty_database_has_no_orders_and_a_seeded_one_has(fresh_db: Settings) -> None:
+    """`nexes seed --if-empty` (make run) seeds only a database without orders."""
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        assert has_orders(conn) is False
+    seed(fresh_db.admin_url, 10, defer=False)
+    with psycopg.connect(fresh_db.admin_url) as conn:
+        assert has_orders(conn) is True

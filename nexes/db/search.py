@@ -173,7 +173,12 @@ SELECT EXISTS (SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_neede
    AND NOT EXISTS (SELECT 1 FROM search_reindex
                    WHERE finished_at IS NULL OR started_at > now() - make_interval(secs => %(every)s))
 """
-REINDEX_DONE = "DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'"
+_REINDEX_DONE = "DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'"
+
+
+def reindex_done(conn: psycopg.Connection[Any]) -> None:
+    """The asked-for reindex has run: the sweep stops asking for one."""
+    conn.execute(_REINDEX_DONE)
 
 
 def ask_reindex(conn: psycopg.Connection[Any]) -> None:

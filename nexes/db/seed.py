@@ -212,6 +212,12 @@ ORDER BY i.relname
 """
 
 
+def has_orders(conn: psycopg.Connection) -> bool:
+    """Whether the database holds any order, live or archived (`nexes seed --if-empty`)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM service_order_key)").fetchone()
+    return bool(row and row[0])
+
+
 def defer_indexes(conn: psycopg.Connection) -> list[str]:
     """Drop the secondary indexes, recording them first; returns their names."""
     with conn.transaction():

@@ -21,6 +21,7 @@ import typesense
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from nexes.db import search as search_db
+from nexes.db.connect import probes
 from nexes.db.connect.conninfo import for_role
 from nexes.search import collection
 from nexes.settings import Settings
@@ -62,7 +63,7 @@ def _connect(url: str, settings: Settings, name: str) -> psycopg.Connection[tupl
         with attempt:
             conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
             try:
-                conn.execute("SELECT 1")  # PgBouncer logs in to the server only now
+                probes.ping(conn)  # PgBouncer logs in to the server only now
             except psycopg.Error:
                 conn.close()
                 raise
@@ -112,7 +113,7 @@ def reindex(
                 _drop_quietly(client, name)
         if failed_ids:  # the sync retries them, and keeps them queued while they fail
             search_db.queue_repairs(primary, failed_ids)
-        primary.execute(search_db.REINDEX_DONE)
+        search_db.reindex_done(primary)
     report.dropped = collection.drop_except(client, alias, name)
     report.seconds = time.monotonic() - started
     log.info(

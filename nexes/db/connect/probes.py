@@ -103,3 +103,8 @@ def _ms(started: float) -> float:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
+
+
+def ping(conn: psycopg.Connection[Any]) -> None:
+    """One round trip: behind PgBouncer, the server connection is made only now."""
+    conn.execute("SELECT 1")
