@@ -20,6 +20,7 @@ from nexes import settings as settings_module
 from nexes.db.migrate import migrate
 from nexes.settings import Settings
 from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database, superuser_url
+from tests.support.replicas import wait_for_replica
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,6 +118,10 @@ def seeded(settings: Settings) -> Settings:
     from nexes.db.seed import seed
 
     seed(settings.admin_url, SEED_ORDERS, defer=False)
+    # The app reads from the replica, seconds behind on a loaded machine: every test that
+    # reads the seed through the API must see all of it (once, a full run's second test
+    # found no order at all on its first page).
+    wait_for_replica(settings, timeout=120)
     return settings
 
 
