@@ -128,7 +128,7 @@ async def _import_connection(settings: settings_module.Settings) -> psycopg.Asyn
 
 
 async def _store_import(settings: settings_module.Settings, path: Path) -> int:
-    from nexes.http.uploads import CHUNK_BYTES, UploadWriter
+    from nexes.imports.store import CHUNK_BYTES, UploadWriter
     from nexes.imports.upload import enqueue
     from nexes.observability import new_request_id, request_id_var
 

@@ -1,1 +1,2 @@
-"""The import file format: parsing CSV and XLSX into orders (pure: no I/O beyond the file)."""
+"""The imports feature below the HTTP edge: the file format's pure parser (parse), a stored
+upload and its job message (upload), and storing an upload as it streams (store)."""

@@ -1,6 +1,6 @@
 """A stored upload: the record the `Upload` scalar carries, and sending its job to the workers.
 
-The bytes are stored by nexes.http.uploads.UploadWriter (the API's and the CLI's one way
+The bytes are stored by nexes.imports.store.UploadWriter (the API's and the CLI's one way
 to store a file); schema and resolvers need only this record, not the HTTP edge.
 """
 

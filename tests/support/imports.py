@@ -12,8 +12,8 @@ import psycopg
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.worker import close_worker_pools
-from nexes.http.uploads import CHUNK_BYTES, UploadWriter
 from nexes.imports.parse import COLUMNS
+from nexes.imports.store import CHUNK_BYTES, UploadWriter
 from nexes.settings import Settings
 from tests.support.waits import wait_for
 
