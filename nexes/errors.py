@@ -30,6 +30,7 @@ class Code(StrEnum):
     BAD_FILE = "BAD_FILE"
     CSRF_HEADER_REQUIRED = "CSRF_HEADER_REQUIRED"
     FORBIDDEN = "FORBIDDEN"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -54,6 +55,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.BAD_FILE: 400,
     Code.CSRF_HEADER_REQUIRED: 400,
     Code.FORBIDDEN: 403,
+    Code.UNAUTHENTICATED: 401,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -75,7 +77,8 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_ENCODING: "an import row holds bytes that are not UTF-8",
     Code.BAD_ROW: "an import row cannot be parsed (quoting, number of columns)",
     Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
-    Code.FORBIDDEN: "an admin operation without the admin token (header X-Nexes-Admin-Token)",
+    Code.FORBIDDEN: "the caller's roles may not use this field, mutation or route; the message names the roles that may",
+    Code.UNAUTHENTICATED: "no valid bearer token: missing, malformed, expired, revoked or wrongly signed (the message says which)",
     Code.CSRF_HEADER_REQUIRED: "uploads need the header X-Nexes-CSRF (any value) so a browser cannot forge them",
 }
 

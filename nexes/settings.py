@@ -16,6 +16,7 @@ from starlette.datastructures import Secret
 
 Env = Literal["development", "production"]
 ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
+MONITOR_ROLE = "nexes_monitor"  # probes only: pg_monitor, LOGIN, CONNECTION LIMIT 5
 
 
 class SettingsError(ValueError):
@@ -40,6 +41,8 @@ class Settings:
     # URLs may carry passwords: kept out of repr.
     primary_url: str = field(repr=False)
     replica_urls: tuple[str, ...] = field(repr=False)
+    # The owner (DDL: migrate, partitions, archive) and the replicas' superuser: only the
+    # `nexes` commands and the ddl worker get them; the API runs without (owner_url()).
     admin_url: str = field(repr=False)
     replica_admin_urls: tuple[str, ...] = field(repr=False)
     redis_url: str = field(repr=False)
@@ -59,7 +62,9 @@ class Settings:
     max_page_size: int = 100
     count_budget_ms: int = 100
     count_cap: int = 100_000
-    cursor_secret: Secret = field(repr=False, default=Secret("nexes-cursor-dev-secret"))
+    # No default is committed: `infra/stack env` prints one generated per checkout, and
+    # the API refuses to start without it (check_api).
+    cursor_secret: Secret = field(repr=False, default=Secret(""))
     max_body_bytes: int = 1_000_000
     typesense_collection: str = "service_orders"
     typesense_timeout: float = 1.0
@@ -88,7 +93,33 @@ class Settings:
     import_chunk_orders: int = 5_000
     import_apply_parallel: int = 2
     import_sweep_seconds: float = 10.0
-    admin_token: Secret = field(repr=False, default=Secret(""))
+    # Identity (nexes.auth): HS256 with the secret; RS256/ES256 from a JWKS (URL or file).
+    jwt_secret: Secret = field(repr=False, default=Secret(""))
+    jwks_url: str = ""
+    jwks_file: str = ""
+    jwt_issuer: str = "nexes"
+    jwt_audience: str = "nexes-api"
+    jwt_leeway: float = 30.0
+    jwt_roles_claim: str = "roles"
+    # The probing role (nexes_monitor), direct to the primary and to each replica.
+    monitor_url: str = field(repr=False, default="")
+    monitor_replica_urls: tuple[str, ...] = field(repr=False, default=())
+    audit_retention_days: int = 400
+    # /metrics and the detailed probes' listener, never the public port.
+    ops_listen: str = "127.0.0.1:9464"
+    # The HTTP edge: a whole ordinary body must arrive within body_read_seconds; an upload
+    # may take as long as it keeps sending, but no gap between chunks longer than this.
+    body_read_seconds: float = 10.0
+    upload_idle_seconds: float = 60.0
+    # Uploads: files per multipart request; XLSX caps (uncompressed bytes, ratio of
+    # uncompressed to compressed, shared strings); cells per row (CSV and XLSX).
+    upload_max_files: int = 1
+    xlsx_max_uncompressed_bytes: int = 2 << 30
+    xlsx_max_ratio: int = 100
+    xlsx_max_shared_strings: int = 2_000_000
+    import_max_cells_per_row: int = 64
+    # Seconds any one Redis call may take (connect and each command).
+    redis_timeout: float = 2.0
     replica_max_lag: float = 5.0
     replica_probe_interval: float = 1.0
     replica_probe_timeout: float = 1.0
@@ -100,6 +131,25 @@ class Settings:
     @property
     def development(self) -> bool:
         return self.env == "development"
+
+    def owner_url(self) -> str:
+        """NEXES_ADMIN_URL, for the commands and the ddl worker that need the owner."""
+        if not self.admin_url:
+            raise SettingsError(
+                "NEXES_ADMIN_URL is not set: this command runs DDL as the owner "
+                '(for the local stack: eval "$(infra/stack env)")'
+            )
+        return self.admin_url
+
+    def check_api(self) -> None:
+        """What the API cannot start without: a JWT key source and a cursor secret."""
+        missing = []
+        if not (str(self.jwt_secret) or self.jwks_url or self.jwks_file):
+            missing.append("a JWT key source (NEXES_JWT_SECRET, NEXES_JWKS_URL or NEXES_JWKS_FILE)")
+        if not str(self.cursor_secret):
+            missing.append("NEXES_CURSOR_SECRET (the cursor-signing secret)")
+        if missing:
+            raise SettingsError("the API cannot start without " + " and ".join(missing))
 
 
 def _positive(config: Config, key: str, default: float, cast: type[float] | type[int]) -> float:
@@ -142,7 +192,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             env=cast(Env, env),
             primary_url=_required(config, "NEXES_PRIMARY_URL"),
             replica_urls=tuple(config("NEXES_REPLICA_URLS", default="").split()),
-            admin_url=_required(config, "NEXES_ADMIN_URL"),
+            admin_url=config("NEXES_ADMIN_URL", default=""),
             replica_admin_urls=tuple(config("NEXES_REPLICA_ADMIN_URLS", default="").split()),
             redis_url=config("NEXES_REDIS_URL", default="redis://127.0.0.1:6379/0"),
             typesense_url=config("NEXES_TYPESENSE_URL", default="http://127.0.0.1:8108"),
@@ -160,7 +210,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             max_page_size=int(_positive(config, "NEXES_MAX_PAGE_SIZE", 100, int)),
             count_budget_ms=int(_positive(config, "NEXES_COUNT_BUDGET", 0.1, float) * 1000),
             count_cap=int(_positive(config, "NEXES_COUNT_CAP", 100_000, int)),
-            cursor_secret=Secret(config("NEXES_CURSOR_SECRET", default="nexes-cursor-dev-secret")),
+            cursor_secret=Secret(config("NEXES_CURSOR_SECRET", default="")),
             max_body_bytes=int(_positive(config, "NEXES_MAX_BODY_BYTES", 1_000_000, int)),
             typesense_collection=config("NEXES_TYPESENSE_COLLECTION", default="service_orders"),
             typesense_timeout=max(0.05, _positive(config, "NEXES_TYPESENSE_TIMEOUT", 1.0, float)),
@@ -180,7 +230,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             import_chunk_orders=max(1, int(_positive(config, "NEXES_IMPORT_CHUNK_ORDERS", 5_000, int))),
             import_apply_parallel=max(1, int(_positive(config, "NEXES_IMPORT_APPLY_PARALLEL", 2, int))),
             import_sweep_seconds=_positive(config, "NEXES_IMPORT_SWEEP_SECONDS", 10.0, float),
-            admin_token=Secret(config("NEXES_ADMIN_TOKEN", default="")),
+            jwt_secret=Secret(config("NEXES_JWT_SECRET", default="")),
+            jwks_url=config("NEXES_JWKS_URL", default=""),
+            jwks_file=config("NEXES_JWKS_FILE", default=""),
+            jwt_issuer=config("NEXES_JWT_ISSUER", default="nexes"),
+            jwt_audience=config("NEXES_JWT_AUDIENCE", default="nexes-api"),
+            jwt_leeway=_positive(config, "NEXES_JWT_LEEWAY", 30.0, float),
+            jwt_roles_claim=config("NEXES_JWT_ROLES_CLAIM", default="roles") or "roles",
+            monitor_url=config("NEXES_MONITOR_URL", default=""),
+            monitor_replica_urls=tuple(config("NEXES_MONITOR_REPLICA_URLS", default="").split()),
+            audit_retention_days=max(1, int(_positive(config, "NEXES_AUDIT_RETENTION_DAYS", 400, int))),
+            ops_listen=config("NEXES_OPS_LISTEN", default="127.0.0.1:9464"),
+            body_read_seconds=max(0.1, _positive(config, "NEXES_BODY_READ_SECONDS", 10.0, float)),
+            upload_idle_seconds=max(0.1, _positive(config, "NEXES_UPLOAD_IDLE_SECONDS", 60.0, float)),
+            upload_max_files=max(1, int(_positive(config, "NEXES_UPLOAD_MAX_FILES", 1, int))),
+            xlsx_max_uncompressed_bytes=int(_positive(config, "NEXES_XLSX_MAX_UNCOMPRESSED_BYTES", 2 << 30, int)),
+            xlsx_max_ratio=max(1, int(_positive(config, "NEXES_XLSX_MAX_RATIO", 100, int))),
+            xlsx_max_shared_strings=int(_positive(config, "NEXES_XLSX_MAX_SHARED_STRINGS", 2_000_000, int)),
+            import_max_cells_per_row=max(1, int(_positive(config, "NEXES_IMPORT_MAX_CELLS_PER_ROW", 64, int))),
+            redis_timeout=max(0.05, _positive(config, "NEXES_REDIS_TIMEOUT", 2.0, float)),
             replica_max_lag=_positive(config, "NEXES_REPLICA_MAX_LAG", 5.0, float),
             replica_probe_interval=max(0.05, _positive(config, "NEXES_REPLICA_PROBE_INTERVAL", 1.0, float)),
             replica_probe_timeout=max(0.1, _positive(config, "NEXES_REPLICA_PROBE_TIMEOUT", 1.0, float)),

@@ -19,6 +19,7 @@ import pytest
 from nexes import settings as settings_module
 from nexes.db.migrate import migrate
 from nexes.settings import Settings
+from tests.support.auth import bearer_for
 from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database, superuser_url
 from tests.support.replicas import wait_for_replica
 
@@ -133,13 +134,17 @@ async def app_client(seeded: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def client_for(
+    settings: Settings, roles: tuple[str, ...] = ("admin",), subject: str = "test-admin"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on `settings`, with a client that sends a token of `roles` (none: no token)."""
     from nexes.http.app import create_app
 
     app = create_app(settings)
+    auth = bearer_for(settings, *roles, subject=subject) if roles else {}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://nexes.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://nexes.test", headers=auth) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
 

@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import strawberry
 
+from nexes.auth.identity import ANONYMOUS, Viewer
 from nexes.db.connect.router import Router
 from nexes.db.keyset import CursorCodec
 from nexes.resolvers.loaders import Loaders
 from nexes.settings import Settings
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Who is asking. Anonymous until authentication plugs in here."""
-
-    subject: str = "anonymous"
-    roles: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -29,7 +22,7 @@ class Context:
     settings: Settings
     router: Router
     cursors: CursorCodec
-    viewer: Viewer = field(default_factory=Viewer)
+    viewer: Viewer = ANONYMOUS
 
     @cached_property
     def loaders(self) -> Loaders:
