@@ -21,10 +21,15 @@ class Header:
 
 
 # Nexes' own (docs/design.md §5)
-ADMIN_TOKEN = Header("X-Nexes-Admin-Token")  # in: the admin token (resolvers.context.Viewer)
 MIN_LSN = Header("X-Nexes-Min-LSN")  # in: reads must see this WAL position
 LSN = Header("X-Nexes-LSN")  # out: the primary's WAL position after a request that wrote
 CSRF = Header("X-Nexes-CSRF")  # in: uploads need it (any non-empty value)
+# Identity (nexes.http.auth)
+AUTHORIZATION = Header("Authorization")  # in: Bearer <JWT>
+WWW_AUTHENTICATE = Header("WWW-Authenticate")  # out: with every 401
+# Rate limits (GitHub's names) and when to come back
+RATE_LIMITS = tuple(Header(f"X-RateLimit-{part}") for part in ("Limit", "Remaining", "Reset", "Used"))
+RETRY_AFTER = Header("Retry-After")
 # Request identity and timing
 REQUEST_ID = Header("X-Request-ID")  # in (when safe) and out
 SERVER_TIMING = Header("Server-Timing")  # out: database and total time
@@ -43,8 +48,8 @@ MULTIPART = "multipart/form-data"
 CSV = "text/csv; charset=utf-8"
 
 # The SPA reads these from responses, and sends these with requests (CORS; docs/design.md §5).
-CORS_EXPOSED = (LSN, REQUEST_ID, SERVER_TIMING, TRACERESPONSE)
-CORS_ALLOWED = (CONTENT_TYPE, MIN_LSN, CSRF, ADMIN_TOKEN, REQUEST_ID, TRACEPARENT, TRACESTATE)
+CORS_EXPOSED = (LSN, REQUEST_ID, SERVER_TIMING, TRACERESPONSE, WWW_AUTHENTICATE, *RATE_LIMITS, RETRY_AFTER)
+CORS_ALLOWED = (CONTENT_TYPE, AUTHORIZATION, MIN_LSN, CSRF, REQUEST_ID, TRACEPARENT, TRACESTATE)
 
 
 def scope_header(scope_headers: list[tuple[bytes, bytes]], header: Header) -> str:
