@@ -31,6 +31,7 @@ class Code(StrEnum):
     CSRF_HEADER_REQUIRED = "CSRF_HEADER_REQUIRED"
     FORBIDDEN = "FORBIDDEN"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -56,6 +57,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.CSRF_HEADER_REQUIRED: 400,
     Code.FORBIDDEN: 403,
     Code.UNAUTHENTICATED: 401,
+    Code.REQUEST_TIMEOUT: 408,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -79,7 +81,10 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
     Code.FORBIDDEN: "the caller's roles may not use this field, mutation or route; the message names the roles that may",
     Code.UNAUTHENTICATED: "no valid bearer token: missing, malformed, expired, revoked or wrongly signed (the message says which)",
-    Code.CSRF_HEADER_REQUIRED: "uploads need the header X-Nexes-CSRF (any value) so a browser cannot forge them",
+    Code.CSRF_HEADER_REQUIRED: "uploads need X-Nexes-CSRF, Apollo-Require-Preflight or X-Apollo-Operation-Name "
+    "(any non-empty value) so a browser cannot forge them",
+    Code.REQUEST_TIMEOUT: "the request body came too slowly (the whole body within NEXES_BODY_READ_SECONDS; "
+    "an upload pausing at most NEXES_UPLOAD_IDLE_SECONDS); send it again",
 }
 
 

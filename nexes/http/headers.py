@@ -23,7 +23,11 @@ class Header:
 # Nexes' own (docs/design.md §5)
 MIN_LSN = Header("X-Nexes-Min-LSN")  # in: reads must see this WAL position
 LSN = Header("X-Nexes-LSN")  # out: the primary's WAL position after a request that wrote
-CSRF = Header("X-Nexes-CSRF")  # in: uploads need it (any non-empty value)
+CSRF = Header("X-Nexes-CSRF")  # in: uploads need it, or one of Apollo's two below (any non-empty value)
+APOLLO_PREFLIGHT = Header("Apollo-Require-Preflight")  # in: Apollo's conventional non-simple header
+APOLLO_OPERATION = Header("X-Apollo-Operation-Name")  # in: Apollo's other one
+# Any of these makes an upload a non-simple request, which a browser preflights (CORS).
+CSRF_HEADERS = (CSRF, APOLLO_PREFLIGHT, APOLLO_OPERATION)
 # Identity (nexes.http.auth)
 AUTHORIZATION = Header("Authorization")  # in: Bearer <JWT>
 WWW_AUTHENTICATE = Header("WWW-Authenticate")  # out: with every 401
@@ -49,7 +53,7 @@ CSV = "text/csv; charset=utf-8"
 
 # The SPA reads these from responses, and sends these with requests (CORS; docs/design.md §5).
 CORS_EXPOSED = (LSN, REQUEST_ID, SERVER_TIMING, TRACERESPONSE, WWW_AUTHENTICATE, *RATE_LIMITS, RETRY_AFTER)
-CORS_ALLOWED = (CONTENT_TYPE, AUTHORIZATION, MIN_LSN, CSRF, REQUEST_ID, TRACEPARENT, TRACESTATE)
+CORS_ALLOWED = (CONTENT_TYPE, AUTHORIZATION, MIN_LSN, *CSRF_HEADERS, REQUEST_ID, TRACEPARENT, TRACESTATE)
 
 
 def scope_header(scope_headers: list[tuple[bytes, bytes]], header: Header) -> str:
