@@ -10,6 +10,7 @@ seconds; then one search tries Typesense again and closes it on success.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import time
@@ -54,6 +55,13 @@ SOD_CANDIDATES = 1_000
 # A short prefix such as `summit` matches thousands of names; 100 expansions cost 65 ms at
 # 10M against 7 ms, so `found` is then the closest names' orders, marked inexact.
 NAME_CANDIDATES = 4
+# Typesense marks matches with these instead of <mark>, and answers the text as it is stored,
+# unescaped: `highlighted` escapes the text and turns only these into <mark> tags. Private-use
+# characters, so that a `<mark>` typed into a customer's name stays text. One stored in a
+# name can at worst move a mark: the text around it is escaped all the same.
+MARK_START = "\ue000"
+MARK_END = "\ue001"
+_SENTINELS = re.compile(f"({MARK_START}|{MARK_END})")
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,8 @@ class SearchService:
             "per_page": per_page,
             "include_fields": "id,sod_number,customer_name",
             "highlight_fields": collection.QUERY_BY,
+            "highlight_start_tag": MARK_START,
+            "highlight_end_tag": MARK_END,
             "search_cutoff_ms": min(self.settings.search_cutoff_ms, int(self.settings.typesense_timeout * 800)),
         }
         flt = filter_by(query)
@@ -292,26 +302,54 @@ def _hit(raw: dict[str, Any], text: str) -> Hit:
         field = str(h["field"])
         if field == "sod_suffixes":  # a fragment of the SOD number: mark it there
             sod = str(document.get("sod_number", ""))
-            field, snippet = "sod_number", mark(sod, text) or sod
+            field, snippet = "sod_number", mark(sod, text) or html.escape(sod)
         elif field == "customer_key":  # the whole name matched, typos and all
-            field, snippet = "customer_name", f"<mark>{document.get('customer_name', '')}</mark>"
+            field, snippet = "customer_name", f"<mark>{html.escape(str(document.get('customer_name', '')))}</mark>"
         else:  # a string[] field answers `snippets`, a string `snippet`
-            snippet = str(h.get("snippet") or " ".join(h.get("snippets") or ()))
+            snippet = highlighted(str(h.get("snippet") or " ".join(h.get("snippets") or ())))
         highlights.setdefault(field, snippet)
     return Hit(int(document["id"]), float(raw.get("text_match", 0)), tuple(highlights.items()))
 
 
+def highlighted(snippet: str) -> str:
+    """Typesense's snippet (matches between MARK_START and MARK_END) as HTML: the text
+    escaped, the matches in <mark> tags, always balanced."""
+    out: list[str] = []
+    inside = False
+    for part in _SENTINELS.split(snippet):
+        if part == MARK_START:
+            if not inside:
+                out.append("<mark>")
+            inside = True
+        elif part == MARK_END:
+            if inside:
+                out.append("</mark>")
+            inside = False
+        else:
+            out.append(html.escape(part))
+    if inside:
+        out.append("</mark>")
+    return "".join(out)
+
+
 def mark(value: str, text: str) -> str | None:
-    """`value` with every occurrence of `text` marked as Typesense marks matches, or None
-    when it holds none (case-insensitive)."""
+    """`value` as HTML with every occurrence of `text` in <mark> tags, as Typesense's
+    snippets come out of `highlighted` (the rest escaped), or None when it holds none
+    (case-insensitive)."""
     pattern = re.compile(re.escape(text), re.IGNORECASE)
-    if not pattern.search(value):
+    out: list[str] = []
+    at = 0
+    for match in pattern.finditer(value):
+        out += [html.escape(value[at : match.start()]), "<mark>", html.escape(match.group(0)), "</mark>"]
+        at = match.end()
+    if not out:
         return None
-    return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", value)
+    out.append(html.escape(value[at:]))
+    return "".join(out)
 
 
 def _pg_highlights(row: search_db.FallbackHit, text: str) -> tuple[tuple[str, str], ...]:
-    """Fields that contain the text, with it marked as Typesense marks it."""
+    """Fields that contain the text, marked and escaped as Typesense's snippets are."""
     found = []
     for name, value in (
         ("sod_number", row.sod_number),
