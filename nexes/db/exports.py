@@ -10,12 +10,20 @@ from psycopg import AsyncConnection, sql
 
 from nexes.db.orders import OrderFilter, _conditions, _filter_params
 
-# Times in ISO-8601 UTC with a Z; amounts as stored (two decimals).
-_SELECT = """
-SELECT o.sod_number,
+# Times in ISO-8601 UTC with a Z; amounts as stored (two decimals), unquoted: numbers stay
+# numbers. CSV injection (OWASP): a text cell a spreadsheet would run as a formula (it
+# begins with =, +, -, @, a tab or a carriage return) gets a leading single quote, and every
+# text cell is quoted (FORCE_QUOTE). Quotes already in front of such a character get one
+# more, and the importer drops one (nexes.imports.parse), so an export imports back unchanged.
+_SELECT = r"""
+SELECT CASE WHEN o.sod_number ~ '^''*[-=+@\t\r]' THEN '''' || o.sod_number ELSE o.sod_number END AS sod_number,
        to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
-       c.code AS customer_code, o.status::text AS status, o.description, o.currency,
-       l.line_no, s.sku, l.quantity, l.unit_price
+       CASE WHEN c.code ~ '^''*[-=+@\t\r]' THEN '''' || c.code ELSE c.code END AS customer_code,
+       o.status::text AS status,
+       CASE WHEN o.description ~ '^''*[-=+@\t\r]' THEN '''' || o.description ELSE o.description END AS description,
+       o.currency, l.line_no,
+       CASE WHEN s.sku ~ '^''*[-=+@\t\r]' THEN '''' || s.sku ELSE s.sku END AS sku,
+       l.quantity, l.unit_price
 FROM {orders} o
 JOIN customer c ON c.id = o.customer_id
 JOIN {lines} l ON l.order_id = o.id AND l.created_at = o.created_at
@@ -45,7 +53,9 @@ def export_query(flt: OrderFilter) -> tuple[sql.Composed, dict[str, Any]]:
         for orders, lines in branches
     ]
     body = sql.SQL(" UNION ALL ").join(selects)
-    query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(body)
+    query = sql.SQL(
+        "COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE (sod_number, customer_code, description, sku))"
+    ).format(body)
     return query, params
 
 
