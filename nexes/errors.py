@@ -79,8 +79,9 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_ENCODING: "an import row holds bytes that are not UTF-8",
     Code.BAD_ROW: "an import row cannot be parsed (quoting, number of columns)",
     Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
-    Code.FORBIDDEN: "the caller's roles may not use this field, mutation or route; the message names the roles that may",
-    Code.UNAUTHENTICATED: "no valid bearer token: missing, malformed, expired, revoked or wrongly signed (the message says which)",
+    Code.FORBIDDEN: "the caller's roles may not use this field, mutation or route; the message names who may",
+    Code.UNAUTHENTICATED: "no valid bearer token: missing, malformed, expired, revoked or wrongly signed "
+    "(the message says which)",
     Code.CSRF_HEADER_REQUIRED: "uploads need X-Nexes-CSRF, Apollo-Require-Preflight or X-Apollo-Operation-Name "
     "(any non-empty value) so a browser cannot forge them",
     Code.REQUEST_TIMEOUT: "the request body came too slowly (the whole body within NEXES_BODY_READ_SECONDS; "

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Route
 
-from nexes.http import graphql
-from nexes.http.app import RequestContextMiddleware
+from tests.support.apps import plain_endpoint
 
 # (body, status, the errors' codes or None for a response without errors, data present)
 BODIES = [
@@ -53,12 +50,7 @@ async def test_json_post_answers_its_status_codes_and_headers_on_both_ways_in(
     assert got.headers["x-request-id"] == "same-request"
     assert "statements" in got.headers["server-timing"]
 
-    state = app_client.app.state  # type: ignore[attr-defined]
-    plain = Starlette(routes=[Route("/graphql", graphql.endpoint, methods=["GET", "POST"])])
-    plain.state.settings, plain.state.router, plain.state.cursors = state.settings, state.router, state.cursors
-    plain.state.pipeline = state.pipeline
-    plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://nexes.test") as route:
+    async with plain_endpoint(app_client.app.state, app_client.headers) as route:  # type: ignore[attr-defined]
         expected = await _post(route, body)
     assert (expected.status_code, expected.json()) == (got.status_code, payload)
     assert expected.headers["content-type"] == got.headers["content-type"]

@@ -18,6 +18,7 @@ import psycopg
 from nexes.db.connect.conninfo import for_role
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.auth import bearer_for
 from tests.support.databases import superuser_url
 from tests.support.stack import stopped
 
@@ -96,7 +97,7 @@ def test_request_id_reaches_uvicorns_json_log_lines(seeded: Settings) -> None:
         resp = httpx.post(
             f"http://127.0.0.1:{port}/graphql",
             json={"query": PAGE},
-            headers={"x-request-id": "uvicorn-log-1"},
+            headers={"x-request-id": "uvicorn-log-1", **bearer_for(seeded, "viewer")},
             timeout=10,
         )
         assert resp.status_code == 200

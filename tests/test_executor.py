@@ -11,6 +11,7 @@ import pytest
 import strawberry
 from strawberry.schema.config import StrawberryConfig
 
+from nexes.auth.identity import ADMIN_VIEWER as ADMIN
 from nexes.execution.executor import FastExecutor, _completers, _plans
 from nexes.execution.schema import make_schema
 from nexes.schema.scalars import SCALAR_MAP
@@ -194,7 +195,11 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
 
         def context() -> Context:
             return Context(
-                request_id="equivalence", settings=state.settings, router=state.router, cursors=state.cursors
+                request_id="equivalence",
+                settings=state.settings,
+                router=state.router,
+                cursors=state.cursors,
+                viewer=ADMIN,
             )
 
         from nexes.execution.pipeline import Pipeline

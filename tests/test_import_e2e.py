@@ -25,6 +25,7 @@ from nexes import settings as settings_module
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
 from nexes.settings import Settings
+from tests.support.auth import bearer_for
 from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
 
 DB = "nexes_t_import_e2e"
@@ -132,7 +133,7 @@ def test_an_upload_over_http_is_imported_by_the_worker_and_reported_over_graphql
     settings, url = running
     data = csv(row("E2E-HTTP-1"), row("E2E-HTTP-2", quantity=0)).encode()
     headers = {"X-Nexes-CSRF": "1", "X-Request-ID": "e2e-upload-1"}
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=bearer_for(settings, "operator")) as client:
         answer = client.post("/api/imports?filename=http.csv", content=data, headers=headers)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]

@@ -356,24 +356,20 @@ async def test_receive_stock_is_idempotent_by_reference(client: httpx.AsyncClien
     assert_invariants(db)
 
 
-async def test_reconcile_dashboard_needs_the_admin_token_and_enqueues_the_job(write_db: Settings) -> None:
-    import dataclasses
-
+async def test_reconcile_dashboard_needs_the_admin_role_and_enqueues_the_job(write_db: Settings) -> None:
     import redis
-    from starlette.datastructures import Secret
 
     query = "mutation { reconcileDashboard { queued errors { code } } }"
-    admin = dataclasses.replace(write_db, admin_token=Secret("s3cret-admin"))
     client = redis.Redis.from_url(write_db.redis_url)
     queue = "dramatiq:maintenance"
     before = client.llen(queue)
-    async with client_for(admin) as c:
+    async with client_for(write_db, roles=("operator", "analyst")) as c:
         refused = await gql(c, query)
-        assert refused["data"]["reconcileDashboard"] == {"queued": False, "errors": [{"code": "FORBIDDEN"}]}
-        wrong = await gql(c, query, **{"X-Nexes-Admin-Token": "guess"})
-        assert wrong["data"]["reconcileDashboard"]["errors"] == [{"code": "FORBIDDEN"}]
+        assert refused["_response"].status_code == 403 and "data" not in refused
+        assert error_codes(refused) == ["FORBIDDEN"] and "admin" in refused["errors"][0]["message"]
         assert client.llen(queue) == before
-        accepted = await gql(c, query, **{"X-Nexes-Admin-Token": "s3cret-admin"})
+    async with client_for(write_db, roles=("admin",)) as c:
+        accepted = await gql(c, query)
         assert accepted["data"]["reconcileDashboard"] == {"queued": True, "errors": []}
     messages = [
         m for m in client.lrange(queue, 0, -1) if b"reconcile_stats" in (client.hget(f"{queue}.msgs", m) or b"")

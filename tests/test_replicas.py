@@ -13,15 +13,12 @@ from dataclasses import replace
 import httpx
 import psycopg
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Route
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.lsn import format_lsn, parse_lsn
-from nexes.http import graphql
-from nexes.http.app import RequestContextMiddleware
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.apps import plain_endpoint
 from tests.support.databases import superuser_url
 from tests.support.replicas import fast, monitor_of, replay_paused, wait_for_state
 from tests.support.stack import stopped
@@ -51,12 +48,7 @@ async def test_a_mutation_answers_the_lsn_in_the_header_and_extensions_on_both_p
         assert parse_lsn(lsn) is not None
         assert body["_response"].headers["x-nexes-lsn"] == lsn
         # Starlette's endpoint (multipart and GET take it) does the same.
-        state = c.app.state  # type: ignore[attr-defined]
-        plain = Starlette(routes=[Route("/graphql", graphql.endpoint, methods=["GET", "POST"])])
-        plain.state.settings, plain.state.router, plain.state.cursors = state.settings, state.router, state.cursors
-        plain.state.pipeline = state.pipeline
-        plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://t") as ref:
+        async with plain_endpoint(c.app.state, c.headers) as ref:  # type: ignore[attr-defined]
             again = await gql(ref, CREATE, {"c": code + "b"})
         assert parse_lsn(again["_response"].headers["x-nexes-lsn"]) >= parse_lsn(lsn)  # type: ignore[operator]
         assert again["extensions"]["consistency"]["lsn"] == again["_response"].headers["x-nexes-lsn"]

@@ -22,7 +22,6 @@ import pytest
 import redis
 import typesense
 from dramatiq.brokers.redis import RedisBroker
-from starlette.datastructures import Secret
 from typesense.exceptions import TypesenseClientError
 
 from nexes.db import search as search_db
@@ -571,19 +570,20 @@ async def test_health_and_metrics_report_sync_lag(
     assert health["breaker"] in ("closed", "half-opened")
 
 
-async def test_reindex_search_mutation_needs_the_admin_token_and_queues_the_job(
+async def test_reindex_search_mutation_needs_the_admin_role_and_queues_the_job(
     search_db_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nexes.jobs.search import reindex_search
 
     mutation = "mutation { reindexSearch { queued errors { code } } }"
-    admin = replace(search_db_settings, admin_token=Secret("search-admin"))
-    async with client_for(admin) as client:
+    sent: list[str] = []
+    monkeypatch.setattr(reindex_search, "send", lambda: sent.append("reindex"))
+    async with client_for(search_db_settings, roles=("operator",)) as client:
         body = await gql(client, mutation)
-        assert body["data"]["reindexSearch"] == {"queued": False, "errors": [{"code": "FORBIDDEN"}]}
-        sent: list[str] = []
-        monkeypatch.setattr(reindex_search, "send", lambda: sent.append("reindex"))
-        body = await gql(client, mutation, **{"X-Nexes-Admin-Token": "search-admin"})
+        assert body["_response"].status_code == 403 and body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        assert sent == []
+    async with client_for(search_db_settings, roles=("admin",)) as client:
+        body = await gql(client, mutation)
         assert body["data"]["reindexSearch"] == {"queued": True, "errors": []} and sent == ["reindex"]
 
 

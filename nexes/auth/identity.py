@@ -49,6 +49,7 @@ class Viewer:
 
 WRITERS = frozenset({Role.OPERATOR, Role.ADMIN})
 ANONYMOUS = Viewer()
+ADMIN_VIEWER = Viewer(subject="admin", roles=frozenset({Role.ADMIN}))
 
 
 def system(name: str) -> Viewer:

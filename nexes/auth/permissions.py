@@ -32,6 +32,7 @@ ROOT: dict[str, frozenset[Role]] = {
     # Operators see their own jobs, admins every one (nexes.resolvers.imports filters).
     "Query.importJob": WRITERS,
     "Query.importJobs": WRITERS,
+    "Query.auditEvents": ADMINS,
     "Mutation.createServiceOrder": WRITERS,
     "Mutation.updateServiceOrder": WRITERS,
     "Mutation.cancelServiceOrder": WRITERS,

@@ -5,7 +5,8 @@ A request meets them in this order:
 
 1. document rules: validation rules, run with graphql-core's own on the parsed document
    (cached with it by query text, so a rule must judge the document alone);
-2. operation guards: called with the operation and the context before it executes;
+2. operation guards: called with the document, the operation and the context before it
+   executes;
 3. field guards: called with the context and the parent object before each field they
    cover resolves, on the fast path and the stock path alike (the fast path hands covered
    fields to the stock path, decided once per selection set);
@@ -22,12 +23,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import ASTValidationRule, ExecutionResult, OperationDefinitionNode
+from graphql import ASTValidationRule, DocumentNode, ExecutionResult, OperationDefinitionNode
 
 from nexes.resolvers.context import Context
 
 DocumentRule = type[ASTValidationRule]
-OperationGuard = Callable[[OperationDefinitionNode, Context], None]
+OperationGuard = Callable[[DocumentNode, OperationDefinitionNode, Context], None]
 # (context, field coordinate such as "ServiceOrder.totalAmount", the parent object)
 FieldCheck = Callable[[Context, str, Any], None]
 ResultMask = Callable[[ExecutionResult, Context], ExecutionResult]

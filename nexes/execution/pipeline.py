@@ -35,6 +35,7 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from nexes.errors import NexesError
 from nexes.execution.executor import HookedExecutor
 from nexes.execution.hooks import Hooks
+from nexes.execution.permissions import FIELD_GUARDS, require_roles
 from nexes.resolvers.context import Context
 
 MAX_DEPTH = 10
@@ -44,7 +45,7 @@ CACHE_SIZE = 1000  # documents, by query text: the parse cache and the validatio
 
 # Made once: a validation rule is a class, and new classes per request would be new rules.
 LIMIT_RULES = (depth_validator(MAX_DEPTH, None, None), aliases_validator(MAX_ALIASES))
-DEFAULT_HOOKS = Hooks(document_rules=LIMIT_RULES)
+DEFAULT_HOOKS = Hooks(document_rules=LIMIT_RULES, operation_guards=(require_roles,), field_guards=FIELD_GUARDS)
 
 
 class OperationNotAllowed(Exception):
@@ -104,7 +105,7 @@ class Pipeline:
         hooks = self.hooks
         try:
             for guard in hooks.operation_guards:
-                guard(operation, context)
+                guard(document, operation, context)
         except NexesError as refused:
             return ExecutionResult(data=None, errors=[GraphQLError(refused.message, operation, original_error=refused)])
         result = execute(

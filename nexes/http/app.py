@@ -17,15 +17,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexes import metrics
+from nexes.auth.revocation import Revocations
+from nexes.auth.tokens import TokenVerifier
 from nexes.db.connect.monitor import ReplicaMonitor
 from nexes.db.connect.pools import Pools
-from nexes.db.connect.router import Router
+from nexes.db.connect.router import AnalystRouter, Router
 from nexes.db.keyset import CursorCodec
 from nexes.errors import Code, NexesError
 from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
 from nexes.execution.schema import schema
 from nexes.http import exports, graphql, headers, health, uploads
+from nexes.http.auth import Authenticator, AuthMiddleware
 from nexes.http.errors import error_payload, send_json
 from nexes.observability import (
     configure_tracing,
@@ -195,15 +198,21 @@ IMPORTS_PATH = "/api/imports"
 
 
 def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
-    """The API; `hooks` are the GraphQL pipeline's (nexes.execution.hooks)."""
+    """The API; `hooks` are the GraphQL pipeline's (nexes.execution.hooks).
+
+    Refuses (SettingsError) without a JWT key source or a cursor secret."""
+    settings.check_api()
     configure_tracing(settings, "nexes-api")  # once per process: a later call changes nothing
     pools = Pools.for_api(settings)
     monitor = ReplicaMonitor.for_settings(settings)
+    verifier = TokenVerifier(settings)
+    revocations = Revocations(settings.redis_url, settings.redis_timeout)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pools.open()
         await monitor.start()
+        await verifier.start()
         # Start-up objects live forever: keep the collector from scanning them again.
         gc.collect()
         gc.freeze()
@@ -213,6 +222,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
         finally:
             await monitor.stop()
             await pools.close()
+            await revocations.close()
 
     app = Starlette(
         routes=[
@@ -229,9 +239,13 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.pools = pools
     app.state.monitor = monitor
     app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
+    app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.state.pipeline = Pipeline(schema, hooks)
     app.add_middleware(graphql.GraphQLMiddleware)  # inside the request context: it sees the request id
+    # Who is asking, before any endpoint (the GraphQL one included); its 401s carry the request id.
+    app.state.authenticator = Authenticator(verifier, revocations)
+    app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
     )

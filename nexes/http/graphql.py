@@ -13,7 +13,6 @@ errors are formatted by nexes.http.errors.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
+from nexes.auth.identity import Viewer
 from nexes.db.connect.lsn import parse_lsn
 from nexes.db.connect.router import Consistency, consistency_var
 from nexes.errors import Code, NexesError, bad_input
 from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
 from nexes.http import headers
+from nexes.http.auth import viewer_of
 from nexes.http.errors import (
     Payload,
     error_response,
@@ -40,8 +41,7 @@ from nexes.http.errors import (
 )
 from nexes.http.uploads import graphql_multipart, is_multipart
 from nexes.observability import request_id_var
-from nexes.resolvers.context import Context, Viewer
-from nexes.settings import Settings
+from nexes.resolvers.context import Context
 
 PATH = "/graphql"
 
@@ -81,19 +81,7 @@ def _loads(raw: bytes, what: str) -> Any:
         raise bad_input(f"{what} is not valid JSON") from None
 
 
-ADMIN = Viewer(subject="admin", roles=frozenset({"admin"}))
-
-
-def viewer_of(given: str, settings: Settings) -> Viewer:
-    """Admin when the request carries the configured admin token (`given`, compared in
-    constant time); in development with no token configured, everyone is admin."""
-    token = str(settings.admin_token)
-    if (token and hmac.compare_digest(given.encode(), token.encode())) or (not token and settings.development):
-        return ADMIN
-    return Viewer()
-
-
-async def execute(app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn: str = "") -> tuple[Payload, int]:
+async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = "") -> tuple[Payload, int]:
     """The payload and HTTP status of a parsed request, run with the app's state.
 
     `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
@@ -106,7 +94,7 @@ async def execute(app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn:
             return error_result(bad_input(f"{headers.MIN_LSN.name} must be a WAL position like 16/B374D848"))
     token = consistency_var.set(consistency)
     try:
-        payload, status = await _run(app, gql, admin_token)
+        payload, status = await _run(app, gql, viewer)
     finally:
         consistency_var.reset(token)
     if consistency.lsn is not None:
@@ -114,13 +102,14 @@ async def execute(app: Any, gql: GraphQLRequest, admin_token: str = "", min_lsn:
     return payload, status
 
 
-async def _run(app: Any, gql: GraphQLRequest, admin_token: str) -> tuple[Payload, int]:
+async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer) -> tuple[Payload, int]:
     context = Context(
         request_id=request_id_var.get() or "",
         settings=app.settings,
-        router=app.router,
+        # An analyst's reads run under the analyst role on the analyst pools, always.
+        router=app.analyst_router if viewer.analyst_only else app.router,
         cursors=app.cursors,
-        viewer=viewer_of(admin_token, app.settings),
+        viewer=viewer,
     )
     try:
         result = await app.pipeline.run(
@@ -131,6 +120,10 @@ async def _run(app: Any, gql: GraphQLRequest, admin_token: str) -> tuple[Payload
     except UnknownOperation:
         message = "the document has no operation by that operationName (or several and no operationName)"
         return refusal(Code.BAD_USER_INPUT, message, 400)
+    if result.errors and result.data is None and all(e.path is None for e in result.errors):
+        # Refused before execution (syntax, validation, permissions): no `data` at all.
+        errors = [format_error(e) for e in result.errors]
+        return {"errors": errors}, request_status(errors)
     payload: Payload = {"data": result.data}
     status = 200
     if result.errors:
@@ -185,7 +178,7 @@ async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
         payload, status = await execute(
             scope["app"].state,
             gql,
-            headers.scope_header(scope_headers, headers.ADMIN_TOKEN),
+            viewer_of(scope),
             headers.scope_header(scope_headers, headers.MIN_LSN),
         )
     lsn = lsn_of(payload)
@@ -245,7 +238,7 @@ async def _params(request: Request, params: Any, *, queries_only: bool) -> Respo
     payload, status = await execute(
         request.app.state,
         gql,
-        request_headers.get(headers.ADMIN_TOKEN.key, ""),
+        viewer_of(request.scope),
         request_headers.get(headers.MIN_LSN.key, ""),
     )
     response = json_response(payload, status)

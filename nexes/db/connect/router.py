@@ -390,3 +390,19 @@ class Router:
 
 def _translated(exc: Exception) -> Exception:
     return translate(exc) or exc
+
+
+class AnalystRouter(Router):
+    """The router of a caller whose every read runs as the analyst (nexes.auth: an analyst
+    who may not write): reads on the analyst pools of healthy replicas, never the primary;
+    writes refused. Shares the replica health and load counts of the router it wraps."""
+
+    def __init__(self, base: Router) -> None:
+        super().__init__(base.pools, base.health, base.replica_timeout)
+        self.in_flight = base.in_flight
+
+    async def read(self, work: Work[T], *, fresh: bool = False) -> T:
+        return await self.analyst(work)
+
+    async def write(self, work: Work[T]) -> T:
+        raise NexesError(Code.FORBIDDEN, "analysts read only; writes need the operator or admin role")
