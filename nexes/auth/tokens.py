@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 JWKS_REFRESH_SECONDS = 60.0
 CACHE_SIZE = 10_000  # checked tokens remembered by their text
 MAX_TOKEN_BYTES = 8_192
+MAX_TTL = 30 * 86400.0  # the longest-lived token `nexes token` mints
 
 
 class Unauthenticated(NexesError):
@@ -260,6 +261,8 @@ def mint(settings: Settings, roles: Iterable[str], subject: str = "dev", ttl: fl
     unknown = sorted(set(roles) - ROLES)
     if unknown:
         raise NexesError(Code.BAD_USER_INPUT, f"unknown role(s) {', '.join(unknown)}: use {', '.join(sorted(ROLES))}")
+    if not 0 < ttl <= MAX_TTL:
+        raise NexesError(Code.BAD_USER_INPUT, f"a token lives between 1 and {MAX_TTL:.0f} seconds")
     now = int(time.time())
     claim = settings.jwt_roles_claim if not settings.jwt_roles_claim.startswith("/") else "roles"
     claims = {

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
 from nexes.auth.identity import Viewer
+from nexes.auth.tokens import mint
 from nexes.db.connect.lsn import parse_lsn
 from nexes.db.connect.router import Consistency, consistency_var
 from nexes.errors import Code, NexesError, bad_input
@@ -222,11 +223,26 @@ async def _answer(request: Request) -> Response:
     app = request.app.state
     if request.method == "GET":
         if "query" not in request.query_params and app.settings.development:
-            return HTMLResponse(get_graphql_ide_html(graphql_ide="graphiql"))
+            return HTMLResponse(ide_page(app.settings))
         return await _params(request, dict(request.query_params), queries_only=True)
     if is_multipart(request.headers.get(headers.CONTENT_TYPE.key, "")):
         return await graphql_multipart(request, lambda operations: _params(request, operations, queries_only=False))
     return error_response(bad_input("send GraphQL as application/json (or GET for queries)"))
+
+
+DEV_IDE_SUBJECT = "dev:graphiql"
+DEV_IDE_TTL = 12 * 3600.0
+
+
+def ide_page(settings: Any) -> str:
+    """GraphiQL's page (development only): it carries an admin token of its own, minted
+    with the development secret, so the IDE works as it opens."""
+    page = get_graphql_ide_html(graphql_ide="graphiql")
+    if not str(settings.jwt_secret):
+        return page
+    token = mint(settings, ["admin"], subject=DEV_IDE_SUBJECT, ttl=DEV_IDE_TTL)
+    headers_js = orjson.dumps({headers.AUTHORIZATION.name: f"Bearer {token}"}).decode()
+    return page.replace("const defaultHeaders = {};", f"const defaultHeaders = {headers_js};", 1)
 
 
 async def _params(request: Request, params: Any, *, queries_only: bool) -> Response:
