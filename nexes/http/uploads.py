@@ -24,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from nexes.auth.identity import ANONYMOUS
 from nexes.errors import Code, NexesError, bad_input
 from nexes.http import headers
 from nexes.http.errors import error_payload, error_response, json_response
@@ -128,8 +129,10 @@ class PartReader:
     when the request fails (or when no operation used them).
     """
 
-    def __init__(self, new_writer: WriterFactory) -> None:
+    def __init__(self, new_writer: WriterFactory, *, max_files: int = 1) -> None:
         self._new_writer = new_writer
+        self._max_files = max_files
+        self._files = 0
         self.writers: list[UploadWriter] = []
         self._current: UploadWriter | None = None
 
@@ -138,6 +141,7 @@ class PartReader:
         async for block in request.stream():
             for event in form.feed(block):
                 if isinstance(event, PartStart):
+                    self._count(event)
                     await self._begin(event)
                 elif isinstance(event, bytes):
                     await self._data(event)
@@ -146,6 +150,14 @@ class PartReader:
         if not form.finished:
             raise bad_input("the multipart body ends before its closing boundary")
         self.done()
+
+    def _count(self, part: PartStart) -> None:
+        """Every part that carries a file counts, stored or skipped: refused past the cap."""
+        if part.filename is None:
+            return
+        self._files += 1
+        if self._files > self._max_files:
+            raise too_many_files(self._max_files)
 
     async def _begin_file(self, part: PartStart) -> None:
         writer = self._new_writer(part.filename)
@@ -206,8 +218,8 @@ class GraphQLMultipartReader(PartReader):
     """The GraphQL multipart request spec: `operations` (JSON), `map` (JSON), then the files,
     in that order; each file is placed in the operation's variables at the paths `map` gives."""
 
-    def __init__(self, new_writer: WriterFactory, *, max_field_bytes: int) -> None:
-        super().__init__(new_writer)
+    def __init__(self, new_writer: WriterFactory, *, max_field_bytes: int, max_files: int = 1) -> None:
+        super().__init__(new_writer, max_files=max_files)
         self._max_field_bytes = max_field_bytes
         self._field: bytearray | None = None
         self.operations: dict[str, Any] | None = None
@@ -270,6 +282,13 @@ class GraphQLMultipartReader(PartReader):
                 _place(self.operations, path, upload)
 
 
+def too_many_files(limit: int) -> NexesError:
+    return NexesError(
+        Code.PAYLOAD_TOO_LARGE,
+        f"the request holds more than {limit} file(s) (NEXES_UPLOAD_MAX_FILES); send one request per file",
+    )
+
+
 def _json(raw: bytes, what: str) -> Any:
     try:
         return orjson.loads(raw)
@@ -320,10 +339,12 @@ def _place(operations: dict[str, Any], path: list[str], upload: StoredUpload) ->
 
 
 def _csrf_error(request: Request) -> Response | None:
-    """Uploads need a non-simple header: a browser cannot send one cross-site without CORS."""
-    if request.headers.get(headers.CSRF.key, "").strip():
+    """Uploads need a non-simple header (Nexes' own, or either of Apollo Client's
+    conventional two): a browser cannot send one cross-site without a CORS preflight."""
+    if any(request.headers.get(h.key, "").strip() for h in headers.CSRF_HEADERS):
         return None
-    message = f"uploads need the header {headers.CSRF.name} (any non-empty value)"
+    names = ", ".join(h.name for h in headers.CSRF_HEADERS)
+    message = f"uploads need one of the headers {names} (any non-empty value)"
     return json_response({"errors": [error_payload(Code.CSRF_HEADER_REQUIRED, message)]}, 400)
 
 
@@ -336,6 +357,7 @@ def _writer_factory(request: Request) -> WriterFactory:
             filename=filename,
             max_bytes=app.settings.import_max_bytes,
             retention_days=app.settings.import_retention_days,
+            created_by=getattr(request.state, "viewer", ANONYMOUS).subject,
         )
 
     return new_writer
@@ -348,7 +370,10 @@ async def graphql_multipart(request: Request, run: Callable[[Any], Awaitable[Res
     refused = _csrf_error(request)
     if refused is not None:
         return refused
-    reader = GraphQLMultipartReader(_writer_factory(request), max_field_bytes=request.app.state.settings.max_body_bytes)
+    settings = request.app.state.settings
+    reader = GraphQLMultipartReader(
+        _writer_factory(request), max_field_bytes=settings.max_body_bytes, max_files=settings.upload_max_files
+    )
     try:
         await reader.read(request)
     except (NexesError, ClientDisconnect) as exc:
@@ -374,7 +399,7 @@ async def imports(request: Request) -> Response:
     writers: list[UploadWriter] = []
     try:
         if is_multipart(content_type):
-            reader = FileFieldReader(new_writer)
+            reader = FileFieldReader(new_writer, max_files=request.app.state.settings.upload_max_files)
             writers = reader.writers
             await reader.read(request)
             assert reader.upload is not None

@@ -63,11 +63,27 @@ class Row:
 
 
 class FileError(Exception):
-    """The file cannot be read at all; the job fails with `message` (code BAD_FILE)."""
+    """The file cannot be read at all; the job fails with `message` (code BAD_FILE), at once:
+    reading it again would fail the same way."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one file may cost to read (NEXES_XLSX_MAX_*, NEXES_IMPORT_MAX_CELLS_PER_ROW):
+    past any of them the file is refused (FileError) before it costs more."""
+
+    xlsx_max_uncompressed_bytes: int = 2 << 30
+    xlsx_max_ratio: int = 100
+    xlsx_max_shared_strings: int = 2_000_000
+    max_cells_per_row: int = 64
+
+
+# A member smaller than this is not held to the ratio: tiny parts compress oddly, and cost nothing.
+_RATIO_FLOOR = 1 << 20
 
 
 def detect_format(head: bytes) -> Literal["csv", "xlsx"]:
@@ -85,19 +101,31 @@ def detect_format(head: bytes) -> Literal["csv", "xlsx"]:
     try:
         with zipfile.ZipFile(io.BytesIO(head)) as archive:
             _require_workbook(archive)
-    except zipfile.BadZipFile:
-        pass
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+        pass  # only a partial head, or damaged: read_rows checks the whole file
     return "xlsx"
 
 
-def read_rows(file: BinaryIO, *, skip: int = 0) -> Iterator[Row]:
+def read_rows(file: BinaryIO, *, skip: int = 0, limits: Limits = Limits()) -> Iterator[Row]:
     """Yield the file's data records as validated rows, after the first `skip` of them."""
     file.seek(0)
     kind = detect_format(file.read(8))
     file.seek(0)
     if kind == "xlsx":
-        return _xlsx_rows(file, skip)
-    return _csv_rows(file, skip)
+        return _file_errors(_xlsx_rows(file, skip, limits))
+    return _file_errors(_csv_rows(file, skip, limits.max_cells_per_row))
+
+
+def _file_errors(rows: Iterator[Row]) -> Iterator[Row]:
+    """Whatever else a parser raises is the file's fault too (a zlib error, a parser's
+    KeyError, a lying ZIP directory): a FileError, so the job fails once instead of being
+    retried. Parsing is pure, so nothing transient can fail in here."""
+    try:
+        yield from rows
+    except FileError:
+        raise
+    except Exception as exc:
+        raise FileError(f"the file cannot be read ({_describe(exc)}); save it again or export CSV") from exc
 
 
 def count_hint(file: BinaryIO) -> int | None:
@@ -477,18 +505,25 @@ class _CsvRecords:
 _QUOTING_RULE = 'a field holding a comma, quote or line break must be quoted whole, with each inner " doubled'
 
 
-def _csv_rows(file: BinaryIO, skip: int) -> Iterator[Row]:
+def _csv_rows(file: BinaryIO, skip: int, max_cells: int = Limits.max_cells_per_row) -> Iterator[Row]:
     file.seek(0)
     if file.read(3) != _BOM:
         file.seek(0)
     text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")
     try:
-        yield from _csv_records(_CsvRecords(text), skip)
+        yield from _csv_records(_CsvRecords(text), skip, max_cells)
     finally:
         text.detach()
 
 
-def _csv_records(records: _CsvRecords, skip: int) -> Iterator[Row]:
+def too_many_cells(where: str, cells: int, limit: int) -> FileError:
+    return FileError(
+        f"{where} has {cells:,} cells; at most {limit} are read (NEXES_IMPORT_MAX_CELLS_PER_ROW): "
+        f"the file must hold the columns {', '.join(COLUMNS)}"
+    )
+
+
+def _csv_records(records: _CsvRecords, skip: int, max_cells: int = Limits.max_cells_per_row) -> Iterator[Row]:
     stream = iter(records)
     header = next(stream, None)
     if header is None:
@@ -496,6 +531,8 @@ def _csv_records(records: _CsvRecords, skip: int) -> Iterator[Row]:
     line_no, _, names, problem = header
     if names is None:
         raise FileError(f"the header on line {line_no} cannot be read: {problem}")
+    if len(names) > max_cells:
+        raise too_many_cells(f"the header (line {line_no})", len(names), max_cells)
     index = _header_index(names, f"line {line_no}")
     width = records.width = len(names)
     pick: Callable[[list[str]], Sequence[str]] | None = None
@@ -504,6 +541,8 @@ def _csv_records(records: _CsvRecords, skip: int) -> Iterator[Row]:
     first = index[0]
     validator = _Validator()
     for line_no, raw, fields, problem in stream:
+        if fields is not None and len(fields) > max_cells:
+            raise too_many_cells(f"line {line_no}", len(fields), max_cells)
         if fields is None or len(fields) != width:
             if skip:
                 skip -= 1
@@ -546,14 +585,20 @@ def _require_workbook(archive: zipfile.ZipFile) -> None:
         raise FileError("this is a ZIP archive but not an XLSX workbook (it has no xl/workbook.xml)")
 
 
-def _xlsx_rows(file: BinaryIO, skip: int) -> Iterator[Row]:
+def _xlsx_rows(file: BinaryIO, skip: int, limits: Limits = Limits()) -> Iterator[Row]:
     try:
         with zipfile.ZipFile(file) as archive:
             _require_workbook(archive)
-            declared = len(_SHEET_TAG.findall(archive.read("xl/workbook.xml")))
+            _check_sizes(archive, limits)
+            declared = len(_SHEET_TAG.findall(_member(archive, "xl/workbook.xml", limits)))
+            _check_shared_strings(archive, limits)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
         raise FileError(f"the XLSX file is damaged and cannot be opened ({exc})") from exc
-    from openpyxl import load_workbook  # imported here: CSV-only workers never pay for it
+    import openpyxl.xml  # imported here: CSV-only workers never pay for it
+    from openpyxl import load_workbook
+
+    if not openpyxl.xml.DEFUSEDXML:  # OPENPYXL_DEFUSEDXML=False, or defusedxml missing
+        raise FileError("this server cannot read XLSX files safely (defusedxml is off): upload CSV")
 
     book = _open_book(load_workbook, file, data_only=True)
     if len(book.sheetnames) < declared:  # openpyxl skips a sheet whose part is missing
@@ -561,10 +606,70 @@ def _xlsx_rows(file: BinaryIO, skip: int) -> Iterator[Row]:
         raise FileError(f"the XLSX file is damaged: it lists {declared} sheet(s) but holds {len(book.sheetnames)}")
     formulas = _Formulas(lambda: _open_book(load_workbook, file, data_only=False))
     try:
-        yield from _sheet_rows(_first_sheet(book), formulas, skip)
+        yield from _sheet_rows(_first_sheet(book), formulas, skip, limits.max_cells_per_row)
     finally:
         book.close()
         formulas.close()
+
+
+def _check_sizes(archive: zipfile.ZipFile, limits: Limits) -> None:
+    """The ZIP directory's sizes against the caps, before anything is decompressed. The
+    directory may lie: zipfile never yields more than a member's declared size (and fails
+    its CRC check when the data holds more), and _member counts what it decompresses."""
+    total = 0
+    for info in archive.infolist():
+        total += info.file_size
+        if total > limits.xlsx_max_uncompressed_bytes:
+            raise FileError(
+                f"the XLSX file unpacks to more than {limits.xlsx_max_uncompressed_bytes:,} bytes "
+                "(NEXES_XLSX_MAX_UNCOMPRESSED_BYTES): split it, or export CSV"
+            )
+        if info.file_size >= _RATIO_FLOOR and info.file_size > limits.xlsx_max_ratio * max(info.compress_size, 1):
+            raise FileError(
+                f"the XLSX part {info.filename} unpacks {info.file_size // max(info.compress_size, 1):,} times "
+                f"larger than it is stored; at most {limits.xlsx_max_ratio} (NEXES_XLSX_MAX_RATIO): "
+                "a workbook saved by a spreadsheet never does that"
+            )
+
+
+def _member(archive: zipfile.ZipFile, name: str, limits: Limits) -> bytes:
+    """A small member, read within the size cap however the directory lies."""
+    with archive.open(name) as member:
+        data = member.read(limits.xlsx_max_uncompressed_bytes + 1)
+    if len(data) > limits.xlsx_max_uncompressed_bytes:
+        raise FileError(f"the XLSX part {name} unpacks to more than {limits.xlsx_max_uncompressed_bytes:,} bytes")
+    return data
+
+
+_SHARED_STRING = re.compile(rb"<(?:[A-Za-z_][\w.-]{0,31}:)?si[\s/>]")
+_SHARED_TAIL = 40  # longer than any match: a tag cut by a block boundary is found in the next
+
+
+def _check_shared_strings(archive: zipfile.ZipFile, limits: Limits) -> None:
+    """Count the shared strings by streaming their part (openpyxl loads them all into a list,
+    and the part's own `count` attributes may lie); refuse more than the cap."""
+    names = {info.filename for info in archive.infolist()}
+    name = next((n for n in ("xl/sharedStrings.xml", "xl/sharedstrings.xml") if n in names), None)
+    if name is None:
+        return
+    count, tail, size = 0, b"", 0
+    with archive.open(name) as member:
+        while block := member.read(1 << 20):
+            size += len(block)
+            if size > limits.xlsx_max_uncompressed_bytes:
+                raise FileError(
+                    f"the XLSX shared strings unpack to more than {limits.xlsx_max_uncompressed_bytes:,} bytes"
+                )
+            data = tail + block
+            end = 0
+            for match in _SHARED_STRING.finditer(data):
+                count, end = count + 1, match.end()
+            tail = data[max(end, len(data) - _SHARED_TAIL) :]  # after the last match: none counted twice
+            if count > limits.xlsx_max_shared_strings:
+                raise FileError(
+                    f"the XLSX file holds more than {limits.xlsx_max_shared_strings:,} distinct texts (shared "
+                    "strings; NEXES_XLSX_MAX_SHARED_STRINGS): split it, or export CSV"
+                )
 
 
 def _open_book(load: Callable[..., Any], file: BinaryIO, *, data_only: bool) -> Any:
@@ -576,7 +681,12 @@ def _open_book(load: Callable[..., Any], file: BinaryIO, *, data_only: bool) -> 
 
 
 def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    root: BaseException = exc
+    while (below := root.__cause__ or root.__context__) is not None and below is not exc:
+        root = below
+    # openpyxl words every XML failure alike; the root names it (defusedxml's EntitiesForbidden, say)
+    return text if root is exc else f"{text}; cause: {type(root).__name__}"
 
 
 def _first_sheet(book: Any) -> Iterator[tuple[Any, ...]]:
@@ -627,11 +737,15 @@ class _Formulas:
             self._book.close()
 
 
-def _sheet_rows(rows: Iterator[tuple[Any, ...]], formulas: _Formulas, skip: int) -> Iterator[Row]:
+def _sheet_rows(
+    rows: Iterator[tuple[Any, ...]], formulas: _Formulas, skip: int, max_cells: int = Limits.max_cells_per_row
+) -> Iterator[Row]:
     index: tuple[int, ...] | None = None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="")
     for row_no, cells in enumerate(rows, 1):
+        if len(cells) > max_cells:
+            raise too_many_cells(f"row {row_no} of the first sheet", len(cells), max_cells)
         values = [cell.value for cell in cells]
         if all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
             continue

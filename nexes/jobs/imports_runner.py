@@ -31,6 +31,7 @@ from nexes.db import imports_apply as sql
 from nexes.db import migrate
 from nexes.db.connect.worker import worker_pool
 from nexes.db.imports import upload_chunks
+from nexes.errors import Code
 from nexes.imports import parse as importfile
 from nexes.jobs.search import request_sync
 from nexes.observability import request_id_var, traceparent_var
@@ -104,7 +105,7 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
         if phase == "apply" and not _staged_intact(pool, params, staged_rows):
             phase, staged_rows = "stage", 0  # _staged_intact has reset the stage
         if phase == "stage":
-            _stage(pool, params, staged_rows, heartbeat, stage_batch_rows(settings))
+            _stage(pool, params, staged_rows, heartbeat, stage_batch_rows(settings), limits=file_limits(settings))
         _apply(pool, params, settings, heartbeat)
         if not _staged_intact(pool, params, None):
             # The rows went while this run applied them (the server restarted, and the
@@ -113,8 +114,9 @@ def run(job_id: int, settings: Settings, *, request_id: str | None = None, trace
             raise sql.StagedRowsLost(f"import job {job_id}: staged rows lost while applying")
         return _finish(pool, params, settings, None, None)
     except importfile.FileError as exc:
+        # Final at once: the same bytes would fail the same way, so no retry, no sweep.
         log.info("import %d: the file cannot be imported: %s", job_id, exc.message)
-        return _finish(pool, params, settings, "FAILED", exc.message)
+        return _finish(pool, params, settings, "FAILED", f"{Code.BAD_FILE}: {exc.message}")
     except Cancelled:
         return _finish(pool, params, settings, "CANCELLED", "cancelled on request; orders applied before stay")
     except sql.LeaseLost:
@@ -174,8 +176,24 @@ def _staged_intact(pool: ConnectionPool, params: dict[str, Any], staged_rows: in
         return False
 
 
+def file_limits(settings: Settings) -> importfile.Limits:
+    """What reading one file may cost (the settings' caps)."""
+    return importfile.Limits(
+        xlsx_max_uncompressed_bytes=settings.xlsx_max_uncompressed_bytes,
+        xlsx_max_ratio=settings.xlsx_max_ratio,
+        xlsx_max_shared_strings=settings.xlsx_max_shared_strings,
+        max_cells_per_row=settings.import_max_cells_per_row,
+    )
+
+
 def _stage(
-    pool: ConnectionPool, params: dict[str, Any], staged_rows: int, heartbeat: Heartbeat, batch_rows: int
+    pool: ConnectionPool,
+    params: dict[str, Any],
+    staged_rows: int,
+    heartbeat: Heartbeat,
+    batch_rows: int,
+    *,
+    limits: importfile.Limits,
 ) -> None:
     job = params["job"]
     if not _staged_intact(pool, params, staged_rows):
@@ -184,7 +202,7 @@ def _stage(
         fmt = importfile.detect_format(file.read(8192))
         file.seek(0)
         batch: list[importfile.Row] = []
-        for parsed in importfile.read_rows(file, skip=staged_rows):
+        for parsed in importfile.read_rows(file, skip=staged_rows, limits=limits):
             batch.append(parsed)
             if len(batch) >= batch_rows:
                 staged_rows = _stage_batch(pool, params, batch, staged_rows, fmt)
