@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,23 +181,77 @@ async def _wait_import(settings: settings_module.Settings, job_id: int, timeout:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """uvicorn on the public port; /metrics only on NEXES_OPS_LISTEN, served by this process.
+
+    prometheus_client's multiprocess mode: a fresh PROMETHEUS_MULTIPROC_DIR is set here,
+    before this process or any worker imports prometheus_client, and this (supervising)
+    process serves the whole directory, every worker's series in one scrape
+    (nexes/metrics.py says why not SO_REUSEPORT). The directory goes when serve stops."""
+    import tempfile
+
     import uvicorn
 
     from nexes.observability import logging_config
 
     settings = _settings()  # fail early, naming the setting, before uvicorn starts workers
-    uvicorn.run(
-        "nexes.http.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=10,
-        log_config=logging_config(settings.log_level),
-        access_log=settings.access_log,
-    )
+    directory = Path(tempfile.mkdtemp(prefix="nexes-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # read by prometheus_client at import
+    from nexes import metrics
+
+    try:
+        metrics.serve_ops(settings.ops_listen, directory)
+    except metrics.OpsListenError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        sys.exit(f"nexes serve: {exc}")
+
+    def remove_and_die(signum: int, frame: object) -> None:
+        # uvicorn re-raises the SIGTERM it handled once it has shut down: clean up, then die of it.
+        shutil.rmtree(directory, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, remove_and_die)
+    try:
+        uvicorn.run(
+            "nexes.http.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+            log_config=logging_config(settings.log_level),
+            access_log=settings.access_log,
+        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# Only the ddl worker (and the `nexes` commands) get the owner's and the replicas'
+# superuser URLs; every other process runs without them.
+OWNER_VARIABLES = ("NEXES_ADMIN_URL", "NEXES_REPLICA_ADMIN_URLS")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    """`dramatiq nexes.jobs`: as nexes_worker without the owner's URLs, every queue but ddl;
+    with --ddl, the ddl queue alone (partitions, archive), the one worker given NEXES_ADMIN_URL."""
+    settings = _settings()
+    command = [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", str(args.processes)]
+    command += ["--threads", str(args.threads)]
+    if args.ddl:
+        try:
+            settings.owner_url()
+        except settings_module.SettingsError as exc:
+            sys.exit(f"nexes worker --ddl: {exc}")
+        from nexes.jobs.runtime import DDL_QUEUE
+
+        command += ["--queues", DDL_QUEUE]
+        env = dict(os.environ)
+    else:
+        # Without the owner's URL, nexes.jobs.runtime keeps this worker off the ddl queue.
+        env = {k: v for k, v in os.environ.items() if k not in OWNER_VARIABLES}
+    os.execve(sys.executable, command, env)  # noqa: S606  # dramatiq in this process's place: signals reach it
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
@@ -259,18 +314,23 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    """API, worker and scheduler side by side; a worker that dies is restarted."""
+    """API, worker, ddl worker and scheduler side by side; a worker that dies is restarted.
+    Only the ddl worker gets the owner's URLs."""
     _settings()
     exe = sys.executable
     commands = {
         "api": [exe, "-m", "nexes.cli", "serve", "--host", args.host, "--port", str(args.port)],
-        "worker": [exe, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "4"],
+        "worker": [exe, "-m", "nexes.cli", "worker", "--processes", "1", "--threads", "4"],
+        "ddl-worker": [exe, "-m", "nexes.cli", "worker", "--ddl", "--processes", "1", "--threads", "1"],
         "scheduler": [exe, "-m", "nexes.cli", "scheduler"],
     }
-    supervise(commands, restart={"worker", "scheduler"})
+    # Only the ddl worker keeps the owner's URLs (`nexes worker` drops them for the other).
+    without_owner = {k: v for k, v in os.environ.items() if k not in OWNER_VARIABLES}
+    envs = {"api": without_owner, "scheduler": without_owner}
+    supervise(commands, restart={"worker", "ddl-worker", "scheduler"}, envs=envs)
 
 
-def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
+def supervise(commands: dict[str, list[str]], restart: set[str], envs: dict[str, dict[str, str]] | None = None) -> None:
     """Run the commands until SIGINT/SIGTERM, restarting those in `restart` when they exit.
 
     Hand-written because it is a few lines; supervisord or honcho would add a daemon
@@ -280,7 +340,7 @@ def supervise(commands: dict[str, list[str]], restart: set[str]) -> None:
     """
 
     def start(name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(commands[name], start_new_session=True)
+        return subprocess.Popen(commands[name], start_new_session=True, env=(envs or {}).get(name))
 
     def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -348,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run Dramatiq workers: every queue but ddl, or --ddl alone")
+    worker.add_argument("--ddl", action="store_true", help="the ddl queue (partitions, archive) as the owner")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--threads", type=int, default=4)
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(func=cmd_scheduler)
     rec = sub.add_parser("reconcile", help="recompute dashboard stats, check stock; drift goes to stat_drift")
     rec.add_argument(
@@ -364,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
         func=cmd_schema
     )
-    dev = sub.add_parser("dev", help="API + worker + scheduler, restarting a dead worker")
+    dev = sub.add_parser("dev", help="API + worker + ddl worker + scheduler, restarting a dead worker")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(func=cmd_dev)

@@ -1,26 +1,73 @@
-"""Prometheus metrics of the API process, and the `/metrics` endpoint.
+"""Prometheus metrics of the API process, and the ops listener that serves them.
 
-Each API worker process exports its own registry: scrape every worker (or run one
-worker per container, as production does).
+`/metrics` is never on the public port: `nexes serve` serves it on NEXES_OPS_LISTEN
+(default 127.0.0.1:9464), from the supervising process, in prometheus_client's
+multiprocess mode. `nexes serve` gives every uvicorn worker one fresh
+PROMETHEUS_MULTIPROC_DIR before any of them imports prometheus_client; each worker
+writes its series there (memory-mapped files, one per process), and the one ops server
+reads the whole directory on each scrape, so one address holds every worker's series
+(counters summed, the replica gauges per pid).
+
+Why not SO_REUSEPORT on each worker: the kernel hands each scrape to one worker, so a
+scrape would see one worker's counters, a different one each time.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
+import threading
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess, start_http_server
 
 DB_ROUTE = Counter(
     "nexes_db_route",
     "Database work routed, by target (replica or primary) and reason.",
     ["target", "reason"],
 )
-REPLICA_LAG = Gauge("nexes_replica_lag_seconds", "The lag monitor's last measure of each replica's lag.", ["replica"])
+# Each worker has its own monitor: one series per worker process (the pid label).
+REPLICA_LAG = Gauge(
+    "nexes_replica_lag_seconds",
+    "The lag monitor's last measure of each replica's lag.",
+    ["replica"],
+    multiprocess_mode="all",
+)
 REPLICA_IN_ROTATION = Gauge(
-    "nexes_replica_in_rotation", "1 when the lag monitor keeps the replica in rotation, else 0.", ["replica"]
+    "nexes_replica_in_rotation",
+    "1 when the lag monitor keeps the replica in rotation, else 0.",
+    ["replica"],
+    multiprocess_mode="all",
 )
 
 
-async def metrics(request: Request) -> Response:
-    """GET /metrics in the Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+class OpsListenError(ValueError):
+    """NEXES_OPS_LISTEN is malformed or cannot be bound; the message says which."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets) of NEXES_OPS_LISTEN."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise OpsListenError(f"NEXES_OPS_LISTEN={listen!r}: expected host:port, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
+def multiprocess_registry(directory: Path) -> CollectorRegistry:
+    """Every worker's series, read from the shared multiprocess directory on each collect."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_ops(listen: str, directory: Path) -> tuple[WSGIServer, threading.Thread]:
+    """The ops listener on a daemon thread of the calling (supervising) process."""
+    host, port = parse_listen(listen)
+    try:
+        return start_http_server(port, host, registry=multiprocess_registry(directory))
+    except OSError as exc:
+        raise OpsListenError(f"NEXES_OPS_LISTEN={listen!r}: cannot listen there ({exc.strerror})") from exc
+
+
+def scrape(directory: Path) -> bytes:
+    """What the ops listener would answer now (the Prometheus text format)."""
+    return generate_latest(multiprocess_registry(directory))

@@ -16,7 +16,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nexes import metrics
 from nexes.auth.revocation import Revocations
 from nexes.auth.tokens import TokenVerifier
 from nexes.db.connect.monitor import ReplicaMonitor
@@ -40,6 +39,7 @@ from nexes.observability import (
     tracing_enabled,
     valid_request_id,
 )
+from nexes.search.health import SearchCheck
 from nexes.settings import Settings
 
 
@@ -228,10 +228,11 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
         routes=[
             Route(graphql.PATH, graphql.endpoint, methods=["GET", "POST"]),
             Route(IMPORTS_PATH, uploads.imports, methods=["POST"]),
-            Route("/api/health", health.health),
-            Route("/api/health/live", health.health_live),
+            Route(health.PATH, health.health),
+            Route(health.DETAIL_PATH, health.health_detail),
+            Route(health.LIVE_PATH, health.health_live),
             Route("/api/exports/service-orders.csv", exports.service_orders_csv),
-            Route("/metrics", metrics.metrics),
+            # No /metrics here: `nexes serve` serves it on NEXES_OPS_LISTEN only (nexes/metrics.py).
         ],
         lifespan=lifespan,
     )
@@ -239,6 +240,9 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.pools = pools
     app.state.monitor = monitor
     app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
+    # Health reads the monitor's last round; Redis and search are probed in the same round.
+    monitor.add_check(health.RedisCheck(settings))
+    monitor.add_check(SearchCheck(settings, app.state.router, timeout=settings.typesense_timeout))
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.state.pipeline = Pipeline(schema, hooks)
@@ -263,7 +267,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
 
 
 # Probes and scrapes every few seconds: not worth a trace each.
-UNTRACED_PATHS = frozenset({"/metrics", "/api/health", "/api/health/live"})
+UNTRACED_PATHS = frozenset({health.PATH, health.DETAIL_PATH, health.LIVE_PATH})
 HTTP_TRACER = trace.get_tracer("nexes.http")
 
 

@@ -1,19 +1,35 @@
-"""Health: liveness (no dependency touched) and readiness (every dependency probed)."""
+"""Health: liveness (no dependency touched), the short public status and the detailed
+report for admins, both read from the monitor's last round (nexes/db/connect/monitor.py).
+
+No health call opens a connection or waits on a dependency: the monitor's one connection
+per server, its Redis client and its HTTP client do all the probing, in the background.
+
+- GET /api/health/live: public; {"status": "ok"} while the process serves.
+- GET /api/health: public; {"status": "ok" | "degraded" | "down"}, 200 or 503 (down: no
+  database can serve). Nothing about the topology: no servers, hosts, roles or errors.
+- GET /api/health/detail: admin token only (nexes.auth.permissions.ROUTES; the auth
+  middleware refuses others before this handler runs). Per-server state, lag, schema
+  version, pools, Redis, search; each failure a code and a short reason of our own words.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from nexes.db import migrate
-from nexes.db.connect import probes as db_health
+from nexes.db.connect import probes
+from nexes.db.connect.monitor import ReplicaMonitor
+from nexes.db.connect.probes import ProbeError
 from nexes.http.errors import json_response
-from nexes.search.health import search_health
+from nexes.settings import Settings
+
+LIVE_PATH = "/api/health/live"
+PATH = "/api/health"
+DETAIL_PATH = "/api/health/detail"
 
 
 async def health_live(request: Request) -> Response:
@@ -21,60 +37,77 @@ async def health_live(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-async def _redis_ok(url: str) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        await client.ping()
+def classify_redis(exc: BaseException) -> ProbeError:
+    """The code for a failed Redis call; redis-py's text names the host and port."""
+    if isinstance(exc, aioredis.TimeoutError | TimeoutError):
+        return probes.TIMEOUT
+    if isinstance(exc, aioredis.AuthenticationError):
+        return probes.AUTH_FAILED
+    if isinstance(exc, aioredis.ConnectionError):  # the socket's own error rides along
+        inner = exc.__cause__ or exc.__context__
+        return probes.classify_socket(inner) if isinstance(inner, OSError) else probes.CONNECTION_FAILED
+    if isinstance(exc, aioredis.RedisError):
+        return probes.QUERY_FAILED
+    return probes.classify_socket(exc)
+
+
+class RedisCheck:
+    """PING over one client kept open between rounds, every wait bounded by NEXES_REDIS_TIMEOUT."""
+
+    name = "redis"
+
+    def __init__(self, settings: Settings) -> None:
+        timeout = settings.redis_timeout
+        self._client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=1
+        )
+
+    async def probe(self) -> dict[str, Any]:
+        try:
+            await self._client.ping()
+        except (aioredis.RedisError, OSError) as exc:
+            return {"reachable": False, "error": classify_redis(exc).as_dict()}
         return {"reachable": True}
-    except (aioredis.RedisError, OSError) as exc:
-        return {"reachable": False, "error": str(exc)[:200]}
-    finally:
-        await client.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
-async def _typesense_ok(url: str) -> dict[str, Any]:
-    try:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            resp = await client.get(f"{url.rstrip('/')}/health")
-        return {"reachable": resp.status_code == 200 and resp.json().get("ok") is True}
-    except (httpx.HTTPError, ValueError) as exc:
-        return {"reachable": False, "error": str(exc)[:200] or type(exc).__name__}
-
-
-def _with_rotation(app: Any, index: int, probed: dict[str, Any]) -> dict[str, Any]:
-    """A replica's direct probe, with the lag monitor's verdict: state, in_rotation, lag."""
-    monitor = getattr(app, "monitor", None)
-    if monitor is not None and index < len(monitor.status):
-        probed.update(monitor.describe(index))
-    return probed
+def _status(monitor: ReplicaMonitor) -> tuple[str, dict[str, Any], list[dict[str, Any]], str | None]:
+    """(status, primary, replicas, schema) from the monitor's last round."""
+    primary = monitor.primary_report()
+    replicas = [monitor.describe(i) for i in range(len(monitor.status))]
+    redis_ok = monitor.check_report(RedisCheck.name)["reachable"]
+    version = primary.get("schema_version")
+    # Code newer than the schema writes wrongly (e.g. customer stats counted by a trigger
+    # the missing migration would have told to stand aside): degraded until `nexes migrate`.
+    schema = migrate.behind(version) if primary["reachable"] and version is not None else None
+    serving = primary["reachable"] or any(r["reachable"] for r in replicas)
+    healthy = primary["reachable"] and all(r["reachable"] for r in replicas) and redis_ok and not schema
+    return ("ok" if healthy else "degraded" if serving else "down"), primary, replicas, schema
 
 
 async def health(request: Request) -> Response:
-    """Readiness: each server probed directly, pools, broker, search.
+    """Readiness, public: the status word alone. 503 only when no database can serve;
+    "degraded" when something is down but reads go on."""
+    status, *_ = _status(request.app.state.monitor)
+    return json_response({"status": status}, 503 if status == "down" else 200)
 
-    503 only when no database can serve; "degraded" when something is down but reads go on.
-    """
+
+async def health_detail(request: Request) -> Response:
+    """Readiness for admins: every server's, Redis's and search's last probe, and the pools."""
     app = request.app.state
-    settings = app.settings
-    (primary, replicas), redis_state, search_state = await asyncio.gather(
-        db_health.probe_all(settings.admin_url, settings.replica_admin_urls),
-        _redis_ok(settings.redis_url),
-        _typesense_ok(settings.typesense_url),
-    )
-    serving = primary.reachable or any(r.reachable for r in replicas)
-    # Code newer than the schema writes wrongly (e.g. customer stats counted by a trigger
-    # the missing migration would have told to stand aside): degraded until `nexes migrate`.
-    schema = migrate.behind(primary.schema_version) if primary.schema_version is not None else None
-    healthy = primary.reachable and all(r.reachable for r in replicas) and redis_state["reachable"] and not schema
-    status = "ok" if healthy else "degraded" if serving else "down"
+    monitor: ReplicaMonitor = app.monitor
+    status, primary, replicas, schema = _status(monitor)
+    search = monitor.check_report("search")
     body = {
         "status": status,
         **({"schema": schema} if schema else {}),
-        "primary": primary.as_dict(),
-        "replicas": [_with_rotation(app, i, r.as_dict()) for i, r in enumerate(replicas)],
+        "primary": primary,
+        "replicas": replicas,
         "pools": app.pools.stats(),
-        "redis": redis_state,
-        "typesense": search_state,
-        "search": await search_health(settings, app.router),
+        "redis": monitor.check_report(RedisCheck.name),
+        "typesense": {k: search[k] for k in ("reachable", "error", "checked_ago_seconds") if k in search},
+        "search": {k: v for k, v in search.items() if k not in ("reachable", "checked_ago_seconds")},
     }
-    return JSONResponse(body, status_code=200 if serving else 503)
+    return json_response(body, 503 if status == "down" else 200)

@@ -1,4 +1,9 @@
-"""Periodic maintenance actors: partitions ahead of time, reconciliation, archive."""
+"""Periodic maintenance actors: partitions ahead of time, reconciliation, archive.
+
+The DDL ones (partitions, archive) are on the ddl queue, which only the worker given the
+owner's URL consumes (nexes.jobs.runtime.OwnerQueues); the others run as nexes_worker on
+the maintenance queue. Reconciliation is among those: it recomputes and corrects rows
+(dashboard_stat, customer figures, stat_drift) with DML that nexes_worker's grants allow."""
 
 from __future__ import annotations
 
@@ -9,15 +14,15 @@ import psycopg
 
 from nexes.db import imports_apply, partitions
 from nexes.db.connect.worker import worker_pool
-from nexes.jobs.runtime import settings
+from nexes.jobs.runtime import DDL_QUEUE, settings
 
 log = logging.getLogger(__name__)
 
 
-@dramatiq.actor(queue_name="maintenance", max_retries=5, min_backoff=10_000, max_backoff=600_000, time_limit=600_000)
+@dramatiq.actor(queue_name=DDL_QUEUE, max_retries=5, min_backoff=10_000, max_backoff=600_000, time_limit=600_000)
 def maintain_partitions() -> None:
     """Create the quarters the settings ask for (DDL, so as the owner, directly)."""
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+    with psycopg.connect(settings.owner_url(), autocommit=True) as conn:
         created = partitions.ensure(
             conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
         )
@@ -54,9 +59,7 @@ def reconcile_stats() -> None:
     check_search_drift.send()
 
 
-@dramatiq.actor(
-    queue_name="maintenance", max_retries=5, min_backoff=60_000, max_backoff=3_600_000, time_limit=3_600_000
-)
+@dramatiq.actor(queue_name=DDL_QUEUE, max_retries=5, min_backoff=60_000, max_backoff=3_600_000, time_limit=3_600_000)
 def archive_quarters() -> None:
     """Move quarters older than the setting to the archive tables (DDL, so as the owner, directly).
 
@@ -66,7 +69,7 @@ def archive_quarters() -> None:
     """
     from nexes.db.archive import archive
 
-    steps = archive(settings.admin_url, after_years=settings.archive_after_years)
+    steps = archive(settings.owner_url(), after_years=settings.archive_after_years)
     log.info("archive: %d step(s) done", len(steps))
 
 

@@ -117,8 +117,30 @@ class TraceContext(dramatiq.Middleware):
         self.after_process_message(broker, message)
 
 
+# The queue of the DDL actors (partitions, archive): they run as the owner, so only a
+# worker given NEXES_ADMIN_URL consumes it (`nexes worker --ddl`, i.e.
+# `dramatiq nexes.jobs --queues ddl`); every other worker runs as nexes_worker.
+DDL_QUEUE = "ddl"
+
+
+class OwnerQueues(dramatiq.Middleware):
+    """A worker without NEXES_ADMIN_URL never consumes the ddl queue, however it was started:
+    `dramatiq nexes.jobs` with no --queues takes every other queue, and one asked for the
+    ddl queue alone refuses to boot, naming the variable."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if settings.admin_url:
+            return
+        wanted = set(worker.consumer_whitelist or broker.get_declared_queues())
+        kept = wanted - {DDL_QUEUE}
+        if not kept:  # an empty whitelist would mean every queue to Dramatiq
+            raise RuntimeError(f"the {DDL_QUEUE} queue runs DDL as the owner: this worker needs NEXES_ADMIN_URL")
+        worker.consumer_whitelist = kept
+
+
 broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
 broker.add_middleware(AsyncIO())
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(TraceContext())
+broker.add_middleware(OwnerQueues())
 dramatiq.set_broker(broker)

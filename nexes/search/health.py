@@ -1,17 +1,35 @@
-"""The search section of /api/health: Typesense, the breaker, sync lag and the latest reindex."""
+"""The search check of the monitor's round: Typesense, the breaker, sync lag and the
+latest reindex, kept for /api/health and the search gauges of /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 from psycopg import AsyncConnection
 
 from nexes.db import search as search_db
+from nexes.db.connect import probes
+from nexes.db.connect.probes import ProbeError
 from nexes.db.connect.router import Router
+from nexes.errors import NexesError
 from nexes.search import metrics
 from nexes.search.engine import service_for
 from nexes.settings import Settings
+
+BAD_ANSWER = ProbeError("BAD_ANSWER", "the server answered, but not that it is healthy")
+
+
+def classify_http(exc: BaseException) -> ProbeError:
+    """The code for a failed HTTP probe (httpx), without the URL httpx puts in its text."""
+    if isinstance(exc, httpx.TimeoutException):
+        return probes.TIMEOUT
+    if isinstance(exc, httpx.ConnectError):
+        return probes.CONNECTION_REFUSED if "refused" in str(exc).lower() else probes.CONNECTION_FAILED
+    if isinstance(exc, httpx.HTTPError | ValueError):
+        return probes.CONNECTION_FAILED
+    return probes.classify_socket(exc)
 
 
 async def _latest_reindex(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
@@ -30,24 +48,47 @@ async def _latest_reindex(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
     }
 
 
-async def search_health(settings: Settings, router: Router) -> dict[str, Any]:
-    """Never raises: search being down degrades search, not the API."""
-    metrics.install(settings)
-    report: dict[str, Any] = {"typesense": "down", "breaker": await service_for(settings).breaker_state()}
-    try:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            answer = await client.get(settings.typesense_url.rstrip("/") + "/health")
-        if answer.status_code == 200 and answer.json().get("ok") is True:
-            report["typesense"] = "ok"
-    except (httpx.HTTPError, ValueError):
-        pass
-    try:
-        pending, lag = await router.read(search_db.outbox_lag, fresh=True)
-        report.update(outbox_pending=pending, sync_lag_seconds=round(lag, 3))
-    except Exception as exc:
-        report.update(outbox_pending=None, sync_lag_seconds=None, error=type(exc).__name__)
-    try:
-        report["reindex"] = await router.read(_latest_reindex, fresh=True)
-    except Exception as exc:
-        report.update(reindex=None, error=type(exc).__name__)
-    return report
+class SearchCheck:
+    """Never raises: search being down degrades search, not the API. One HTTP client,
+    kept open; the outbox and reindex reads go through the API's primary pool."""
+
+    name = "search"
+
+    def __init__(self, settings: Settings, router: Router, timeout: float) -> None:
+        self.settings = settings
+        self.router = router
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(base_url=settings.typesense_url.rstrip("/"), timeout=timeout)
+
+    async def probe(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"reachable": False, "typesense": "down"}
+        try:
+            answer = await self._client.get("/health")
+            if answer.status_code == 200 and answer.json().get("ok") is True:
+                report.update(reachable=True, typesense="ok")
+            else:
+                report["error"] = BAD_ANSWER.as_dict()
+        except (httpx.HTTPError, ValueError) as exc:
+            report["error"] = classify_http(exc).as_dict()
+        report["breaker"] = await service_for(self.settings).breaker_state()
+        try:
+            pending, lag = await asyncio.wait_for(self.router.read(search_db.outbox_lag, fresh=True), self.timeout)
+            report.update(outbox_pending=pending, sync_lag_seconds=round(lag, 3))
+            metrics.SYNC_LAG.set(lag)
+            metrics.OUTBOX_PENDING.set(pending)
+        except Exception as exc:
+            report.update(outbox_pending=None, sync_lag_seconds=None, outbox_error=_db_error(exc))
+        try:
+            report["reindex"] = await asyncio.wait_for(self.router.read(_latest_reindex, fresh=True), self.timeout)
+        except Exception as exc:
+            report.update(reindex=None, reindex_error=_db_error(exc))
+        return report
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _db_error(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, NexesError):  # the router's: no pool could serve the read
+        return {"code": exc.code.value, "reason": "no database connection could serve the read"}
+    return probes.classify(exc).as_dict()

@@ -35,15 +35,16 @@ def with_database(url: str, dbname: str) -> str:
     return make_conninfo("", **params)
 
 
-URL_VARIABLES = ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL")
-URL_LIST_VARIABLES = ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS")
+URL_VARIABLES = ("NEXES_PRIMARY_URL", "NEXES_ADMIN_URL", "NEXES_MONITOR_URL")
+URL_LIST_VARIABLES = ("NEXES_REPLICA_URLS", "NEXES_REPLICA_ADMIN_URLS", "NEXES_MONITOR_REPLICA_URLS")
 
 
 def environ_for_database(environ: Mapping[str, str], dbname: str) -> dict[str, str]:
     """A copy of `environ` whose database URLs all name `dbname` (tests and benchmarks)."""
     env = dict(environ)
     for key in URL_VARIABLES:
-        env[key] = with_database(env[key], dbname)
+        if env.get(key):
+            env[key] = with_database(env[key], dbname)
     for key in URL_LIST_VARIABLES:
         env[key] = " ".join(with_database(u, dbname) for u in env.get(key, "").split())
     return env

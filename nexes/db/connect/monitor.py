@@ -1,14 +1,19 @@
-"""The replica lag monitor: the router's health policy.
+"""The monitor: the router's health policy, and everything /api/health shows.
 
 A background task probes the primary and every replica directly (not through
-PgBouncer, which queues clients of a dead server instead of failing them), with
-short timeouts, every `replica_probe_interval` seconds. Lag is docs/design.md §5's: 0 once
-a replica's replay LSN has reached the primary's current LSN, otherwise the time
-since its last replayed transaction. A replica that is unreachable, or past
-`replica_max_lag` on two probes in a row, leaves rotation; one good probe brings it
-back. Two probes, because a WAL record written between the primary's probe and the
-replica's (a checkpoint, a standby snapshot) would make an idle, caught-up replica
-look as old as its last transaction for one probe.
+PgBouncer, which queues clients of a dead server instead of failing them), as
+`nexes_monitor` (NEXES_MONITOR_URL, NEXES_MONITOR_REPLICA_URLS), over ONE connection
+per server kept open from probe to probe, with short timeouts, every
+`replica_probe_interval` seconds. The same round runs the other checks it is given
+(Redis, Typesense, search), so /api/health answers from the last round and opens no
+connection of its own: a burst of health calls costs the servers nothing.
+
+Lag is docs/design.md §5's: 0 once a replica's replay LSN has reached the primary's
+current LSN, otherwise the time since its last replayed transaction. A replica that is
+unreachable, or past `replica_max_lag` on two probes in a row, leaves rotation; one
+good probe brings it back. Two probes, because a WAL record written between the
+primary's probe and the replica's (a checkpoint, a standby snapshot) would make an
+idle, caught-up replica look as old as its last transaction for one probe.
 """
 
 from __future__ import annotations
@@ -17,21 +22,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import psycopg
 
+from nexes.db.connect import probes
 from nexes.db.connect.lsn import parse_lsn
-from nexes.db.connect.probes import REPLICA as REPLICA_PROBE
+from nexes.db.connect.probes import ProbeError, ServerState
 from nexes.db.connect.router import PRIMARY, PassiveHealth
 from nexes.metrics import REPLICA_IN_ROTATION, REPLICA_LAG
-from nexes.settings import Settings
+from nexes.settings import MONITOR_ROLE, Settings
 
 log = logging.getLogger(__name__)
 
 State = Literal["unknown", "healthy", "lagging", "unreachable"]
-PRIMARY_PROBE = "SELECT pg_current_wal_lsn()::text"
 
 
 @dataclass
@@ -42,25 +47,50 @@ class ReplicaStatus:
     lsn_text: str | None = None
     lag_seconds: float | None = None
     replay_paused: bool | None = None
-    error: str | None = None
+    error: ProbeError | None = None
     over_threshold: int = 0  # consecutive probes past the threshold
     checked_at: float = 0.0  # time.monotonic() of the last probe
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "in_rotation": self.state == "healthy"}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "state": self.state,
+            "reachable": self.state in ("healthy", "lagging"),
+            "in_rotation": self.state == "healthy",
+        }
         if self.lag_seconds is not None:
-            out["monitor_lag_seconds"] = round(self.lag_seconds, 3)
+            out["lag_seconds"] = round(self.lag_seconds, 3)
         if self.lsn_text is not None:
-            out["monitor_lsn"] = self.lsn_text
+            out["lsn"] = self.lsn_text
+        if self.replay_paused is not None:
+            out["replay_paused"] = self.replay_paused
         if self.error is not None:
-            out["monitor_error"] = self.error
-        if self.checked_at:
-            out["checked_ago_seconds"] = round(time.monotonic() - self.checked_at, 3)
+            out["error"] = self.error.as_dict()
         return out
 
 
+class Check(Protocol):
+    """One more dependency the monitor's round probes (Redis, Typesense, search).
+
+    `probe` keeps its client open between calls, bounds its own waits, and returns what
+    health may show: no addresses, no driver text."""
+
+    name: str
+
+    async def probe(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class CheckResult:
+    report: dict[str, Any] = field(default_factory=lambda: {"reachable": False, "state": "unknown"})
+    checked_at: float = 0.0
+
+
 class _Probe:
-    """One direct connection to one server, re-made after any failure."""
+    """One direct connection to one server, kept open from probe to probe and re-made
+    only after a failure."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
@@ -70,6 +100,8 @@ class _Probe:
     async def fetch(self, query: Any, params: dict[str, Any] | None = None) -> tuple[Any, ...]:
         try:
             return await asyncio.wait_for(self._fetch(query, params), self.timeout)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):
+            raise  # the statement failed, the connection is fine
         except BaseException:
             await self.close()
             raise
@@ -77,7 +109,11 @@ class _Probe:
     async def _fetch(self, query: Any, params: dict[str, Any] | None) -> tuple[Any, ...]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, prepare_threshold=None, application_name="nexes-monitor"
+                self.url,
+                autocommit=True,
+                prepare_threshold=None,
+                application_name="nexes-monitor",
+                connect_timeout=max(1, round(self.timeout)),
             )
         cur = await self._conn.execute(query, params)
         row = await cur.fetchone()
@@ -92,7 +128,8 @@ class _Probe:
 
 
 class ReplicaMonitor:
-    """Implements the router's `ReplicaHealth` from the probes' results."""
+    """Implements the router's `ReplicaHealth` from the probes' results, and keeps every
+    server's and check's last state for /api/health."""
 
     def __init__(
         self,
@@ -106,33 +143,46 @@ class ReplicaMonitor:
     ) -> None:
         self.max_lag = max_lag
         self.interval = interval
+        self.timeout = timeout
         self.passive = passive or PassiveHealth()
         self._primary = _Probe(primary_url, timeout)
         self._replicas = [_Probe(url, timeout) for url in replica_probe_urls]
+        self.primary = ServerState("primary")
         self.status = [ReplicaStatus(f"replica-{i}") for i in range(len(replica_probe_urls))]
         self.primary_lsn: int | None = None
+        self.checks: list[Check] = []
+        self.results: dict[str, CheckResult] = {}
+        self._round = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ReplicaMonitor:
-        """Probes go to NEXES_REPLICA_ADMIN_URLS (direct); a replica without one is probed
-        through its NEXES_REPLICA_URLS entry, which is all the process can reach."""
+        """Probes go as nexes_monitor to NEXES_MONITOR_URL and NEXES_MONITOR_REPLICA_URLS
+        (direct). A server without one is probed through its ordinary URL as nexes_monitor
+        (PgBouncer's, when that is all the process is given): never as the owner."""
         from nexes.db.connect.conninfo import for_role
 
-        urls = [
-            settings.replica_admin_urls[i]
-            if i < len(settings.replica_admin_urls)
-            else for_role(url, settings, "nexes_api", application_name="nexes-monitor")
+        def fallback(url: str) -> str:
+            return for_role(url, settings, MONITOR_ROLE, application_name="nexes-monitor")
+
+        primary = settings.monitor_url or fallback(settings.primary_url)
+        replicas = [
+            settings.monitor_replica_urls[i] if i < len(settings.monitor_replica_urls) else fallback(url)
             for i, url in enumerate(settings.replica_urls)
         ]
         return cls(
-            settings.admin_url,
-            urls,
+            primary,
+            replicas,
             max_lag=settings.replica_max_lag,
             interval=settings.replica_probe_interval,
             timeout=settings.replica_probe_timeout,
         )
+
+    def add_check(self, check: Check) -> None:
+        """Probe `check` in every round from now on (before `start`)."""
+        self.checks.append(check)
+        self.results[check.name] = CheckResult()
 
     # -- ReplicaHealth -------------------------------------------------------------
 
@@ -155,24 +205,57 @@ class ReplicaMonitor:
     # -- probing ------------------------------------------------------------------
 
     async def probe_once(self) -> None:
-        """Probe the primary, then every replica at once; update each one's state."""
-        primary_text: str | None = None
-        try:
-            (primary_text,) = await self._primary.fetch(PRIMARY_PROBE)
-            self.primary_lsn = parse_lsn(primary_text)
-        except (OSError, psycopg.Error, TimeoutError) as exc:
-            log.warning("lag monitor: the primary did not answer (%s)", type(exc).__name__)
+        """One round: the primary, then every replica at once, and the checks beside them."""
+        async with self._round:
+            await asyncio.gather(self._probe_servers(), *(self._run_check(c) for c in self.checks))
+
+    async def refresh(self) -> None:
+        """One round now, over the connections already open (tests, and a caller that
+        must see a change at once rather than within an interval)."""
+        await self.probe_once()
+
+    async def _probe_servers(self) -> None:
+        primary_text = await self._probe_primary()
         await asyncio.gather(*(self._probe_replica(i, primary_text) for i in range(len(self._replicas))))
+
+    async def _probe_primary(self) -> str | None:
+        state, started = self.primary, time.perf_counter()
+        lsn_text: str | None
+        try:
+            lsn_text, in_recovery = await self._primary.fetch(probes.PRIMARY)
+        except (OSError, psycopg.Error, TimeoutError) as exc:
+            state.reachable, state.error, state.lsn = False, probes.classify(exc), None
+            log.warning("monitor: the primary did not answer (%s)", state.error.code)
+            lsn_text = None
+        else:
+            if in_recovery:
+                state.reachable, state.error, lsn_text = False, probes.NOT_PRIMARY, None
+            else:
+                state.reachable, state.error, state.lsn = True, None, lsn_text
+                self.primary_lsn = parse_lsn(lsn_text)
+                await self._probe_schema(state)
+        state.probe_ms = round((time.perf_counter() - started) * 1000, 1)
+        state.checked_at = time.monotonic()
+        return lsn_text
+
+    async def _probe_schema(self, state: ServerState) -> None:
+        try:
+            (state.schema_version,) = await self._primary.fetch(probes.SCHEMA_VERSION)
+            state.schema_error = None
+        except psycopg.errors.UndefinedTable:
+            state.schema_version, state.schema_error = 0, None  # never migrated
+        except (OSError, psycopg.Error, TimeoutError) as exc:
+            state.schema_version, state.schema_error = None, probes.classify(exc)
 
     async def _probe_replica(self, index: int, primary_text: str | None) -> None:
         status = self.status[index]
         before = status.state
         try:
             lsn_text, lag, paused = await self._replicas[index].fetch(
-                REPLICA_PROBE, {"primary_lsn": primary_text or "0/0"}
+                probes.REPLICA, {"primary_lsn": primary_text or "0/0"}
             )
         except (OSError, psycopg.Error, TimeoutError) as exc:
-            status.state, status.error, status.over_threshold = "unreachable", _short(exc), 0
+            status.state, status.error, status.over_threshold = "unreachable", probes.classify(exc), 0
             status.lag_seconds = None
         else:
             status.error, status.replay_paused = None, paused
@@ -193,6 +276,17 @@ class ReplicaMonitor:
         if status.state != before:
             log.warning("replica %s: %s -> %s (lag %s s)", status.name, before, status.state, status.lag_seconds)
 
+    async def _run_check(self, check: Check) -> None:
+        result = self.results[check.name]
+        try:
+            # The check bounds its own waits; this bounds a check that forgot to.
+            result.report = await asyncio.wait_for(check.probe(), self.timeout * 3 + 1)
+        except Exception as exc:
+            error = probes.classify_socket(exc)
+            log.warning("monitor: check %s failed (%s)", check.name, error.code)
+            result.report = {"reachable": False, "error": error.as_dict()}
+        result.checked_at = time.monotonic()
+
     async def run(self) -> None:
         """Probe until stopped, one round per interval."""
         while not self._stopping:
@@ -200,17 +294,15 @@ class ReplicaMonitor:
             try:
                 await self.probe_once()
             except Exception:  # the monitor must outlive any surprise
-                log.exception("lag monitor: probe round failed")
+                log.exception("monitor: probe round failed")
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def start(self) -> None:
         """One round now (so the first requests route on facts), then the background task."""
-        if not self._replicas:
-            return
         await self.probe_once()
-        if any(s.state == "unreachable" for s in self.status):
+        if not self.primary.reachable or any(s.state == "unreachable" for s in self.status):
             await self.probe_once()  # a cold first connection may just have been slow
-        self._task = asyncio.create_task(self.run(), name="nexes-replica-monitor")
+        self._task = asyncio.create_task(self.run(), name="nexes-monitor")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -222,13 +314,42 @@ class ReplicaMonitor:
             await asyncio.wait({task}, timeout=0.5)
         for probe in (self._primary, *self._replicas):
             await probe.close()
+        for check in self.checks:
+            with contextlib.suppress(Exception):
+                await check.aclose()
+
+    # -- what health shows ----------------------------------------------------------
+
+    def stale_after(self) -> float:
+        """Seconds after which a last probe no longer stands for the present."""
+        return self.interval * 3 + self.timeout * 4 + 1
+
+    def fresh(self, checked_at: float) -> bool:
+        return checked_at > 0 and time.monotonic() - checked_at <= self.stale_after()
+
+    def primary_report(self) -> dict[str, Any]:
+        out = self.primary.as_dict()
+        if not self.fresh(self.primary.checked_at):
+            out.update(reachable=False, error=probes.STALE.as_dict())
+        return self._aged(out, self.primary.checked_at)
 
     def describe(self, index: int) -> dict[str, Any]:
-        out = self.status[index].describe()
+        status = self.status[index]
+        out = status.describe()
         out["in_rotation"] = self.usable(index)
+        if not self.fresh(status.checked_at):
+            out.update(reachable=False, in_rotation=False, error=probes.STALE.as_dict())
+        return self._aged(out, status.checked_at)
+
+    def check_report(self, name: str) -> dict[str, Any]:
+        result = self.results[name]
+        out = dict(result.report)
+        if not self.fresh(result.checked_at):
+            out.update(reachable=False, error=probes.STALE.as_dict())
+        return self._aged(out, result.checked_at)
+
+    @staticmethod
+    def _aged(out: dict[str, Any], checked_at: float) -> dict[str, Any]:
+        if checked_at:
+            out["checked_ago_seconds"] = round(time.monotonic() - checked_at, 3)
         return out
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

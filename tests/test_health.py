@@ -1,0 +1,143 @@
+"""/api/health and /api/health/detail: built from the monitor's last round, no connection
+per call, the short form public and topology-free, the detailed one admin-only with
+failures as codes (issue 16, least privilege)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from nexes.settings import Settings
+from tests.conftest import client_for
+from tests.support.databases import superuser_url
+from tests.support.replicas import monitor_of
+from tests.support.waits import eventually
+
+MONITOR_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE usename = 'nexes_monitor' ORDER BY pid"
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released): connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def monitor_backends(settings: Settings) -> dict[str, list[int]]:
+    """The pids of nexes_monitor's backends on the primary and on the replica."""
+    servers = {"primary": settings.admin_url, "replica": settings.replica_admin_urls[0]}
+    out = {}
+    for name, url in servers.items():
+        with psycopg.connect(superuser_url(url), autocommit=True) as conn:
+            out[name] = [row[0] for row in conn.execute(MONITOR_BACKENDS)]
+    return out
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """What no health answer may contain: hosts, ports, role and database names."""
+    words = {"nexes_monitor", "nexes_owner", "nexes_api", "postgres", "127.0.0.1", "localhost"}
+    for url in (settings.primary_url, settings.monitor_url, *settings.monitor_replica_urls, *settings.replica_urls):
+        params = conninfo_to_dict(url)
+        words.update(str(params[k]) for k in ("host", "port", "dbname") if params.get(k))
+    return sorted(words)
+
+
+async def test_short_health_is_public_and_shows_the_status_alone(seeded: Settings) -> None:
+    async with client_for(seeded, roles=()) as anonymous:
+        answer = await anonymous.get("/api/health")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok"}
+    assert not [word for word in secrets_of(seeded) if word in answer.text]
+
+
+async def test_detail_needs_an_admin_token(seeded: Settings) -> None:
+    async with client_for(seeded, roles=()) as anonymous:
+        assert (await anonymous.get("/api/health/detail")).status_code == 401
+    for role in ("viewer", "operator", "analyst"):
+        async with client_for(seeded, roles=(role,)) as other:
+            refused = await other.get("/api/health/detail")
+            assert refused.status_code == 403, role
+            assert "replicas" not in refused.text
+    async with client_for(seeded) as admin:
+        detail = (await admin.get("/api/health/detail")).json()
+    assert detail["status"] == "ok"
+    assert detail["primary"]["reachable"] and detail["replicas"][0]["reachable"]
+    assert detail["replicas"][0]["in_rotation"] and "lag_seconds" in detail["replicas"][0]
+    assert detail["primary"]["schema_version"] > 0
+    assert {"api-primary", "api-replica-0", "analyst-replica-0"} <= set(detail["pools"])
+    assert detail["redis"]["reachable"] and detail["typesense"]["reachable"]
+    assert detail["search"]["typesense"] == "ok"
+
+
+async def test_fifty_concurrent_health_calls_open_no_connection(seeded: Settings) -> None:
+    async with client_for(seeded) as admin:
+        monitor = monitor_of(admin)
+        await monitor.refresh()
+        before = monitor_backends(seeded)
+        # One connection per server, kept: the monitor's, as nexes_monitor.
+        assert len(before["primary"]) == 1 and len(before["replica"]) == 1
+        answers = await asyncio.gather(
+            *(admin.get("/api/health") for _ in range(50)), *(admin.get("/api/health/detail") for _ in range(50))
+        )
+        after_burst = monitor_backends(seeded)
+        await monitor.refresh()
+        await monitor.refresh()
+        after_rounds = monitor_backends(seeded)
+    assert all(a.status_code == 200 for a in answers)
+    assert before == after_burst == after_rounds  # the same backends: no connect per call or per probe
+
+
+async def test_failures_in_the_detail_are_codes_without_hosts_ports_or_roles(seeded: Settings) -> None:
+    port = free_port()
+    refused_replica = make_conninfo(seeded.monitor_replica_urls[0], port=str(port))
+    unknown_role = make_conninfo(seeded.monitor_url, user="nexes_nobody")
+    broken = replace(
+        seeded,
+        monitor_url=unknown_role,
+        monitor_replica_urls=(refused_replica,),
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        typesense_url=f"http://127.0.0.1:{port}",
+        redis_timeout=0.5,
+        typesense_timeout=0.5,
+    )
+    async with client_for(broken) as admin:
+        short = await admin.get("/api/health")
+        detail = await admin.get("/api/health/detail")
+    body: dict[str, Any] = detail.json()
+    assert body["primary"]["error"] == {"code": "AUTH_FAILED", "reason": "the server refused the probing role's login"}
+    assert body["replicas"][0]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
+    assert body["replicas"][0]["state"] == "unreachable" and body["replicas"][0]["in_rotation"] is False
+    assert body["redis"]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
+    assert body["typesense"]["error"]["code"] == "CONNECTION_REFUSED"
+    # Neither server answers the monitor: no database can be vouched for.
+    assert body["status"] == "down" and detail.status_code == 503
+    assert short.status_code == 503 and short.json() == {"status": "down"}
+    leaked = [w for w in [*secrets_of(broken), str(port), "nexes_nobody"] if w in detail.text]
+    assert not leaked
+
+
+async def test_health_goes_by_the_monitors_last_round(seeded: Settings) -> None:
+    """A replica the monitor cannot reach makes the short form "degraded" once a round saw
+    it, and "ok" again once a round reaches it, with no call opening anything itself."""
+    async with client_for(seeded) as admin:
+        monitor = monitor_of(admin)
+        probe = monitor._replicas[0]  # the test swaps the probe's address
+        good = probe.url
+        await probe.close()
+        probe.url = make_conninfo(good, port=str(free_port()))
+        await monitor.refresh()
+        assert (await admin.get("/api/health")).json() == {"status": "degraded"}
+        probe.url = good
+        await monitor.refresh()
+        assert await eventually(lambda: _status(admin), 5) == "ok"
+
+
+async def _status(client: httpx.AsyncClient) -> str | None:
+    status = (await client.get("/api/health")).json()["status"]
+    return status if status == "ok" else None
