@@ -73,14 +73,17 @@ def cmd_seed(args: argparse.Namespace) -> None:
 
 
 def cmd_partitions(args: argparse.Namespace) -> None:
-    from nexes.db import partitions
+    from nexes.db import audit, partitions
 
     settings = _settings()
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         created = partitions.ensure(
             conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
         )
-    print(f"created {created} partition(s)")
+        made, dropped = audit.maintain(
+            conn, audit.cli(), retention_days=settings.audit_retention_days, quarters_created=created
+        )
+    print(f"created {created} partition(s); audit_event: {len(made)} month(s) made, {len(dropped)} dropped")
 
 
 def cmd_archive(args: argparse.Namespace) -> None:
@@ -94,6 +97,13 @@ def cmd_archive(args: argparse.Namespace) -> None:
         print("archiving is off (after 0 years); nothing to do")
         return
     steps = archive(settings.admin_url, after_years=years, dry_run=args.dry_run)
+    if steps and not args.dry_run:
+        from nexes.db import audit
+
+        with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+            changes = {"steps": steps[:20], "stepCount": len(steps)}
+            by = audit.cli()
+            audit.record_sync(conn, by, "archiveQuarters", entity="Partition", key="service_order", changes=changes)
     for step in steps:
         print(("would " if args.dry_run else "") + step)
     print(f"{len(steps)} step(s) {'planned' if args.dry_run else 'done'} for quarters older than {years} year(s)")
@@ -129,6 +139,7 @@ async def _import_connection(settings: settings_module.Settings) -> psycopg.Asyn
 
 
 async def _store_import(settings: settings_module.Settings, path: Path) -> int:
+    from nexes.db import audit
     from nexes.imports.store import CHUNK_BYTES, UploadWriter
     from nexes.imports.upload import enqueue
     from nexes.observability import new_request_id, request_id_var
@@ -140,7 +151,11 @@ async def _store_import(settings: settings_module.Settings, path: Path) -> int:
             return await work(conn)
 
         writer = UploadWriter(
-            run, filename=path.name, max_bytes=settings.import_max_bytes, retention_days=settings.import_retention_days
+            run,
+            filename=path.name,
+            max_bytes=settings.import_max_bytes,
+            retention_days=settings.import_retention_days,
+            created_by=audit.cli().name,
         )
         await writer.start()
         try:

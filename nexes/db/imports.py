@@ -41,6 +41,7 @@ class ImportJobRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    created_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +57,28 @@ class ImportErrorRow:
 
 # An upload abandoned mid-stream (its API process died) expires after a day, like an old job.
 CREATE_JOB: LiteralString = (
-    "INSERT INTO import_job (status, filename, request_id, trace_context, expires_at) "
-    "VALUES ('UPLOADING', %(filename)s, %(request_id)s, %(trace_context)s, now() + interval '1 day') RETURNING id"
+    "INSERT INTO import_job (status, filename, request_id, trace_context, expires_at, created_by) "
+    "VALUES ('UPLOADING', %(filename)s, %(request_id)s, %(trace_context)s, now() + interval '1 day', %(created_by)s) "
+    "RETURNING id"
 )
 
 
 async def create_job(
-    conn: AsyncConnection[Any], *, filename: str | None, request_id: str | None, traceparent: str | None
+    conn: AsyncConnection[Any],
+    *,
+    filename: str | None,
+    request_id: str | None,
+    traceparent: str | None,
+    created_by: str,
 ) -> int:
-    """A new UPLOADING job; returns its id."""
+    """A new UPLOADING job owned by `created_by` (the actor uploading it); returns its id."""
     trace_context = {"traceparent": traceparent} if traceparent else {}
-    params = {"filename": filename, "request_id": request_id, "trace_context": Jsonb(trace_context)}
+    params = {
+        "filename": filename,
+        "request_id": request_id,
+        "trace_context": Jsonb(trace_context),
+        "created_by": created_by,
+    }
     cur = await conn.execute(CREATE_JOB, params)
     row = await cur.fetchone()
     assert row is not None
@@ -82,13 +94,22 @@ async def append_chunk(conn: AsyncConnection[Any], job_id: int, seq: int, data: 
     await conn.execute(APPEND_CHUNK, (job_id, seq, data))
 
 
+# The job is accepted once its upload is complete: QUEUED, with its first audit row
+# (import.accepted, by its creator) in the same statement. An upload that no operation
+# then uses is deleted by ABORT, which writes the job's last row (import.discarded).
 FINALIZE: LiteralString = (
+    "WITH job AS ("
     "UPDATE import_job SET status = 'QUEUED', size_bytes = %(size)s, sha256 = %(sha256)s, "
     "expires_at = now() + make_interval(days => %(days)s) "
     "WHERE id = %(id)s AND status = 'UPLOADING' RETURNING "
     "id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
     "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
-    "started_at, finished_at"
+    "started_at, finished_at, created_by"
+    "), audited AS ("
+    "INSERT INTO audit_event (actor, action, entity, entity_id, request_id, changes) "
+    "SELECT created_by, 'import.accepted', 'ImportJob', audit_global_id('ImportJob', id), request_id, "
+    "jsonb_build_object('filename', filename, 'sizeBytes', size_bytes, 'sha256', sha256) FROM job"
+    ") SELECT * FROM job"
 )
 
 
@@ -105,7 +126,12 @@ async def finalize(
 
 # Only a job no worker has touched: a QUEUED one may be aborted when no operation used it.
 ABORT: LiteralString = (
-    "DELETE FROM import_job WHERE id = %s AND status IN ('UPLOADING', 'QUEUED') AND started_at IS NULL"
+    "WITH gone AS ("
+    "DELETE FROM import_job WHERE id = %s AND status IN ('UPLOADING', 'QUEUED') AND started_at IS NULL "
+    "RETURNING id, status, created_by, request_id"
+    ") INSERT INTO audit_event (actor, action, entity, entity_id, request_id, changes) "
+    "SELECT coalesce(created_by, 'system:unknown'), 'import.discarded', 'ImportJob', audit_global_id('ImportJob', id), "
+    "request_id, jsonb_build_object('reason', 'no operation used the upload') FROM gone WHERE status = 'QUEUED'"
 )
 
 
@@ -117,7 +143,7 @@ async def abort(conn: AsyncConnection[Any], job_id: int) -> None:
 GET_JOB: LiteralString = (
     "SELECT id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
     "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
-    "started_at, finished_at "
+    "started_at, finished_at, created_by "
     "FROM import_job WHERE id = %s AND status <> 'UPLOADING'"
 )
 
@@ -130,23 +156,26 @@ async def get_job(conn: AsyncConnection[Any], job_id: int) -> ImportJobRow | Non
         return await cur.fetchone()
 
 
-# With a status: import_job_status_idx (status, id DESC); without: the primary key, backwards.
+# With a status: import_job_status_idx (status, id DESC); an operator's own: import_job_created_by_idx
+# (created_by, id DESC); neither: the primary key, backwards.
 JOBS_PAGE: LiteralString = (
     "SELECT id, status::text AS status, filename, size_bytes, sha256, request_id, total_rows, processed_rows, "
     "inserted, updated, unchanged, failed, message, cancel_requested, lsn::text AS lsn, created_at, "
-    "started_at, finished_at "
+    "started_at, finished_at, created_by "
     "FROM import_job "
     "WHERE status <> 'UPLOADING' AND (%(status)s::import_status IS NULL OR status = %(status)s::import_status) "
+    "AND (NOT %(mine)s OR created_by = %(owner)s::text) "
     "AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint) "
     "ORDER BY id DESC LIMIT %(limit)s"
 )
 
 
 async def jobs_page(
-    conn: AsyncConnection[Any], *, status: str | None, after_id: int | None, limit: int
+    conn: AsyncConnection[Any], *, status: str | None, owner: str | None, after_id: int | None, limit: int
 ) -> list[ImportJobRow]:
-    """Jobs newest first (keyset on id), optionally of one status; UPLOADING ones never."""
-    params = {"status": status, "before_id": after_id, "limit": limit}
+    """Jobs newest first (keyset on id), optionally of one status, only `owner`'s when given
+    (None: everyone's, for admins); UPLOADING ones never."""
+    params = {"status": status, "mine": owner is not None, "owner": owner, "before_id": after_id, "limit": limit}
     cur: AsyncCursor[ImportJobRow]
     async with conn.cursor(row_factory=class_row(ImportJobRow)) as cur:
         await cur.execute(JOBS_PAGE, params)
@@ -183,14 +212,15 @@ CANCEL: LiteralString = (
     "message = CASE WHEN status = 'QUEUED' THEN 'cancelled before it started' ELSE message END, "
     "finished_at = CASE WHEN status = 'QUEUED' THEN now() ELSE finished_at END, "
     "lsn = CASE WHEN status = 'QUEUED' THEN pg_current_wal_lsn() ELSE lsn END "
-    "WHERE id = %s AND status IN ('QUEUED', 'RUNNING') RETURNING id"
+    "WHERE id = %s AND status IN ('QUEUED', 'RUNNING') RETURNING status::text"
 )
 
 
-async def cancel(conn: AsyncConnection[Any], job_id: int) -> bool:
-    """Cancel a QUEUED job, or ask a RUNNING one to stop; False when it is neither."""
+async def cancel(conn: AsyncConnection[Any], job_id: int) -> str | None:
+    """Cancel a QUEUED job (CANCELLED), or ask a RUNNING one to stop (RUNNING); None when it is neither."""
     cur = await conn.execute(CANCEL, (job_id,))
-    return await cur.fetchone() is not None
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
 
 
 NEXT_CHUNK: LiteralString = (

@@ -306,15 +306,35 @@ WHERE id = %(job)s AND lease_owner = %(owner)s AND applied_through = %(after)s
 RETURNING cancel_requested
 """
 
-FINISH = """
+# A finished job's audit row (import.finished, with its counts), written by the statement
+# that finishes it: by the job's creator when its worker ends it, by the scheduler when
+# the sweep does. One per job, whatever its size: the orders themselves write none.
+FINISHED_AUDIT = """
+INSERT INTO audit_event (actor, action, entity, entity_id, request_id, changes)
+SELECT coalesce(%(actor)s::text, created_by, 'system:worker'), 'import.finished', 'ImportJob',
+       audit_global_id('ImportJob', id), request_id,
+       jsonb_build_object('status', status, 'totalRows', total_rows, 'processedRows', processed_rows,
+                          'inserted', inserted, 'updated', updated, 'unchanged', unchanged, 'failed', failed,
+                          'message', left(message, 300))
+FROM finished
+"""
+
+FINISH = (
+    """
+WITH finished AS (
 UPDATE import_job
 SET status = (CASE WHEN %(status)s::text IS NOT NULL THEN %(status)s::text
                    WHEN failed > 0 THEN 'PARTIAL' ELSE 'SUCCEEDED' END)::import_status,
     phase = 'done', message = %(message)s, finished_at = now(), lease_owner = NULL, lease_until = NULL,
     lsn = pg_current_wal_lsn(), expires_at = now() + make_interval(days => %(retention)s)
 WHERE id = %(job)s AND lease_owner = %(owner)s
-RETURNING status::text
+RETURNING *
+), audited AS ("""
+    + FINISHED_AUDIT
+    + """)
+SELECT status::text FROM finished
 """
+)
 
 DROP_STAGED = "DELETE FROM import_row WHERE job_id = %(job)s"
 
@@ -324,7 +344,8 @@ def finish(
 ) -> str | None:
     """End the job (`status`, or PARTIAL/SUCCEEDED from its counts) and drop its staged rows,
     in the caller's transaction; the final status, or None when the lease is lost."""
-    row = conn.execute(FINISH, {**params, "status": status, "message": message, "retention": retention}).fetchone()
+    values = {**params, "status": status, "message": message, "retention": retention, "actor": None}
+    row = conn.execute(FINISH, values).fetchone()
     if row is None:
         return None
     conn.execute(DROP_STAGED, params)
@@ -370,24 +391,38 @@ def run_chunk_hot(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool
 # it: sent again at most once per three leases, so a job waiting behind others is not
 # flooded with copies). A cancel asked of a dead job is
 # done here. Returns the ids to send again; marks them sent.
-SWEEP_CANCEL = """
+SWEEP_CANCEL = (
+    """
+WITH finished AS (
 UPDATE import_job
 SET status = 'CANCELLED', phase = 'done', finished_at = now(), lease_owner = NULL, lease_until = NULL,
     message = 'cancelled on request; orders applied before stay', lsn = pg_current_wal_lsn(),
     expires_at = now() + make_interval(days => %(retention)s)
 WHERE status = 'RUNNING' AND cancel_requested AND lease_until < now()
-RETURNING id
+RETURNING *
+), audited AS ("""
+    + FINISHED_AUDIT
+    + """)
+SELECT id FROM finished
 """
+)
 
-SWEEP_GIVE_UP = """
+SWEEP_GIVE_UP = (
+    """
+WITH finished AS (
 UPDATE import_job
 SET status = 'FAILED', phase = 'done', finished_at = now(), lease_owner = NULL, lease_until = NULL,
     message = 'gave up after ' || attempts || ' attempts; the worker logs (request id ' || coalesce(request_id, '-')
               || ') say why. Orders applied before stay.',
     lsn = pg_current_wal_lsn(), expires_at = now() + make_interval(days => %(retention)s)
 WHERE status IN ('QUEUED', 'RUNNING') AND attempts >= 50 AND (lease_until IS NULL OR lease_until < now())
-RETURNING id
+RETURNING *
+), audited AS ("""
+    + FINISHED_AUDIT
+    + """)
+SELECT id FROM finished
 """
+)
 
 SWEEP = """
 UPDATE import_job SET enqueued_at = now()
@@ -412,9 +447,10 @@ class Swept(NamedTuple):
     resend: list[int]
 
 
-def sweep(conn: psycopg.Connection[Any], *, retention: int, lease: float) -> Swept:
-    """The sweep's three steps (each its own statement): cancel, give up, pick the jobs to send again."""
-    days = {"retention": retention}
+def sweep(conn: psycopg.Connection[Any], *, retention: int, lease: float, actor: str) -> Swept:
+    """The sweep's three steps (each its own statement): cancel, give up (each ending writes
+    its job's import.finished audit row, by `actor`), pick the jobs to send again."""
+    days = {"retention": retention, "actor": actor}
     cancelled = [int(r[0]) for r in conn.execute(SWEEP_CANCEL, days)]
     given_up = [int(r[0]) for r in conn.execute(SWEEP_GIVE_UP, days)]
     resend = [int(r[0]) for r in conn.execute(SWEEP, {"lease": lease})]

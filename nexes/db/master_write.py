@@ -9,7 +9,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from nexes.db import order_write
+from nexes.db import audit, order_write
+from nexes.db.audit import Actor
 from nexes.db.catalog import CustomerRow, StockItemRow
 
 
@@ -28,15 +29,19 @@ async def stock_item_ids_by_sku(conn: AsyncConnection[Any], skus: Collection[str
     return {sku: id_ for sku, id_ in await cur.fetchall()}
 
 
-async def create_customer(conn: AsyncConnection[Any], code: str, name: str) -> tuple[CustomerRow, bool]:
-    """The customer with this code, made when missing; True when it was made now."""
+async def create_customer(conn: AsyncConnection[Any], code: str, name: str, *, by: Actor) -> tuple[CustomerRow, bool]:
+    """The customer with this code, made when missing (with its audit row); True when it was made now."""
     cur = await conn.execute(
         "INSERT INTO customer (code, name) VALUES (%s, %s) ON CONFLICT (code) DO NOTHING RETURNING id, code, name",
         [code, name],
     )
     made = await cur.fetchone()
     if made:
-        return CustomerRow(*made), True
+        customer = CustomerRow(*made)
+        key = audit.entity_id("Customer", customer.id)
+        changes = {"code": code, "name": name}
+        await audit.record(conn, by, "createCustomer", entity="Customer", key=key, changes=changes)
+        return customer, True
     cur = await conn.execute("SELECT id, code, name FROM customer WHERE code = %s", [code])
     row = await cur.fetchone()
     assert row is not None
@@ -44,10 +49,10 @@ async def create_customer(conn: AsyncConnection[Any], code: str, name: str) -> t
 
 
 async def create_stock_item(
-    conn: AsyncConnection[Any], sku: str, name: str, opening: int
+    conn: AsyncConnection[Any], sku: str, name: str, opening: int, *, by: Actor
 ) -> tuple[StockItemRow, bool, int | None]:
-    """The item with this SKU, made with its opening balance (one OPENING movement) when
-    missing; returns (item, made now, the opening quantity it was made with or None)."""
+    """The item with this SKU, made with its opening balance (one OPENING movement) and its
+    audit row when missing; returns (item, made now, the opening quantity it was made with or None)."""
     cur = await conn.execute(
         "INSERT INTO stock_item (sku, name, on_hand) VALUES (%s, %s, %s) ON CONFLICT (sku) DO NOTHING "
         "RETURNING id, sku, name, on_hand",
@@ -62,6 +67,9 @@ async def create_stock_item(
                 "VALUES (%s, %s, 'OPENING', 'opening:' || %s)",
                 [item.id, opening, sku],
             )
+        changes = {"sku": sku, "name": name, "onHand": opening}
+        key = audit.entity_id("StockItem", item.id)
+        await audit.record(conn, by, "createStockItem", entity="StockItem", key=key, changes=changes)
         return item, True, opening
     cur = await conn.execute(
         "SELECT s.id, s.sku, s.name, s.on_hand, m.quantity FROM stock_item AS s "
@@ -74,10 +82,10 @@ async def create_stock_item(
 
 
 async def receive_stock(
-    conn: AsyncConnection[Any], stock_item_id: int, quantity: int, reference: str
+    conn: AsyncConnection[Any], stock_item_id: int, quantity: int, reference: str, *, by: Actor
 ) -> tuple[bool, tuple[int, int] | None]:
-    """Book a receipt once per reference: (moved now, (item id, quantity) of the receipt
-    already booked under this reference, when there was one)."""
+    """Book a receipt once per reference, with its audit row: (moved now, (item id, quantity)
+    of the receipt already booked under this reference, when there was one)."""
     cur = await conn.execute(
         "INSERT INTO stock_movement (stock_item_id, quantity, kind, idempotency_key) "
         "VALUES (%s, %s, 'RECEIPT', 'receipt:' || %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
@@ -87,6 +95,9 @@ async def receive_stock(
         await conn.execute(
             "UPDATE stock_item SET on_hand = on_hand + %s, updated_at = now() WHERE id = %s", [quantity, stock_item_id]
         )
+        changes = {"quantity": quantity, "reference": reference}
+        key = audit.entity_id("StockItem", stock_item_id)
+        await audit.record(conn, by, "receiveStock", entity="StockItem", key=key, changes=changes)
         return True, None
     cur = await conn.execute(
         "SELECT stock_item_id, quantity FROM stock_movement WHERE idempotency_key = 'receipt:' || %s", [reference]
@@ -120,9 +131,10 @@ async def current_lines(conn: AsyncConnection[Any], order_id: int, created_at: A
 
 
 async def stage(
-    conn: AsyncConnection[Any], orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+    conn: AsyncConnection[Any], orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]], *, by: Actor, action: str
 ) -> list[tuple[Any, ...]]:
-    """Stage orders and lines (order_write.ORDER_COLUMNS / LINE_COLUMNS) and apply them."""
+    """Stage orders and lines (order_write.ORDER_COLUMNS / LINE_COLUMNS) and apply them; every
+    order inserted or updated gets its audit row (`action` by `by`), an unchanged one none."""
     await conn.execute(order_write.STAGE_SCRIPT)
     cur = conn.cursor()
     async with cur.copy(order_write.COPY_ORDERS) as copy:
@@ -131,7 +143,9 @@ async def stage(
     async with cur.copy(order_write.COPY_LINES) as copy:
         for line in lines:
             await copy.write_row(line)
-    return await order_write.apply_async(conn)
+    results = await order_write.apply_async(conn)
+    await audit.record_orders(conn, by, action)
+    return results
 
 
 async def current_lsn(conn: AsyncConnection[Any]) -> str:

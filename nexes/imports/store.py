@@ -50,8 +50,11 @@ def clean_filename(name: str | None) -> str | None:
 class UploadWriter:
     """One file streaming into import_upload_chunk: `start`, `write`..., then `finish` or `abort`."""
 
-    def __init__(self, run: Runner, *, filename: str | None, max_bytes: int, retention_days: int) -> None:
+    def __init__(
+        self, run: Runner, *, filename: str | None, max_bytes: int, retention_days: int, created_by: str
+    ) -> None:
         self._run = run
+        self.created_by = created_by  # the job's owner: the token's sub, or cli:<os user>
         self.filename = clean_filename(filename)
         self._max_bytes = max_bytes
         self._retention_days = retention_days
@@ -64,11 +67,15 @@ class UploadWriter:
         self._inflight: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Create the UPLOADING job, tagged with the request id and trace context."""
+        """Create the UPLOADING job, owned by its creator, tagged with the request id and trace context."""
         request_id, traceparent = request_id_var.get(), current_traceparent()
         self.job_id = await self._run(
             lambda conn: import_jobs.create_job(
-                conn, filename=self.filename, request_id=request_id, traceparent=traceparent
+                conn,
+                filename=self.filename,
+                request_id=request_id,
+                traceparent=traceparent,
+                created_by=self.created_by,
             )
         )
 
@@ -99,7 +106,8 @@ class UploadWriter:
             await task
 
     async def finish(self) -> StoredUpload:
-        """Store the last chunk and mark the job QUEUED (not yet enqueued)."""
+        """Store the last chunk and mark the job QUEUED (not yet enqueued), with its
+        import.accepted audit row."""
         if self._buffer:
             await self._store(bytes(self._buffer))
             self._buffer.clear()

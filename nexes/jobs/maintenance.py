@@ -12,7 +12,7 @@ import logging
 import dramatiq
 import psycopg
 
-from nexes.db import imports_apply, partitions
+from nexes.db import audit, imports_apply, partitions
 from nexes.db.connect.worker import worker_pool
 from nexes.jobs.runtime import DDL_QUEUE, settings
 
@@ -26,6 +26,7 @@ def maintain_partitions() -> None:
         created = partitions.ensure(
             conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
         )
+        audit.maintain(conn, audit.scheduler(), retention_days=settings.audit_retention_days, quarters_created=created)
     log.info("partitions ensured, %d created", created)
 
 
@@ -41,6 +42,12 @@ def reconcile_stats() -> None:
         for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-reconcile"),
         line_seconds=settings.reconcile_line_seconds,
     )
+    corrections = report.stat_corrections + report.customer_stat_corrections + report.customer_cum_corrections
+    if corrections:  # the corrections are committed slice by slice; this row says they were made
+        with worker_pool(settings).connection() as conn:
+            changes = {"runId": str(report.run_id), "corrections": corrections}
+            by = audit.scheduler()
+            audit.record_sync(conn, by, "reconcile", entity="Dashboard", key="dashboard_stat", changes=changes)
     log.info(
         "reconciliation %s: %d corrections, %d on-hand mismatches, %d negative items, %d lines whose movements "
         "differ (lines of %d quarters checked, %d left for the next runs)",
@@ -70,6 +77,11 @@ def archive_quarters() -> None:
     from nexes.db.archive import archive
 
     steps = archive(settings.owner_url(), after_years=settings.archive_after_years)
+    if steps:
+        with worker_pool(settings).connection() as conn:
+            changes = {"steps": steps[:20], "stepCount": len(steps)}
+            by = audit.scheduler()
+            audit.record_sync(conn, by, "archiveQuarters", entity="Partition", key="service_order", changes=changes)
     log.info("archive: %d step(s) done", len(steps))
 
 
@@ -80,7 +92,12 @@ def sweep_imports() -> None:
     from nexes.jobs.imports import enqueue_import
 
     with worker_pool(settings).connection() as conn:
-        swept = imports_apply.sweep(conn, retention=settings.import_retention_days, lease=settings.import_lease_seconds)
+        swept = imports_apply.sweep(
+            conn,
+            retention=settings.import_retention_days,
+            lease=settings.import_lease_seconds,
+            actor=audit.scheduler().name,
+        )
     for job_id in swept.resend:
         enqueue_import(job_id)
     if swept.resend or swept.cancelled or swept.given_up:
@@ -99,6 +116,10 @@ def purge_imports() -> None:
     while True:  # bounded batches: each a short transaction
         with worker_pool(settings).connection() as conn:
             deleted = imports_apply.purge(conn, batch)
+            if deleted:
+                changes = {"deleted": deleted, "retentionDays": settings.import_retention_days}
+                by = audit.scheduler()
+                audit.record_sync(conn, by, "purgeImports", entity="ImportJob", key="expired", changes=changes)
         total += deleted
         if deleted < batch:
             break

@@ -1,4 +1,8 @@
-"""Import jobs: reads on the primary (progress must be fresh), start and cancel."""
+"""Import jobs: reads on the primary (progress must be fresh), start and cancel.
+
+Operators see and cancel only the jobs they started (created_by, their token's subject);
+admins every one. Someone else's job answers exactly as a job that does not exist (null,
+NOT_FOUND), so its existence is not revealed either."""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ from typing import Any
 import strawberry
 from psycopg import AsyncConnection
 
+from nexes.db import audit
 from nexes.db import imports as db
 from nexes.db.imports import FINAL_STATUSES, ImportErrorRow, ImportJobRow
 from nexes.errors import Code, NexesError
 from nexes.imports.upload import StoredUpload, enqueue
+from nexes.resolvers.audit import actor
 from nexes.resolvers.context import Info
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
@@ -49,9 +55,17 @@ def to_import_job(row: ImportJobRow) -> ImportJob:
         started_at=row.started_at,
         finished_at=row.finished_at,
         lsn=row.lsn if final else None,
+        created_by=row.created_by,
         row_id=row.id,
         errors_of=import_errors,
     )
+
+
+def finished_changes(row: ImportJobRow) -> dict[str, Any]:
+    """The import.finished audit row's changes (as imports_apply.FINISHED_AUDIT writes them)."""
+    counts = {"totalRows": row.total_rows, "processedRows": row.processed_rows, "inserted": row.inserted}
+    counts |= {"updated": row.updated, "unchanged": row.unchanged, "failed": row.failed}
+    return {"status": row.status, **counts, "message": row.message}
 
 
 def to_row_error(row: ImportErrorRow) -> ImportRowError:
@@ -66,8 +80,9 @@ def to_row_error(row: ImportErrorRow) -> ImportRowError:
 
 
 async def import_job_by_key(info: Info, key: int) -> ImportJob | None:
+    """The job, when it exists and the caller owns it (or is an admin); else None."""
     row = await info.context.router.read(lambda conn: db.get_job(conn, key), fresh=True)
-    return to_import_job(row) if row is not None else None
+    return to_import_job(row) if row is not None and info.context.viewer.owns(row.created_by) else None
 
 
 async def import_job(info: Info, id: strawberry.ID) -> ImportJob | None:
@@ -78,9 +93,10 @@ async def import_jobs(info: Info, status: str | None, first: int | None, after: 
     ctx = info.context
     request = page_request(PageArgs(first, after), max_size=ctx.settings.max_page_size)
     after_id = ctx.cursors.decode(request.cursor, JOBS_ORDER, str).id if request.cursor is not None else None
+    owner = None if ctx.viewer.is_admin else ctx.viewer.subject
 
     async def work(conn: AsyncConnection[Any]) -> list[ImportJobRow]:
-        return await db.jobs_page(conn, status=status, after_id=after_id, limit=request.limit + 1)
+        return await db.jobs_page(conn, status=status, owner=owner, after_id=after_id, limit=request.limit + 1)
 
     rows = await ctx.router.read(work, fresh=True) if request.limit else []
     edges, page_info = build_page(
@@ -121,9 +137,23 @@ async def cancel_import(info: Info, id: strawberry.ID) -> CancelImportPayload:
     except NexesError as exc:
         return CancelImportPayload(import_job=None, errors=[user_error(exc.code, exc.message, exc.field)])
 
-    async def work(conn: AsyncConnection[Any]) -> tuple[bool, ImportJobRow | None]:
-        cancelled = await db.cancel(conn, key)
-        return cancelled, await db.get_job(conn, key)
+    viewer, by = info.context.viewer, actor(info)
+
+    async def work(conn: AsyncConnection[Any]) -> tuple[str | None, ImportJobRow | None]:
+        async with conn.transaction():
+            found = await db.get_job(conn, key)
+            if found is None or not viewer.owns(found.created_by):
+                return None, None
+            status = await db.cancel(conn, key)
+            after = await db.get_job(conn, key)
+            if status is not None and after is not None:
+                job = audit.entity_id("ImportJob", key)
+                changes = {"status": [found.status, status]}
+                await audit.record(conn, by, "cancelImport", entity="ImportJob", key=job, changes=changes)
+                if after.status in FINAL_STATUSES:  # it never ran: this is its end, as a worker would write it
+                    changes = finished_changes(after)
+                    await audit.record(conn, by, "import.finished", entity="ImportJob", key=job, changes=changes)
+            return status, after
 
     cancelled, row = await info.context.router.write(work)
     if row is None:

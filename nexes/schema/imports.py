@@ -69,13 +69,20 @@ class ImportJob(Node):
     lsn: str | None = strawberry.field(
         description="Once finished: the primary's WAL position; send it as X-Nexes-Min-LSN to read the result."
     )
+    created_by: str | None = strawberry.field(
+        description="Who started it: the token's subject, or cli:<os user> for `nexes import`; "
+        "null for jobs from before owners were recorded (only admins see those)."
+    )
     row_id: strawberry.Private[int]
     errors_of: strawberry.Private[ImportErrors]
 
-    @strawberry.field(description="Rejected rows in file order. Default 20 per page.")
+    @strawberry.field(
+        description="Rejected rows in file order, with their raw text. Default 20 per page. Only the job's "
+        "creator and admins may read them: null (with a FORBIDDEN error) for anyone else."
+    )
     async def errors(
         self, info: strawberry.Info, first: int | None = None, after: str | None = None
-    ) -> ImportErrorConnection:
+    ) -> ImportErrorConnection | None:
         return await self.errors_of(info, self.row_id, first, after)
 
 

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import strawberry
 
-from nexes.resolvers import catalog, dashboard, imports, mutations, nodes, orders, reports, search
+from nexes.resolvers import audit, catalog, dashboard, imports, mutations, nodes, orders, reports, search
 from nexes.resolvers.context import Info
 from nexes.resolvers.pagination import PageArgs
+from nexes.schema.audit import AuditEventConnection
 from nexes.schema.dashboard import Dashboard
 from nexes.schema.imports import (
     CancelImportPayload,
@@ -108,6 +109,25 @@ class Query:
         after: str | None = None,
     ) -> ImportJobConnection:
         return await imports.import_jobs(info, status.value if status else None, first, after)
+
+    @strawberry.field(
+        description="The audit trail (admins): who did what, newest first, filtered by entity, its id, actor and "
+        "time (from inclusive, to exclusive). Default 20 per page, at most 100."
+    )
+    async def audit_events(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        entity: str | None = None,
+        entity_id: str | None = None,
+        actor: str | None = None,
+        from_: Annotated[dt.datetime | None, strawberry.argument(name="from")] = None,
+        to: dt.datetime | None = None,
+    ) -> AuditEventConnection:
+        return await audit.audit_events(
+            info, first=first, after=after, entity=entity, entity_id=entity_id, actor=actor, since=from_, until=to
+        )
 
     @strawberry.field(description="Analyst reports (replicas only; SERVICE_UNAVAILABLE when none is healthy).")
     def reports(self) -> Reports:

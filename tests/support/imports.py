@@ -47,7 +47,9 @@ def csv_bytes(*lines: str, header: str = HEADER) -> bytes:
     return ("\n".join([header, *lines]) + "\n").encode()
 
 
-async def store_async(settings: Settings, data: bytes, filename: str = "orders.csv") -> int:
+async def store_async(
+    settings: Settings, data: bytes, filename: str = "orders.csv", created_by: str = "cli:tests"
+) -> int:
     """Store `data` as a QUEUED job exactly as `nexes import` does, without enqueueing it."""
     conninfo = for_role(settings.primary_url, settings, "nexes_worker", application_name="nexes-import")
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
@@ -56,7 +58,11 @@ async def store_async(settings: Settings, data: bytes, filename: str = "orders.c
             return await work(conn)
 
         writer = UploadWriter(
-            run, filename=filename, max_bytes=settings.import_max_bytes, retention_days=settings.import_retention_days
+            run,
+            filename=filename,
+            max_bytes=settings.import_max_bytes,
+            retention_days=settings.import_retention_days,
+            created_by=created_by,
         )
         await writer.start()
         for start in range(0, len(data), CHUNK_BYTES):
@@ -65,8 +71,8 @@ async def store_async(settings: Settings, data: bytes, filename: str = "orders.c
     return upload.job_id
 
 
-def store(settings: Settings, data: bytes, filename: str = "orders.csv") -> int:
-    return asyncio.run(store_async(settings, data, filename))
+def store(settings: Settings, data: bytes, filename: str = "orders.csv", created_by: str = "cli:tests") -> int:
+    return asyncio.run(store_async(settings, data, filename, created_by))
 
 
 def close_worker_pool() -> None:
