@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage
 from opentelemetry import context as otel_context
@@ -138,9 +139,24 @@ class OwnerQueues(dramatiq.Middleware):
         worker.consumer_whitelist = kept
 
 
-broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
-broker.add_middleware(AsyncIO())
-broker.add_middleware(CurrentMessage())
-broker.add_middleware(TraceContext())
-broker.add_middleware(OwnerQueues())
+def redis_pool(url: str, timeout: float) -> redis.ConnectionPool:
+    """The connections of a Redis client whose every call waits at most `timeout` seconds
+    to connect and for each answer (NEXES_REDIS_TIMEOUT): a Redis that accepts and never
+    answers fails the call with redis.TimeoutError instead of hanging it. (RedisBroker's
+    `url=` builds a pool without them, and its other keywords then go unused.)"""
+    return redis.ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def make_broker(redis_url: str, timeout: float) -> RedisBroker:
+    """The Dramatiq broker with Nexes' middleware. Dramatiq's Redis consumer polls (no
+    blocking command), so none of its calls needs to wait longer than the timeout."""
+    made = RedisBroker(connection_pool=redis_pool(redis_url, timeout))  # type: ignore[no-untyped-call]
+    made.add_middleware(AsyncIO())
+    made.add_middleware(CurrentMessage())
+    made.add_middleware(TraceContext())
+    made.add_middleware(OwnerQueues())
+    return made
+
+
+broker = make_broker(settings.redis_url, settings.redis_timeout)
 dramatiq.set_broker(broker)

@@ -44,7 +44,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    client = redis.Redis.from_url(settings.redis_url)
+    from nexes.jobs.runtime import redis_pool
+
+    # Every lock call bounded by NEXES_REDIS_TIMEOUT: a silent Redis stops the scheduler with
+    # redis.TimeoutError (its supervisor restarts it) instead of hanging it.
+    client = redis.Redis(connection_pool=redis_pool(settings.redis_url, settings.redis_timeout))
     lock = client.lock(LOCK_NAME, timeout=LOCK_TTL, thread_local=False)
     log.info("scheduler waiting for leadership")
     while not stop.is_set():
