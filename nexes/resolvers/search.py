@@ -3,7 +3,6 @@ PostgreSQL by id in one batched statement, keep the engine's order."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ from psycopg import AsyncConnection
 
 from nexes.db import orders as orders_db
 from nexes.errors import Code, bad_input
+from nexes.resolvers.audit import send_audited
 from nexes.resolvers.context import Info
 from nexes.resolvers.orders import hydrate
 from nexes.resolvers.selection import selected_paths
@@ -107,7 +107,8 @@ async def reindex_search(info: Info) -> gql.ReindexSearchPayload:
     from nexes.jobs.search import reindex_search as actor
 
     try:
-        await asyncio.to_thread(actor.send)
+        collection = info.context.settings.typesense_collection
+        await send_audited(info, actor.send, "reindexSearch", "SearchIndex", collection)
     except Exception as exc:
         log.warning("reindexSearch: could not enqueue (%s)", exc)
         error = user_error(Code.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly")
