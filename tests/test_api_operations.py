@@ -137,7 +137,8 @@ async def reads_and_health(settings: Settings) -> dict[str, Any]:
         for _ in range(5):
             body = await gql(client, PAGE)
             assert "errors" not in body and len(body["data"]["serviceOrders"]["edges"]) == 5
-        health = await client.get("/api/health")
+        await client.app.state.monitor.refresh()  # type: ignore[attr-defined]
+        health = await client.get("/api/health/detail")
     assert health.status_code == 200
     report: dict[str, Any] = health.json()
     assert report["status"] == "degraded"

@@ -114,7 +114,7 @@ async def test_failures_in_the_detail_are_codes_without_hosts_ports_or_roles(see
     assert body["replicas"][0]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
     assert body["replicas"][0]["state"] == "unreachable" and body["replicas"][0]["in_rotation"] is False
     assert body["redis"]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
-    assert body["typesense"]["error"]["code"] == "CONNECTION_REFUSED"
+    assert body["typesense"]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
     # Neither server answers the monitor: no database can be vouched for.
     assert body["status"] == "down" and detail.status_code == 503
     assert short.status_code == 503 and short.json() == {"status": "down"}

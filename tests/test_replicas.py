@@ -13,6 +13,7 @@ from dataclasses import replace
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.lsn import format_lsn, parse_lsn
@@ -20,7 +21,7 @@ from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.apps import plain_endpoint
 from tests.support.databases import superuser_url
-from tests.support.replicas import fast, monitor_of, replay_paused, wait_for_state
+from tests.support.replicas import fast, health_detail, monitor_of, replay_paused, wait_for_state
 from tests.support.stack import stopped
 
 CREATE = "mutation($c: String!) { createCustomer(input: {code: $c, name: $c}) { customer { id } errors { code } } }"
@@ -112,9 +113,9 @@ async def test_a_replica_held_past_the_threshold_leaves_rotation_and_comes_back(
             read = await gql(c, FIND, {"c": "nobody"})
             assert "errors" not in read
             assert _route_count(c, "primary") > before
-            health = (await c.get("/api/health")).json()
+            health = await health_detail(c)
             assert health["replicas"][0]["state"] == "lagging" and health["replicas"][0]["in_rotation"] is False
-            assert health["replicas"][0]["monitor_lag_seconds"] > 1.0
+            assert health["replicas"][0]["lag_seconds"] > 1.0
             report = await gql(c, REPORT)
             assert error_codes(report) == ["SERVICE_UNAVAILABLE"]
         await wait_for_state(c, "healthy", 5)
@@ -135,7 +136,7 @@ async def test_replica_stopped_reads_succeed_reports_are_unavailable_and_it_retu
             assert error_codes(report) == ["SERVICE_UNAVAILABLE"]
             export = await c.get("/api/exports/service-orders.csv")
             assert export.status_code == 503
-            health = (await c.get("/api/health")).json()
+            health = await health_detail(c)
             assert health["replicas"][0]["state"] == "unreachable"
             assert health["status"] == "degraded"
         # `stopped` returns once the replica serves through PgBouncer again.
@@ -147,7 +148,9 @@ async def test_metrics_count_routes_and_show_replica_state(seeded: Settings) -> 
     async with client(fast(seeded)) as c:
         await wait_for_state(c, "healthy", 10)
         await gql(c, FIND, {"c": "x"})
-        text = (await c.get("/metrics")).text
+        # /metrics is the ops listener's (tests/test_ops_serve.py); this process's registry here.
+        text = generate_latest(REGISTRY).decode()
+        assert (await c.get("/metrics")).status_code == 404
     assert 'nexes_db_route_total{reason="healthy_replica",target="replica"}' in text
     assert 'nexes_replica_in_rotation{replica="replica-0"} 1.0' in text
 

@@ -33,6 +33,7 @@ from nexes.search.sync import drain
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.imports import csv_bytes, line, store_async
+from tests.support.replicas import health_detail
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now, worker_pool
 from tests.support.stack import ROOT, stack
 from tests.support.waits import eventually, wait_for
@@ -136,7 +137,7 @@ async def test_health_shows_the_latest_reindex_and_its_progress(
     db.execute("ANALYZE service_order")
     orders = search_db.count_orders(db)
     report = reindex(search_db_settings, ts)
-    shown = (await api.get("/api/health")).json()["search"]["reindex"]
+    shown = (await health_detail(api))["search"]["reindex"]
     assert (shown["collection"], shown["outcome"], shown["documents"]) == (report.collection, "swapped", orders)
     assert shown["finished_at"] is not None and shown["estimated_total"] == orders
     # A run in progress shows as running, with the documents it has sent so far.
@@ -144,7 +145,7 @@ async def test_health_shows_the_latest_reindex_and_its_progress(
     assert run is not None
     try:
         db.execute("UPDATE search_reindex SET documents = 500 WHERE id = %s", [run])
-        shown = (await api.get("/api/health")).json()["search"]["reindex"]
+        shown = (await health_detail(api))["search"]["reindex"]
         assert (shown["outcome"], shown["documents"], shown["finished_at"]) == ("running", 500, None)
     finally:
         db.execute("DELETE FROM search_reindex WHERE id = %s", [run])
@@ -337,7 +338,7 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
         assert sod in sods(await search(api, sod.rsplit("-", 1)[-1]))
         body = await search(api, "ab")
         assert error_codes(body) == ["BAD_USER_INPUT"]
-        health = (await api.get("/api/health")).json()
+        health = await health_detail(api)
         assert health["search"]["typesense"] == "down" and health["search"]["outbox_pending"] >= 1000
     finally:
         start_typesense(search_db_settings, documents)
@@ -561,11 +562,11 @@ async def test_health_and_metrics_report_sync_lag(
     sync_now(search_db_settings)
     db.execute("UPDATE service_order SET updated_at = clock_timestamp() WHERE id = (SELECT min(id) FROM service_order)")
     time.sleep(0.3)
-    health = (await api.get("/api/health")).json()["search"]
+    health = (await health_detail(api))["search"]
     assert health["typesense"] == "ok" and health["outbox_pending"] == 1 and health["sync_lag_seconds"] >= 0.3
     assert b"nexes_search_sync_lag_seconds" in generate_latest(REGISTRY)
     sync_now(search_db_settings)
-    health = (await api.get("/api/health")).json()["search"]
+    health = (await health_detail(api))["search"]
     assert health["outbox_pending"] == 0 and health["sync_lag_seconds"] == 0
     assert health["breaker"] in ("closed", "half-opened")
 

@@ -44,8 +44,7 @@ def classify_redis(exc: BaseException) -> ProbeError:
     if isinstance(exc, aioredis.AuthenticationError):
         return probes.AUTH_FAILED
     if isinstance(exc, aioredis.ConnectionError):  # the socket's own error rides along
-        inner = exc.__cause__ or exc.__context__
-        return probes.classify_socket(inner) if isinstance(inner, OSError) else probes.CONNECTION_FAILED
+        return probes.classify_wrapped(exc) or probes.CONNECTION_FAILED
     if isinstance(exc, aioredis.RedisError):
         return probes.QUERY_FAILED
     return probes.classify_socket(exc)

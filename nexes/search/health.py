@@ -25,8 +25,8 @@ def classify_http(exc: BaseException) -> ProbeError:
     """The code for a failed HTTP probe (httpx), without the URL httpx puts in its text."""
     if isinstance(exc, httpx.TimeoutException):
         return probes.TIMEOUT
-    if isinstance(exc, httpx.ConnectError):
-        return probes.CONNECTION_REFUSED if "refused" in str(exc).lower() else probes.CONNECTION_FAILED
+    if isinstance(exc, httpx.ConnectError):  # the socket's own error rides along
+        return probes.classify_wrapped(exc) or probes.CONNECTION_FAILED
     if isinstance(exc, httpx.HTTPError | ValueError):
         return probes.CONNECTION_FAILED
     return probes.classify_socket(exc)

@@ -38,6 +38,16 @@ def monitor_of(c: httpx.AsyncClient) -> Any:
     return c.app.state.monitor  # type: ignore[attr-defined]
 
 
+async def health_detail(c: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /api/health/detail (admin) after a monitor round of now: health shows the
+    monitor's last round, so a test that just changed something runs one first."""
+    await monitor_of(c).refresh()
+    answer = await c.get("/api/health/detail")
+    assert answer.status_code in (200, 503), answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
 async def wait_for_state(c: httpx.AsyncClient, state: str, timeout: float) -> float:
     """Until the app's monitor calls the first replica `state`; returns the seconds that took."""
     started = time.monotonic()

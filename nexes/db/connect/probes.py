@@ -112,6 +112,20 @@ def classify_socket(exc: BaseException) -> ProbeError:
     return next((error for cls, error in _SOCKET if isinstance(exc, cls)), UNEXPECTED)
 
 
+def classify_wrapped(exc: BaseException) -> ProbeError | None:
+    """The code of the innermost OS error a client's exception wraps (redis-py and httpx
+    wrap the socket's; their own text names the host and port), or None without one."""
+    inner, found = exc, None
+    for _ in range(8):  # a chain of causes, never a cycle in practice
+        if isinstance(inner, OSError):
+            found = inner
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    return classify_socket(found) if found is not None else None
+
+
 @dataclass
 class ServerState:
     """One server's last probe, as the monitor keeps it."""
