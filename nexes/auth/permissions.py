@@ -51,7 +51,7 @@ INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
 # Nested fields with a rule of their own -> the rule, in words (enforced by field guards).
 OWNER_OR_ADMIN = "the job's creator (createdBy) and admins"
 NESTED: dict[str, str] = {
-    "ImportJob.rows": OWNER_OR_ADMIN,
+    "ImportJob.errors": OWNER_OR_ADMIN,  # the rejected rows, raw content included
 }
 
 # HTTP routes besides /graphql: (method, path) -> roles. Routes not here and not PUBLIC
