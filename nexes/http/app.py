@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from nexes.db.connect.monitor import ReplicaMonitor
 from nexes.db.connect.pools import Pools
 from nexes.db.connect.router import AnalystRouter, Router
 from nexes.db.keyset import CursorCodec
-from nexes.errors import Code, NexesError
+from nexes.errors import HTTP_STATUS, Code, NexesError
 from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
 from nexes.execution.schema import schema
@@ -45,16 +46,32 @@ from nexes.settings import Settings
 
 class RequestContextMiddleware:
     """X-Request-ID in (when safe) or made, set for logs and SQL, echoed back with a
-    Server-Timing entry for the database work; bodies past the limit get 413.
+    Server-Timing entry for the database work; bodies past the limit get 413, bodies
+    that come too slowly 408.
 
     Uploads (POST /api/imports, multipart POST /graphql) stream into PostgreSQL and may
     reach `upload_max_bytes` plus one ordinary body for their other fields; the upload
-    code enforces the exact per-file limit as it stores."""
+    code enforces the exact per-file limit as it stores.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, upload_max_bytes: int = 0) -> None:
+    Slow bodies (slowloris): an ordinary body must have arrived whole within
+    `body_read_seconds` of the request's start; an upload, however long, may not pause
+    more than `upload_idle_seconds` between two chunks. Both are read from the app's
+    settings unless given. Header size and header time are the reverse proxy's to cap
+    (README, "Behind a reverse proxy"): uvicorn with httptools has no setting for them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        upload_max_bytes: int = 0,
+        body_read_seconds: float | None = None,
+        upload_idle_seconds: float | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.upload_max_bytes = upload_max_bytes + max_body_bytes
+        self.body_read_seconds = body_read_seconds
+        self.upload_idle_seconds = upload_idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,9 +86,12 @@ class RequestContextMiddleware:
         stats: list[float] = []
         sql_stats_var.set(stats)
         started = time.perf_counter()
+        responded = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal responded
             if message["type"] == "http.response.start":
+                responded = True
                 db_ms = sum(stats) * 1000
                 total_ms = (time.perf_counter() - started) * 1000
                 timing = f'db;dur={db_ms:.2f};desc="{len(stats)} statements", app;dur={total_ms:.2f}'
@@ -83,25 +103,67 @@ class RequestContextMiddleware:
             await send(message)
 
         request_headers = dict(scope["headers"])
-        limit = self.upload_max_bytes if _is_upload(scope, request_headers) else self.max_body_bytes
+        upload = _is_upload(scope, request_headers)
+        limit = self.upload_max_bytes if upload else self.max_body_bytes
         length = request_headers.get(headers.CONTENT_LENGTH.raw)
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(send_with_headers, limit)
             return
-        await self.app(scope, self._limited(receive, limit), send_with_headers)
+        try:
+            await self.app(scope, self._guarded(scope, receive, limit, upload=upload), send_with_headers)
+        except _BodyRefused as exc:
+            if responded:  # an endpoint that answered before it read the body: nothing left to say
+                raise
+            await send_json(send_with_headers, {"errors": [error_payload(exc.code, exc.message)]}, exc.status)
 
-    def _limited(self, receive: Receive, limit: int) -> Receive:
+    def _guarded(self, scope: Scope, receive: Receive, limit: int, *, upload: bool) -> Receive:
+        """`receive` with the size limit and the read deadlines, until the body is whole;
+        afterwards (an endpoint waiting for the client to disconnect) unbounded."""
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+        if upload:  # between two chunks
+            budget = float(self.upload_idle_seconds or getattr(settings, "upload_idle_seconds", 60.0))
+        else:  # for the whole body
+            budget = float(self.body_read_seconds or getattr(settings, "body_read_seconds", 10.0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         seen = 0
+        complete = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def guarded() -> Message:
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            wait = budget if upload else deadline - loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except TimeoutError:
+                raise _too_slow(upload, budget) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise NexesError(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))
+                raise _BodyRefused(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))
             return message
 
-        return limited
+        return guarded
+
+
+class _BodyRefused(NexesError):
+    """The body broke a limit of the HTTP edge: too large, or too slow. Raised from
+    `receive`, so the endpoint's own error handling sees it; answered by the middleware
+    when it escapes an endpoint before the response started."""
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+
+def _too_slow(upload: bool, seconds: float) -> _BodyRefused:
+    if upload:
+        message = f"the upload paused for more than {seconds:g} s between two chunks (NEXES_UPLOAD_IDLE_SECONDS)"
+    else:
+        message = f"the request body did not arrive whole within {seconds:g} s (NEXES_BODY_READ_SECONDS)"
+    return _BodyRefused(Code.REQUEST_TIMEOUT, message + "; send it again, faster")
 
 
 def _too_large_message(limit: int) -> str:
