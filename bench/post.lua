@@ -6,6 +6,11 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- A bearer token (bench/tokens.py) when AUTHORIZATION names one: every request sends it.
+local authorization = os.getenv("AUTHORIZATION")
+if authorization and authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 local threads = {}
 

@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from bench.run import DB, bench_env, report
 from bench.samplers import descendants, status_kib
+from bench.tokens import bearer
 from nexes import settings as settings_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,11 +177,23 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def auth() -> dict[str, str]:
+    """An admin's token for every request of this benchmark (one signed-in user per client
+    would be truer; the API checks a token's signature once either way)."""
+    global _AUTH
+    if _AUTH is None:
+        _AUTH = bearer(bench_env(), "admin")
+    return _AUTH
+
+
+_AUTH: dict[str, str] | None = None
+
+
 def replica_rotation(port: int, probes: int = 8) -> list[dict[str, Any]]:
-    """/api/health's replica entries, from fresh connections (each lands on either worker)."""
+    """/api/health/detail's replica entries, from fresh connections (each lands on either worker)."""
     seen = []
     for _ in range(probes):
-        body = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10).json()
+        body = httpx.get(f"http://127.0.0.1:{port}/api/health/detail", headers=auth(), timeout=10).json()
         for replica in body["replicas"]:
             seen.append({k: replica.get(k) for k in ("state", "in_rotation", "monitor_lag_seconds", "lag_seconds")})
     return seen
@@ -305,7 +318,7 @@ class Conn:
         assert self.reader is not None
         self.writer.write(
             b"POST /graphql HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (auth()["Authorization"].encode(), len(body), body)
         )
         try:
             head = await self.reader.readuntil(b"\r\n\r\n")
@@ -608,7 +621,7 @@ def step_reports(port: int, samples: int = 20) -> None:
             }
         cases[f"topCustomers {years}y"] = {"query": TOP, "variables": span}
     cases["aging"] = {"query": AGING}
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth()) as client:
         for name, body in cases.items():
             times, rows = [], 0
             for i in range(samples + 1):  # the first one warms the worker's caches and is dropped
@@ -668,7 +681,10 @@ def export(port: int, workers: list[int], what: str, query: str, orders: int | N
     url = f"http://127.0.0.1:{port}/api/exports/service-orders.csv{query}"
     load0 = load_average()
     out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", url],
+        [
+            *("curl", "-sS", "-o", "/dev/null", "-H", f"Authorization: {auth()['Authorization']}"),
+            *("-w", "%{http_code} %{size_download} %{time_total}", url),
+        ],
         capture_output=True,
         text=True,
         check=True,

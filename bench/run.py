@@ -41,6 +41,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
+from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.migrate import migrate
@@ -133,27 +134,36 @@ class NotReady(RuntimeError):
 
 @contextmanager
 def process(
-    cmd: list[str], env: dict[str, str], ready_url: str, ready_body: dict[str, str], cwd: Path | None = None
+    cmd: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    ready_body: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[None]:
-    """A server, started in its own session, waited for, and stopped by its process group."""
+    """A server, started in its own session, waited for, and stopped by its process group;
+    `headers` go with the readiness requests (a bearer token for Nexes)."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True, cwd=cwd)
         try:
-            yield from _serving(proc, ready_url, ready_body)
+            yield from _serving(proc, ready_url, ready_body, headers or {})
         except NotReady as exc:
             log.seek(0)
             tail = log.read()[-3000:].decode(errors="replace")
             raise NotReady(f"{exc}; its output ends with:\n{tail}") from None
 
 
-def _serving(proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str, str]) -> Iterator[None]:
+def _serving(
+    proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str, str], headers: dict[str, str]
+) -> Iterator[None]:
     try:
         deadline = time.monotonic() + 600  # the peer installs Node.js on its first run
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise NotReady(f"{proc.args!r} exited ({proc.returncode}) before it was ready")
             try:
-                if httpx.post(ready_url, json=ready_body, timeout=2).status_code == 200:
+                if httpx.post(ready_url, json=ready_body, headers=headers, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
@@ -166,12 +176,14 @@ def _serving(proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str
         proc.wait(timeout=30)
 
 
-def wrk(url: str, body: dict[str, object], seconds: int, connections: int = 50) -> dict[str, float]:
+def wrk(
+    url: str, body: dict[str, object], seconds: int, connections: int = 50, authorization: str = ""
+) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(body, f)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "post.lua"), url],
-        env={**os.environ, "BODY_FILE": f.name},
+        env={**os.environ, "BODY_FILE": f.name, "AUTHORIZATION": authorization},
         capture_output=True,
         text=True,
         check=True,
@@ -208,11 +220,15 @@ def bench_api(
     first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
     peer_first = {"query": f"{{ allServiceOrders(first: 50, {PEER_ORDER}) {{ pageInfo {{ endCursor }} }} }}"}
     nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", str(workers)]
+    # A viewer's token, as the SPA sends (code from before tokens ignores the header).
+    auth = bearer(env, "viewer")
     with (
-        process(nexes_cmd, env, nexes_url, first, cwd=checkout),
+        process(nexes_cmd, env, nexes_url, first, cwd=checkout, headers=auth),
         process([str(peer), peer_db, str(peer_port), "public"], PEER_ENV, peer_url, peer_first),
     ):
-        cursor = httpx.post(nexes_url, json=first).json()["data"]["serviceOrders"]["pageInfo"]["endCursor"]
+        cursor = httpx.post(nexes_url, json=first, headers=auth).json()["data"]["serviceOrders"]["pageInfo"][
+            "endCursor"
+        ]
         body = {
             "query": "query($a: String) { serviceOrders(first: 50, after: $a) "
             f"{{ edges {{ node {{ {PAGE_FIELDS} }} }} }} }}",
@@ -227,7 +243,7 @@ def bench_api(
         # Alternate the two, so that drift of the shared machine hits both alike.
         runs: dict[str, list[dict[str, float]]] = {"nexes": [], "postgraphile": []}
         for _ in range(rounds):
-            runs["nexes"].append(wrk(nexes_url, body, seconds))
+            runs["nexes"].append(wrk(nexes_url, body, seconds, authorization=auth["Authorization"]))
             runs["postgraphile"].append(wrk(peer_url, peer_body, seconds))
     failed = {name: sum(r["gql_errors"] for r in results) for name, results in runs.items()}
     if any(failed.values()):
@@ -258,7 +274,9 @@ async def _latencies(samples: int) -> None:
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bench", headers=bearer(bench_env())
+        ) as client:
             conn = await psycopg.AsyncConnection.connect(
                 psycopg.conninfo.make_conninfo(settings.replica_urls[0], user="nexes_api"),
                 autocommit=True,

@@ -34,6 +34,8 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.tokens import bearer
+
 DB = "nexes_search_bench"
 REDIS_DB = 10
 PORT_TS, PORT_PG = 18461, 18462
@@ -189,7 +191,7 @@ def queries(data: dict[str, list[Any]]) -> dict[str, Callable[[], dict[str, Any]
 
 def latencies(url: str, make: Callable[[], dict[str, Any]], engine: str, n: int = 200) -> tuple[float, float]:
     times = []
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=bearer(os.environ, "viewer")) as client:
         for i in range(n + 20):
             started = time.perf_counter()
             body = client.post("/graphql", json={"query": SEARCH, "variables": make()}).json()
@@ -283,7 +285,7 @@ def bench_latency(env: dict[str, str], data: dict[str, list[Any]]) -> dict[str, 
 
 async def mutate_at(url: str, sods: list[str], rate: float, seconds: float) -> int:
     sent = 0
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(os.environ, "operator")) as client:
         tasks = []
         start = time.monotonic()
         while time.monotonic() - start < seconds:

@@ -40,6 +40,7 @@ from psycopg import sql
 from bench.gen_import import COLUMNS, generate_csv
 from bench.run import DB, ROOT, _p99, bench_env, process, report, superuser
 from bench.samplers import PySpy, Sampler, descendants, short
+from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.db import reconcile as reconcile_sql
 from nexes.db.partitions import next_quarter, quarters
@@ -357,10 +358,10 @@ def bench_import_load(orders: int, requests: int) -> None:
     with tempfile.TemporaryDirectory(prefix="nexes-bench-") as tmp:
         files = [make_file(Path(tmp), orders // 2, tag)[0] for tag in ("L", "M")]
         with (
-            process(serve, env, url, {"query": PAGE}),
+            process(serve, env, url, {"query": PAGE}, headers=bearer(env, "viewer")),
             workers(env, Path(tmp) / "worker.log"),
             psycopg.connect(conninfo, autocommit=True) as conn,
-            httpx.Client(timeout=30) as client,
+            httpx.Client(timeout=30, headers=bearer(env, "viewer")) as client,
         ):
             latencies(client, url, 50)  # warm-up: connections, parse caches
             idle = latencies(client, url, requests)
