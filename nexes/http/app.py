@@ -119,11 +119,12 @@ class RequestContextMiddleware:
     def _guarded(self, scope: Scope, receive: Receive, limit: int, *, upload: bool) -> Receive:
         """`receive` with the size limit and the read deadlines, until the body is whole;
         afterwards (an endpoint waiting for the client to disconnect) unbounded."""
-        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-        if upload:  # between two chunks
-            budget = float(self.upload_idle_seconds or getattr(settings, "upload_idle_seconds", 60.0))
-        else:  # for the whole body
-            budget = float(self.body_read_seconds or getattr(settings, "body_read_seconds", 10.0))
+        # An upload's budget is per pause between two chunks; an ordinary body's, for all of it.
+        configured = self.upload_idle_seconds if upload else self.body_read_seconds
+        if configured is None:  # the app's settings (Starlette puts the app in the scope)
+            settings = scope["app"].state.settings
+            configured = settings.upload_idle_seconds if upload else settings.body_read_seconds
+        budget = float(configured)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         seen = 0

@@ -71,6 +71,9 @@ class FileError(Exception):
         self.message = message
 
 
+DEFAULT_MAX_CELLS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one file may cost to read (NEXES_XLSX_MAX_*, NEXES_IMPORT_MAX_CELLS_PER_ROW):
@@ -79,7 +82,7 @@ class Limits:
     xlsx_max_uncompressed_bytes: int = 2 << 30
     xlsx_max_ratio: int = 100
     xlsx_max_shared_strings: int = 2_000_000
-    max_cells_per_row: int = 64
+    max_cells_per_row: int = DEFAULT_MAX_CELLS
 
 
 # A member smaller than this is not held to the ratio: tiny parts compress oddly, and cost nothing.
@@ -505,7 +508,7 @@ class _CsvRecords:
 _QUOTING_RULE = 'a field holding a comma, quote or line break must be quoted whole, with each inner " doubled'
 
 
-def _csv_rows(file: BinaryIO, skip: int, max_cells: int = Limits.max_cells_per_row) -> Iterator[Row]:
+def _csv_rows(file: BinaryIO, skip: int, max_cells: int = DEFAULT_MAX_CELLS) -> Iterator[Row]:
     file.seek(0)
     if file.read(3) != _BOM:
         file.seek(0)
@@ -523,7 +526,7 @@ def too_many_cells(where: str, cells: int, limit: int) -> FileError:
     )
 
 
-def _csv_records(records: _CsvRecords, skip: int, max_cells: int = Limits.max_cells_per_row) -> Iterator[Row]:
+def _csv_records(records: _CsvRecords, skip: int, max_cells: int = DEFAULT_MAX_CELLS) -> Iterator[Row]:
     stream = iter(records)
     header = next(stream, None)
     if header is None:
@@ -738,7 +741,7 @@ class _Formulas:
 
 
 def _sheet_rows(
-    rows: Iterator[tuple[Any, ...]], formulas: _Formulas, skip: int, max_cells: int = Limits.max_cells_per_row
+    rows: Iterator[tuple[Any, ...]], formulas: _Formulas, skip: int, max_cells: int = DEFAULT_MAX_CELLS
 ) -> Iterator[Row]:
     index: tuple[int, ...] | None = None
     buffer = io.StringIO()
