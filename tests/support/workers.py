@@ -8,6 +8,11 @@ other worker on the machine can take these messages; recovery is made fast (2 s 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +38,37 @@ def environ(dbname: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+# Only the ddl worker gets these (nexes.cli.OWNER_VARIABLES); every other worker runs without.
+OWNER_VARIABLES = ("NEXES_ADMIN_URL", "NEXES_REPLICA_ADMIN_URLS")
+
+
+def app_worker_environ(dbname: str) -> dict[str, str]:
+    """`environ` without the owner's URLs: an ordinary worker's (nexes_worker only)."""
+    return {k: v for k, v in environ(dbname).items() if k not in OWNER_VARIABLES}
+
+
+def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`nexes worker ARGS` (dramatiq nexes.jobs) in a session of its own, logging to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nexes.cli", "worker", "--processes", "1", "--threads", "2", *args],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the worker's process group (dramatiq's children too), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
 
 
 def fresh(template_settings: Settings, name: str) -> Settings:
