@@ -10,6 +10,7 @@
                                              page p50/p99 idle, then while imports of N orders (default 300k) run
     python -m bench.run import-statements [--orders N]
                                              order_write's apply script timed statement by statement (rolled back)
+    python -m bench.run auth                 what a token check and the permission checks cost per request
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
@@ -377,6 +378,7 @@ def main() -> None:
             "import-statements",
             "import-recovery",
             "reconcile",
+            "auth",
             "all",
         ],
         default="all",
@@ -410,6 +412,10 @@ def main() -> None:
         bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
+    elif args.what == "auth":
+        from bench import auth
+
+        auth.main()
     else:
         peer_script()  # before a seed of 11 minutes, not after it
         settings = settings_module.load()
