@@ -328,10 +328,64 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     scheduler.run(settings)
 
 
+def cmd_token(args: argparse.Namespace) -> None:
+    """Print a token signed with NEXES_JWT_SECRET; or revoke one (`nexes token revoke`)."""
+    from nexes.auth.tokens import MAX_TTL, mint
+    from nexes.errors import NexesError
+
+    settings = _settings()
+    if args.token_command == "revoke":  # noqa: S105 (a subcommand name, not a password)
+        _revoke(settings, args.token, args.ttl)
+        return
+    if not args.role:
+        sys.exit("nexes token: give at least one --role (viewer, operator, analyst, admin)")
+    if not 0 < args.ttl <= MAX_TTL:
+        sys.exit(f"nexes token: --ttl must be between 1 and {MAX_TTL:.0f} seconds")
+    try:
+        print(mint(settings, args.role, subject=args.sub or cli_actor(), ttl=args.ttl))
+    except NexesError as exc:
+        sys.exit(f"nexes token: {exc.message}")
+
+
+def _revoke(settings: settings_module.Settings, given: str, ttl: float) -> None:
+    """Revoke by token id, or by the token itself (its `jti` and `exp` read from it)."""
+    import jwt
+
+    from nexes.auth.revocation import revoke
+
+    jti, until = given, time.time() + ttl
+    if given.count(".") == 2:  # a whole JWT: revoke its id until it would expire anyway
+        try:
+            claims = jwt.decode(given, options={"verify_signature": False})
+        except jwt.DecodeError:
+            sys.exit("nexes token revoke: that is not a JWT (give the token or its jti)")
+        if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("exp"), int | float):
+            sys.exit("nexes token revoke: the token has no jti or exp; it cannot be revoked, only expire")
+        jti, until = claims["jti"], float(claims["exp"]) + settings.jwt_leeway
+    revoke(settings.redis_url, jti, until, settings.redis_timeout)
+    print(f"revoked {jti} until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}")
+
+
+def cli_actor() -> str:
+    """Who runs a `nexes` command, for tokens and the audit: cli:<os user>."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     """API, worker, ddl worker and scheduler side by side; a worker that dies is restarted.
     Only the ddl worker gets the owner's URLs."""
-    _settings()
+    settings = _settings()
+    if str(settings.jwt_secret):
+        from nexes.auth.tokens import mint
+
+        token = mint(settings, ["admin"], subject=f"dev:{cli_actor().removeprefix('cli:')}", ttl=12 * 3600)
+        print(f"nexes dev: GraphiQL at http://{args.host}:{args.port}/graphql (it carries its own token)")
+        print(f"nexes dev: an admin token for 12 hours (Authorization: Bearer ...):\n{token}", flush=True)
     exe = sys.executable
     commands = {
         "api": [exe, "-m", "nexes.cli", "serve", "--host", args.host, "--port", str(args.port)],
@@ -444,6 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the GraphQL schema (SDL); schema.graphql is its snapshot").set_defaults(
         func=cmd_schema
     )
+    token = sub.add_parser("token", help="print a token signed with NEXES_JWT_SECRET; `token revoke` refuses one")
+    token.add_argument("--role", action="append", default=[], help="viewer, operator, analyst or admin (repeat)")
+    token.add_argument("--sub", default="", help="the subject (default cli:<os user>)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    token_sub = token.add_subparsers(dest="token_command")
+    revoke = token_sub.add_parser("revoke", help="refuse a token from now on (by jti, or the token itself)")
+    revoke.add_argument("token", help="the token's jti, or the whole token")
+    revoke.add_argument("--ttl", type=float, default=30 * 86400.0, help="with a bare jti: seconds to keep it")
+    token.set_defaults(func=cmd_token)
     dev = sub.add_parser("dev", help="API + worker + ddl worker + scheduler, restarting a dead worker")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
