@@ -367,13 +367,10 @@ def _revoke(settings: settings_module.Settings, given: str, ttl: float) -> None:
 
 
 def cli_actor() -> str:
-    """Who runs a `nexes` command, for tokens and the audit: cli:<os user>."""
-    import getpass
+    """Who runs a `nexes` command (cli:<os user>): the audit's name, for tokens too."""
+    from nexes.db import audit
 
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
+    return audit.cli().name
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
