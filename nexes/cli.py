@@ -209,6 +209,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from nexes.observability import logging_config
 
     settings = _settings()  # fail early, naming the setting, before uvicorn starts workers
+    try:
+        settings.check_api()
+    except settings_module.SettingsError as exc:
+        sys.exit(f"nexes serve: {exc}")
     directory = Path(tempfile.mkdtemp(prefix="nexes-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # read by prometheus_client at import
     from nexes import metrics

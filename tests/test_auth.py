@@ -416,3 +416,12 @@ async def test_nexes_token_prints_a_token_the_api_accepts(seeded: Settings) -> N
         [sys.executable, "-m", "nexes.cli", "token", "--role", "root"], env=env, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "unknown role" in bad.stderr
+
+
+def test_nexes_serve_in_production_exits_naming_what_is_missing(settings: Settings) -> None:
+    env = {**environ_for(settings.primary_url.rsplit("/", 1)[-1]), "NEXES_JWT_SECRET": "", "NEXES_CURSOR_SECRET": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "nexes.cli", "serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "NEXES_JWT_SECRET" in done.stderr and "NEXES_CURSOR_SECRET" in done.stderr
