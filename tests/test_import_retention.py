@@ -64,7 +64,7 @@ def test_sweep_resends_a_dead_workers_job_once_per_lease_and_cancels_what_was_as
             "INSERT INTO import_job (status, created_at) VALUES ('QUEUED', now() - interval '10 minutes') RETURNING id"
         ).fetchone()
         assert dead and alive and cancel and stuck
-        cancelled = conn.execute(import_apply.SWEEP_CANCEL, {"retention": 30}).fetchall()
+        cancelled = conn.execute(import_apply.SWEEP_CANCEL, {"retention": 30, "actor": "system:scheduler"}).fetchall()
         assert cancelled == [cancel]
         resent = conn.execute(import_apply.SWEEP, {"lease": 20}).fetchall()
         assert sorted(resent) == sorted([dead, stuck])
