@@ -11,8 +11,10 @@ settings from configuration. The rules:
   be safe to repeat, since PostgreSQL cannot roll back what came before a failure;
 - an applied file must not change: its checksum is recorded and compared.
 
-Every run also (re)creates the application roles, re-applies their limits from
-settings, and creates the partitions the configuration asks for.
+Every run also (re)creates the application roles and the probing role (nexes_monitor),
+re-applies their limits from settings, rebuilds the indexes a bulk load deferred (only
+definitions of the shape `nexes seed` records: seed.check_deferred), and creates the
+partitions the configuration asks for.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import psycopg
 from psycopg import sql
 
 from nexes.db import partitions
-from nexes.db.seed import rebuild_deferred_indexes
-from nexes.settings import RoleSettings, Settings
+from nexes.db.seed import SeedError, rebuild_deferred_indexes
+from nexes.settings import MONITOR_ROLE, RoleSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ LOCK_KEY = 0x6E65786573  # "nexes"
 NO_TRANSACTION = "-- nexes:no-transaction"
 STEP = re.compile(r"^-- nexes:step\s*$", re.MULTILINE)
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# The probing role: pg_monitor, CONNECT, and a few connections (issue 16).
+MONITOR_CONNECTION_LIMIT = 5
 
 
 class MigrationError(RuntimeError):
@@ -116,10 +120,14 @@ def migrate(settings: Settings, url: str | None = None) -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
         try:
             ensure_roles(conn, settings.roles.values())
+            ensure_monitor(conn)
             conn.execute(CREATE_HISTORY)
             applied = _apply_pending(conn, discover())
             apply_role_settings(conn, settings.roles.values())
-            rebuild_deferred_indexes(conn)
+            try:
+                rebuild_deferred_indexes(conn)
+            except SeedError as exc:
+                raise MigrationError(str(exc)) from exc
             partitions.ensure(
                 conn,
                 years_back=settings.partition_years_back,
@@ -199,3 +207,43 @@ def apply_role_settings(conn: psycopg.Connection, roles: Iterable[RoleSettings])
             statements.append(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
         for statement in statements:
             conn.execute(statement)
+
+
+def ensure_monitor(conn: psycopg.Connection) -> None:
+    """nexes_monitor: LOGIN, a member of pg_monitor, CONNECT here, CONNECTION LIMIT 5, and
+    nothing else (its one table privilege, SELECT on schema_migration, is migration 0030's).
+
+    `infra/stack up` makes it as the superuser; elsewhere the owner makes it here (its
+    CREATEROLE may grant pg_monitor on PostgreSQL 15; from 16 on, that takes ADMIN OPTION
+    on pg_monitor, and the error says what a superuser must run). A physical replica
+    gets the role, its membership and its settings with the WAL.
+    """
+    name = sql.Identifier(MONITOR_ROLE)
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [MONITOR_ROLE]).fetchone():
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
+    member = conn.execute("SELECT pg_has_role(%s, 'pg_monitor', 'MEMBER')", [MONITOR_ROLE]).fetchone()
+    if not (member and member[0]):
+        try:
+            conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(name))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationError(
+                f"{MONITOR_ROLE} is not a member of pg_monitor and this role may not grant it ({exc}); "
+                f"as a superuser run: GRANT pg_monitor TO {MONITOR_ROLE}"
+            ) from exc
+    statements = [
+        sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(MONITOR_CONNECTION_LIMIT)),
+        # Probes are single short reads: anything longer is a stuck server, not a probe.
+        sql.SQL("ALTER ROLE {} SET statement_timeout = '5s'").format(name),
+        sql.SQL("ALTER ROLE {} SET lock_timeout = '1s'").format(name),
+        sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = '10s'").format(name),
+        sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(name),
+        sql.SQL("ALTER ROLE {} SET jit = off").format(name),
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(_database(conn)), name),
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _database(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT current_database()").fetchone()
+    return str(row[0]) if row else ""

@@ -164,16 +164,15 @@ COUNT_ORDERS = "SELECT count(*) FROM service_order"
 # sweep when none runs and none started in the last `every` seconds: while Typesense is
 # down or still loading, each attempt fails at once, and a sweep every few seconds would
 # otherwise send a new one each time. A swapped reindex clears the flag.
-ASK_REINDEX = (
-    "INSERT INTO maintenance_flag (name) VALUES ('search_reindex_needed') "
-    "ON CONFLICT (name) DO UPDATE SET set_at = now()"
-)
+# The flag is raised and cleared through two functions (migration 0030): the workers may
+# call them, and write no maintenance_flag row themselves.
+ASK_REINDEX = "SELECT search_reindex_ask()"
 REINDEX_WANTED = """
 SELECT EXISTS (SELECT 1 FROM maintenance_flag WHERE name = 'search_reindex_needed')
    AND NOT EXISTS (SELECT 1 FROM search_reindex
                    WHERE finished_at IS NULL OR started_at > now() - make_interval(secs => %(every)s))
 """
-_REINDEX_DONE = "DELETE FROM maintenance_flag WHERE name = 'search_reindex_needed'"
+_REINDEX_DONE = "SELECT search_reindex_done()"
 
 
 def reindex_done(conn: psycopg.Connection[Any]) -> None:

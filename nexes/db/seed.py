@@ -11,6 +11,7 @@ so every invariant holds after every committed chunk. The search outbox is skipp
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,10 @@ SEED_LOCK = 0x5EED  # serialises the on-hand and dashboard updates of parallel c
 
 class SeedError(RuntimeError):
     """The seed cannot run (disk space, a missing schema)."""
+
+
+class DeferredIndexRefused(SeedError):
+    """A deferred_index row is not a definition `defer_indexes` records: it is not run."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,29 @@ ORDER BY i.relname
 """
 
 
+# What defer_indexes records (pg_get_indexdef of DEFERRABLE_INDEXES), and nothing else:
+# a plain index of one of those tables on bare columns (no expression, no function call),
+# at most a "column IS NOT NULL" predicate. The rows are run as the owner (by `nexes
+# migrate` and `nexes seed`), so a row of any other shape is refused, never run; no
+# application role may write the table either (migration 0030).
+_COLUMN = r"[a-z_][a-z0-9_]*(?: gin_trgm_ops)?(?: DESC)?"
+DEFERRED_DEFINITION = re.compile(
+    r"CREATE INDEX (?:CONCURRENTLY )?(?P<name>[a-z_][a-z0-9_]*) ON public\.(?:service_order|stock_movement) "
+    rf"USING (?:btree|gin) \({_COLUMN}(?:, {_COLUMN})*\)(?: WHERE \([a-z_][a-z0-9_]* IS NOT NULL\))?"
+)
+
+
+def check_deferred(name: str, definition: str) -> None:
+    """Refuse a deferred_index row that `defer_indexes` cannot have written."""
+    match = DEFERRED_DEFINITION.fullmatch(definition)
+    if not match or match["name"] != name:
+        raise DeferredIndexRefused(
+            f"deferred_index row {name[:63]!r} is not an index definition nexes records "
+            f"({definition[:200]!r}); nothing was run. Find out who wrote it, then delete that row "
+            "of deferred_index as the owner and run the command again"
+        )
+
+
 def has_orders(conn: psycopg.Connection) -> bool:
     """Whether the database holds any order, live or archived (`nexes seed --if-empty`)."""
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM service_order_key)").fetchone()
@@ -232,13 +260,18 @@ def defer_indexes(conn: psycopg.Connection) -> list[str]:
 
 
 def rebuild_deferred_indexes(conn: psycopg.Connection, progress: Callable[[str], None] | None = None) -> int:
-    """Build every index a bulk load deferred, each in the transaction that forgets it."""
+    """Build every index a bulk load deferred, each in the transaction that forgets it.
+
+    Every row is checked first (check_deferred): one of another shape stops the rebuild
+    before anything runs (DeferredIndexRefused)."""
     pending = conn.execute("SELECT name, definition FROM deferred_index ORDER BY name").fetchall()
+    for name, definition in pending:
+        check_deferred(name, definition)
     for name, definition in pending:
         if progress:
             progress(f"building index {name}")
         with conn.transaction():
-            # The definition is PostgreSQL's own pg_get_indexdef output, never user input.
+            # PostgreSQL's own pg_get_indexdef output, of the one shape check_deferred lets through.
             conn.execute(sql.SQL(definition))
             conn.execute("DELETE FROM deferred_index WHERE name = %s", [name])
     return len(pending)
