@@ -21,7 +21,6 @@ import datetime as dt
 import os
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -37,8 +36,7 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.run import DB, bench_env, report
 from bench.samplers import descendants, status_kib
@@ -47,7 +45,8 @@ from nexes import settings as settings_module
 
 ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
-PROM_DIR = Path(f"/tmp/bench-replicas-prometheus-{os.getpid()}")
+# `nexes serve` serves every worker's series (multiprocess mode) on its ops listener.
+OPS_LISTEN = "127.0.0.1:19464"
 PRIMARY_SU = "postgresql://postgres@127.0.0.1:15430/postgres"
 REPLICA_SU = "postgresql://postgres@127.0.0.1:15431/postgres"
 BENCH_SU = f"postgresql://postgres@127.0.0.1:15430/{DB}"
@@ -140,11 +139,8 @@ def step_migrate() -> None:
 @contextmanager
 def api_server(port: int, workers: int = 2) -> Iterator[list[int]]:
     """`nexes serve` for nexes_bench (access log off), its worker pids; stopped by its process group."""
-    # Each worker process has its own registry; in prometheus_client's multiprocess mode
-    # they also write their values to files the benchmark sums (route_counters).
-    shutil.rmtree(PROM_DIR, ignore_errors=True)
-    PROM_DIR.mkdir(parents=True)
-    env = {**bench_env(), "NEXES_ACCESS_LOG": "false", "PROMETHEUS_MULTIPROC_DIR": str(PROM_DIR)}
+    # The workers' series, summed by `nexes serve` on its ops listener (route_counters).
+    env = {**bench_env(), "NEXES_ACCESS_LOG": "false", "NEXES_OPS_LISTEN": OPS_LISTEN}
     cmd = [NEXES, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     log = open(f"/tmp/bench-replicas-api-{port}-{int(time.time())}.log", "wb")  # noqa: SIM115  # lives as long as the server
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -167,7 +163,6 @@ def api_server(port: int, workers: int = 2) -> Iterator[list[int]]:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
-        shutil.rmtree(PROM_DIR, ignore_errors=True)
 
 
 def _cmdline(pid: int) -> bytes:
@@ -201,11 +196,10 @@ def replica_rotation(port: int, probes: int = 8) -> list[dict[str, Any]]:
 
 def route_counters() -> dict[str, float]:
     """nexes_db_route_total summed over the API's worker processes, and each worker's
-    nexes_replica_in_rotation, read from the prometheus_client multiprocess directory."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(PROM_DIR))
+    nexes_replica_in_rotation, from one scrape of `nexes serve`'s ops listener."""
+    text = httpx.get(f"http://{OPS_LISTEN}/metrics", timeout=10).text
     out: dict[str, float] = {}
-    for metric in registry.collect():
+    for metric in text_string_to_metric_families(text):
         for sample in metric.samples:
             if sample.name == "nexes_db_route_total":
                 out[f"{sample.labels['target']}/{sample.labels['reason']}"] = sample.value
