@@ -29,6 +29,7 @@ def test_defaults_match_the_readme() -> None:
     assert s.archive_after_years == int(readme_default("NEXES_ARCHIVE_AFTER_YEARS"))
     assert s.max_page_size == int(readme_default("NEXES_MAX_PAGE_SIZE"))
     assert s.pool_timeout == float(readme_default("NEXES_POOL_TIMEOUT"))
+    assert s.audit_retention_days == int(readme_default("NEXES_AUDIT_RETENTION_DAYS"))
     assert s.replica_urls == ()
 
 
