@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -25,7 +26,7 @@ from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
-from tests.support.imports import close_worker_pool, csv_bytes, line, store, store_async
+from tests.support.imports import CSRF, close_worker_pool, csv_bytes, job_key, line, store, store_async
 
 DB = "nexes_t_audit"
 CREATED_DAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=35)
@@ -470,3 +471,28 @@ def test_a_month_nobody_made_lands_in_the_default_partition(db: psycopg.Connecti
     assert where == ("audit_event_default",)
     # Its month cannot be made while the row is there: the job skips it rather than fail.
     assert db.execute("SELECT audit_event_add_month('2099-06-01')").fetchone() == (False,)
+
+
+async def test_an_upload_is_owned_by_its_uploader_and_accepted_under_its_request_id(
+    audit_db: Settings, db: psycopg.Connection
+) -> None:
+    from nexes.jobs import broker
+
+    async with client_for(audit_db, roles=("operator",), subject="paula") as paula:
+        response = await paula.post(
+            "/api/imports?filename=mine.csv",
+            content=csv_bytes(line("SOD-AUD-UP-1")),
+            headers={**CSRF, "X-Request-ID": "req-upload-paula"},
+        )
+        assert response.status_code == 202, response.text
+        job = response.json()["id"]
+        read = (await gql(paula, JOB, {"id": job}))["data"]["importJob"]
+    assert read == {"id": job, "createdBy": "paula"}
+    (row,) = rows(db, "entity_id = %s", [job])
+    assert (row["actor"], row["action"], row["request_id"]) == ("paula", "import.accepted", "req-upload-paula")
+    assert row["changes"]["filename"] == "mine.csv"
+    # No worker runs here: take the message back off the queue.
+    for message_id, raw in broker.client.hgetall("dramatiq:imports.msgs").items():
+        if orjson.loads(raw)["args"] == [job_key(job)]:
+            broker.client.hdel("dramatiq:imports.msgs", message_id)
+            broker.client.lrem("dramatiq:imports", 0, message_id)
