@@ -81,7 +81,8 @@ async def test_fifty_concurrent_health_calls_open_no_connection(seeded: Settings
         await monitor.refresh()
         before = monitor_backends(seeded)
         # One connection per server, kept: the monitor's, as nexes_monitor.
-        assert len(before["primary"]) == 1 and len(before["replica"]) == 1
+        own = {"primary": _backend_pid(monitor._primary), "replica": _backend_pid(monitor._replicas[0])}
+        assert all(own[server] in before[server] for server in own)
         answers = await asyncio.gather(
             *(admin.get("/api/health") for _ in range(50)), *(admin.get("/api/health/detail") for _ in range(50))
         )
@@ -89,8 +90,16 @@ async def test_fifty_concurrent_health_calls_open_no_connection(seeded: Settings
         await monitor.refresh()
         await monitor.refresh()
         after_rounds = monitor_backends(seeded)
+        after_own = {"primary": _backend_pid(monitor._primary), "replica": _backend_pid(monitor._replicas[0])}
     assert all(a.status_code == 200 for a in answers)
     assert before == after_burst == after_rounds  # the same backends: no connect per call or per probe
+    assert after_own == own
+
+
+def _backend_pid(probe: Any) -> int:
+    """The server pid of a monitor probe's open connection."""
+    assert probe._conn is not None and not probe._conn.closed
+    return int(probe._conn.info.backend_pid)
 
 
 async def test_failures_in_the_detail_are_codes_without_hosts_ports_or_roles(seeded: Settings) -> None:

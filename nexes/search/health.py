@@ -70,7 +70,10 @@ class SearchCheck:
                 report["error"] = BAD_ANSWER.as_dict()
         except (httpx.HTTPError, ValueError) as exc:
             report["error"] = classify_http(exc).as_dict()
-        report["breaker"] = await service_for(self.settings).breaker_state()
+        try:  # the breaker's state lives in Redis
+            report["breaker"] = await asyncio.wait_for(service_for(self.settings).breaker_state(), self.timeout)
+        except Exception as exc:
+            report.update(breaker=None, breaker_error=(probes.classify_wrapped(exc) or probes.UNEXPECTED).as_dict())
         try:
             pending, lag = await asyncio.wait_for(self.router.read(search_db.outbox_lag, fresh=True), self.timeout)
             report.update(outbox_pending=pending, sync_lag_seconds=round(lag, 3))
