@@ -109,8 +109,10 @@ class RequestContextMiddleware:
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(send_with_headers, limit)
             return
+        if _has_body(scope, request_headers):
+            receive = self._guarded(scope, receive, limit, upload=upload)
         try:
-            await self.app(scope, self._guarded(scope, receive, limit, upload=upload), send_with_headers)
+            await self.app(scope, receive, send_with_headers)
         except _BodyRefused as exc:
             if responded:  # an endpoint that answered before it read the body: nothing left to say
                 raise
@@ -147,6 +149,15 @@ class RequestContextMiddleware:
             return message
 
         return guarded
+
+
+def _has_body(scope: Scope, request_headers: dict[bytes, bytes]) -> bool:
+    """Whether the request announces a body. Without one, `receive` only ever reports the
+    client's disconnect, which an endpoint streaming its answer (the export) may await for
+    as long as it streams: no deadline applies to that."""
+    if request_headers.get(b"transfer-encoding") is not None:
+        return True
+    return request_headers.get(headers.CONTENT_LENGTH.raw, b"0") not in (b"0", b"")
 
 
 class _BodyRefused(NexesError):
