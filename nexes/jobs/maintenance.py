@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 @dramatiq.actor(queue_name=DDL_QUEUE, max_retries=5, min_backoff=10_000, max_backoff=600_000, time_limit=600_000)
 def maintain_partitions() -> None:
-    """Create the quarters the settings ask for (DDL, so as the owner, directly)."""
+    """Create the quarters the settings ask for, and audit_event's months ahead; drop its
+    months past NEXES_AUDIT_RETENTION_DAYS (DDL, so as the owner, directly)."""
     with psycopg.connect(settings.owner_url(), autocommit=True) as conn:
         created = partitions.ensure(
             conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
