@@ -25,7 +25,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from nexes.auth.identity import ANONYMOUS
-from nexes.auth.identity import ANONYMOUS
 from nexes.errors import Code, NexesError, bad_input
 from nexes.http import headers
 from nexes.http.errors import error_payload, error_response, json_response
