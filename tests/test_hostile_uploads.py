@@ -13,12 +13,14 @@ from __future__ import annotations
 import io
 import re
 import struct
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import openpyxl
 import openpyxl.xml
 import orjson
@@ -32,6 +34,8 @@ from nexes.settings import Settings, load
 from tests.conftest import client_for, error_codes
 from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
 from tests.support.imports import CSRF, close_worker_pool, csv_bytes, job_key, job_row, line, store
+from tests.support.waits import wait_for
+from tests.support.workers import app_worker_environ, fresh, start_worker, stop_worker
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BOUNDARY = "hostile-boundary-51"
@@ -348,3 +352,36 @@ def test_the_caps_and_their_defaults_are_in_the_readme() -> None:
     }
     for variable, value in expected.items():
         assert type(value)(readme_default(variable)) == value, variable
+
+
+def test_a_bad_file_is_attempted_once_by_a_real_worker(template_settings: Settings, tmp_path: Path) -> None:
+    """Through a real `nexes worker` (Dramatiq, Redis db 7) with the sweep's settings: the
+    job ends FAILED with BAD_FILE and is never claimed again."""
+    from nexes.jobs.runtime import make_broker
+
+    name = "nexes_t_hostile_worker"
+    settings = fresh(template_settings, name)
+    data = rezip(xlsx(good_rows()), {}, {"xl/media/zeros.bin": bytes(50 << 20)})
+    job = store(settings, data, "bomb.xlsx")
+    broker = make_broker(settings.redis_url, settings.redis_timeout)
+    worker = start_worker(app_worker_environ(name), tmp_path / "worker.log")
+    try:
+        broker.enqueue(
+            dramatiq.Message(queue_name="imports", actor_name="run_import", args=(job,), kwargs={}, options={})
+        )
+        with psycopg.connect(settings.admin_url, autocommit=True) as db:
+
+            def final() -> bool:
+                return job_row(db, job)["status"] not in ("QUEUED", "RUNNING")
+
+            assert wait_for(final, 60, 0.1), (tmp_path / "worker.log").read_text()
+            time.sleep(3)  # a retry (min backoff 1 s) would have claimed it again by now
+            row = job_row(db, job)
+            (attempts,) = db.execute("SELECT attempts FROM import_job WHERE id = %s", [job]).fetchone() or (None,)
+        assert row["status"] == "FAILED" and row["message"].startswith("BAD_FILE: "), row
+        assert attempts == 1
+    finally:
+        stop_worker(worker)
+        broker.client.flushdb()
+        close_worker_pool()
+        drop_database(template_settings.admin_url, name)
