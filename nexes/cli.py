@@ -281,6 +281,12 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     line_seconds = None if args.all_lines else settings.reconcile_line_seconds
     report = reconcile(settings.admin_url, line_seconds=line_seconds)
     customers = report.customer_stat_corrections + report.customer_cum_corrections
+    if report.stat_corrections + customers:  # committed slice by slice; this row says they were made
+        from nexes.db import audit
+
+        with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+            changes = {"runId": str(report.run_id), "corrections": report.stat_corrections + customers}
+            audit.record_sync(conn, audit.cli(), "reconcile", entity="Dashboard", key="dashboard_stat", changes=changes)
     left = f", {report.line_quarters_left} left for the next runs" if report.line_quarters_left else ""
     print(
         f"reconciled {report.slices} quarter(s) in {time.monotonic() - started:.1f}s (run {report.run_id}): "

@@ -496,3 +496,25 @@ async def test_an_upload_is_owned_by_its_uploader_and_accepted_under_its_request
         if orjson.loads(raw)["args"] == [job_key(job)]:
             broker.client.hdel("dramatiq:imports.msgs", message_id)
             broker.client.lrem("dramatiq:imports", 0, message_id)
+
+
+def test_nexes_reconcile_says_what_it_corrected_as_the_cli_user(audit_db: Settings, db: psycopg.Connection) -> None:
+    db.execute(
+        "UPDATE dashboard_stat SET order_count = order_count + 1 "
+        "WHERE (day, status, currency) = (SELECT day, status, currency FROM dashboard_stat ORDER BY day DESC LIMIT 1)"
+    )
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("nexes")), "reconcile"],
+        env=environ_for(DB),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = rows(db, "action = 'reconcile'")
+    assert (row["actor"], row["entity"], row["entity_id"]) == (
+        f"cli:{getpass.getuser()}",
+        "Dashboard",
+        "dashboard_stat",
+    )
+    assert row["changes"]["corrections"] >= 1
