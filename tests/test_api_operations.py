@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,13 @@ from tests.support.databases import superuser_url
 from tests.support.stack import stopped
 
 PAGE = "{ serviceOrders(first: 5) { edges { node { sodNumber customer { name } } } } }"
+
+
+def free_port() -> int:
+    """A port nothing listens on now: several test runs share this machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def test_request_id_is_echoed_or_replaced(app_client: httpx.AsyncClient) -> None:
@@ -78,7 +86,8 @@ async def test_request_id_reaches_the_sql_comment_in_pg_stat_activity(
 
 def test_request_id_reaches_uvicorns_json_log_lines(seeded: Settings) -> None:
     env = {**os.environ, "NEXES_PRIMARY_URL": seeded.primary_url, "NEXES_REPLICA_URLS": " ".join(seeded.replica_urls)}
-    port = 18731
+    port = free_port()
+    env["NEXES_OPS_LISTEN"] = f"127.0.0.1:{free_port()}"  # /metrics' listener, never a fixed port
     proc = subprocess.Popen(
         [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)],
         env=env,

@@ -62,6 +62,7 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
     logs = tmp_path_factory.mktemp("e2e")
     port = free_port()
     worker = start_process(DRAMATIQ, env, logs / "worker")
+    env = {**env, "NEXES_OPS_LISTEN": f"127.0.0.1:{free_port()}"}  # /metrics' listener: a free port too
     api = start_process([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
     url = f"http://127.0.0.1:{port}"
     try:
