@@ -101,7 +101,7 @@ async def test_a_client_that_hangs_up_leaves_no_query_on_the_replica(seeded: Set
                 "raw_path": URL.encode(),
                 "query_string": b"",
                 "root_path": "",
-                "headers": [(b"host", b"nexes.test")],
+                "headers": [(b"host", b"nexes.test"), (b"authorization", client.headers["authorization"].encode())],
                 "client": ("127.0.0.1", 1),
                 "server": ("nexes.test", 80),
                 "app": app,
