@@ -177,9 +177,11 @@ def test_the_write_paths_updates_of_keys_and_orders_still_pass(tx: psycopg.Conne
     assert row == (1, "IN_PROGRESS")
 
 
-def test_a_key_delete_waiting_on_an_order_writer_sees_its_order_and_is_refused(settings: Settings) -> None:
+def test_a_key_delete_waiting_on_an_order_writer_sees_its_order_and_is_refused(fresh_db: Settings) -> None:
     # The writer locks the key as the write path does (upsert), then inserts the order; a
     # delete of that key waits for the writer's commit, then finds the order and fails.
+    # (A database of its own: this test commits.)
+    settings = fresh_db
     sod, at = _sod(), _now()
     worker = for_role(settings.admin_url, settings, "nexes_worker")
     with psycopg.connect(settings.admin_url, autocommit=True) as owner:
