@@ -62,6 +62,12 @@ def test_private_stack_comes_up_from_nothing_and_again(private_env: dict[str, st
         assert conn.execute("SELECT current_user").fetchone() == ("nexes_owner",)
     with psycopg.connect(urls["NEXES_REPLICA_ADMIN_URLS"], connect_timeout=5) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    # The probing role, made by `up` before any migrate, on the primary and (copied) the replica.
+    for url in (urls["NEXES_MONITOR_URL"], urls["NEXES_MONITOR_REPLICA_URLS"]):
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            probe = "SELECT current_user, pg_has_role('pg_monitor', 'MEMBER'), rolconnlimit FROM pg_roles"
+            row = conn.execute(probe + " WHERE rolname = current_user").fetchone()
+            assert row == ("nexes_monitor", True, 5)
     assert "lag" in status.stdout
 
 
