@@ -189,6 +189,11 @@ def test_too_many_cells_per_row_is_refused_in_csv_and_xlsx(upload_db: Settings, 
     run_bad(upload_db, db, xlsx([COLUMNS_ROW, [*line("HC-3").split(","), *(["x"] * 80)]]), "row 2 of the first sheet")
 
 
+def test_a_csv_of_one_endless_line_is_refused_with_bounded_memory(upload_db: Settings, db: psycopg.Connection) -> None:
+    endless = csv_bytes(line("HL-1")) + b"x," * (8 << 20)  # 16 MiB with no line break
+    run_bad(upload_db, db, endless, "line 3 is longer than 65,536 characters", "endless.csv")
+
+
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [
  <!ENTITY lol "lol">

@@ -8,6 +8,7 @@ The rules are the published ones in docs/import-format.md. A broken row is data
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import zipfile
@@ -39,6 +40,9 @@ STATUSES = ("DRAFT", "OPEN", "IN_PROGRESS", "COMPLETED", "CANCELLED")
 # rest of the file: past this many characters the record is declared broken, and
 # reading resumes on the line after the one that opened the quote.
 MAX_RECORD_CHARS = 65_536
+# No physical line may be longer either: lines are read at most this long, so a file of
+# one endless line (no line break in 1 GiB) costs 64 KiB of memory, not gigabytes.
+MAX_LINE_CHARS = MAX_RECORD_CHARS
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -436,6 +440,8 @@ class _CsvRecords:
                     yield record
             for line in lines:
                 self.line_no += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise _too_long(self.line_no)
                 if '"' in line:
                     record = self._quoted(line)
                     yield record
@@ -452,6 +458,8 @@ class _CsvRecords:
         line = self._pending.popleft() if self._pending else next(self._lines, None)
         if line is not None:
             self.line_no += 1
+            if len(line) > MAX_LINE_CHARS:
+                raise _too_long(self.line_no)
         return line
 
     def _record(self, line: str) -> _Record | None:
@@ -505,6 +513,13 @@ class _CsvRecords:
         return start, _chomp(first), None, message
 
 
+def _too_long(line_no: int) -> FileError:
+    return FileError(
+        f"line {line_no} is longer than {MAX_LINE_CHARS:,} characters, far more than an order line "
+        "(a 2,000-character description and nine short fields) can hold: is this the right file?"
+    )
+
+
 _QUOTING_RULE = 'a field holding a comma, quote or line break must be quoted whole, with each inner " doubled'
 
 
@@ -513,8 +528,9 @@ def _csv_rows(file: BinaryIO, skip: int, max_cells: int = DEFAULT_MAX_CELLS) -> 
     if file.read(3) != _BOM:
         file.seek(0)
     text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")
+    lines = iter(functools.partial(text.readline, MAX_LINE_CHARS + 1), "")  # bounded lines
     try:
-        yield from _csv_records(_CsvRecords(text), skip, max_cells)
+        yield from _csv_records(_CsvRecords(lines), skip, max_cells)
     finally:
         text.detach()
 
