@@ -4,9 +4,10 @@ A background task probes the primary and every replica directly (not through
 PgBouncer, which queues clients of a dead server instead of failing them), as
 `nexes_monitor` (NEXES_MONITOR_URL, NEXES_MONITOR_REPLICA_URLS), over ONE connection
 per server kept open from probe to probe, with short timeouts, every
-`replica_probe_interval` seconds. The same round runs the other checks it is given
-(Redis, Typesense, search), so /api/health answers from the last round and opens no
-connection of its own: a burst of health calls costs the servers nothing.
+`replica_probe_interval` seconds. The other checks it is given (Redis, Typesense,
+search) run at the same interval on the same event loop, in a task of their own so a
+slow check never delays the routing verdicts. /api/health answers from the last rounds
+and opens no connection of its own: a burst of health calls costs the servers nothing.
 
 Lag is docs/design.md §5's: 0 once a replica's replay LSN has reached the primary's
 current LSN, otherwise the time since its last replayed transaction. A replica that is
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -152,8 +154,9 @@ class ReplicaMonitor:
         self.primary_lsn: int | None = None
         self.checks: list[Check] = []
         self.results: dict[str, CheckResult] = {}
-        self._round = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._servers_round = asyncio.Lock()
+        self._checks_round = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     @classmethod
@@ -205,9 +208,18 @@ class ReplicaMonitor:
     # -- probing ------------------------------------------------------------------
 
     async def probe_once(self) -> None:
-        """One round: the primary, then every replica at once, and the checks beside them."""
-        async with self._round:
-            await asyncio.gather(self._probe_servers(), *(self._run_check(c) for c in self.checks))
+        """One round of both: the servers (the primary, then every replica at once) and the checks."""
+        await asyncio.gather(self.probe_servers(), self.probe_checks())
+
+    async def probe_servers(self) -> None:
+        async with self._servers_round:
+            await self._probe_servers()
+
+    async def probe_checks(self) -> None:
+        """The checks, on a loop of their own: a slow one never delays the servers' verdicts
+        the router goes by."""
+        async with self._checks_round:
+            await asyncio.gather(*(self._run_check(c) for c in self.checks))
 
     async def refresh(self) -> None:
         """One round now, over the connections already open (tests, and a caller that
@@ -287,12 +299,12 @@ class ReplicaMonitor:
             result.report = {"reachable": False, "error": error.as_dict()}
         result.checked_at = time.monotonic()
 
-    async def run(self) -> None:
-        """Probe until stopped, one round per interval."""
+    async def run(self, probe: Callable[[], Awaitable[None]]) -> None:
+        """`probe` until stopped, one round per interval."""
         while not self._stopping:
             started = time.monotonic()
             try:
-                await self.probe_once()
+                await probe()
             except Exception:  # the monitor must outlive any surprise
                 log.exception("monitor: probe round failed")
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
@@ -302,16 +314,20 @@ class ReplicaMonitor:
         await self.probe_once()
         if not self.primary.reachable or any(s.state == "unreachable" for s in self.status):
             await self.probe_once()  # a cold first connection may just have been slow
-        self._task = asyncio.create_task(self.run(), name="nexes-monitor")
+        self._tasks = [
+            asyncio.create_task(self.run(self.probe_servers), name="nexes-monitor-servers"),
+            asyncio.create_task(self.run(self.probe_checks), name="nexes-monitor-checks"),
+        ]
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
+        tasks, self._tasks = self._tasks, []
         self._stopping = True
         # Python 3.11's wait_for can swallow a cancellation that lands as its inner
         # call finishes; the flag ends the loop then, and the cancel is repeated.
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
+        for task in tasks:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
         for probe in (self._primary, *self._replicas):
             await probe.close()
         for check in self.checks:
