@@ -10,6 +10,11 @@ reads the whole directory on each scrape, so one address holds every worker's se
 
 Why not SO_REUSEPORT on each worker: the kernel hands each scrape to one worker, so a
 scrape would see one worker's counters, a different one each time.
+
+Who may scrape: whoever reaches NEXES_OPS_LISTEN; there is no token, so it stays on
+loopback or a private interface. What a scrape costs: a read of the directory's files,
+no database and no request worker. What it reveals: route counts, replica lag and
+rotation per worker pid, search lag; no hosts, ports, roles or queries.
 """
 
 from __future__ import annotations

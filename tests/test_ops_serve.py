@@ -103,6 +103,8 @@ def test_the_api_serves_reads_mutations_health_and_metrics_without_owner_urls(se
         assert scrape.status_code == 200
         assert 'nexes_db_route_total{reason="write",target="primary"} 1.0' in scrape.text
         assert 'nexes_db_route_total{reason="healthy_replica",target="replica"}' in scrape.text
+        ports = [str(conninfo_to_dict(u)["port"]) for u in (seeded.monitor_url, *seeded.monitor_replica_urls)]
+        assert not [w for w in ("nexes_monitor", "nexes_api", "127.0.0.1", *ports) if w in scrape.text]
         assert httpx.get(api.public + "/metrics", headers=admin, timeout=5).status_code == 404
         # Nothing of the API's runs as the owner or the superuser on either server.
         for url in (seeded.admin_url, seeded.replica_admin_urls[0]):
