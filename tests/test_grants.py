@@ -14,7 +14,9 @@ from psycopg import errors
 from nexes.db import grants
 from nexes.db.connect.conninfo import for_role
 from nexes.db.migrate import MigrationError, migrate
+from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
+from tests.conftest import client_for
 from tests.support.databases import superuser_url
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -247,3 +249,12 @@ def test_the_readme_shows_the_declared_matrix() -> None:
     section = re.search(r"^## Database roles and grants$(.*?)(?=^## )", text, re.S | re.M)
     assert section is not None, "README.md has no 'Database roles and grants' section"
     assert grants.render() in section[1]
+
+
+async def test_an_analyst_asking_for_an_import_job_by_node_gets_null_not_an_error(settings: Settings) -> None:
+    # Analyst-only reads run as nexes_analyst, which may not read import_job at all.
+    query = "query($id: ID!) { node(id: $id) { id } }"
+    async with client_for(settings, roles=("analyst",), subject="an-analyst") as client:
+        answer = await client.post("/graphql", json={"query": query, "variables": {"id": global_id("ImportJob", 1)}})
+    assert answer.status_code == 200
+    assert answer.json() == {"data": {"node": None}}

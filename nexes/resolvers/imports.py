@@ -81,6 +81,10 @@ def to_row_error(row: ImportErrorRow) -> ImportRowError:
 
 async def import_job_by_key(info: Info, key: int) -> ImportJob | None:
     """The job, when it exists and the caller owns it (or is an admin); else None."""
+    if info.context.viewer.analyst_only:
+        # Its reads run as nexes_analyst, which may not read import jobs (nexes/db/grants.py);
+        # an analyst never starts an import, so it owns none.
+        return None
     row = await info.context.router.read(lambda conn: db.get_job(conn, key), fresh=True)
     return to_import_job(row) if row is not None and info.context.viewer.owns(row.created_by) else None
 
