@@ -223,8 +223,9 @@ class Mutation:
         return await mutations.receive_stock(info, sku, quantity, reference)
 
     @strawberry.mutation(
-        description="Import an uploaded CSV or XLSX file (a multipart request with the header X-Nexes-CSRF); "
-        "the job is queued for the workers."
+        description="Import an uploaded CSV or XLSX file (a multipart request with one of the headers "
+        "X-Nexes-CSRF, Apollo-Require-Preflight or X-Apollo-Operation-Name); the job is queued for the workers. "
+        "Operators and admins; the job is the caller's own (createdBy)."
     )
     async def start_import(self, info: Info, file: Upload) -> StartImportPayload:
         return await imports.start_import(info, file)

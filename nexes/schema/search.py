@@ -25,7 +25,10 @@ class SearchFilter:
     created_to: dt.datetime | None = None
 
 
-@strawberry.type(description="Where the query matched: a field and its text with the match in <mark> tags.")
+@strawberry.type(
+    description="Where the query matched: a field and its text, HTML-escaped, with the match in <mark> tags "
+    "(the only markup: render the snippet as HTML, or strip the marks and unescape it)."
+)
 class SearchHighlight:
     field: str
     snippet: str
