@@ -16,17 +16,15 @@ import orjson
 import psycopg
 import pytest
 
-from nexes import settings as settings_module
 from nexes.db import audit, imports_apply
 from nexes.db import master_write as writes
 from nexes.db.connect.conninfo import for_role
-from nexes.db.seed import seed
 from nexes.jobs import imports_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
-from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
-from tests.support.imports import CSRF, close_worker_pool, csv_bytes, job_key, line, store, store_async
+from tests.support.databases import environ_for, own_database
+from tests.support.imports import CSRF, csv_bytes, job_key, line, store, store_async
 
 DB = "nexes_t_audit"
 CREATED_DAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=35)
@@ -71,12 +69,8 @@ mutation($id: ID!) { cancelImport(id: $id) { importJob { id status } errors { co
 @pytest.fixture(scope="module")
 def audit_db(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own (its tests count rows of a shared table), seeded small."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    settings = settings_module.load(environ_for(DB))
-    seed(settings.admin_url, 100, defer=False)
-    yield settings
-    close_worker_pool()
-    drop_database(template_settings.admin_url, DB)
+    with own_database(template_settings, DB, orders=100) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ import httpx
 import psycopg
 import pytest
 
-from nexes import settings as settings_module
 from nexes.db.exports import export_query
 from nexes.db.orders import OrderFilter
 from nexes.jobs import imports_runner as import_runner
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
-from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
+from tests.support.databases import own_database
 from tests.support.imports import close_worker_pool, job_row, store_async
 from tests.support.replicas import wait_for_replica
 
@@ -54,12 +53,10 @@ DB = "nexes_t_hostile_exports"
 @pytest.fixture(scope="module")
 def hostile_orders(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own: the session's seeded one keeps exactly its seed."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    settings = settings_module.load(environ_for(DB))
-    asyncio.run(_create(settings))
-    wait_for_replica(settings)
-    yield settings
-    drop_database(template_settings.admin_url, DB)
+    with own_database(template_settings, DB) as settings:
+        asyncio.run(_create(settings))
+        wait_for_replica(settings)
+        yield settings
 
 
 async def _create(settings: Settings) -> None:

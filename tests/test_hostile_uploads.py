@@ -27,41 +27,24 @@ import orjson
 import psycopg
 import pytest
 
-from nexes import settings as settings_module
-from nexes.db.seed import seed
+from nexes.imports.parse import COLUMNS
 from nexes.jobs import imports_runner as import_runner
 from nexes.settings import Settings, load
 from tests.conftest import client_for, error_codes
-from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
+from tests.support.databases import drop_database, own_database
 from tests.support.imports import CSRF, close_worker_pool, csv_bytes, job_key, job_row, line, store
 from tests.support.waits import wait_for
 from tests.support.workers import app_worker_environ, fresh, start_worker, stop_worker
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BOUNDARY = "hostile-boundary-51"
-COLUMNS_ROW = [
-    "sod_number",
-    "created_at",
-    "customer_code",
-    "status",
-    "description",
-    "currency",
-    "line_no",
-    "sku",
-    "quantity",
-    "unit_price",
-]
+COLUMNS_ROW = list(COLUMNS)
 
 
 @pytest.fixture(scope="module")
 def upload_db(template_settings: Settings, test_db_name: str) -> Iterator[Settings]:
-    name = f"{test_db_name}_hostile_up"[:63]
-    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    settings = settings_module.load(environ_for(name))
-    seed(settings.admin_url, 20, defer=False)
-    yield settings
-    close_worker_pool()
-    drop_database(template_settings.admin_url, name)
+    with own_database(template_settings, f"{test_db_name}_hostile_up"[:63], orders=20) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -28,20 +28,20 @@ import psycopg
 import pytest
 
 from bench.gen_import import generate_csv
-from nexes import settings as settings_module
 from nexes.db import imports_apply as import_apply
 from nexes.db.invariants import check_all
-from nexes.db.seed import seed
 from nexes.imports.parse import COLUMNS
 from nexes.jobs import imports_runner as import_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
-from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database, superuser_url
+from tests.support.databases import (
+    own_database,
+    superuser_url,
+)
 from tests.support.imports import (
     CREATED_AT,
     HEADER,
-    close_worker_pool,
     csv_bytes,
     job_row,
     line,
@@ -58,13 +58,8 @@ OPENING = 1_000_000  # every seeded stock item's opening balance
 @pytest.fixture(scope="module")
 def import_db(template_settings: Settings, test_db_name: str) -> Iterator[Settings]:
     """A database of this module's own, seeded small (200 customers, SKU-00001..SKU-00050)."""
-    name = f"{test_db_name}_imports"[:63]
-    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
-    settings = settings_module.load(environ_for(name))
-    seed(settings.admin_url, 100, defer=False)
-    yield settings
-    close_worker_pool()
-    drop_database(template_settings.admin_url, name)
+    with own_database(template_settings, f"{test_db_name}_imports"[:63], orders=100) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ import httpx
 import psycopg
 import pytest
 
-from nexes import settings as settings_module
 from nexes.db import partitions
 from nexes.db.invariants import check_all
-from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
-from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
+from tests.support.databases import own_database
 
 DB = "nexes_t_mutations"
 # The orders' day: in a live quarter on any date (the quarters reach 5 years back and 4 ahead);
@@ -51,11 +49,8 @@ mutation($sod: String!) {
 @pytest.fixture(scope="module")
 def write_db(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own (mutations change global figures), seeded small."""
-    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
-    settings = settings_module.load(environ_for(DB))
-    seed(settings.admin_url, 300, defer=False)
-    yield settings
-    drop_database(template_settings.admin_url, DB)
+    with own_database(template_settings, DB, orders=300) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -11,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes import settings as settings_module
 from nexes.db.connect.conninfo import environ_for_database, for_role
+from nexes.settings import Settings
 from tests.support.waits import wait_until_served
 
 TEMPLATE_DB = "nexes_test_template"
@@ -58,3 +61,22 @@ def wait_until_database_served(name: str, seconds: float = 15.0) -> None:
 def drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(superuser_url(admin_url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def own_database(template_settings: Settings, name: str, orders: int = 0) -> Iterator[Settings]:
+    """A database of a test module's own (a module that writes global figures or counts
+    rows must leave the session's seeded database as seeded): a copy of the migrated
+    template, seeded with `orders` when given, dropped with the workers' pools after."""
+    from nexes.db.connect.worker import close_worker_pools
+    from nexes.db.seed import seed
+
+    recreate_database(template_settings.admin_url, name, template=TEMPLATE_DB)
+    settings = settings_module.load(environ_for(name))
+    if orders:
+        seed(settings.admin_url, orders, defer=False)
+    try:
+        yield settings
+    finally:
+        close_worker_pools()
+        drop_database(template_settings.admin_url, name)
