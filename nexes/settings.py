@@ -17,6 +17,8 @@ from starlette.datastructures import Secret
 Env = Literal["development", "production"]
 ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
 MONITOR_ROLE = "nexes_monitor"  # probes only: pg_monitor, LOGIN, CONNECTION LIMIT 5
+# A request's deadline per caller role (nexes.auth.identity.Role), in seconds.
+REQUEST_DEADLINES = {"viewer": 10.0, "operator": 10.0, "analyst": 30.0, "admin": 60.0}
 
 
 class SettingsError(ValueError):
@@ -127,6 +129,13 @@ class Settings:
     # Whether the standard OTEL_* variables ask for traces to be exported; the OpenTelemetry
     # SDK reads the rest of them (endpoint, headers, sampler, service name) itself.
     otel_traces_export: bool = False
+    # Issue 17's limits: a request's run time by the caller's most generous role (seconds);
+    # a response's serialised size; requests one process runs at once (more get 503); the
+    # query text the parse and validation caches may hold, summed.
+    request_deadlines: Mapping[str, float] = field(default_factory=lambda: dict(REQUEST_DEADLINES))
+    max_response_bytes: int = 10_000_000
+    max_concurrent_requests: int = 200
+    document_cache_bytes: int = 4_000_000
 
     @property
     def development(self) -> bool:
@@ -254,6 +263,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             replica_probe_timeout=max(0.1, _positive(config, "NEXES_REPLICA_PROBE_TIMEOUT", 1.0, float)),
             cors_origins=tuple(config("NEXES_CORS_ORIGINS", default="").split()),
             otel_traces_export=_otel_traces_export(config),
+            request_deadlines={
+                role: max(0.1, _positive(config, f"NEXES_REQUEST_DEADLINE_{role.upper()}", default, float))
+                for role, default in REQUEST_DEADLINES.items()
+            },
+            max_response_bytes=max(1024, int(_positive(config, "NEXES_MAX_RESPONSE_BYTES", 10_000_000, int))),
+            max_concurrent_requests=max(1, int(_positive(config, "NEXES_MAX_CONCURRENT_REQUESTS", 200, int))),
+            document_cache_bytes=int(_positive(config, "NEXES_DOCUMENT_CACHE_BYTES", 4_000_000, int)),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc

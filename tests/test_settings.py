@@ -31,6 +31,20 @@ def test_defaults_match_the_readme() -> None:
     assert s.pool_timeout == float(readme_default("NEXES_POOL_TIMEOUT"))
     assert s.audit_retention_days == int(readme_default("NEXES_AUDIT_RETENTION_DAYS"))
     assert s.replica_urls == ()
+    for role in ("viewer", "operator", "analyst", "admin"):
+        assert s.request_deadlines[role] == float(_deadline_default(role))
+    assert s.max_response_bytes == int(readme_default("NEXES_MAX_RESPONSE_BYTES"))
+    assert s.max_concurrent_requests == int(readme_default("NEXES_MAX_CONCURRENT_REQUESTS"))
+    assert s.document_cache_bytes == int(readme_default("NEXES_DOCUMENT_CACHE_BYTES"))
+
+
+def _deadline_default(role: str) -> str:
+    """The README gives the viewer's deadline in its column and the others in its text."""
+    if role == "viewer":
+        return readme_default("NEXES_REQUEST_DEADLINE_VIEWER")
+    match = re.search(rf"`NEXES_REQUEST_DEADLINE_{role.upper()}` \(`([^`]*)`\)", README.read_text())
+    assert match, f"NEXES_REQUEST_DEADLINE_{role.upper()} is missing from the README"
+    return match[1]
 
 
 def test_missing_required_url_names_itself() -> None:
