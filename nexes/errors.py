@@ -32,6 +32,7 @@ class Code(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -58,6 +59,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.FORBIDDEN: 403,
     Code.UNAUTHENTICATED: 401,
     Code.REQUEST_TIMEOUT: 408,
+    Code.RESPONSE_TOO_LARGE: 400,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -86,6 +88,8 @@ DESCRIPTION: dict[Code, str] = {
     "(any non-empty value) so a browser cannot forge them",
     Code.REQUEST_TIMEOUT: "the request body came too slowly (the whole body within NEXES_BODY_READ_SECONDS; "
     "an upload pausing at most NEXES_UPLOAD_IDLE_SECONDS); send it again",
+    Code.RESPONSE_TOO_LARGE: "the answer would be larger than NEXES_MAX_RESPONSE_BYTES; ask for fewer rows "
+    "or fields (smaller pages)",
 }
 
 
