@@ -19,6 +19,10 @@ ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
 MONITOR_ROLE = "nexes_monitor"  # probes only: pg_monitor, LOGIN, CONNECTION LIMIT 5
 # A request's deadline per caller role (nexes.auth.identity.Role), in seconds.
 REQUEST_DEADLINES = {"viewer": 10.0, "operator": 10.0, "analyst": 30.0, "admin": 60.0}
+# Per role: the most nodes one operation may ask for (nexes.execution.cost), and the rate
+# limit's points an hour per subject (a query costs ceil(nodes / 100), at least 1).
+MAX_COST = {"viewer": 50_000, "operator": 50_000, "analyst": 500_000, "admin": 1_000_000}
+RATE_LIMITS = {"viewer": 5_000, "operator": 5_000, "analyst": 10_000, "admin": 20_000}
 
 
 class SettingsError(ValueError):
@@ -136,6 +140,8 @@ class Settings:
     max_response_bytes: int = 10_000_000
     max_concurrent_requests: int = 200
     document_cache_bytes: int = 4_000_000
+    max_cost: Mapping[str, int] = field(default_factory=lambda: dict(MAX_COST))
+    rate_limits: Mapping[str, int] = field(default_factory=lambda: dict(RATE_LIMITS))
 
     @property
     def development(self) -> bool:
@@ -270,6 +276,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             max_response_bytes=max(1024, int(_positive(config, "NEXES_MAX_RESPONSE_BYTES", 10_000_000, int))),
             max_concurrent_requests=max(1, int(_positive(config, "NEXES_MAX_CONCURRENT_REQUESTS", 200, int))),
             document_cache_bytes=int(_positive(config, "NEXES_DOCUMENT_CACHE_BYTES", 4_000_000, int)),
+            max_cost={
+                role: max(1, int(_positive(config, f"NEXES_MAX_COST_{role.upper()}", default, int)))
+                for role, default in MAX_COST.items()
+            },
+            rate_limits={
+                role: max(1, int(_positive(config, f"NEXES_RATE_LIMIT_{role.upper()}", default, int)))
+                for role, default in RATE_LIMITS.items()
+            },
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
