@@ -33,6 +33,8 @@ class Code(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+    QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -58,6 +60,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.CSRF_HEADER_REQUIRED: 400,
     Code.FORBIDDEN: 403,
     Code.UNAUTHENTICATED: 401,
+    Code.QUERY_TOO_COMPLEX: 400,
+    Code.RATE_LIMITED: 429,
     Code.REQUEST_TIMEOUT: 408,
     Code.RESPONSE_TOO_LARGE: 400,
 }
@@ -82,6 +86,9 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_ROW: "an import row cannot be parsed (quoting, number of columns)",
     Code.BAD_FILE: "the import file cannot be read at all (format, missing columns); the job fails",
     Code.FORBIDDEN: "the caller's roles may not use this field, mutation or route; the message names who may",
+    Code.QUERY_TOO_COMPLEX: "the operation asks for more nodes than the caller's roles may (extensions.cost: "
+    "requested and limit); ask for smaller pages or fewer nested connections",
+    Code.RATE_LIMITED: "the caller's points for this hour are spent; retry after Retry-After seconds",
     Code.UNAUTHENTICATED: "no valid bearer token: missing, malformed, expired, revoked or wrongly signed "
     "(the message says which)",
     Code.CSRF_HEADER_REQUIRED: "uploads need X-Nexes-CSRF, Apollo-Require-Preflight or X-Apollo-Operation-Name "
@@ -96,11 +103,14 @@ DESCRIPTION: dict[Code, str] = {
 class NexesError(Exception):
     """An expected failure with a stable code and a message a person can act on."""
 
-    def __init__(self, code: Code, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, code: Code, message: str, *, field: str | None = None, extensions: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.extensions = extensions  # more of `extensions` in the error the client sees
 
 
 def bad_input(message: str, *, field: str | None = None) -> NexesError:

@@ -37,7 +37,9 @@ def refusal(code: Code, message: str, status: int) -> tuple[Payload, int]:
 
 def error_result(exc: NexesError) -> tuple[Payload, int]:
     """The payload and HTTP status of a request refused before execution."""
-    extra = {"field": exc.field} if exc.field else {}
+    extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
+    if exc.extensions:
+        extra.update(exc.extensions)
     return {"errors": [error_payload(exc.code, exc.message, **extra)]}, HTTP_STATUS[exc.code]
 
 
@@ -50,6 +52,8 @@ def format_error(error: GraphQLError) -> Payload:
         code, message = original.code, original.message
         if original.field:
             extra["field"] = original.field
+        if original.extensions:
+            extra.update(original.extensions)
     elif translated is not None:
         code, message = translated.code, translated.message
     elif error.path is None:
