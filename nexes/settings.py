@@ -142,6 +142,14 @@ class Settings:
     document_cache_bytes: int = 4_000_000
     max_cost: Mapping[str, int] = field(default_factory=lambda: dict(MAX_COST))
     rate_limits: Mapping[str, int] = field(default_factory=lambda: dict(RATE_LIMITS))
+    # Trusted documents (nexes.execution.documents): allow-list mode for viewers and operators;
+    # automatic persisted queries in Redis, bounded by count, per-document bytes and expiry;
+    # how old the API's copy of the registered hashes may grow before it is read again.
+    trusted_documents: bool = False
+    apq_max_documents: int = 10_000
+    apq_max_document_bytes: int = 16_384
+    apq_ttl: float = 86_400.0
+    trusted_documents_refresh: float = 5.0
 
     @property
     def development(self) -> bool:
@@ -284,9 +292,21 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                 role: max(1, int(_positive(config, f"NEXES_RATE_LIMIT_{role.upper()}", default, int)))
                 for role, default in RATE_LIMITS.items()
             },
+            trusted_documents=_on_off(config, "NEXES_TRUSTED_DOCUMENTS"),
+            apq_max_documents=int(_positive(config, "NEXES_APQ_MAX_DOCUMENTS", 10_000, int)),
+            apq_max_document_bytes=max(1, int(_positive(config, "NEXES_APQ_MAX_DOCUMENT_BYTES", 16_384, int))),
+            apq_ttl=max(1.0, _positive(config, "NEXES_APQ_TTL", 86_400.0, float)),
+            trusted_documents_refresh=_positive(config, "NEXES_TRUSTED_DOCUMENTS_REFRESH", 5.0, float),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
+
+
+def _on_off(config: Config, key: str) -> bool:
+    value = config(key, default="off").strip().lower()
+    if value not in ("on", "off"):
+        raise SettingsError(f"{key}={value!r}: must be 'on' or 'off'")
+    return value == "on"
 
 
 def _otel_traces_export(config: Config) -> bool:

@@ -36,6 +36,11 @@ def test_defaults_match_the_readme() -> None:
     assert s.max_response_bytes == int(readme_default("NEXES_MAX_RESPONSE_BYTES"))
     assert s.max_concurrent_requests == int(readme_default("NEXES_MAX_CONCURRENT_REQUESTS"))
     assert s.document_cache_bytes == int(readme_default("NEXES_DOCUMENT_CACHE_BYTES"))
+    assert s.trusted_documents is (readme_default("NEXES_TRUSTED_DOCUMENTS") == "on")
+    assert s.apq_max_documents == int(readme_default("NEXES_APQ_MAX_DOCUMENTS"))
+    assert s.apq_max_document_bytes == int(readme_default("NEXES_APQ_MAX_DOCUMENT_BYTES"))
+    assert s.apq_ttl == float(readme_default("NEXES_APQ_TTL"))
+    assert s.trusted_documents_refresh == float(readme_default("NEXES_TRUSTED_DOCUMENTS_REFRESH"))
 
 
 def _deadline_default(role: str) -> str:
