@@ -35,6 +35,8 @@ class Code(StrEnum):
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
     RATE_LIMITED = "RATE_LIMITED"
+    PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+    DOCUMENT_NOT_TRUSTED = "DOCUMENT_NOT_TRUSTED"
 
 
 # The HTTP status of a response whose only errors carry this code. A GraphQL
@@ -64,6 +66,9 @@ HTTP_STATUS: dict[Code, int] = {
     Code.RATE_LIMITED: 429,
     Code.REQUEST_TIMEOUT: 408,
     Code.RESPONSE_TOO_LARGE: 400,
+    # Apollo's clients read it from a 200 answer, then send the query with its hash.
+    Code.PERSISTED_QUERY_NOT_FOUND: 200,
+    Code.DOCUMENT_NOT_TRUSTED: 403,
 }
 
 DESCRIPTION: dict[Code, str] = {
@@ -97,6 +102,10 @@ DESCRIPTION: dict[Code, str] = {
     "an upload pausing at most NEXES_UPLOAD_IDLE_SECONDS); send it again",
     Code.RESPONSE_TOO_LARGE: "the answer would be larger than NEXES_MAX_RESPONSE_BYTES; ask for fewer rows "
     "or fields (smaller pages)",
+    Code.PERSISTED_QUERY_NOT_FOUND: "the server holds no document with that sha256Hash; send the query with "
+    "its hash (Apollo's persisted-query link does so by itself)",
+    Code.DOCUMENT_NOT_TRUSTED: "in allow-list mode (NEXES_TRUSTED_DOCUMENTS=on) viewers and operators run only "
+    "documents registered with `nexes documents add`; register it, or ask as an analyst",
 }
 
 
