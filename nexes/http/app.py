@@ -24,6 +24,7 @@ from nexes.db.connect.pools import Pools
 from nexes.db.connect.router import AnalystRouter, Router
 from nexes.db.keyset import CursorCodec
 from nexes.errors import HTTP_STATUS, Code, NexesError
+from nexes.execution.documents import Documents
 from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
 from nexes.execution.schema import schema
@@ -297,6 +298,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
             await monitor.stop()
             await pools.close()
             await revocations.close()
+            await app.state.documents.close()
 
     app = Starlette(
         routes=[
@@ -320,6 +322,8 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.state.pipeline = Pipeline(schema, hooks)
+    # Persisted queries and the allow-list (NEXES_TRUSTED_DOCUMENTS), before parsing.
+    app.state.documents = Documents(settings, app.state.router)
     app.add_middleware(graphql.GraphQLMiddleware)  # inside the request context: it sees the request id
     # Who is asking, before any endpoint (the GraphQL one included); its 401s carry the request id.
     app.state.authenticator = Authenticator(verifier, revocations)

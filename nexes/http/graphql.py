@@ -13,7 +13,7 @@ errors are formatted by nexes.http.errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from nexes.auth.tokens import mint
 from nexes.db.connect.lsn import parse_lsn
 from nexes.db.connect.router import Consistency, consistency_var
 from nexes.errors import Code, NexesError, bad_input
+from nexes.execution.documents import persisted_hash
 from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
 from nexes.http import headers
 from nexes.http.auth import viewer_of
@@ -53,6 +54,8 @@ class GraphQLRequest:
     variables: dict[str, Any] | None
     operation_name: str | None
     queries_only: bool  # GET
+    # extensions.persistedQuery.sha256Hash (lowercase); `query` is "" when only the hash came
+    persisted: str | None = None
 
 
 def request_from_json(body: bytes) -> GraphQLRequest:
@@ -66,13 +69,19 @@ def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
     query, variables, operation_name = params.get("query"), params.get("variables"), params.get("operationName")
     if isinstance(variables, str):
         variables = _loads(variables.encode(), "'variables'")
-    if not isinstance(query, str) or not query.strip():
+    extensions = params.get("extensions")
+    if isinstance(extensions, str):  # GET: a JSON query parameter
+        extensions = _loads(extensions.encode(), "'extensions'")
+    persisted = persisted_hash(extensions)
+    if persisted is not None and query in (None, ""):
+        query = ""  # a persisted query by its hash alone (nexes.execution.documents)
+    elif not isinstance(query, str) or not query.strip():
         raise bad_input("'query' must be a non-empty string")
     if variables is not None and not isinstance(variables, dict):
         raise bad_input("'variables' must be a JSON object")
     if operation_name is not None and not isinstance(operation_name, str):
         raise bad_input("'operationName' must be a string")
-    return GraphQLRequest(query, variables, operation_name, queries_only)
+    return GraphQLRequest(query, variables, operation_name, queries_only, persisted)
 
 
 def _loads(raw: bytes, what: str) -> Any:
@@ -88,6 +97,11 @@ async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = 
     `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
     request that wrote gets the primary's position after its commit in
     `extensions.consistency.lsn` (and the response in X-Nexes-LSN)."""
+    if gql.persisted is not None or app.documents.allow_list:
+        try:  # the text to run: the query, a registered document or a stored one
+            gql = replace(gql, query=await app.documents.resolve(gql.query, gql.persisted, viewer))
+        except NexesError as exc:
+            return error_result(exc)
     consistency = Consistency()
     if min_lsn:
         consistency.min_lsn = parse_lsn(min_lsn)
@@ -222,7 +236,7 @@ endpoint = Endpoint()
 async def _answer(request: Request) -> Response:
     app = request.app.state
     if request.method == "GET":
-        if "query" not in request.query_params and app.settings.development:
+        if not {"query", "extensions"} & request.query_params.keys() and app.settings.development:
             return HTMLResponse(ide_page(app.settings))
         return await _params(request, dict(request.query_params), queries_only=True)
     if is_multipart(request.headers.get(headers.CONTENT_TYPE.key, "")):
