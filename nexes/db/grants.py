@@ -65,6 +65,9 @@ TABLES: Mapping[str, Mapping[str, str]] = {
     "import_error": {API: "S", WORKER: "SI"},
     # The audit trail (0031): appended by mutations and jobs, never changed.
     "audit_event": {API: "SI", WORKER: "SI"},
+    # Trusted documents (0032): registered by `nexes documents add` as the owner; the API
+    # reads them for the allow-list and persisted queries.
+    "trusted_document": {API: "S"},
     # Run or trusted by privileged commands: no application role writes them.
     "deferred_index": {},  # its rows are run as the owner by `nexes migrate` and `nexes seed`
     "schema_migration": {WORKER: "S", MONITOR: "S"},  # the import runner's and health's version check
