@@ -376,6 +376,73 @@ def _revoke(settings: settings_module.Settings, given: str, ttl: float) -> None:
     print(f"revoked {jti} until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}")
 
 
+def cmd_documents(args: argparse.Namespace) -> None:
+    """`documents add FILE...`: register trusted documents (.graphql, or Apollo's persisted-query
+    manifest .json) as the owner, each after it parses and validates; `documents list`."""
+    from nexes.db import audit
+    from nexes.db import documents as db
+
+    settings = _settings()
+    with psycopg.connect(settings.owner_url(), autocommit=True) as conn:
+        if args.documents_command == "list":
+            rows = db.list_all(conn)
+            for row in rows:
+                added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.added_at.timestamp()))
+                print(f"{row.sha256}  {','.join(row.operation_names) or '-'}  {added}  {row.added_by}")
+            print(f"{len(rows)} trusted document(s)")
+            return
+        by = audit.cli()
+        for path, text in _documents_to_add(args.files):
+            sha, names = _prepared(path, text)
+            with conn.transaction():
+                added = db.add(conn, sha, text, names, by.name)
+                if added:
+                    changes = {"operationNames": names, "bytes": len(text.encode())}
+                    audit.record_sync(
+                        conn, by, "addTrustedDocument", entity="TrustedDocument", key=sha, changes=changes
+                    )
+            print(f"{sha}  {','.join(names) or '-'}  {'added' if added else 'registered already'} ({path})")
+
+
+def _documents_to_add(files: list[str]) -> list[tuple[str, str]]:
+    """(where, text) of each document: a .graphql file whole, its trailing newlines dropped
+    (clients send the text without them); each operation's body of an Apollo persisted-query
+    manifest (@apollo/generate-persisted-query-manifest), whose ids must be their bodies' SHA-256."""
+    import hashlib
+    import json
+
+    found: list[tuple[str, str]] = []
+    for name in files:
+        try:
+            raw = Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            sys.exit(f"nexes documents add: {name}: {exc}")
+        if not name.endswith(".json"):
+            found.append((name, raw.rstrip("\n")))
+            continue
+        try:
+            operations = json.loads(raw)["operations"]
+            bodies = [(str(op["name"]), str(op["id"]), str(op["body"])) for op in operations]
+        except (ValueError, KeyError, TypeError):
+            sys.exit(f"nexes documents add: {name}: not an Apollo persisted-query manifest (operations with body)")
+        for op_name, op_id, body in bodies:
+            if hashlib.sha256(body.encode()).hexdigest() != op_id.lower():
+                sys.exit(f"nexes documents add: {name}: {op_name}'s id is not the SHA-256 of its body")
+            found.append((f"{name}#{op_name}", body))
+    return found
+
+
+def _prepared(path: str, text: str) -> tuple[str, list[str]]:
+    from nexes.execution.documents import DocumentError, prepare
+    from nexes.execution.pipeline import LIMIT_RULES
+    from nexes.execution.schema import schema
+
+    try:
+        return prepare(text, schema._schema, LIMIT_RULES)
+    except DocumentError as exc:
+        sys.exit(f"nexes documents add: {path}: {exc}")
+
+
 def cli_actor() -> str:
     """Who runs a `nexes` command (cli:<os user>): the audit's name, for tokens too."""
     from nexes.db import audit
@@ -454,7 +521,7 @@ def supervise(commands: dict[str, list[str]], restart: set[str], envs: dict[str,
         signal_group(proc, signal.SIGKILL)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (a statement per command and option)
     parser = argparse.ArgumentParser(prog="nexes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply migrations, role settings and partitions").set_defaults(func=cmd_migrate)
@@ -514,11 +581,21 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("token", help="the token's jti, or the whole token")
     revoke.add_argument("--ttl", type=float, default=30 * 86400.0, help="with a bare jti: seconds to keep it")
     token.set_defaults(func=cmd_token)
+    _documents_parser(sub)
     dev = sub.add_parser("dev", help="API + worker + ddl worker + scheduler, restarting a dead worker")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(func=cmd_dev)
     return parser
+
+
+def _documents_parser(sub: Any) -> None:
+    documents = sub.add_parser("documents", help="trusted documents: `documents add FILE...`, `documents list`")
+    documents_sub = documents.add_subparsers(dest="documents_command", required=True)
+    add = documents_sub.add_parser("add", help="register .graphql files (or an Apollo persisted-query manifest)")
+    add.add_argument("files", nargs="+", metavar="FILE")
+    documents_sub.add_parser("list", help="the registered documents: hash, operation names, added when and by whom")
+    documents.set_defaults(func=cmd_documents)
 
 
 # Commands that do their work in this process and end: each is one trace (SQL, Typesense,
