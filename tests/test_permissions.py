@@ -194,9 +194,24 @@ async def test_fragments_and_aliases_do_not_bypass_the_check(seeded: Settings) -
             assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
 
 
-async def test_introspection_needs_a_token_and_nothing_more(seeded: Settings) -> None:
+async def test_introspection_in_production_is_for_analysts_and_admins(seeded: Settings) -> None:
+    import dataclasses
+
+    assert not seeded.development  # the tests' settings: NEXES_ENV's default, production
+    introspect = "{ __typename __schema { queryType { name } } }"
     async with client_for(seeded, roles=("viewer",)) as client:
-        body = await gql(client, "{ __typename __schema { queryType { name } } }")
+        refused = await gql(client, introspect)
+        typename = await gql(client, "{ __typename }")
+    assert refused["_response"].status_code == 403 and "data" not in refused
+    assert refused["errors"][0]["extensions"] == {**refused["errors"][0]["extensions"], "code": "FORBIDDEN"}
+    assert "`__schema` needs one of analyst, admin" in refused["errors"][0]["message"]
+    assert typename["data"] == {"__typename": "Query"}
+    for role in ("analyst", "admin"):
+        async with client_for(seeded, roles=(role,)) as client:
+            body = await gql(client, introspect)
+        assert body["_response"].status_code == 200 and body["data"]["__schema"]["queryType"]["name"] == "Query"
+    async with client_for(dataclasses.replace(seeded, env="development"), roles=("viewer",)) as client:
+        body = await gql(client, introspect)
     assert body["_response"].status_code == 200 and body["data"]["__schema"]["queryType"]["name"] == "Query"
 
 

@@ -45,7 +45,8 @@ ROOT: dict[str, frozenset[Role]] = {
     "Mutation.reindexSearch": ADMINS,
 }
 
-# Introspection: any caller with a valid token (the schema is no secret from its users).
+# Introspection: any caller with a valid token in development; in production `__schema` and
+# `__type` need analyst or admin (nexes.execution.permissions), `__typename` any token.
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
 
 # Nested fields with a rule of their own -> the rule, in words (enforced by field guards).

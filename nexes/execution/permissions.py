@@ -17,12 +17,17 @@ from graphql import (
     SelectionSetNode,
 )
 
-from nexes.auth.permissions import INTROSPECTION, NESTED, OWNER_OR_ADMIN, ROOT, allowed, describe
+from nexes.auth.permissions import ANALYSTS, INTROSPECTION, NESTED, OWNER_OR_ADMIN, ROOT, describe
 from nexes.errors import Code, NexesError
 from nexes.execution.hooks import FieldGuard
 from nexes.resolvers.context import Context
 
 ROOT_TYPES = {"query": "Query", "mutation": "Mutation", "subscription": "Subscription"}
+# Introspection: any token in development; in production `__schema` and `__type` are for
+# analysts and admins (issue 17: the SPA needs no schema), `__typename` for every token.
+PRODUCTION_INTROSPECTION = {"Query.__schema": ANALYSTS, "Query.__type": ANALYSTS}
+FREE_IN_PRODUCTION = INTROSPECTION - {"__schema", "__type"}
+NEEDS = {**ROOT, **PRODUCTION_INTROSPECTION}  # who may select each root field, in production
 
 
 def root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> list[str]:
@@ -54,15 +59,16 @@ def require_roles(document: DocumentNode, operation: OperationDefinitionNode, co
     every root field the operation selects."""
     root = ROOT_TYPES[operation.operation.value]
     roles = context.viewer.roles
+    free = INTROSPECTION if context.settings.development else FREE_IN_PRODUCTION
     refused = [
         f"{root}.{name}"
         for name in root_fields(document, operation)
-        if name not in INTROSPECTION and not allowed(f"{root}.{name}", roles)
+        if name not in free and NEEDS.get(f"{root}.{name}", frozenset()).isdisjoint(roles)
     ]
     if not refused:
         return
     held = ", ".join(sorted(roles)) or "no role"
-    needs = "; ".join(f"`{c.split('.', 1)[1]}` needs one of {describe(ROOT.get(c, frozenset()))}" for c in refused)
+    needs = "; ".join(f"`{c.split('.', 1)[1]}` needs one of {describe(NEEDS.get(c, frozenset()))}" for c in refused)
     raise NexesError(Code.FORBIDDEN, f"{needs} (the token has {held})", field=refused[0].split(".", 1)[1])
 
 
