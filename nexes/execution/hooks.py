@@ -6,7 +6,8 @@ A request meets them in this order:
 1. document rules: validation rules, run with graphql-core's own on the parsed document
    (cached with it by query text, so a rule must judge the document alone);
 2. operation guards: called with the document, the operation and the context before it
-   executes;
+   executes; then the budget (nexes.execution.cost): the operation's cost, refused over the
+   caller's limit, charged to the caller's rate limit; a dry run stops here;
 3. field guards: called with the context and the parent object before each field they
    cover resolves, on the fast path and the stock path alike (the fast path hands covered
    fields to the stock path, decided once per selection set);
@@ -19,16 +20,21 @@ field nulls its parent), as when a resolver raises. Empty hook points cost nothi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, ExecutionResult, OperationDefinitionNode
+from graphql import ASTValidationRule, DocumentNode, ExecutionResult, GraphQLSchema, OperationDefinitionNode
 
 from nexes.resolvers.context import Context
 
 DocumentRule = type[ASTValidationRule]
 OperationGuard = Callable[[DocumentNode, OperationDefinitionNode, Context], None]
+# (schema, document, operation, variables, context, dry_run): prices the operation and
+# charges the caller's budget before it runs; refuses by raising NexesError.
+BudgetCheck = Callable[
+    [GraphQLSchema, DocumentNode, OperationDefinitionNode, "dict[str, Any] | None", Context, bool], Awaitable[None]
+]
 # (context, field coordinate such as "ServiceOrder.totalAmount", the parent object)
 FieldCheck = Callable[[Context, str, Any], None]
 ResultMask = Callable[[ExecutionResult, Context], ExecutionResult]
@@ -56,5 +62,6 @@ class Hooks:
 
     document_rules: tuple[DocumentRule, ...] = ()
     operation_guards: tuple[OperationGuard, ...] = ()
+    budget: BudgetCheck | None = None
     field_guards: tuple[FieldGuard, ...] = ()
     result_masks: tuple[ResultMask, ...] = ()

@@ -33,6 +33,7 @@ from strawberry.extensions.max_aliases import create_validator as aliases_valida
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 
 from nexes.errors import NexesError
+from nexes.execution.cost import charge
 from nexes.execution.executor import HookedExecutor
 from nexes.execution.hooks import Hooks
 from nexes.execution.permissions import FIELD_GUARDS, require_roles
@@ -45,7 +46,9 @@ CACHE_SIZE = 1000  # documents, by query text: the parse cache and the validatio
 
 # Made once: a validation rule is a class, and new classes per request would be new rules.
 LIMIT_RULES = (depth_validator(MAX_DEPTH, None, None), aliases_validator(MAX_ALIASES))
-DEFAULT_HOOKS = Hooks(document_rules=LIMIT_RULES, operation_guards=(require_roles,), field_guards=FIELD_GUARDS)
+DEFAULT_HOOKS = Hooks(
+    document_rules=LIMIT_RULES, operation_guards=(require_roles,), budget=charge, field_guards=FIELD_GUARDS
+)
 
 
 class OperationNotAllowed(Exception):
@@ -91,8 +94,10 @@ class Pipeline:
         context: Context,
         *,
         queries_only: bool,
+        dry_run: bool = False,
     ) -> ExecutionResult:
-        """Execute one request; raises OperationNotAllowed or UnknownOperation before executing."""
+        """Execute one request; raises OperationNotAllowed or UnknownOperation before executing.
+        A dry run stops before executing: `context.cost` holds the price."""
         document = self._parsed(query)
         if isinstance(document, GraphQLError):
             return ExecutionResult(data=None, errors=[document])
@@ -106,8 +111,12 @@ class Pipeline:
         try:
             for guard in hooks.operation_guards:
                 guard(document, operation, context)
+            if hooks.budget is not None:
+                await hooks.budget(self._schema, document, operation, variables, context, dry_run)
         except NexesError as refused:
             return ExecutionResult(data=None, errors=[GraphQLError(refused.message, operation, original_error=refused)])
+        if dry_run:
+            return ExecutionResult(data=None, errors=None)
         result = execute(
             self._schema,
             document,

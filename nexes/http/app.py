@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nexes.auth.ratelimit import RateLimiter
 from nexes.auth.revocation import Revocations
 from nexes.auth.tokens import TokenVerifier
 from nexes.db.connect.monitor import ReplicaMonitor
@@ -282,6 +283,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     monitor = ReplicaMonitor.for_settings(settings)
     verifier = TokenVerifier(settings)
     revocations = Revocations(settings.redis_url, settings.redis_timeout)
+    limiter = RateLimiter(settings.redis_url, settings.redis_timeout)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -299,6 +301,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
             await pools.close()
             await revocations.close()
             await app.state.documents.close()
+            await limiter.close()
 
     app = Starlette(
         routes=[
@@ -321,6 +324,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     monitor.add_check(SearchCheck(settings, app.state.router, timeout=settings.typesense_timeout))
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
+    app.state.limiter = limiter
     app.state.pipeline = Pipeline(schema, hooks)
     # Persisted queries and the allow-list (NEXES_TRUSTED_DOCUMENTS), before parsing.
     app.state.documents = Documents(settings, app.state.router)

@@ -27,6 +27,7 @@ from nexes.auth.tokens import mint
 from nexes.db.connect.lsn import parse_lsn
 from nexes.db.connect.router import Consistency, consistency_var
 from nexes.errors import Code, NexesError, bad_input
+from nexes.execution.cost import CostReport, count_nodes
 from nexes.execution.documents import persisted_hash
 from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
 from nexes.http import headers
@@ -56,6 +57,7 @@ class GraphQLRequest:
     queries_only: bool  # GET
     # extensions.persistedQuery.sha256Hash (lowercase); `query` is "" when only the hash came
     persisted: str | None = None
+    dry_run: bool = False  # extensions.dryRun: the cost, without executing
 
 
 def request_from_json(body: bytes) -> GraphQLRequest:
@@ -81,7 +83,22 @@ def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
         raise bad_input("'variables' must be a JSON object")
     if operation_name is not None and not isinstance(operation_name, str):
         raise bad_input("'operationName' must be a string")
-    return GraphQLRequest(query, variables, operation_name, queries_only, persisted)
+    return GraphQLRequest(query, variables, operation_name, queries_only, persisted, dry_run=_dry_run(params))
+
+
+def _dry_run(params: dict[str, Any]) -> bool:
+    """`extensions: {"dryRun": true}` (a JSON string on GET)."""
+    extensions = params.get("extensions")
+    if isinstance(extensions, str):
+        extensions = _loads(extensions.encode(), "'extensions'")
+    if extensions is None:
+        return False
+    if not isinstance(extensions, dict):
+        raise bad_input("'extensions' must be a JSON object")
+    dry_run = extensions.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise bad_input("'extensions.dryRun' must be true or false")
+    return dry_run
 
 
 def _loads(raw: bytes, what: str) -> Any:
@@ -113,7 +130,7 @@ async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = 
     finally:
         consistency_var.reset(token)
     if consistency.lsn is not None:
-        payload["extensions"] = {"consistency": {"lsn": consistency.lsn_text}}
+        payload.setdefault("extensions", {})["consistency"] = {"lsn": consistency.lsn_text}
     return payload, status
 
 
@@ -125,27 +142,81 @@ async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer) -> tuple[Payload, 
         router=app.analyst_router if viewer.analyst_only else app.router,
         cursors=app.cursors,
         viewer=viewer,
+        limiter=getattr(app, "limiter", None),
     )
     try:
         result = await app.pipeline.run(
-            gql.query, gql.variables, gql.operation_name, context, queries_only=gql.queries_only
+            gql.query,
+            gql.variables,
+            gql.operation_name,
+            context,
+            queries_only=gql.queries_only,
+            dry_run=gql.dry_run,
         )
     except OperationNotAllowed:
         return refusal(Code.BAD_USER_INPUT, "GET runs only queries; send mutations with POST", 405)
     except UnknownOperation:
         message = "the document has no operation by that operationName (or several and no operationName)"
         return refusal(Code.BAD_USER_INPUT, message, 400)
+    cost = context.cost
     if result.errors and result.data is None and all(e.path is None for e in result.errors):
-        # Refused before execution (syntax, validation, permissions): no `data` at all.
+        # Refused before execution (syntax, validation, permissions, cost): no `data` at all.
         errors = [format_error(e) for e in result.errors]
-        return {"errors": errors}, request_status(errors)
+        return _with_cost({"errors": errors}, cost), request_status(errors)
+    if gql.dry_run:  # priced, not run
+        return _with_cost({}, cost), 200
     payload: Payload = {"data": result.data}
     status = 200
     if result.errors:
         payload["errors"] = [format_error(e) for e in result.errors]
         if result.data is None:
             status = request_status(payload["errors"])
-    return payload, status
+    if cost is not None:
+        cost.actual_nodes = count_nodes(result.data)
+    return _with_cost(payload, cost), status
+
+
+def _with_cost(payload: Payload, cost: CostReport | None) -> Payload:
+    """`extensions.cost` (requested, actualNodes, limit, remaining) and the rate limit's
+    state the headers are made from."""
+    if cost is not None:
+        report: dict[str, Any] = cost.extensions()
+        if cost.rate_limit and cost.remaining is not None:
+            report["rateLimit"] = {
+                "limit": cost.rate_limit,
+                "remaining": cost.remaining,
+                "used": cost.rate_limit - cost.remaining,
+                "reset": cost.reset,
+                "cost": cost.points,
+            }
+        payload.setdefault("extensions", {})["cost"] = report
+    return payload
+
+
+def response_headers(payload: Payload) -> list[tuple[bytes, bytes]]:
+    """The headers a GraphQL answer carries: X-Nexes-LSN after a write, the rate limit's
+    (GitHub's names) when one was charged, Retry-After when refused for it."""
+    out: list[tuple[bytes, bytes]] = []
+    lsn = lsn_of(payload)
+    if lsn is not None:
+        out.append((headers.LSN.raw, lsn.encode()))
+    extensions = payload.get("extensions") or {}
+    rate = (extensions.get("cost") or {}).get("rateLimit")
+    if rate:
+        limit, remaining, reset, used, resource = headers.RATE_LIMITS
+        out += [
+            (limit.raw, str(rate["limit"]).encode()),
+            (remaining.raw, str(rate["remaining"]).encode()),
+            (reset.raw, str(rate["reset"]).encode()),
+            (used.raw, str(rate["used"]).encode()),
+            (resource.raw, b"graphql"),
+        ]
+    for error in payload.get("errors", ()):
+        retry = error["extensions"].get("retryAfter")
+        if retry is not None:
+            out.append((headers.RETRY_AFTER.raw, str(retry).encode()))
+            break
+    return out
 
 
 def lsn_of(payload: Payload) -> str | None:
@@ -196,8 +267,7 @@ async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
             viewer_of(scope),
             headers.scope_header(scope_headers, headers.MIN_LSN),
         )
-    lsn = lsn_of(payload)
-    await send_json(send, payload, status, () if lsn is None else ((headers.LSN.raw, lsn.encode()),))
+    await send_json(send, payload, status, response_headers(payload))
 
 
 class GraphQLMiddleware:
@@ -272,7 +342,6 @@ async def _params(request: Request, params: Any, *, queries_only: bool) -> Respo
         request_headers.get(headers.MIN_LSN.key, ""),
     )
     response = json_response(payload, status)
-    lsn = lsn_of(payload)
-    if lsn is not None:
-        response.headers[headers.LSN.key] = lsn
+    for name, value in response_headers(payload):
+        response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
     return response

@@ -32,7 +32,7 @@ CSRF_HEADERS = (CSRF, APOLLO_PREFLIGHT, APOLLO_OPERATION)
 AUTHORIZATION = Header("Authorization")  # in: Bearer <JWT>
 WWW_AUTHENTICATE = Header("WWW-Authenticate")  # out: with every 401
 # Rate limits (GitHub's names) and when to come back
-RATE_LIMITS = tuple(Header(f"X-RateLimit-{part}") for part in ("Limit", "Remaining", "Reset", "Used"))
+RATE_LIMITS = tuple(Header(f"X-RateLimit-{part}") for part in ("Limit", "Remaining", "Reset", "Used", "Resource"))
 RETRY_AFTER = Header("Retry-After")
 # Request identity and timing
 REQUEST_ID = Header("X-Request-ID")  # in (when safe) and out

@@ -23,6 +23,10 @@ class Context:
     router: Router
     cursors: CursorCodec
     viewer: Viewer = ANONYMOUS
+    # The rate limiter (nexes.auth.ratelimit.RateLimiter; None: no rate limit) and the
+    # operation's price once the pipeline computed it (nexes.execution.cost.CostReport).
+    limiter: Any = None
+    cost: Any = None
 
     @cached_property
     def loaders(self) -> Loaders:

@@ -1,0 +1,167 @@
+"""Cost before execution and the rate limit (nexes.execution.cost, nexes.auth.ratelimit), on
+the real app and the real Redis.
+
+Each test charges a subject of its own, so budgets never leak between tests."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import replace
+
+import httpx
+import pytest
+from graphql import OperationDefinitionNode, parse
+from prometheus_client import REGISTRY
+
+from nexes.auth.identity import Viewer
+from nexes.execution.cost import COUNT_NODES, DEFAULT_PAGE, LIST_GUESS, operation_cost, points_of
+from nexes.execution.schema import schema
+from nexes.settings import Settings
+from tests.conftest import client_for, gql
+
+PAGE = "{ serviceOrders(first: 50) { edges { node { id sodNumber status createdAt totalAmount customer { name } } } } }"
+# The issue's fan-out: every nested connection counted, as GitHub does.
+FAN_OUT = """{ customers(first: 100) { edges { node { name serviceOrders(first: 100) { totalCount
+  edges { node { sodNumber lines { quantity }
+    customer { serviceOrders(first: 100) { edges { node { sodNumber } } } } } } } } } } }"""
+CLOSED_REDIS = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+
+
+def cost_of(query: str, variables: dict[str, object] | None = None) -> int:
+    document = parse(query)
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    return operation_cost(schema._schema, document, operation, variables)
+
+
+def subject() -> str:
+    return f"cost-{uuid.uuid4().hex[:12]}"
+
+
+def statements(response: httpx.Response) -> int:
+    match = re.search(r'desc="(\d+) statements"', response.headers["server-timing"])
+    assert match
+    return int(match[1])
+
+
+def test_connections_multiply_by_their_page_and_counts_add_their_own() -> None:
+    assert cost_of(PAGE) == 50
+    assert cost_of("{ serviceOrders { edges { node { id } } } }") == DEFAULT_PAGE
+    assert cost_of("{ serviceOrders(first: 10) { totalCount edges { node { lines { lineNo } } } } }") == (
+        10 + COUNT_NODES + 10 * LIST_GUESS
+    )
+    assert cost_of(FAN_OUT) == 100 + 100 * 100 + 100 * COUNT_NODES + 100 * 100 * LIST_GUESS + 100 * 100 * 100
+
+
+def test_variables_aliases_and_fragments_are_counted_in_full() -> None:
+    assert cost_of("query($n: Int) { serviceOrders(first: $n) { edges { node { id } } } }", {"n": 7}) == 7
+    assert cost_of("query($n: Int = 30) { serviceOrders(first: $n) { edges { node { id } } } }") == 30
+    aliased = "{ a: serviceOrders(first: 40) { edges { node { id } } } b: serviceOrders(first: 40) { totalCount } }"
+    assert cost_of(aliased) == 80 + COUNT_NODES
+    spread = """query { ...A ...A2 } fragment A on Query { customers(first: 10) { edges { node { ...B } } } }
+      fragment A2 on Query { ...A } fragment B on Customer { serviceOrders(first: 10) { edges { node { id } } } }"""
+    assert cost_of(spread) == 2 * (10 + 10 * 10)  # A, and A again through A2
+    assert cost_of('{ nodes(ids: ["a", "b", "c"]) { id } }') == 3
+
+
+async def test_the_fan_out_query_is_refused_before_any_sql_with_its_cost(seeded: Settings) -> None:
+    async with client_for(seeded, roles=("viewer",), subject=subject()) as client:
+        started = time.perf_counter()
+        body = await gql(client, FAN_OUT)
+        elapsed = time.perf_counter() - started
+    response = body["_response"]
+    assert response.status_code == 400 and "data" not in body
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert error["extensions"]["cost"] == {"requested": cost_of(FAN_OUT), "limit": 50_000}
+    assert statements(response) == 0
+    assert elapsed < 5  # a collapse, not a timing goal (bench.run auth measures it)
+
+
+async def test_every_answer_carries_its_cost_and_the_rate_limit_headers(seeded: Settings) -> None:
+    async with client_for(seeded, roles=("viewer",), subject=subject()) as client:
+        first = await gql(client, PAGE)
+        second = await gql(client, PAGE)
+    cost = second["extensions"]["cost"]
+    assert cost["requested"] == 50 and cost["limit"] == 50_000
+    assert cost["actualNodes"] >= 50  # the 50 orders, their edges and customers
+    assert first["extensions"]["cost"]["remaining"] == 5_000 - 1
+    assert cost["remaining"] == 5_000 - 2
+    headers = second["_response"].headers
+    assert headers["x-ratelimit-limit"] == "5000"
+    assert headers["x-ratelimit-remaining"] == "4998" and headers["x-ratelimit-used"] == "2"
+    assert headers["x-ratelimit-resource"] == "graphql"
+    assert int(headers["x-ratelimit-reset"]) > time.time()
+
+
+async def test_a_dry_run_prices_without_executing_or_charging(seeded: Settings) -> None:
+    async with client_for(seeded, roles=("viewer",), subject=subject()) as client:
+        dry = await client.post("/graphql", json={"query": PAGE, "extensions": {"dryRun": True}})
+        dry_get = await client.get("/graphql", params={"query": PAGE, "extensions": '{"dryRun": true}'})
+        again = await gql(client, PAGE)
+        bad = await client.post("/graphql", json={"query": PAGE, "extensions": {"dryRun": "yes"}})
+    for answer in (dry, dry_get):
+        body = answer.json()
+        assert answer.status_code == 200 and "data" not in body
+        assert body["extensions"]["cost"]["requested"] == 50
+        assert body["extensions"]["cost"]["remaining"] == 5_000
+        assert statements(answer) == 0
+    assert again["extensions"]["cost"]["remaining"] == 5_000 - 1  # the real run is the first charge
+    assert bad.status_code == 400 and bad.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_over_budget_is_429_with_retry_after_shared_by_two_processes(seeded: Settings) -> None:
+    tight = replace(seeded, rate_limits={**seeded.rate_limits, "viewer": 3})
+    who = subject()
+    async with (
+        client_for(tight, roles=("viewer",), subject=who) as one,
+        client_for(tight, roles=("viewer",), subject=who) as two,
+    ):
+        answers = [await gql(c, PAGE) for c in (one, two, one)]  # 3 points, from two apps
+        refused = await gql(two, PAGE)
+    assert [a["_response"].status_code for a in answers] == [200, 200, 200]
+    assert refused["_response"].status_code == 429 and "data" not in refused
+    assert refused["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    retry = int(refused["_response"].headers["retry-after"])
+    assert 0 < retry <= 3600
+    assert refused["_response"].headers["x-ratelimit-remaining"] == "0"
+
+
+async def test_with_redis_down_each_process_limits_on_its_own_and_says_so(seeded: Settings) -> None:
+    down = replace(seeded, redis_url=CLOSED_REDIS, redis_timeout=0.5, rate_limits={**seeded.rate_limits, "viewer": 2})
+    before = REGISTRY.get_sample_value("nexes_rate_limit_fallback_total") or 0.0
+    async with client_for(down, roles=("viewer",), subject=subject()) as client:
+        answers = [await gql(client, PAGE) for _ in range(3)]
+    assert [a["_response"].status_code for a in answers] == [200, 200, 429]
+    assert (REGISTRY.get_sample_value("nexes_rate_limit_fallback_total") or 0.0) >= before + 3
+
+
+async def test_several_roles_get_the_most_generous_limits(seeded: Settings) -> None:
+    heavy = "{ customers(first: 100) { edges { node { serviceOrders(first: 100) { edges { node { lines { lineNo } } } } } } } }"
+    assert 50_000 < cost_of(heavy) <= 500_000
+    async with client_for(seeded, roles=("viewer",), subject=subject()) as viewer:
+        refused = await gql(viewer, heavy, **{})
+    async with client_for(seeded, roles=("viewer", "analyst"), subject=subject()) as both:
+        allowed = await client_dry_run(both, heavy)
+    assert refused["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert allowed["extensions"]["cost"]["limit"] == 500_000
+    assert allowed["extensions"]["cost"]["remaining"] == 10_000  # the analyst's hour
+
+
+async def client_dry_run(client: httpx.AsyncClient, query: str) -> dict[str, object]:
+    response = await client.post("/graphql", json={"query": query, "extensions": {"dryRun": True}})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@pytest.mark.parametrize(("requested", "points"), [(0, 1), (1, 1), (100, 1), (101, 2), (50_000, 500)])
+def test_points_are_a_hundredth_of_the_nodes_at_least_one(requested: int, points: int) -> None:
+    assert points_of(requested) == points
+
+
+def test_a_token_with_no_known_role_has_no_budget() -> None:
+    from nexes.auth.ratelimit import most_generous
+
+    assert most_generous(Viewer(subject="x", roles=frozenset()), {"viewer": 5}) == 0
