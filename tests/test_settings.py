@@ -32,7 +32,9 @@ def test_defaults_match_the_readme() -> None:
     assert s.audit_retention_days == int(readme_default("NEXES_AUDIT_RETENTION_DAYS"))
     assert s.replica_urls == ()
     for role in ("viewer", "operator", "analyst", "admin"):
-        assert s.request_deadlines[role] == float(_deadline_default(role))
+        assert s.request_deadlines[role] == float(_per_role_default("NEXES_REQUEST_DEADLINE", role))
+        assert s.max_cost[role] == int(_per_role_default("NEXES_MAX_COST", role))
+        assert s.rate_limits[role] == int(_per_role_default("NEXES_RATE_LIMIT", role))
     assert s.max_response_bytes == int(readme_default("NEXES_MAX_RESPONSE_BYTES"))
     assert s.max_concurrent_requests == int(readme_default("NEXES_MAX_CONCURRENT_REQUESTS"))
     assert s.document_cache_bytes == int(readme_default("NEXES_DOCUMENT_CACHE_BYTES"))
@@ -43,12 +45,13 @@ def test_defaults_match_the_readme() -> None:
     assert s.trusted_documents_refresh == float(readme_default("NEXES_TRUSTED_DOCUMENTS_REFRESH"))
 
 
-def _deadline_default(role: str) -> str:
-    """The README gives the viewer's deadline in its column and the others in its text."""
+def _per_role_default(prefix: str, role: str) -> str:
+    """A per-role setting: the README gives the viewer's default in its column and the
+    others' in its text."""
     if role == "viewer":
-        return readme_default("NEXES_REQUEST_DEADLINE_VIEWER")
-    match = re.search(rf"`NEXES_REQUEST_DEADLINE_{role.upper()}` \(`([^`]*)`\)", README.read_text())
-    assert match, f"NEXES_REQUEST_DEADLINE_{role.upper()} is missing from the README"
+        return readme_default(f"{prefix}_VIEWER")
+    match = re.search(rf"`{prefix}_{role.upper()}` \(`([^`]*)`\)", README.read_text())
+    assert match, f"{prefix}_{role.upper()} is missing from the README"
     return match[1]
 
 
