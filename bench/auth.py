@@ -1,4 +1,5 @@
-"""What identity and permissions cost per request, in process (`python -m bench.run auth`).
+"""What identity, permissions, cost analysis and rate limits cost per request, in process
+(`python -m bench.run auth`).
 
 - token: `Authenticator.viewer` on the Authorization header, as the HTTP edge calls it, for
   a token it has seen (the SPA's case: one token, many requests; the revocation answer
@@ -147,7 +148,62 @@ async def bench_permissions(requests: int = 300) -> dict[str, float]:
     }
 
 
+FAN_OUT = (
+    "{ customers(first: 100) { edges { node { name serviceOrders(first: 100) { totalCount edges { node { "
+    "sodNumber lines { quantity } customer { serviceOrders(first: 100) { edges { node { sodNumber } } } } } } } } } } }"
+)
+
+
+async def bench_cost(calls: int = 5_000) -> dict[str, float]:
+    """The cost analysis on the page and the fan-out query; the rate limiter's charge (Redis);
+    the fan-out's refusal through the whole app."""
+    import httpx
+    from graphql import OperationDefinitionNode, parse
+
+    from nexes.auth.ratelimit import RateLimiter
+    from nexes.execution.cost import operation_cost
+    from nexes.execution.schema import schema
+    from nexes.http.app import create_app
+
+    figures: dict[str, float] = {}
+    for name, query in (("page", PAGE), ("fan_out", FAN_OUT)):
+        document = parse(query)
+        operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+        samples = []
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            for _ in range(calls):
+                operation_cost(schema._schema, document, operation, {"a": None})
+            samples.append(time.perf_counter() - started)
+        figures[f"cost_{name}_us"] = _per_call_us(samples, calls)
+        figures[f"cost_{name}_nodes"] = operation_cost(schema._schema, document, operation, None)
+    settings = settings_module.load(bench_env())
+    limiter = RateLimiter(settings.redis_url, settings.redis_timeout)
+    samples = []
+    for n in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(calls // 5):
+            await limiter.charge(f"bench-limiter-{n}", 10**9, 1)
+        samples.append(time.perf_counter() - started)
+    figures["rate_limiter_us"] = _per_call_us(samples, calls // 5)
+    await limiter.close()
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {mint(settings, ['viewer'], subject='bench-fan-out')}"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=headers) as client:
+            samples = []
+            for _ in range(ROUNDS * 20):
+                started = time.perf_counter()
+                answer = await client.post("/graphql", json={"query": FAN_OUT})
+                samples.append(time.perf_counter() - started)
+                assert answer.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    figures["fan_out_refusal_ms"] = round(statistics.median(samples) * 1000, 2)
+    return figures
+
+
 def main() -> None:
     figures = asyncio.run(bench_tokens())
     figures.update(asyncio.run(bench_permissions()))
+    figures.update(asyncio.run(bench_cost()))
     report(bench="auth-cost", rounds=ROUNDS, **figures)
