@@ -23,17 +23,16 @@ from graphql import (
     GraphQLError,
     OperationDefinitionNode,
     OperationType,
-    execute,
     parse,
     specified_rules,
     validate,
 )
-from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.extensions.max_aliases import create_validator as aliases_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 
 from nexes.errors import NexesError
 from nexes.execution.cost import charge
+from nexes.execution.deadline import execute_within
 from nexes.execution.executor import HookedExecutor
 from nexes.execution.hooks import Hooks
 from nexes.execution.permissions import FIELD_GUARDS, require_roles
@@ -117,17 +116,8 @@ class Pipeline:
             return ExecutionResult(data=None, errors=[GraphQLError(refused.message, operation, original_error=refused)])
         if dry_run:
             return ExecutionResult(data=None, errors=None)
-        result = execute(
-            self._schema,
-            document,
-            context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
-            executor_class=self._executor,
-            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool-returning check, as Strawberry's
-        )
-        if not isinstance(result, ExecutionResult):
-            result = await result
+        # Aborted at the caller's deadline: TIMEOUT where it did not finish (nexes.execution.deadline).
+        result = await execute_within(self._schema, document, context, variables, operation_name, self._executor)
         for mask in hooks.result_masks:
             result = mask(result, context)
         return result

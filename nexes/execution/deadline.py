@@ -1,0 +1,144 @@
+"""A request's deadline: past it, what still runs is cancelled and the answer is TIMEOUT
+with what finished.
+
+Who: every GraphQL operation (queries and mutations) of every caller. Its length is the
+caller's most generous role's `NEXES_REQUEST_DEADLINE_<ROLE>` (a token holding analyst
+and viewer gets the analyst's 30 s); a token with no known role gets the shortest.
+
+Cost: one timer per request and, per awaiting resolver, an `asyncio.timeout_at`: no
+task per field (graphql-core's own abort path runs two tasks and a wait for each).
+
+Reveals: the error names the deadline, its variable and the caller's role, which the
+caller knows already; never the statement or the server.
+
+How it stops work: graphql-core's abort signal (`execute(..., abort_signal=)`) stops
+the execution at field boundaries and hands back the partial result; every resolver
+still awaiting is cancelled where it waits. A cancelled psycopg query sends a cancel
+request to the server (psycopg's AsyncConnection.wait on CancelledError: cancel_safe,
+then it waits for the query to end; PgBouncer forwards the cancel), so the statement
+stops there too, and the connection returns to its pool idle; a transaction block
+rolls back on the way out. A DataLoader's batch is cancelled once every caller waiting
+on it was (strawberry's DataLoader), so a batched read stops alike.
+
+A write cut at its deadline rolls back, unless the deadline falls on its COMMIT, which
+the server finishes: a TIMEOUT from a mutation may have committed, as after a broken
+connection. Every write is idempotent (SOD numbers, stock references): send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from graphql import (
+    AbortedGraphQLExecutionError,
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    GraphQLSchema,
+    execute,
+)
+from graphql.pyutils import AbortController, AbortSignal
+from strawberry.execution.is_awaitable import optimized_is_awaitable
+
+from nexes.errors import Code, NexesError
+from nexes.resolvers.context import Context
+
+T = TypeVar("T")
+# Once aborted, how long the cancelled work may take to unwind (its server-side cancels
+# included) before the answer goes without the partial result.
+UNWIND_SECONDS = 2.0
+
+
+class DeadlineSignal(AbortSignal):
+    """graphql-core's abort signal, with the loop time it fires at and its error."""
+
+    def __init__(self, when: float, error: Callable[[], NexesError]) -> None:
+        super().__init__()
+        self.when = when
+        self.error = error
+
+    async def bound(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`, cancelled where it waits at the deadline, which raises the TIMEOUT."""
+        timeout = asyncio.timeout_at(self.when)
+        try:
+            async with timeout:
+                return await awaitable
+        except TimeoutError:
+            if timeout.expired():
+                raise self.error() from None
+            raise  # the awaitable's own timeout, not the deadline
+
+
+class Deadline(AbortController):
+    """One request's deadline: `seconds` from now, for a caller of `role`."""
+
+    signal: DeadlineSignal
+
+    def __init__(self, seconds: float, role: str) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.role = role
+        self.signal = DeadlineSignal(asyncio.get_running_loop().time() + seconds, self.error)
+
+    def error(self) -> NexesError:
+        variable = f"NEXES_REQUEST_DEADLINE_{self.role.upper()}"
+        return NexesError(
+            Code.TIMEOUT,
+            f"the request ran past its deadline of {self.seconds:g} s ({self.role}, {variable}) and this part "
+            "was stopped; ask for less (smaller pages, fewer fields or connections)",
+        )
+
+
+def deadline_for(context: Context) -> Deadline:
+    """The deadline of the context's caller: the longest among its roles' deadlines."""
+    deadlines = context.settings.request_deadlines
+    held = [role for role in context.viewer.roles if role in deadlines]
+    role = max(held, key=deadlines.__getitem__) if held else min(deadlines, key=deadlines.__getitem__)
+    return Deadline(deadlines[role], role)
+
+
+async def execute_within(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    context: Context,
+    variables: dict[str, Any] | None,
+    operation_name: str | None,
+    executor: Any,
+) -> ExecutionResult:
+    """graphql-core's execute, aborted at the caller's deadline: then the partial result
+    (data where the schema allows, TIMEOUT at every path that did not finish)."""
+    deadline = deadline_for(context)
+    timer = asyncio.get_running_loop().call_at(deadline.signal.when, deadline.abort, deadline.error())
+    try:
+        result = execute(
+            schema,
+            document,
+            context_value=context,
+            variable_values=variables,
+            operation_name=operation_name,
+            executor_class=executor,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool-returning check, as Strawberry's
+            abort_signal=deadline.signal,
+        )
+        return result if isinstance(result, ExecutionResult) else await result
+    except AbortedGraphQLExecutionError as aborted:
+        return await _partial(aborted, deadline)
+    finally:
+        timer.cancel()
+
+
+async def _partial(aborted: AbortedGraphQLExecutionError, deadline: Deadline) -> ExecutionResult:
+    """What the aborted execution still completes while its cancelled fields unwind."""
+    pending = aborted.aborted_result
+    try:
+        if isinstance(pending, ExecutionResult):
+            return pending
+        result = await asyncio.wait_for(asyncio.shield(pending), UNWIND_SECONDS)
+    except (TimeoutError, NexesError):  # too slow to unwind, or a mutation stopped whole
+        result = None
+    if not isinstance(result, ExecutionResult):
+        error = deadline.error()
+        return ExecutionResult(data=None, errors=[GraphQLError(error.message, original_error=error)])
+    return result
