@@ -387,8 +387,8 @@ def cmd_documents(args: argparse.Namespace) -> None:
         if args.documents_command == "list":
             rows = db.list_all(conn)
             for row in rows:
-                added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.added_at.timestamp()))
-                print(f"{row.sha256}  {','.join(row.operation_names) or '-'}  {added}  {row.added_by}")
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.added_at.timestamp()))
+                print(f"{row.sha256}  {','.join(row.operation_names) or '-'}  {when}  {row.added_by}")
             print(f"{len(rows)} trusted document(s)")
             return
         by = audit.cli()

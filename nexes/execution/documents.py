@@ -220,7 +220,7 @@ class AutomaticStore:
         except (aioredis.RedisError, OSError) as exc:
             log.warning("persisted queries: Redis did not answer a lookup: %s", type(exc).__name__)
             return None
-        return None if value is None else bytes(value).decode()
+        return value.decode() if isinstance(value, bytes) else value
 
     async def put(self, sha: str, text: str) -> bool:
         """Store `text` under `sha` unless it is too long or APQs are off; False if not stored."""
