@@ -1,0 +1,141 @@
+"""Issue 17's limits on one request: its deadline (statements cancelled on the server,
+TIMEOUT with what finished), its response size, the process's admission control, and the
+parse and validation caches' bounds.
+
+Who: every caller (the deadline by its most generous role). Cost: a deadline timer per
+request, a counter per response part, a counter per request in flight. Reveals: the
+limits and their variables, never a statement or a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from nexes.settings import Settings
+from tests.conftest import client_for, error_codes, gql
+from tests.support.databases import superuser_url
+from tests.support.waits import eventually, wait_for
+
+BACKEND_ROLES = ("nexes_api", "nexes_analyst")
+SLACK = 2.5  # seconds past the deadline the answer may take: the server's cancel, a loaded machine
+
+
+def with_deadlines(settings: Settings, seconds: float) -> Settings:
+    return dataclasses.replace(settings, request_deadlines=dict.fromkeys(settings.request_deadlines, seconds))
+
+
+def _dbname(settings: Settings) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(settings.admin_url)["dbname"])
+
+
+@contextmanager
+def customers_locked(settings: Settings) -> Iterator[str]:
+    """`customer` locked on the primary, the lock replayed on the replica (a read of the
+    table waits there, visibly active); yields the replica's superuser URL."""
+    dbname = _dbname(settings)
+    replica = superuser_url(settings.replica_admin_urls[0], dbname)
+    lock = psycopg.connect(superuser_url(settings.admin_url, dbname))
+    try:  # released whatever fails: a held lock would stall every later test
+        lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(superuser_url(settings.admin_url, dbname), autocommit=True) as flush:
+            flush.execute("SELECT pg_current_xact_id()")  # flushes the lock's WAL page to the standby
+        with psycopg.connect(replica, autocommit=True) as conn:
+            held = "SELECT 1 FROM pg_locks WHERE relation = 'customer'::regclass AND mode = 'AccessExclusiveLock'"
+            assert wait_for(lambda: conn.execute(held).fetchone(), 10), "the lock never reached the replica"
+        yield replica
+    finally:
+        lock.rollback()
+        lock.close()
+
+
+def active_backends(url: str) -> list[tuple[str, str]]:
+    """(role, query) of the API roles' backends running a statement on this server."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT usename::text, query FROM pg_stat_activity WHERE usename = ANY(%s) AND state <> 'idle'",
+            [list(BACKEND_ROLES)],
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def _customer_id(settings: Settings) -> str:
+    async with client_for(settings) as client:
+        body = await gql(client, "{ customers(first: 1) { edges { node { id } } } }")
+    return str(body["data"]["customers"]["edges"][0]["node"]["id"])
+
+
+PARTIAL = """query($customer: ID!) {
+  stockItems(first: 2) { edges { node { sku } } }
+  node(id: $customer) { id ... on Customer { name } }
+}"""
+
+
+async def test_past_its_deadline_an_analyst_gets_timeout_with_what_finished_and_no_statement_left_running(
+    seeded: Settings,
+) -> None:
+    customer = await _customer_id(seeded)
+    settings = with_deadlines(seeded, 1.0)
+    async with client_for(settings, roles=("analyst",), subject="analyst-deadline") as client:
+        with customers_locked(seeded) as replica:
+            started = time.monotonic()
+            body = await gql(client, PARTIAL, {"customer": customer})
+            took = time.monotonic() - started
+            # Checked while the lock still holds: a statement merely abandoned would still wait on it.
+            # A DataLoader's batch (node) is cancelled by its own task, just after the answer.
+            left = await eventually(lambda: not active_backends(replica), 2.0) or active_backends(replica)
+        app = client.app  # type: ignore[attr-defined]
+        stats = [pool.get_stats() for pool in app.state.pools.analyst]
+        again = await gql(client, "{ stockItems(first: 1) { edges { node { sku } } } }")
+    assert 1.0 <= took < 1.0 + SLACK, took
+    assert left is True, f"statements left running on the replica: {left}"
+    assert len(body["data"]["stockItems"]["edges"]) == 2  # what finished
+    assert body["data"]["node"] is None
+    [error] = body["errors"]
+    assert error["path"] == ["node"] and error["extensions"]["code"] == "TIMEOUT"
+    assert "NEXES_REQUEST_DEADLINE_ANALYST" in error["message"]
+    # Its connection went back to the pool, not in use: the next request gets one.
+    assert all(s.get("pool_size", 0) == s.get("pool_available", 0) for s in stats), stats
+    assert "errors" not in again and again["data"]["stockItems"]["edges"]
+
+
+async def test_a_root_field_past_the_deadline_answers_timeout_and_frees_its_api_connection(seeded: Settings) -> None:
+    settings = with_deadlines(seeded, 1.0)
+    async with client_for(settings, roles=("admin",), subject="admin-deadline") as client:
+        with customers_locked(seeded) as replica:
+            started = time.monotonic()
+            body = await gql(client, "{ customers(first: 3) { edges { node { name } } } }")
+            took = time.monotonic() - started
+            left = await eventually(lambda: not active_backends(replica), 2.0) or active_backends(replica)
+    assert 1.0 <= took < 1.0 + SLACK, took
+    assert left is True, f"statements left running on the replica: {left}"
+    assert body["data"] is None  # customers is non-null: its TIMEOUT nulls the whole answer
+    assert error_codes(body) == ["TIMEOUT"]
+    assert body["errors"][0]["path"] == ["customers"]
+
+
+async def test_a_token_with_several_roles_gets_the_longest_deadline(seeded: Settings) -> None:
+    from nexes.execution.deadline import deadline_for
+    from nexes.resolvers.context import Context
+
+    settings = dataclasses.replace(
+        seeded, request_deadlines={"viewer": 10.0, "operator": 10.0, "analyst": 30.0, "admin": 60.0}
+    )
+
+    def deadline(*roles: str) -> tuple[float, str]:
+        from nexes.auth.identity import Viewer
+
+        context = Context(
+            request_id="r", settings=settings, router=None, cursors=None, viewer=Viewer("s", frozenset(roles))
+        )  # type: ignore[arg-type]
+        found = deadline_for(context)
+        return found.seconds, found.role
+
+    assert deadline("viewer") == (10.0, "viewer")
+    assert deadline("viewer", "analyst") == (30.0, "analyst")
+    assert deadline("operator", "admin", "analyst") == (60.0, "admin")
+    assert deadline() == (10.0, "viewer")  # no known role: the shortest
