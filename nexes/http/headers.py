@@ -41,6 +41,7 @@ TRACEPARENT = Header("traceparent")  # in: W3C trace context
 TRACESTATE = Header("tracestate")  # in
 TRACERESPONSE = Header("traceresponse")  # out: the server span
 # HTTP's own
+ACCEPT = Header("Accept")  # in: application/graphql-response+json or application/json (nexes.http.errors)
 CONTENT_TYPE = Header("Content-Type")
 CONTENT_LENGTH = Header("Content-Length")
 CONTENT_DISPOSITION = Header("Content-Disposition")  # in: a raw import's filename; out: the export's
@@ -48,6 +49,7 @@ CONTENT_DISPOSITION = Header("Content-Disposition")  # in: a raw import's filena
 # Media types
 JSON = "application/json"
 JSON_RAW = JSON.encode()
+GRAPHQL_RESPONSE = "application/graphql-response+json"  # GraphQL over HTTP's own
 MULTIPART = "multipart/form-data"
 CSV = "text/csv; charset=utf-8"
 
