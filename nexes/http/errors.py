@@ -19,6 +19,7 @@ from starlette.types import Send
 from nexes.db.connect.router import translate
 from nexes.errors import HTTP_STATUS, Code, NexesError
 from nexes.http import headers
+from nexes.http.response_size import TooLarge, dumps_within
 from nexes.observability import request_id_var
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,44 @@ def request_status(errors: list[Payload]) -> int:
     return 400
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=headers.JSON)
+def json_response(payload: Any, status: int = 200, max_bytes: int = 0) -> Response:
+    """`max_bytes` (NEXES_MAX_RESPONSE_BYTES; 0: none): past it RESPONSE_TOO_LARGE instead."""
+    content, status = _dumps(payload, status, max_bytes)
+    return Response(content, status_code=status, media_type=headers.JSON)
+
+
+def _dumps(payload: Any, status: int, max_bytes: int) -> tuple[bytes, int]:
+    """The body and status of `payload`, written in parts under `max_bytes` when given."""
+    if not max_bytes:
+        return orjson.dumps(payload), status
+    try:
+        return dumps_within(payload, max_bytes), status
+    except TooLarge:
+        refused = too_large(payload, max_bytes)
+        return orjson.dumps(refused), HTTP_STATUS[Code.RESPONSE_TOO_LARGE]
+
+
+def too_large(payload: Any, limit: int) -> Payload:
+    """The answer that replaces one past the cap; its extensions (cost, consistency) kept."""
+    message = (
+        f"the answer is larger than {limit} bytes (NEXES_MAX_RESPONSE_BYTES); ask for fewer rows or fields "
+        "(smaller pages, fewer nested connections)"
+    )
+    refused: Payload = {"errors": [error_payload(Code.RESPONSE_TOO_LARGE, message)]}
+    if isinstance(payload, dict) and "extensions" in payload:
+        refused["extensions"] = payload["extensions"]
+    return refused
 
 
 def error_response(exc: NexesError) -> Response:
     return json_response(*error_result(exc))
 
 
-async def send_json(send: Send, payload: Any, status: int, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    """A whole JSON response on a plain ASGI `send`."""
-    content = orjson.dumps(payload)
+async def send_json(
+    send: Send, payload: Any, status: int, extra_headers: Iterable[tuple[bytes, bytes]] = (), max_bytes: int = 0
+) -> None:
+    """A whole JSON response on a plain ASGI `send`; `max_bytes` as json_response's."""
+    content, status = _dumps(payload, status, max_bytes)
     response_headers = [
         (headers.CONTENT_LENGTH.raw, str(len(content)).encode()),
         (headers.CONTENT_TYPE.raw, headers.JSON_RAW),

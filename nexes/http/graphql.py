@@ -267,7 +267,8 @@ async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
             viewer_of(scope),
             headers.scope_header(scope_headers, headers.MIN_LSN),
         )
-    await send_json(send, payload, status, response_headers(payload))
+    max_bytes = scope["app"].state.settings.max_response_bytes
+    await send_json(send, payload, status, response_headers(payload), max_bytes=max_bytes)
 
 
 class GraphQLMiddleware:
@@ -341,7 +342,7 @@ async def _params(request: Request, params: Any, *, queries_only: bool) -> Respo
         viewer_of(request.scope),
         request_headers.get(headers.MIN_LSN.key, ""),
     )
-    response = json_response(payload, status)
+    response = json_response(payload, status, max_bytes=request.app.state.settings.max_response_bytes)
     for name, value in response_headers(payload):
         response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
     return response

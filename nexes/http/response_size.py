@@ -1,0 +1,93 @@
+"""A response's size, capped while it is serialised (NEXES_MAX_RESPONSE_BYTES).
+
+Who: every GraphQL answer (JSON POST, GET, multipart). Cost: a walk of the answer's
+objects down to its lists, and one orjson call per chunk of list items: a 50-row page is
+one call for its rows, about 10 us more than one orjson call for the whole (8 us). Reveals:
+the cap and its variable, never the data.
+
+How: orjson writes one value at a time, so the answer is written in parts: objects key by
+key, and every list in chunks of CHUNK items, each chunk one orjson call; a list whose
+items hold lists themselves (a connection inside a connection) is walked item by item,
+since one of its items may be large. The bytes are counted as the parts come; past the
+cap the writing stops, so the serialised body never grows much past the cap (by one
+chunk at most) however large the result is. The result objects themselves are bounded
+before: by the cost limit (nexes.execution.cost) and the deadline.
+
+A GraphQL list's items share one selection, so the first item says whether the others
+hold lists (abstract types may differ: then a chunk may be larger, never unbounded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+CHUNK = 64  # list items per orjson call
+
+
+class TooLarge(Exception):
+    """The serialised answer passed the cap."""
+
+
+class _Writer:
+    def __init__(self, limit: int) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+
+    def write(self, part: bytes) -> None:
+        self.size += len(part)
+        if self.size > self.limit:
+            raise TooLarge
+        self.parts.append(part)
+
+    def value(self, value: Any) -> None:
+        if isinstance(value, list) and value:
+            self._list(value)
+        elif isinstance(value, dict) and _holds_list(value):
+            self._object(value)
+        else:  # a scalar, or an object of objects and scalars (one row): at once
+            self.write(orjson.dumps(value))
+
+    def _object(self, value: dict[str, Any]) -> None:
+        separator = b"{"
+        for key, item in value.items():
+            self.write(separator + orjson.dumps(key) + b":")
+            self.value(item)
+            separator = b","
+        self.write(b"}" if separator == b"," else b"{}")
+
+    def _list(self, value: list[Any]) -> None:
+        if _holds_list(next((item for item in value if item is not None), None)):
+            separator = b"["
+            for item in value:
+                self.write(separator)
+                self.value(item)
+                separator = b","
+            self.write(b"]")
+            return
+        for start in range(0, len(value), CHUNK):
+            chunk = orjson.dumps(value[start : start + CHUNK])
+            # Chunks join into one array: "[a,b" + ",c,d" + ... + "]".
+            first, last = start == 0, start + CHUNK >= len(value)
+            self.write((b"" if first else b",") + chunk[0 if first else 1 : len(chunk) if last else -1])
+
+
+def _holds_list(value: Any) -> bool:
+    """Whether a list or a non-empty one sits anywhere inside `value` (objects followed)."""
+    if isinstance(value, list):
+        return True
+    if isinstance(value, dict):
+        for item in value.values():  # a loop, not any(): this runs on every answer
+            if isinstance(item, list) or (isinstance(item, dict) and _holds_list(item)):
+                return True
+    return False
+
+
+def dumps_within(payload: Any, limit: int) -> bytes:
+    """`payload` as JSON, written in parts; TooLarge once it passes `limit` bytes
+    (nexes.http.errors answers RESPONSE_TOO_LARGE instead)."""
+    writer = _Writer(limit)
+    writer.value(payload)
+    return b"".join(writer.parts)
