@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import orjson
 import psycopg
+import pytest
 
+from nexes.http.response_size import TooLarge, dumps_within
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.databases import superuser_url
@@ -139,3 +144,50 @@ async def test_a_token_with_several_roles_gets_the_longest_deadline(seeded: Sett
     assert deadline("viewer", "analyst") == (30.0, "analyst")
     assert deadline("operator", "admin", "analyst") == (60.0, "admin")
     assert deadline() == (10.0, "viewer")  # no known role: the shortest
+
+
+# Response size
+
+
+def _shapes() -> list[Any]:
+    row = {"id": "U2VydmljZU9yZGVyOjE=", "n": 1.5, "ok": True, "none": None, "text": 'a "quoted" é'}
+    nested = {"edges": [{"node": {**row, "lines": [row] * 3}} for _ in range(70)], "pageInfo": {"end": None}}
+    return [
+        {},
+        [],
+        {"data": None, "errors": [{"message": "m", "path": ["a", 0]}]},
+        {"data": {"a": [], "b": {}, "c": [None, row, None]}},
+        *({"data": {"list": [row] * n}} for n in (1, 63, 64, 65, 128, 129)),
+        {"data": {"customers": nested, "more": [nested, None, nested]}, "extensions": {"cost": {"requested": 3}}},
+    ]
+
+
+def test_the_answer_written_in_parts_is_what_orjson_writes_at_once() -> None:
+    for payload in _shapes():
+        assert dumps_within(payload, 10_000_000) == orjson.dumps(payload), payload
+
+
+def test_past_the_cap_the_writer_stops_without_writing_the_rest() -> None:
+    row = {"sodNumber": "SOD-000001", "description": "x" * 200}
+    payload = {"data": {"orders": {"edges": [{"node": row} for _ in range(100_000)]}}}  # ~24 MB as JSON
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge):
+            dumps_within(payload, 100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak  # the cap and one chunk of 64 rows, not the 24 MB
+
+
+async def test_an_answer_past_the_cap_is_response_too_large_and_one_below_it_is_whole(seeded: Settings) -> None:
+    settings = dataclasses.replace(seeded, max_response_bytes=4_000)
+    async with client_for(settings, roles=("viewer",), subject="viewer-size") as client:
+        big = await gql(client, "{ serviceOrders(first: 100) { edges { node { sodNumber status createdAt } } } }")
+        small = await gql(client, "{ serviceOrders(first: 2) { edges { node { sodNumber } } } }")
+        got = await client.get("/graphql", params={"query": "{ serviceOrders(first: 100) { edges { node { id } } } }"})
+    assert error_codes(big) == ["RESPONSE_TOO_LARGE"]
+    assert "data" not in big and "NEXES_MAX_RESPONSE_BYTES" in big["errors"][0]["message"]
+    assert len(big["_response"].content) < 4_000
+    assert "errors" not in small and len(small["data"]["serviceOrders"]["edges"]) == 2
+    assert [e["extensions"]["code"] for e in got.json()["errors"]] == ["RESPONSE_TOO_LARGE"]  # GET alike
