@@ -30,6 +30,10 @@ DB_ROUTE = Counter(
     "Database work routed, by target (replica or primary) and reason.",
     ["target", "reason"],
 )
+REQUESTS_REFUSED = Counter(
+    "nexes_requests_refused",
+    "Requests answered 503 at once because the process ran NEXES_MAX_CONCURRENT_REQUESTS already.",
+)
 # Each worker has its own monitor: one series per worker process (the pid label).
 REPLICA_LAG = Gauge(
     "nexes_replica_lag_seconds",

@@ -9,6 +9,7 @@ limits and their variables, never a statement or a server.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import tracemalloc
@@ -191,3 +192,31 @@ async def test_an_answer_past_the_cap_is_response_too_large_and_one_below_it_is_
     assert len(big["_response"].content) < 4_000
     assert "errors" not in small and len(small["data"]["serviceOrders"]["edges"]) == 2
     assert [e["extensions"]["code"] for e in got.json()["errors"]] == ["RESPONSE_TOO_LARGE"]  # GET alike
+
+
+# Admission control
+
+
+async def test_past_the_concurrent_requests_a_new_one_gets_503_at_once_and_liveness_still_answers(
+    seeded: Settings,
+) -> None:
+    settings = dataclasses.replace(with_deadlines(seeded, 3.0), max_concurrent_requests=2)
+    slow = "{ customers(first: 3) { edges { node { name } } } }"
+    async with client_for(settings, roles=("admin",), subject="admin-admission") as client:
+        with customers_locked(seeded) as replica:
+            held = [asyncio.ensure_future(gql(client, slow)) for _ in range(2)]
+            assert await eventually(lambda: len(active_backends(replica)) == 2, 5.0), "the slow requests never ran"
+            started = time.monotonic()
+            refused = await client.post("/graphql", json={"query": "{ stockItems(first: 1) { totalCount } }"})
+            took = time.monotonic() - started
+            live = await client.get("/api/health/live")
+            answers = await asyncio.gather(*held)
+        after = await gql(client, "{ stockItems(first: 1) { edges { node { sku } } } }")
+    assert refused.status_code == 503 and took < 0.5, (refused.status_code, took)
+    assert refused.headers["retry-after"] == "1"
+    [error] = refused.json()["errors"]
+    assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE" and "NEXES_MAX_CONCURRENT_REQUESTS" in error["message"]
+    assert error["extensions"]["requestId"] == refused.headers["x-request-id"]
+    assert live.status_code == 200  # the liveness probe is never refused
+    assert [error_codes(a) for a in answers] == [["TIMEOUT"], ["TIMEOUT"]]  # the held ones ran to their deadline
+    assert "errors" not in after  # slots free again

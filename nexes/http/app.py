@@ -30,6 +30,7 @@ from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
 from nexes.execution.schema import schema
 from nexes.http import exports, graphql, headers, health, uploads
+from nexes.http.admission import AdmissionMiddleware
 from nexes.http.auth import Authenticator, AuthMiddleware
 from nexes.http.errors import error_payload, send_json
 from nexes.observability import (
@@ -332,6 +333,8 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     # Who is asking, before any endpoint (the GraphQL one included); its 401s carry the request id.
     app.state.authenticator = Authenticator(verifier, revocations)
     app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
+    # At most NEXES_MAX_CONCURRENT_REQUESTS at once, before the token is checked; 503 past it.
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, upload_max_bytes=settings.import_max_bytes
     )
