@@ -1,5 +1,7 @@
 """Every error the HTTP edge answers, built here: a GraphQL `errors` list whose entries
-carry a registry code and the request id, with the HTTP status the code implies.
+carry a registry code and the request id, and the HTTP status of a GraphQL response
+under the media type the client asked for (`negotiate`, `response_status`: the status
+table of GraphQL over HTTP, README "Error codes").
 
 Starlette endpoints answer with `error_response`; the plain-ASGI paths (JSON POST
 /graphql, the body limit) with `send_json`.
@@ -71,21 +73,116 @@ def format_error(error: GraphQLError) -> Payload:
     return payload
 
 
-def request_status(errors: list[Payload]) -> int:
-    """The status of a response without data: its code's when all errors share one, else 400."""
-    codes = {e["extensions"]["code"] for e in errors}
-    if len(codes) == 1:
-        return HTTP_STATUS[Code(codes.pop())]
-    return 400
+JSON = headers.JSON
+GRAPHQL_RESPONSE = headers.GRAPHQL_RESPONSE
+MEDIA_TYPES = (JSON, GRAPHQL_RESPONSE)
+
+# Codes about the request itself (who asks, how often, how much, whether the server can
+# take it), not about the operation's result: when nothing was answered (no `data`, or
+# `data: null`) the response carries the code's own status under either media type.
+REQUEST_CODES = (
+    Code.UNAUTHENTICATED,
+    Code.FORBIDDEN,  # operation-level, refused before execution; a field's FORBIDDEN comes with data
+    Code.DOCUMENT_NOT_TRUSTED,
+    Code.RATE_LIMITED,
+    Code.PAYLOAD_TOO_LARGE,
+    Code.REQUEST_TIMEOUT,
+    Code.SERVICE_UNAVAILABLE,
+    Code.CSRF_HEADER_REQUIRED,
+)
+# A GraphQL response without `data` under application/graphql-response+json must be 4xx
+# or 5xx: the code's status, but for the one whose registry status is a 200 for Apollo's
+# clients under application/json (404, which Apollo's persisted-query link retries
+# without turning persisted queries off, as it does on 400 and 500).
+_WITHOUT_DATA = {code: status if status >= 400 else 404 for code, status in HTTP_STATUS.items()}
+# Seconds a 503 asks the client to wait when the error names none.
+RETRY_AFTER_UNAVAILABLE = 1
 
 
-def json_response(payload: Any, status: int = 200, max_bytes: int = 0) -> Response:
+def negotiate(accept: str) -> str:
+    """The media type of a GraphQL answer from the request's Accept: graphql-response+json
+    when Accept prefers it (higher q; the first listed on a tie), else application/json,
+    also for no Accept, `*/*`, `application/*` or only types Nexes does not answer in."""
+    best, best_q = JSON, 0.0
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        if media == GRAPHQL_RESPONSE:
+            kind = GRAPHQL_RESPONSE
+        elif media in (JSON, "application/*", "*/*"):
+            kind = JSON
+        else:
+            continue
+        q = _quality(params)
+        if q > best_q:
+            best, best_q = kind, q
+    return best
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return min(max(float(value.strip()), 0.0), 1.0)
+            except ValueError:
+                return 0.0  # a malformed weight accepts nothing
+    return 1.0
+
+
+def response_status(payload: Payload, media_type: str) -> int:
+    """The HTTP status of a GraphQL response, the one place it is decided.
+
+    - A request code (REQUEST_CODES) on a response that answered nothing: its status
+      (401, 403, 429, 413, 408, 503, ...) under both media types.
+    - application/json: 200 for everything else, the code in `extensions.code` (parse,
+      validation and variable errors, BAD_CURSOR, QUERY_TOO_COMPLEX, TIMEOUT, ...).
+    - application/graphql-response+json: 200 when `data` is present (null included);
+      without `data`, the code's 4xx or 5xx: 400 for parse, validation and variable
+      errors (BAD_USER_INPUT), 400 when the errors carry different codes.
+
+    A request that is not a GraphQL-over-HTTP request at all (the body not JSON, `query`
+    not a string, ...) is 400 under both (`error_result`), a mutation over GET 405."""
+    errors = payload.get("errors")
+    if not errors:
+        return 200
+    codes = [Code(e["extensions"]["code"]) for e in errors]
+    if payload.get("data") is None:
+        for code in codes:
+            if code in REQUEST_CODES:
+                return HTTP_STATUS[code]
+    if media_type != GRAPHQL_RESPONSE or "data" in payload:
+        return 200
+    first = codes[0]
+    return _WITHOUT_DATA[first] if all(code is first for code in codes) else 400
+
+
+def status_of(code: Code, media_type: str) -> int:
+    """The status of a response whose one error carries `code` and no data (the README's table)."""
+    return response_status({"errors": [{"extensions": {"code": code.value}}]}, media_type)
+
+
+def status_table() -> list[tuple[Code, int, int]]:
+    """Every code with its status under application/json and application/graphql-response+json
+    when the response has no data (the README's table, checked by tests/test_api_errors.py)."""
+    return [(code, status_of(code, JSON), status_of(code, GRAPHQL_RESPONSE)) for code in Code]
+
+
+def retry_headers(payload: Payload, status: int) -> list[tuple[bytes, bytes]]:
+    """Retry-After on a 503 whose errors name no wait of their own (a 429's comes with
+    the rate limiter's retryAfter, in nexes.http.graphql.response_headers)."""
+    if status != 503 or any("retryAfter" in e["extensions"] for e in payload.get("errors", ())):
+        return []
+    return [(headers.RETRY_AFTER.raw, str(RETRY_AFTER_UNAVAILABLE).encode())]
+
+
+def json_response(payload: Any, status: int = 200, media_type: str = JSON, max_bytes: int = 0) -> Response:
     """`max_bytes` (NEXES_MAX_RESPONSE_BYTES; 0: none): past it RESPONSE_TOO_LARGE instead."""
-    content, status = _dumps(payload, status, max_bytes)
-    return Response(content, status_code=status, media_type=headers.JSON)
+    content, status = _dumps(payload, status, media_type, max_bytes)
+    return Response(content, status_code=status, media_type=media_type)
 
 
-def _dumps(payload: Any, status: int, max_bytes: int) -> tuple[bytes, int]:
+def _dumps(payload: Any, status: int, media_type: str, max_bytes: int) -> tuple[bytes, int]:
     """The body and status of `payload`, written in parts under `max_bytes` when given."""
     if not max_bytes:
         return orjson.dumps(payload), status
@@ -93,7 +190,7 @@ def _dumps(payload: Any, status: int, max_bytes: int) -> tuple[bytes, int]:
         return dumps_within(payload, max_bytes), status
     except TooLarge:
         refused = too_large(payload, max_bytes)
-        return orjson.dumps(refused), HTTP_STATUS[Code.RESPONSE_TOO_LARGE]
+        return orjson.dumps(refused), response_status(refused, media_type)
 
 
 def too_large(payload: Any, limit: int) -> Payload:
@@ -108,18 +205,24 @@ def too_large(payload: Any, limit: int) -> Payload:
     return refused
 
 
-def error_response(exc: NexesError) -> Response:
-    return json_response(*error_result(exc))
+def error_response(exc: NexesError, media_type: str = JSON) -> Response:
+    return json_response(*error_result(exc), media_type=media_type)
 
 
 async def send_json(
-    send: Send, payload: Any, status: int, extra_headers: Iterable[tuple[bytes, bytes]] = (), max_bytes: int = 0
+    send: Send,
+    payload: Any,
+    status: int,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+    media_type: str = JSON,
+    *,
+    max_bytes: int = 0,
 ) -> None:
     """A whole JSON response on a plain ASGI `send`; `max_bytes` as json_response's."""
-    content, status = _dumps(payload, status, max_bytes)
+    content, status = _dumps(payload, status, media_type, max_bytes)
     response_headers = [
         (headers.CONTENT_LENGTH.raw, str(len(content)).encode()),
-        (headers.CONTENT_TYPE.raw, headers.JSON_RAW),
+        (headers.CONTENT_TYPE.raw, media_type.encode()),
         *extra_headers,
     ]
     await send({"type": "http.response.start", "status": status, "headers": response_headers})

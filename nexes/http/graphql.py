@@ -33,13 +33,16 @@ from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
 from nexes.http import headers
 from nexes.http.auth import viewer_of
 from nexes.http.errors import (
+    JSON,
     Payload,
     error_response,
     error_result,
     format_error,
     json_response,
+    negotiate,
     refusal,
-    request_status,
+    response_status,
+    retry_headers,
     send_json,
 )
 from nexes.http.uploads import graphql_multipart, is_multipart
@@ -108,8 +111,11 @@ def _loads(raw: bytes, what: str) -> Any:
         raise bad_input(f"{what} is not valid JSON") from None
 
 
-async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = "") -> tuple[Payload, int]:
-    """The payload and HTTP status of a parsed request, run with the app's state.
+async def execute(
+    app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = "", media_type: str = JSON
+) -> tuple[Payload, int]:
+    """The payload and HTTP status of a parsed request, run with the app's state; the
+    status as GraphQL over HTTP gives it under `media_type` (nexes.http.errors.response_status).
 
     `min_lsn` (X-Nexes-Min-LSN) keeps reads off replicas that have not replayed it; a
     request that wrote gets the primary's position after its commit in
@@ -118,7 +124,8 @@ async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = 
         try:  # the text to run: the query, a registered document or a stored one
             gql = replace(gql, query=await app.documents.resolve(gql.query, gql.persisted, viewer))
         except NexesError as exc:
-            return error_result(exc)
+            payload = error_result(exc)[0]
+            return payload, response_status(payload, media_type)
     consistency = Consistency()
     if min_lsn:
         consistency.min_lsn = parse_lsn(min_lsn)
@@ -126,7 +133,7 @@ async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = 
             return error_result(bad_input(f"{headers.MIN_LSN.name} must be a WAL position like 16/B374D848"))
     token = consistency_var.set(consistency)
     try:
-        payload, status = await _run(app, gql, viewer)
+        payload, status = await _run(app, gql, viewer, media_type)
     finally:
         consistency_var.reset(token)
     if consistency.lsn is not None:
@@ -134,7 +141,7 @@ async def execute(app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = 
     return payload, status
 
 
-async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer) -> tuple[Payload, int]:
+async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer, media_type: str) -> tuple[Payload, int]:
     context = Context(
         request_id=request_id_var.get() or "",
         settings=app.settings,
@@ -155,25 +162,24 @@ async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer) -> tuple[Payload, 
         )
     except OperationNotAllowed:
         return refusal(Code.BAD_USER_INPUT, "GET runs only queries; send mutations with POST", 405)
-    except UnknownOperation:
+    except UnknownOperation:  # a GraphQL request error, as graphql-core's own would be
         message = "the document has no operation by that operationName (or several and no operationName)"
-        return refusal(Code.BAD_USER_INPUT, message, 400)
+        payload = refusal(Code.BAD_USER_INPUT, message, 400)[0]
+        return payload, response_status(payload, media_type)
     cost = context.cost
     if result.errors and result.data is None and all(e.path is None for e in result.errors):
         # Refused before execution (syntax, validation, permissions, cost): no `data` at all.
         errors = [format_error(e) for e in result.errors]
-        return _with_cost({"errors": errors}, cost), request_status(errors)
+        payload = _with_cost({"errors": errors}, cost)
+        return payload, response_status(payload, media_type)
     if gql.dry_run:  # priced, not run
         return _with_cost({}, cost), 200
-    payload: Payload = {"data": result.data}
-    status = 200
+    payload = {"data": result.data}
     if result.errors:
         payload["errors"] = [format_error(e) for e in result.errors]
-        if result.data is None:
-            status = request_status(payload["errors"])
     if cost is not None:
         cost.actual_nodes = count_nodes(result.data)
-    return _with_cost(payload, cost), status
+    return _with_cost(payload, cost), response_status(payload, media_type)
 
 
 def _with_cost(payload: Payload, cost: CostReport | None) -> Payload:
@@ -229,12 +235,13 @@ def lsn_of(payload: Payload) -> str | None:
 
 
 def is_json_post(scope: Scope) -> bool:
+    """A POST whose Content-Type is application/json, with parameters (charset) or not."""
     if scope["method"] != "POST":
         return False
     raw = headers.CONTENT_TYPE.raw
     for name, value in scope["headers"]:
         if name == raw:  # the first one, as Starlette's Headers.get reads it
-            return bool(value.startswith(headers.JSON_RAW))
+            return bool(value.split(b";", 1)[0].strip().lower() == headers.JSON_RAW)
     return False
 
 
@@ -251,7 +258,9 @@ async def _body(receive: Receive) -> bytes | None:
 
 
 async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers a JSON POST to /graphql."""
+    """Answers a JSON POST to /graphql, in the media type its Accept prefers."""
+    scope_headers = scope["headers"]
+    media_type = negotiate(headers.scope_header(scope_headers, headers.ACCEPT))
     try:
         body = await _body(receive)
         if body is None:
@@ -260,15 +269,16 @@ async def json_post(scope: Scope, receive: Receive, send: Send) -> None:
     except NexesError as exc:
         payload, status = error_result(exc)
     else:
-        scope_headers = scope["headers"]
         payload, status = await execute(
             scope["app"].state,
             gql,
             viewer_of(scope),
             headers.scope_header(scope_headers, headers.MIN_LSN),
+            media_type,
         )
     max_bytes = scope["app"].state.settings.max_response_bytes
-    await send_json(send, payload, status, response_headers(payload), max_bytes=max_bytes)
+    extra_headers = [*response_headers(payload), *retry_headers(payload, status)]
+    await send_json(send, payload, status, extra_headers, max_bytes=max_bytes, media_type=media_type)
 
 
 class GraphQLMiddleware:
@@ -312,7 +322,8 @@ async def _answer(request: Request) -> Response:
         return await _params(request, dict(request.query_params), queries_only=True)
     if is_multipart(request.headers.get(headers.CONTENT_TYPE.key, "")):
         return await graphql_multipart(request, lambda operations: _params(request, operations, queries_only=False))
-    return error_response(bad_input("send GraphQL as application/json (or GET for queries)"))
+    media_type = negotiate(request.headers.get(headers.ACCEPT.key, ""))
+    return error_response(bad_input("send GraphQL as application/json (or GET for queries)"), media_type)
 
 
 DEV_IDE_SUBJECT = "dev:graphiql"
@@ -331,18 +342,21 @@ def ide_page(settings: Any) -> str:
 
 
 async def _params(request: Request, params: Any, *, queries_only: bool) -> Response:
+    request_headers = request.headers
+    media_type = negotiate(request_headers.get(headers.ACCEPT.key, ""))
     try:
         gql = request_from_params(params, queries_only=queries_only)
     except NexesError as exc:
-        return error_response(exc)
-    request_headers = request.headers
+        return error_response(exc, media_type)
     payload, status = await execute(
         request.app.state,
         gql,
         viewer_of(request.scope),
         request_headers.get(headers.MIN_LSN.key, ""),
+        media_type,
     )
-    response = json_response(payload, status, max_bytes=request.app.state.settings.max_response_bytes)
-    for name, value in response_headers(payload):
+    max_bytes = request.app.state.settings.max_response_bytes
+    response = json_response(payload, status, max_bytes=max_bytes, media_type=media_type)
+    for name, value in [*response_headers(payload), *retry_headers(payload, status)]:
         response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
     return response
