@@ -20,7 +20,10 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from graphql import GraphQLError
 
+from nexes.execution.pipeline import CACHE_BYTES, CACHE_SIZE, Pipeline
+from nexes.execution.schema import schema
 from nexes.http.response_size import TooLarge, dumps_within
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
@@ -220,3 +223,47 @@ async def test_past_the_concurrent_requests_a_new_one_gets_503_at_once_and_liven
     assert live.status_code == 200  # the liveness probe is never refused
     assert [error_codes(a) for a in answers] == [["TIMEOUT"], ["TIMEOUT"]]  # the held ones ran to their deadline
     assert "errors" not in after  # slots free again
+
+
+# The parse and validation caches
+
+
+def test_a_thousand_distinct_100_kb_documents_keep_the_caches_within_their_bytes() -> None:
+    bound = CACHE_BYTES  # 4 MB: a 100 KB text is stored (under a sixteenth)
+    pipeline = Pipeline(schema, cache_bytes=bound)
+    parsed, validated = pipeline._parsed, pipeline._validation_errors
+    # A syntax error at the first character: cached as a document is (graphql-core's lexer
+    # would take 30 s to read a thousand valid 100 KB documents).
+    for i in range(1_000):
+        error = parsed(f"}}{i:04d}" + "x" * 100_000)
+        assert isinstance(error, GraphQLError)
+        assert parsed.bytes <= bound, parsed.bytes
+    # Valid ones (a comment's padding), through both caches.
+    for i in range(60):
+        text = f"#{i:04d} " + "x" * 100_000 + "\n{ __typename }"
+        assert not isinstance(parsed(text), GraphQLError)
+        assert validated(text) == ()
+        assert parsed.bytes <= bound and validated.bytes <= bound, (parsed.bytes, validated.bytes)
+    assert 30 <= len(parsed) <= bound // 100_000 and 30 <= len(validated) <= bound // 100_000
+
+
+def test_the_caches_hold_at_most_their_entries_and_the_newest_documents() -> None:
+    pipeline = Pipeline(schema)
+    cache = pipeline._parsed
+    texts = [f"query Q{i} {{ __typename }}" for i in range(CACHE_SIZE + 500)]
+    for text in texts:
+        cache(text)
+    assert len(cache) == CACHE_SIZE
+    newest = cache(texts[-1])
+    assert cache(texts[-1]) is newest  # still cached: the same parsed document
+
+
+def test_a_document_larger_than_a_sixteenth_of_the_budget_is_parsed_once_a_request_but_not_kept() -> None:
+    pipeline = Pipeline(schema, cache_bytes=1_000_000)
+    small = "{ __typename }"
+    pipeline._parsed(small)
+    big = "#" + "x" * 200_000 + "\n{ __typename }"
+    document = pipeline._parsed(big)
+    assert pipeline._parsed(big) is document  # the validation right after does not parse it again
+    assert pipeline._validation_errors(big) == ()
+    assert len(pipeline._parsed) == 1 and pipeline._parsed.bytes < 1_000  # the small one only

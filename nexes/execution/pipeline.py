@@ -13,7 +13,6 @@ resolvers stay Strawberry's; the equivalence tests run both executors.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import strawberry
@@ -36,12 +35,14 @@ from nexes.execution.deadline import execute_within
 from nexes.execution.executor import HookedExecutor
 from nexes.execution.hooks import Hooks
 from nexes.execution.permissions import FIELD_GUARDS, require_roles
+from nexes.execution.text_cache import TextCache
 from nexes.resolvers.context import Context
 
 MAX_DEPTH = 10
 MAX_ALIASES = 30
 MAX_TOKENS = 5000
 CACHE_SIZE = 1000  # documents, by query text: the parse cache and the validation cache each
+CACHE_BYTES = 4_000_000  # their texts, summed (NEXES_DOCUMENT_CACHE_BYTES)
 
 # Made once: a validation rule is a class, and new classes per request would be new rules.
 LIMIT_RULES = (depth_validator(MAX_DEPTH, None, None), aliases_validator(MAX_ALIASES))
@@ -69,7 +70,7 @@ def _parse(query: str) -> DocumentNode | GraphQLError:
 class Pipeline:
     """One schema with its hooks; `run` executes a request. Its caches are bounded."""
 
-    def __init__(self, schema: strawberry.Schema, hooks: Hooks = DEFAULT_HOOKS) -> None:
+    def __init__(self, schema: strawberry.Schema, hooks: Hooks = DEFAULT_HOOKS, cache_bytes: int = CACHE_BYTES) -> None:
         self.hooks = hooks
         self._schema = schema._schema
         # The executor the schema names; the stock path (make_schema(None)) runs the field guards too.
@@ -77,8 +78,8 @@ class Pipeline:
         executor: type[HookedExecutor] = named if issubclass(named, HookedExecutor) else HookedExecutor
         self._executor = executor.with_guards(hooks.field_guards)
         self._rules = (*specified_rules, *hooks.document_rules)
-        self._parsed = lru_cache(maxsize=CACHE_SIZE)(_parse)
-        self._validation_errors = lru_cache(maxsize=CACHE_SIZE)(self._validate)
+        self._parsed = TextCache(_parse, CACHE_SIZE, cache_bytes)
+        self._validation_errors = TextCache(self._validate, CACHE_SIZE, cache_bytes)
 
     def _validate(self, query: str) -> tuple[GraphQLError, ...]:
         document = self._parsed(query)

@@ -326,7 +326,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.state.limiter = limiter
-    app.state.pipeline = Pipeline(schema, hooks)
+    app.state.pipeline = Pipeline(schema, hooks, cache_bytes=settings.document_cache_bytes)
     # Persisted queries and the allow-list (NEXES_TRUSTED_DOCUMENTS), before parsing.
     app.state.documents = Documents(settings, app.state.router)
     app.add_middleware(graphql.GraphQLMiddleware)  # inside the request context: it sees the request id
