@@ -75,8 +75,10 @@ DESCRIPTION: dict[Code, str] = {
     Code.BAD_USER_INPUT: "an argument is malformed or out of range; the message names it",
     Code.BAD_CURSOR: "a pagination cursor is malformed, tampered with, or from another order",
     Code.NOT_FOUND: "the object does not exist",
-    Code.TIMEOUT: "the statement ran past its timeout; narrow the filter",
-    Code.SERVICE_UNAVAILABLE: "no database connection could be had in time; retry later",
+    Code.TIMEOUT: "a statement ran past its timeout, or the request past its deadline (NEXES_REQUEST_DEADLINE_<ROLE>: "
+    "at the paths that did not finish, beside the data that did); narrow the filter, ask for less",
+    Code.SERVICE_UNAVAILABLE: "no database connection could be had in time, or the process already runs "
+    "NEXES_MAX_CONCURRENT_REQUESTS requests (Retry-After); retry later",
     Code.PAYLOAD_TOO_LARGE: "the request body is larger than the limit",
     Code.INTERNAL: "an unexpected error; the request id finds it in the logs",
     Code.DUPLICATE_CONFLICT: "the SOD number exists with different content (or twice, differently, in one file)",
