@@ -127,6 +127,31 @@ async def test_a_root_field_past_the_deadline_answers_timeout_and_frees_its_api_
     assert body["errors"][0]["path"] == ["customers"]
 
 
+async def test_a_write_cut_at_its_deadline_rolls_back_and_leaves_no_statement_on_the_primary(seeded: Settings) -> None:
+    settings = with_deadlines(seeded, 1.0)
+    dbname = _dbname(seeded)
+    primary = superuser_url(seeded.admin_url, dbname)
+    code = f"DEADLINE-{time.time_ns()}"
+    create = 'mutation($code: String!) { createCustomer(input: {code: $code, name: "Late"}) { customer { id } } }'
+    async with client_for(settings, roles=("admin",), subject="admin-write-deadline") as client:
+        lock = psycopg.connect(primary)
+        try:  # released whatever fails: a held lock would stall every later test
+            lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            body = await gql(client, create, {"code": code})
+            took = time.monotonic() - started
+            left = await eventually(lambda: not active_backends(primary), 2.0) or active_backends(primary)
+        finally:
+            lock.rollback()
+            lock.close()
+    with psycopg.connect(primary, autocommit=True) as conn:
+        written = conn.execute("SELECT count(*) FROM customer WHERE code = %s", [code]).fetchone()
+    assert 1.0 <= took < 1.0 + SLACK, took
+    assert error_codes(body) == ["TIMEOUT"] and body["errors"][0]["path"] == ["createCustomer"]
+    assert left is True, f"statements left running on the primary: {left}"
+    assert written == (0,)  # rolled back, not half-written
+
+
 async def test_a_token_with_several_roles_gets_the_longest_deadline(seeded: Settings) -> None:
     from nexes.execution.deadline import deadline_for
     from nexes.resolvers.context import Context
