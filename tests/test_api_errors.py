@@ -180,3 +180,38 @@ def test_every_error_code_is_documented_in_the_readme_with_its_status_under_each
     for code, json_status, graphql_status in status_table():
         assert f"| `{code.value}` | {json_status} | {graphql_status} |" in readme, code
     assert {row[0] for row in status_table()} == set(Code)
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/graphql-response+json"])
+async def test_request_errors_keep_their_status_under_both_media_types(seeded: object, accept: str) -> None:
+    from nexes.settings import Settings
+    from tests.conftest import client_for
+
+    assert isinstance(seeded, Settings) and not seeded.development  # introspection: analysts and admins only
+    headers = {"accept": accept}
+    async with client_for(seeded, roles=()) as anonymous:
+        unauthenticated = await anonymous.post("/graphql", json={"query": "{ __typename }"}, headers=headers)
+    async with client_for(seeded, roles=("viewer",), subject="media-types") as viewer:
+        forbidden = await viewer.post(
+            "/graphql", json={"query": "{ __schema { queryType { name } } }"}, headers=headers
+        )
+        too_large = await viewer.post("/graphql", json={"query": "{ __typename }" + " " * 2_000_000}, headers=headers)
+    for response, status, code in (
+        (unauthenticated, 401, "UNAUTHENTICATED"),
+        (forbidden, 403, "FORBIDDEN"),
+        (too_large, 413, "PAYLOAD_TOO_LARGE"),
+    ):
+        assert response.status_code == status, response.text
+        assert [e["extensions"]["code"] for e in response.json()["errors"]] == [code]
+        assert "data" not in response.json()
+
+
+def test_the_status_table_keeps_request_codes_and_answers_json_with_200() -> None:
+    from nexes.http.errors import REQUEST_CODES, status_table
+
+    for code, json_status, graphql_status in status_table():
+        if code in REQUEST_CODES:
+            assert json_status == graphql_status >= 400, code
+        else:
+            assert json_status == 200, code
+            assert 400 <= graphql_status < 600, code
