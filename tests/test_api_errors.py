@@ -215,3 +215,18 @@ def test_the_status_table_keeps_request_codes_and_answers_json_with_200() -> Non
         else:
             assert json_status == 200, code
             assert 400 <= graphql_status < 600, code
+
+
+def test_a_request_code_with_null_data_keeps_its_status_and_a_503_says_when_to_retry() -> None:
+    from nexes.http.errors import GRAPHQL_RESPONSE, JSON, response_status, retry_headers
+
+    unavailable = {"data": None, "errors": [{"extensions": {"code": "SERVICE_UNAVAILABLE"}, "path": ["report"]}]}
+    field = {"data": {"a": None, "b": 1}, "errors": [{"extensions": {"code": "SERVICE_UNAVAILABLE"}, "path": ["a"]}]}
+    cursor = {"data": None, "errors": [{"extensions": {"code": "BAD_CURSOR"}, "path": ["serviceOrders"]}]}
+    for media_type in (JSON, GRAPHQL_RESPONSE):
+        assert response_status(unavailable, media_type) == 503
+        assert response_status(field, media_type) == 200  # the rest of the answer is there
+        assert response_status(cursor, media_type) == 200  # `data` is present, if null
+    assert retry_headers(unavailable, 503) == [(b"retry-after", b"1")]
+    limited = {"errors": [{"extensions": {"code": "RATE_LIMITED", "retryAfter": 30}}]}
+    assert retry_headers(limited, 429) == []  # the rate limiter's own, in response_headers
