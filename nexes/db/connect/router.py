@@ -131,18 +131,29 @@ def is_connection_problem(exc: BaseException) -> bool:
     return isinstance(exc, errors.OperationalError | errors.SerializationFailure)
 
 
+# In order: QueryCanceled is an OperationalError too.
+_TRANSLATED: tuple[tuple[type[BaseException], Code, str], ...] = (
+    (
+        errors.LockNotAvailable,
+        Code.TIMEOUT,
+        "the data is locked by other work (an import?) past the lock timeout; retry",
+    ),
+    (errors.TransactionRollback, Code.SERVICE_UNAVAILABLE, "the write collided with concurrent writes; retry shortly"),
+    (errors.QueryCanceled, Code.TIMEOUT, "the query ran past its statement timeout; narrow the filter or page size"),
+    (PoolTimeout, Code.SERVICE_UNAVAILABLE, "no database connection was free in time; retry shortly"),
+    (errors.OperationalError, Code.SERVICE_UNAVAILABLE, "the database is unreachable; retry shortly"),
+)
+
+
 def translate(exc: BaseException) -> NexesError | None:
     """Driver errors as the registry's codes, in this one place."""
-    if isinstance(exc, errors.LockNotAvailable):
-        return NexesError(Code.TIMEOUT, "the data is locked by other work (an import?) past the lock timeout; retry")
-    if isinstance(exc, errors.TransactionRollback):
-        return NexesError(Code.SERVICE_UNAVAILABLE, "the write collided with concurrent writes; retry shortly")
-    if isinstance(exc, errors.QueryCanceled):
-        return NexesError(Code.TIMEOUT, "the query ran past its statement timeout; narrow the filter or page size")
-    if isinstance(exc, PoolTimeout):
-        return NexesError(Code.SERVICE_UNAVAILABLE, "no database connection was free in time; retry shortly")
-    if isinstance(exc, errors.OperationalError):
-        return NexesError(Code.SERVICE_UNAVAILABLE, "the database is unreachable; retry shortly")
+    if isinstance(exc, errors.DataError) and exc.sqlstate is None:
+        # Raised by psycopg itself, before sending: a value PostgreSQL cannot take, of
+        # which the one an input can carry is a NUL character in a string.
+        return NexesError(Code.BAD_USER_INPUT, f"the input holds a value the database cannot take: {exc}")
+    for kind, code, message in _TRANSLATED:
+        if isinstance(exc, kind):
+            return NexesError(code, message)
     return None
 
 
