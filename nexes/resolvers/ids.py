@@ -16,7 +16,7 @@ def parse_global_id(value: str, expected: str, *, field: str = "id") -> int:
     """The integer key of a global id of type `expected`; anything else is BAD_USER_INPUT."""
     try:
         type_name, _, key = unb64url(value).decode().partition(":")
-        if type_name == expected and key.isdigit() and len(key) < 19:
+        if type_name == expected and key.isascii() and key.isdigit() and len(key) < 19:
             return int(key)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
@@ -28,4 +28,5 @@ def decode_any_global_id(value: str) -> tuple[str, int] | None:
         type_name, _, key = unb64url(value).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return (type_name, int(key)) if key.isdigit() and len(key) < 19 else None
+    # isascii: str.isdigit also holds for digits int() refuses ("²").
+    return (type_name, int(key)) if key.isascii() and key.isdigit() and len(key) < 19 else None
