@@ -114,6 +114,13 @@ class HookedExecutor(StrawberryGraphQLCoreExecutionContext):
             return await signal.bound(awaitable)
         return await super().with_abort_signal(awaitable)
 
+    async def with_aborted_execution_error(self, awaitable: Any) -> Any:
+        """The whole execution under the deadline: its fields stop by themselves (above)."""
+        signal = self.abort_signal
+        if isinstance(signal, DeadlineSignal):
+            return await signal.settle(awaitable)
+        return await super().with_aborted_execution_error(awaitable)
+
 
 def _leaf(parent_type: GraphQLObjectType, node: Any, guarded: Guarded) -> Leaf | Child | None:
     """The fast reading of one field, or None when it must take the stock path."""
