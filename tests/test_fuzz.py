@@ -6,10 +6,13 @@ cost limit and rate limit are raised so that the fuzzer is never refused for its
 The bar: no server error. No answer may carry INTERNAL in an error's extensions.code, and
 no status may be 5xx, except the replica registry's 503 SERVICE_UNAVAILABLE.
 
-Scalars: DateTime, Date, Decimal and the global ID have strategies of their own. Ids come
-from a dictionary of real ones, read through the API before the run, mixed with ids of the
-wrong type, malformed ids and random text; `after`/`before` arguments are swapped for real
-cursors most of the time, so that queries reach the resolvers and not only the validators.
+Scalars: DateTime, Date, Decimal and the global ID have strategies of their own, and so
+has String. The fuzz dictionary holds real ids, cursors, SOD numbers, customer codes and
+SKUs, read through the API before the run: ids are drawn from it half the time (else ids of
+the wrong type, malformed ids, random text); strings mix random text, hostile strings (SQL
+quoting, NUL, digits int() refuses) and the dictionary's keys and cursors; `after`/`before`
+arguments are swapped for a real cursor most of the time. Queries so reach the resolvers
+and the SQL, not only the validators (this run found the NUL and the "²" bugs).
 The run is reproducible: a fixed seed per operation, no example database.
 """
 
@@ -51,12 +54,29 @@ RAISED = 10**12  # the admin's cost limit and points an hour during the run
 # strategies below read it lazily).
 REAL_IDS: list[str] = []
 REAL_CURSORS: list[str] = []
+REAL_KEYS: list[str] = []  # SOD numbers, customer codes, SKUs
+# Strings a person would not type: quoting, NUL, digits int() refuses, long text.
+HOSTILE_STRINGS = [
+    "' OR '1'='1",
+    "'; DROP TABLE service_order; --",
+    "%",
+    "_",
+    "\\",
+    "a\x00b",
+    "\x00",
+    "\u00b2",
+    "\u0661\u0662",
+    "\ud7ff\ufffd",
+    "x" * 10_000,
+]
 CASES: list[int] = [0]
 
 DICTIONARY_QUERY = """{
-  serviceOrders(first: 30) { edges { cursor node { id customer { id } lines { stockItem { id } } } } }
-  customers(first: 20) { edges { cursor node { id } } }
-  stockItems(first: 20) { edges { cursor node { id } } }
+  serviceOrders(first: 30) {
+    edges { cursor node { id sodNumber customer { id code } lines { stockItem { id sku } } } }
+  }
+  customers(first: 20) { edges { cursor node { id code } } }
+  stockItems(first: 20) { edges { cursor node { id sku } } }
   importJobs(first: 10) { edges { cursor node { id } } }
   auditEvents(first: 10) { edges { cursor } }
 }"""
@@ -80,6 +100,16 @@ def _ids() -> st.SearchStrategy[str]:
     )
 
 
+def _strings() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.text(max_size=40),
+        st.text(max_size=40),
+        st.sampled_from(HOSTILE_STRINGS),
+        st.deferred(lambda: st.sampled_from(REAL_KEYS)),
+        st.deferred(lambda: st.sampled_from(REAL_CURSORS)),
+    )
+
+
 def _datetimes() -> st.SearchStrategy[str]:
     aware = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
     return st.one_of(aware, aware, st.datetimes().map(lambda d: d.isoformat()), st.text(max_size=40))
@@ -94,6 +124,7 @@ def _decimals() -> st.SearchStrategy[str]:
 
 
 schemathesis.graphql.scalar("ID", _ids().map(nodes.String))
+schemathesis.graphql.scalar("String", _strings().map(nodes.String))
 schemathesis.graphql.scalar("DateTime", _datetimes().map(nodes.String))
 schemathesis.graphql.scalar("Date", st.one_of(st.dates().map(str), st.text(max_size=20)).map(nodes.String))
 schemathesis.graphql.scalar("Decimal", _decimals().map(nodes.String))
@@ -140,24 +171,26 @@ def dictionary(server: str, session: requests.Session) -> None:
     assert "errors" not in body, body
     REAL_IDS.clear()
     REAL_CURSORS.clear()
+    REAL_KEYS.clear()
     for connection in body["data"].values():
         for edge in connection["edges"]:
             REAL_CURSORS.append(edge["cursor"])
             node = edge.get("node") or {}
-            REAL_IDS.extend(_ids_in(node))
-    assert len(REAL_IDS) > 50 and len(REAL_CURSORS) > 50
+            REAL_IDS.extend(_values_in(node, "id"))
+            REAL_KEYS.extend(v for key in ("sodNumber", "code", "sku") for v in _values_in(node, key))
+    assert len(REAL_IDS) > 50 and len(REAL_CURSORS) > 50 and len(REAL_KEYS) > 50
 
 
-def _ids_in(value: Any) -> Iterator[str]:
+def _values_in(value: Any, name: str) -> Iterator[str]:
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "id" and isinstance(item, str):
+            if key == name and isinstance(item, str):
                 yield item
             else:
-                yield from _ids_in(item)
+                yield from _values_in(item, name)
     elif isinstance(value, list):
         for item in value:
-            yield from _ids_in(item)
+            yield from _values_in(item, name)
 
 
 def with_real_cursors(query: str) -> str:
