@@ -18,16 +18,19 @@ waits (`DeadlineSignal.bound`, through the executor's `with_abort_signal`), and 
 gets the TIMEOUT, so the execution completes with the partial result by itself.
 graphql-core's own wrapping of the whole execution (`with_aborted_execution_error`: a
 task, a waiter task and a wait) is replaced by a timeout that cancels the whole only if
-it has not completed UNWIND_SECONDS after the deadline. A cancelled psycopg query sends a cancel
-request to the server (psycopg's AsyncConnection.wait on CancelledError: cancel_safe,
-then it waits for the query to end; PgBouncer forwards the cancel), so the statement
-stops there too, and the connection returns to its pool idle; a transaction block
-rolls back on the way out. A DataLoader's batch is cancelled once every caller waiting
-on it was (strawberry's DataLoader), so a batched read stops alike.
+it has not completed UNWIND_SECONDS after the deadline.
+
+A cancelled psycopg query sends a cancel request to the server (psycopg's
+AsyncConnection.wait on CancelledError: cancel_safe, then it waits for the query to
+end; PgBouncer forwards the cancel), so the statement stops there too, and the
+connection returns to its pool idle; a transaction block rolls back on the way out. A
+DataLoader's batch is cancelled once every caller waiting on it was (strawberry's
+DataLoader), so a batched read stops alike, in its own task, just after the answer.
 
 A write cut at its deadline rolls back, unless the deadline falls on its COMMIT, which
 the server finishes: a TIMEOUT from a mutation may have committed, as after a broken
-connection. Every write is idempotent (SOD numbers, stock references): send it again.
+connection; read it back, or send it again (creates are create-or-identical, stock
+receipts keyed by their reference).
 """
 
 from __future__ import annotations
