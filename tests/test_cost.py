@@ -138,7 +138,10 @@ async def test_with_redis_down_each_process_limits_on_its_own_and_says_so(seeded
 
 
 async def test_several_roles_get_the_most_generous_limits(seeded: Settings) -> None:
-    heavy = "{ customers(first: 100) { edges { node { serviceOrders(first: 100) { edges { node { lines { lineNo } } } } } } } }"
+    heavy = (
+        "{ customers(first: 100) { edges { node { serviceOrders(first: 100) "
+        "{ edges { node { lines { lineNo } } } } } } } }"
+    )
     assert 50_000 < cost_of(heavy) <= 500_000
     async with client_for(seeded, roles=("viewer",), subject=subject()) as viewer:
         refused = await gql(viewer, heavy, **{})

@@ -29,6 +29,7 @@ from nexes.errors import Code, NexesError
 
 log = logging.getLogger(__name__)
 RESOURCE = "graphql"
+WINDOW_SECONDS = 3600
 FALLBACKS = Counter(
     "nexes_rate_limit_fallback",
     "Rate-limit checks answered by the process's own limiter because Redis did not answer.",
@@ -103,7 +104,7 @@ class RateLimiter:
         remaining = max(0, int(stats.remaining))
         budget = Budget(hourly, remaining, hourly - remaining, math_ceil(stats.reset_time))
         if not allowed:
-            retry = max(1, budget.reset - int(time.time()))
+            retry = min(WINDOW_SECONDS, max(1, budget.reset - int(time.time())))
             message = f"this query costs {points} points and {remaining} of your {hourly} an hour are left"
             raise RateLimited(f"{message}; retry in {retry} s", budget, retry)
         return budget

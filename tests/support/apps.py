@@ -20,7 +20,7 @@ from nexes.http.auth import AuthMiddleware
 async def plain_endpoint(state: Any, headers: httpx.Headers | dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the route-only app on `state` (the running app's), sending `headers`."""
     plain = Starlette(routes=[Route(graphql.PATH, graphql.endpoint, methods=["GET", "POST"])])
-    for name in ("settings", "router", "analyst_router", "cursors", "pipeline", "documents"):
+    for name in ("settings", "router", "analyst_router", "cursors", "pipeline", "limiter", "documents"):
         setattr(plain.state, name, getattr(state, name))
     plain.add_middleware(AuthMiddleware, authenticator=state.authenticator)
     plain.add_middleware(RequestContextMiddleware, max_body_bytes=state.settings.max_body_bytes)
