@@ -75,7 +75,6 @@ def format_error(error: GraphQLError) -> Payload:
 
 JSON = headers.JSON
 GRAPHQL_RESPONSE = headers.GRAPHQL_RESPONSE
-MEDIA_TYPES = (JSON, GRAPHQL_RESPONSE)
 
 # Codes about the request itself (who asks, how often, how much, whether the server can
 # take it), not about the operation's result: when nothing was answered (no `data`, or
