@@ -20,11 +20,16 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from graphql import GraphQLError
+from graphql import GraphQLError, build_schema, parse
 
+from nexes.auth.identity import Viewer
+from nexes.errors import Code, NexesError
+from nexes.execution.deadline import UNWIND_SECONDS, deadline_for, execute_within
+from nexes.execution.executor import HookedExecutor
 from nexes.execution.pipeline import CACHE_BYTES, CACHE_SIZE, Pipeline
 from nexes.execution.schema import schema
 from nexes.http.response_size import TooLarge, dumps_within
+from nexes.resolvers.context import Context
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.databases import superuser_url
@@ -153,20 +158,44 @@ async def test_a_write_cut_at_its_deadline_rolls_back_and_leaves_no_statement_on
     assert written == (0,)  # rolled back, not half-written
 
 
-async def test_a_token_with_several_roles_gets_the_longest_deadline(seeded: Settings) -> None:
-    from nexes.execution.deadline import deadline_for
-    from nexes.resolvers.context import Context
+async def test_work_that_ignores_its_cancellation_is_stopped_whole_after_the_unwind_time(seeded: Settings) -> None:
+    """A fake resolver (the real ones all stop when cancelled: psycopg, httpx, DataLoader)
+    that swallows its first cancellation: the whole execution is cancelled UNWIND_SECONDS
+    after the deadline, and the answer is TIMEOUT without data."""
+    stubborn_schema = build_schema("type Query { stubborn: Int, quick: Int }")
 
+    async def stubborn(_root: Any, _info: Any) -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(30)
+        return 1
+
+    async def quick(_root: Any, _info: Any) -> int:
+        return 2
+
+    stubborn_schema.query_type.fields["stubborn"].resolve = stubborn  # type: ignore[union-attr]
+    stubborn_schema.query_type.fields["quick"].resolve = quick  # type: ignore[union-attr]
+    settings = dataclasses.replace(seeded, request_deadlines={"viewer": 0.5})
+    viewer = Viewer("stubborn", frozenset({"viewer"}))
+    context = Context(request_id="r", settings=settings, router=None, cursors=None, viewer=viewer)  # type: ignore[arg-type]
+    started = time.monotonic()
+    result = await execute_within(stubborn_schema, parse("{ quick stubborn }"), context, None, None, HookedExecutor)
+    took = time.monotonic() - started
+    assert 0.5 + UNWIND_SECONDS <= took < 0.5 + UNWIND_SECONDS + 1.0, took
+    assert result.data is None and result.errors is not None
+    [error] = result.errors
+    assert isinstance(error.original_error, NexesError) and error.original_error.code is Code.TIMEOUT
+
+
+async def test_a_token_with_several_roles_gets_the_longest_deadline(seeded: Settings) -> None:
     settings = dataclasses.replace(
         seeded, request_deadlines={"viewer": 10.0, "operator": 10.0, "analyst": 30.0, "admin": 60.0}
     )
 
     def deadline(*roles: str) -> tuple[float, str]:
-        from nexes.auth.identity import Viewer
-
-        context = Context(
-            request_id="r", settings=settings, router=None, cursors=None, viewer=Viewer("s", frozenset(roles))
-        )  # type: ignore[arg-type]
+        viewer = Viewer("s", frozenset(roles))
+        context = Context(request_id="r", settings=settings, router=None, cursors=None, viewer=viewer)  # type: ignore[arg-type]
         found = deadline_for(context)
         return found.seconds, found.role
 
