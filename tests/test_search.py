@@ -5,6 +5,7 @@ Typesense is stopped, concurrent syncs, hostile queries, the drift check."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -344,9 +345,13 @@ async def test_typesense_down_search_falls_back_to_postgres_and_the_index_conver
         start_typesense(search_db_settings, documents)
     # As the workers and the sweep would: a batch that Typesense refused in part (it may
     # still be finishing its log replay) stays in the outbox and is sent again.
+    # A sync that Typesense refused whole (a 404 for the alias while a loaded server still
+    # loads it, seen in CI) is retried by the workers the same way; the next test then
+    # starts from a server that takes writes.
     deadline = time.monotonic() + 120
     while db.execute("SELECT count(*) FROM search_outbox").fetchone() != (0,) and time.monotonic() < deadline:
-        sync_now(search_db_settings)
+        with contextlib.suppress(TypesenseClientError, httpx.HTTPError):
+            sync_now(search_db_settings)
         time.sleep(0.5)
     diff = index_diff(search_db_settings, db)
     assert no_drift(diff), first_stale(search_db_settings, db, diff)
