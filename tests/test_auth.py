@@ -425,3 +425,14 @@ def test_nexes_serve_in_production_exits_naming_what_is_missing(settings: Settin
     )
     assert done.returncode == 1
     assert "NEXES_JWT_SECRET" in done.stderr and "NEXES_CURSOR_SECRET" in done.stderr
+
+
+async def test_a_401_answers_in_the_media_type_the_client_asked_for(seeded: Settings) -> None:
+    async with client_for(seeded, roles=()) as client:
+        modern = await client.post(
+            "/graphql", json={"query": PAGE}, headers={"Accept": "application/graphql-response+json"}
+        )
+        plain = await client.post("/graphql", json={"query": PAGE})
+    assert modern.status_code == plain.status_code == 401
+    assert modern.headers["content-type"] == "application/graphql-response+json"
+    assert plain.headers["content-type"] == "application/json"

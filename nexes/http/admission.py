@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nexes.errors import Code
 from nexes.http import headers
-from nexes.http.errors import error_payload, send_json
+from nexes.http.errors import error_payload, media_type_of, send_json
 from nexes.http.health import LIVE_PATH
 from nexes.metrics import REQUESTS_REFUSED
 
@@ -43,7 +43,7 @@ class AdmissionMiddleware:
         if limit is None:  # the app's settings (Starlette puts the app in the scope)
             limit = self.max_requests = scope["app"].state.settings.max_concurrent_requests
         if self.in_flight >= limit:
-            await _refuse(send, limit)
+            await _refuse(send, limit, media_type_of(scope))
             return
         self.in_flight += 1
         try:
@@ -52,11 +52,12 @@ class AdmissionMiddleware:
             self.in_flight -= 1
 
 
-async def _refuse(send: Send, limit: int) -> None:
+async def _refuse(send: Send, limit: int, media_type: str) -> None:
     REQUESTS_REFUSED.inc()
     message = (
         f"this server runs {limit} requests at once (NEXES_MAX_CONCURRENT_REQUESTS) and all are taken; "
         f"retry in {RETRY_AFTER_SECONDS} s"
     )
     payload = {"errors": [error_payload(Code.SERVICE_UNAVAILABLE, message)]}
-    await send_json(send, payload, 503, [(headers.RETRY_AFTER.raw, str(RETRY_AFTER_SECONDS).encode())])
+    retry = [(headers.RETRY_AFTER.raw, str(RETRY_AFTER_SECONDS).encode())]
+    await send_json(send, payload, 503, retry, media_type)

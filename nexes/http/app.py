@@ -32,7 +32,7 @@ from nexes.execution.schema import schema
 from nexes.http import exports, graphql, headers, health, uploads
 from nexes.http.admission import AdmissionMiddleware
 from nexes.http.auth import Authenticator, AuthMiddleware
-from nexes.http.errors import error_payload, send_json
+from nexes.http.errors import error_payload, media_type_of, send_json
 from nexes.observability import (
     configure_tracing,
     extract_traceparent,
@@ -110,7 +110,7 @@ class RequestContextMiddleware:
         limit = self.upload_max_bytes if upload else self.max_body_bytes
         length = request_headers.get(headers.CONTENT_LENGTH.raw)
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await _too_large(send_with_headers, limit)
+            await _too_large(send_with_headers, limit, media_type_of(scope))
             return
         if _has_body(scope, request_headers):
             receive = self._guarded(scope, receive, limit, upload=upload)
@@ -119,7 +119,8 @@ class RequestContextMiddleware:
         except _BodyRefused as exc:
             if responded:  # an endpoint that answered before it read the body: nothing left to say
                 raise
-            await send_json(send_with_headers, {"errors": [error_payload(exc.code, exc.message)]}, exc.status)
+            payload = {"errors": [error_payload(exc.code, exc.message)]}
+            await send_json(send_with_headers, payload, exc.status, media_type=media_type_of(scope))
 
     def _guarded(self, scope: Scope, receive: Receive, limit: int, *, upload: bool) -> Receive:
         """`receive` with the size limit and the read deadlines, until the body is whole;
@@ -185,8 +186,9 @@ def _too_large_message(limit: int) -> str:
     return f"the request body is larger than {limit} bytes"
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    await send_json(send, {"errors": [error_payload(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))]}, 413)
+async def _too_large(send: Send, limit: int, media_type: str) -> None:
+    payload = {"errors": [error_payload(Code.PAYLOAD_TOO_LARGE, _too_large_message(limit))]}
+    await send_json(send, payload, 413, media_type=media_type)
 
 
 class TracingMiddleware:

@@ -20,7 +20,8 @@ from nexes.auth.revocation import Revocations
 from nexes.auth.tokens import TokenVerifier, Unauthenticated, bearer
 from nexes.errors import Code
 from nexes.http import headers
-from nexes.http.errors import error_payload, send_json
+from nexes.http.errors import error_payload, media_type_of, send_json
+from nexes.http.headers import JSON
 
 GRAPHQL_PATH = "/graphql"
 REALM = 'Bearer realm="nexes"'
@@ -68,25 +69,27 @@ class AuthMiddleware:
                 viewer = await self.authenticator.viewer(authorization)
             except Unauthenticated as exc:
                 if not public:
-                    await unauthenticated(send, exc)
+                    await unauthenticated(send, exc, media_type_of(scope))
                     return
         roles = ROUTES.get((scope["method"], scope["path"]))
         if roles is not None and not viewer.has_any(roles):
             message = f"{scope['method']} {scope['path']} needs one of the roles {describe(roles)}"
-            await send_json(send, {"errors": [error_payload(Code.FORBIDDEN, message)]}, 403)
+            payload = {"errors": [error_payload(Code.FORBIDDEN, message)]}
+            await send_json(send, payload, 403, media_type=media_type_of(scope))
             return
         scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send)
 
 
-async def unauthenticated(send: Send, exc: Unauthenticated) -> None:
+async def unauthenticated(send: Send, exc: Unauthenticated, media_type: str = JSON) -> None:
     """401 with WWW-Authenticate (RFC 6750): the bare challenge when no token came."""
     challenge = REALM
     if exc.reason != "missing":
         description = _UNSAFE.sub("'", exc.message)
         challenge = f'{REALM}, error="invalid_token", error_description="{description}"'
     payload = {"errors": [error_payload(Code.UNAUTHENTICATED, exc.message, reason=exc.reason)]}
-    await send_json(send, payload, 401, ((headers.WWW_AUTHENTICATE.raw, challenge.encode("latin-1", "replace")),))
+    challenge_header = (headers.WWW_AUTHENTICATE.raw, challenge.encode("latin-1", "replace"))
+    await send_json(send, payload, 401, (challenge_header,), media_type)
 
 
 def viewer_of(scope: Scope) -> Viewer:

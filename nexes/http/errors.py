@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from graphql import GraphQLError
 from starlette.responses import Response
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 from nexes.db.connect.router import translate
 from nexes.errors import HTTP_STATUS, Code, NexesError
@@ -96,6 +96,11 @@ REQUEST_CODES = (
 _WITHOUT_DATA = {code: status if status >= 400 else 404 for code, status in HTTP_STATUS.items()}
 # Seconds a 503 asks the client to wait when the error names none.
 RETRY_AFTER_UNAVAILABLE = 1
+
+
+def media_type_of(scope: Scope) -> str:
+    """The negotiated media type of an answer to this ASGI request (its Accept header)."""
+    return negotiate(headers.scope_header(scope["headers"], headers.ACCEPT))
 
 
 def negotiate(accept: str) -> str:
