@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,10 @@ from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.auth import bearer_for
 from tests.support.databases import superuser_url
+from tests.support.processes import free_port
 from tests.support.stack import stopped
 
 PAGE = "{ serviceOrders(first: 5) { edges { node { sodNumber customer { name } } } } }"
-
-
-def free_port() -> int:
-    """A port nothing listens on now: several test runs share this machine."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_request_id_is_echoed_or_replaced(app_client: httpx.AsyncClient) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 from nexes.settings import Settings
 from tests.support.auth import token_for
 from tests.support.databases import environ_for
+from tests.support.processes import free_port
 from tests.support.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +39,6 @@ NPM_MISSING = (
     "npm is missing: the GraphQL-over-HTTP audit runs graphql-http under Node.js. Install Node.js 20 "
     "with npm (Debian/Ubuntu: `apt-get install nodejs npm`, or https://nodejs.org), then run `make test` again"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _live(base: str) -> bool:
@@ -58,10 +52,10 @@ def _live(base: str) -> bool:
 def served(seeded: Settings) -> Iterator[str]:
     """`nexes serve` on free ports on the seeded database; its /graphql address."""
     env = environ_for(str(conninfo_to_dict(seeded.primary_url)["dbname"]))
-    port = _free_port()
+    port = free_port()
     # The audit sends its ~60 requests at once: admission control must not refuse them.
     env.update(
-        NEXES_OPS_LISTEN=f"127.0.0.1:{_free_port()}", NEXES_ACCESS_LOG="false", NEXES_MAX_CONCURRENT_REQUESTS="200"
+        NEXES_OPS_LISTEN=f"127.0.0.1:{free_port()}", NEXES_ACCESS_LOG="false", NEXES_MAX_CONCURRENT_REQUESTS="200"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)],

@@ -5,7 +5,6 @@ failures as codes (issue 16, least privilege)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import replace
 from typing import Any
 
@@ -16,17 +15,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from nexes.settings import Settings
 from tests.conftest import client_for
 from tests.support.databases import superuser_url
+from tests.support.processes import free_port
 from tests.support.replicas import monitor_of
 from tests.support.waits import eventually
 
 MONITOR_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE usename = 'nexes_monitor' ORDER BY pid"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released): connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def monitor_backends(settings: Settings) -> dict[str, list[int]]:

@@ -5,7 +5,6 @@ enqueue it on Redis; a `dramatiq nexes.jobs` worker imports it into PostgreSQL."
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.support.auth import bearer_for
 from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
+from tests.support.processes import free_port
 
 DB = "nexes_t_import_e2e"
 REDIS_DB = 12
@@ -43,12 +43,6 @@ def environ() -> dict[str, str]:
     url = urlsplit(env["NEXES_REDIS_URL"])
     env.update(NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(), NEXES_LOG_LEVEL="INFO")
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

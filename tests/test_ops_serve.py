@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from nexes.settings import Settings
 from tests.support.auth import bearer_for
 from tests.support.databases import environ_for, superuser_url
+from tests.support.processes import free_port
 from tests.support.waits import wait_for
 
 PAGE = "{ serviceOrders(first: 5) { edges { node { sodNumber customer { name } } } } }"
@@ -31,12 +31,6 @@ OWNER_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename IN ('nexes_owner', 'postgres') "
     "AND pid <> pg_backend_pid()"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,10 @@ def logged(log: Path, text: str) -> bool:
 def wait_for_log(log: Path, text: str, timeout: float = 20.0) -> bool:
     """Until the process writing `log` logs `text`; whether it did within `timeout` s."""
     return wait_for(lambda: logged(log, text), timeout)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it), for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
