@@ -110,12 +110,11 @@ class RateLimiter:
         return budget
 
     async def close(self) -> None:
-        storage = self._shared.storage
-        close = getattr(storage, "close", None) or getattr(getattr(storage, "storage", None), "aclose", None)
-        if close is not None:
-            result = close()
-            if hasattr(result, "__await__"):
-                await result
+        """Close the shared limiter's Redis connections (limits keeps its redis-py client
+        on the storage's bridge and offers no close of its own)."""
+        client = getattr(getattr(self._shared.storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()
 
 
 def math_ceil(value: float) -> int:
