@@ -333,11 +333,15 @@ async def test_public_paths_answer_without_a_token_and_reveal_no_topology(seeded
         detail = await client.get("/api/health/detail")
         ide = await client.get("/graphql")
         query_by_get = await client.get("/graphql", params={"query": "{ __typename }"})
+        persisted_by_get = await client.get(
+            "/graphql", params={"extensions": '{"persistedQuery": {"version": 1, "sha256Hash": "' + "0" * 64 + '"}}'}
+        )
     assert live.status_code == 200
     assert short.status_code in (200, 503) and set(short.json()) == {"status"}
     assert detail.status_code == 401
     assert ide.status_code != 401  # the IDE's page (production: no IDE, a clear 400)
     assert query_by_get.status_code == 401
+    assert persisted_by_get.status_code == 401  # a hash alone runs an operation too
 
 
 async def test_detailed_health_needs_an_admin(seeded: Settings) -> None:

@@ -46,8 +46,9 @@ def is_public(scope: Scope) -> bool:
     path = scope["path"]
     if path in PUBLIC_PATHS:
         return True
-    # GraphiQL's page: GET /graphql with no query (a GET with a query runs it, and needs a token).
-    return path == GRAPHQL_PATH and scope["method"] == "GET" and b"query=" not in scope.get("query_string", b"")
+    # GraphiQL's page: GET /graphql with no parameters at all (a GET with a query, or with a
+    # persisted query's extensions, runs an operation, and needs a token).
+    return path == GRAPHQL_PATH and scope["method"] == "GET" and not scope.get("query_string")
 
 
 class AuthMiddleware:
