@@ -12,6 +12,8 @@
                                              order_write's apply script timed statement by statement (rolled back)
     python -m bench.run auth                 what a token check and the permission checks cost per request
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
+    python -m bench.run bulkhead [--seconds S]
+                                             the SPA's page mix idle, then beside 20 analysts' heavy queries
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
 The write-path commands (bench/write_path.py) need a seeded nexes_bench.
@@ -379,6 +381,7 @@ def main() -> None:
             "import-recovery",
             "reconcile",
             "auth",
+            "bulkhead",
             "all",
         ],
         default="all",
@@ -412,10 +415,11 @@ def main() -> None:
         bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what == "auth":
-        from bench import auth
+    elif args.what in ("auth", "bulkhead"):
+        from bench import auth, bulkhead  # they import this module's helpers
 
-        auth.main()
+        chosen = {"auth": auth.main, "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds)}
+        chosen[args.what]()
     else:
         peer_script()  # before a seed of 11 minutes, not after it
         settings = settings_module.load()
