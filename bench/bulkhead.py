@@ -90,7 +90,16 @@ def route_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0)}
 
 
-POOL_KEYS = ("pool_max", "requests_num", "requests_queued", "requests_waiting", "requests_errors", "requests_wait_ms")
+POOL_KEYS = (
+    "pool_max",
+    "pool_size",
+    "connections_num",
+    "requests_num",
+    "requests_queued",
+    "requests_waiting",
+    "requests_errors",
+    "requests_wait_ms",
+)
 
 
 def pool_probe(admin: dict[str, str], probes: int = 8) -> dict[str, dict[str, int]]:
@@ -285,7 +294,7 @@ def phase(name: str, env: dict[str, str], admin: dict[str, str], args: tuple[flo
     )
 
 
-def bench_bulkhead(seconds: int, clients: int = 20, think: float = 0.2, analysts: int = 20) -> None:
+def bench_bulkhead(seconds: int, clients: int = 40, think: float = 0.3, analysts: int = 20) -> None:
     env = {
         **bench_env(),
         "NEXES_ACCESS_LOG": "false",
@@ -313,5 +322,6 @@ def bench_bulkhead(seconds: int, clients: int = 20, think: float = 0.2, analysts
     cmd = [NEXES, "serve", "--host", "127.0.0.1", "--port", str(PORT), "--workers", "2"]
     with process(cmd, env, f"http://127.0.0.1:{PORT}/graphql", {"query": FIRST}, headers=admin):
         time.sleep(3)  # each worker's lag monitor: a first verdict before reads count
+        mix(5, clients, think, data_days(env))  # warm-up, not reported: the pools open connections on demand
         phase("idle", env, admin, (seconds, clients, think), analysts=0)
         phase("loaded", env, admin, (seconds, clients, think), analysts=analysts)
