@@ -133,6 +133,8 @@ class Sampler(threading.Thread):
         self.waiting: dict[str, list[int]] = {}
         self.backends: dict[str, list[int]] = {}
         self.active: dict[str, list[int]] = {}
+        self.replicas: Counter[str] = Counter()
+        self.lag: list[float] = []
         self.failures = 0
 
     def run(self) -> None:
@@ -141,8 +143,13 @@ class Sampler(threading.Thread):
             while not self.stop.is_set() and time.monotonic() < end:
                 try:
                     body = httpx.get(f"http://127.0.0.1:{PORT}/api/health/detail", headers=self.admin, timeout=5)
-                    for name, stats in body.json()["pools"].items():
+                    detail = body.json()
+                    for name, stats in detail["pools"].items():
                         self.waiting.setdefault(name, []).append(int(stats.get("requests_waiting", 0)))
+                    for replica in detail["replicas"]:  # the answering worker's view of each replica
+                        error = (replica.get("error") or {}).get("code")
+                        self.replicas[f"{replica['state']} in_rotation={replica['in_rotation']} {error}"] += 1
+                        self.lag.append(float(replica.get("lag_seconds") or 0.0))
                 except (httpx.HTTPError, ValueError, KeyError):
                     self.failures += 1
                 for user, count, active in conn.execute(ACTIVITY).fetchall():
@@ -155,6 +162,8 @@ class Sampler(threading.Thread):
             "samples": max((len(v) for v in self.waiting.values()), default=0),
             "sampler_failures": self.failures,
             "pool_requests_waiting_max": {k: max(v) for k, v in sorted(self.waiting.items())},
+            "replica_states_seen": dict(self.replicas),
+            "replica_lag_max_s": max(self.lag, default=None),
             "replica_backends_max_by_role": {k: max(v) for k, v in sorted(self.backends.items())},
             "replica_active_max_by_role": {k: max(v) for k, v in sorted(self.active.items())},
             "replica_active_median_by_role": {k: sorted(v)[len(v) // 2] for k, v in sorted(self.active.items())},
