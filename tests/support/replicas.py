@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,3 +78,16 @@ def wait_for_replica(settings: Settings, timeout: float = 30.0) -> None:
 
         remaining = max(0.0, deadline - time.monotonic())
         assert wait_for(replayed, remaining, 0.05), f"the replica did not catch up in {timeout:.0f} s"
+
+
+async def replica_in_rotation(c: httpx.AsyncClient, settings: Settings, timeout: float = 60.0) -> None:
+    """Until the app's monitor has the replica back in rotation: analyst work (exports,
+    reports) never runs on the primary, and a replica still replaying a heavy test's WAL
+    on a loaded machine is out of rotation (lagging) for as long as it is behind."""
+    wait_for_replica(settings, timeout)
+    monitor = monitor_of(c)
+    deadline = time.monotonic() + timeout
+    while not monitor.usable(0) and time.monotonic() < deadline:
+        await monitor.refresh()
+        await asyncio.sleep(0.2)
+    assert monitor.usable(0), f"the replica stayed out of rotation: {monitor.describe(0)}"
