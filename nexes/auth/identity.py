@@ -27,10 +27,6 @@ class Viewer:
     expires: float | None = None
 
     @property
-    def authenticated(self) -> bool:
-        return bool(self.roles) or self.subject != "anonymous"
-
-    @property
     def is_admin(self) -> bool:
         return Role.ADMIN in self.roles
 
@@ -47,11 +43,6 @@ class Viewer:
         return self.is_admin or (created_by is not None and created_by == self.subject)
 
 
-WRITERS = frozenset({Role.OPERATOR, Role.ADMIN})
+WRITERS = frozenset({Role.OPERATOR, Role.ADMIN})  # the roles that may write (permissions' table too)
 ANONYMOUS = Viewer()
 ADMIN_VIEWER = Viewer(subject="admin", roles=frozenset({Role.ADMIN}))
-
-
-def system(name: str) -> Viewer:
-    """A non-request actor: `cli:<os user>`, `system:scheduler`."""
-    return Viewer(subject=name, roles=frozenset({Role.ADMIN}))

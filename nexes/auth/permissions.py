@@ -9,12 +9,11 @@ the README's table is `markdown()`.
 
 from __future__ import annotations
 
-from nexes.auth.identity import Role
+from nexes.auth.identity import WRITERS, Role
 
 VIEWER, OPERATOR, ANALYST, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ANALYST, Role.ADMIN
 
 READERS = frozenset({VIEWER, OPERATOR, ANALYST, ADMIN})
-WRITERS = frozenset({OPERATOR, ADMIN})
 ANALYSTS = frozenset({ANALYST, ADMIN})
 ADMINS = frozenset({ADMIN})
 

@@ -13,6 +13,7 @@ until Redis is back), logs a warning and counts `nexes_rate_limit_fallback_total
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class RateLimiter:
             allowed = await limiter.hit(item, RESOURCE, subject, cost=points)
         stats = await limiter.get_window_stats(item, RESOURCE, subject)
         remaining = max(0, int(stats.remaining))
-        budget = Budget(hourly, remaining, hourly - remaining, math_ceil(stats.reset_time))
+        budget = Budget(hourly, remaining, hourly - remaining, math.ceil(stats.reset_time))
         if not allowed:
             retry = min(WINDOW_SECONDS, max(1, budget.reset - int(time.time())))
             message = f"this query costs {points} points and {remaining} of your {hourly} an hour are left"
@@ -115,7 +116,3 @@ class RateLimiter:
         client = getattr(getattr(self._shared.storage, "bridge", None), "storage", None)
         if client is not None:
             await client.aclose()
-
-
-def math_ceil(value: float) -> int:
-    return int(-(-value // 1))

@@ -86,18 +86,14 @@ def request_from_params(params: Any, *, queries_only: bool) -> GraphQLRequest:
         raise bad_input("'variables' must be a JSON object")
     if operation_name is not None and not isinstance(operation_name, str):
         raise bad_input("'operationName' must be a string")
-    return GraphQLRequest(query, variables, operation_name, queries_only, persisted, dry_run=_dry_run(params))
+    return GraphQLRequest(query, variables, operation_name, queries_only, persisted, dry_run=_dry_run(extensions))
 
 
-def _dry_run(params: dict[str, Any]) -> bool:
-    """`extensions: {"dryRun": true}` (a JSON string on GET)."""
-    extensions = params.get("extensions")
-    if isinstance(extensions, str):
-        extensions = _loads(extensions.encode(), "'extensions'")
+def _dry_run(extensions: dict[str, Any] | None) -> bool:
+    """`extensions: {"dryRun": true}`; `extensions` already parsed and checked to be an
+    object (persisted_hash)."""
     if extensions is None:
         return False
-    if not isinstance(extensions, dict):
-        raise bad_input("'extensions' must be a JSON object")
     dry_run = extensions.get("dryRun", False)
     if not isinstance(dry_run, bool):
         raise bad_input("'extensions.dryRun' must be true or false")
