@@ -13,12 +13,19 @@ from nexes.db.connect.tagged import TaggedCursor
 from nexes.settings import Settings
 
 
-def make_pool(url: str, settings: Settings, role: str, *, name: str, size: int) -> AsyncConnectionPool:
-    """A closed pool; PgBouncer in transaction mode means no server-side prepared statements."""
+def make_pool(
+    url: str, settings: Settings, role: str, *, name: str, size: int, full: bool = False
+) -> AsyncConnectionPool:
+    """A closed pool; PgBouncer in transaction mode means no server-side prepared statements.
+
+    `full` opens every connection when the pool opens (min_size = max_size), for the pools
+    whose requests must never wait while a connection is made: the SPA's. A client
+    connection to PgBouncer costs it a few kB and no server backend, so keeping them all
+    open is cheap; the analysts' pools grow on demand."""
     kwargs: dict[str, Any] = {"prepare_threshold": None, "autocommit": True, "cursor_factory": TaggedCursor}
     return AsyncConnectionPool(
         for_role(url, settings, role, application_name=f"nexes-{name}"),
-        min_size=1,
+        min_size=max(1, size) if full else 1,
         max_size=max(1, size),
         timeout=settings.pool_timeout,
         name=name,
@@ -41,9 +48,9 @@ class Pools:
     def for_api(cls, settings: Settings) -> Pools:
         size = settings.api_pool_size
         return cls(
-            primary=make_pool(settings.primary_url, settings, "nexes_api", name="api-primary", size=size),
+            primary=make_pool(settings.primary_url, settings, "nexes_api", name="api-primary", size=size, full=True),
             replicas=[
-                make_pool(url, settings, "nexes_api", name=f"api-replica-{i}", size=size)
+                make_pool(url, settings, "nexes_api", name=f"api-replica-{i}", size=size, full=True)
                 for i, url in enumerate(settings.replica_urls)
             ],
             analyst=[
