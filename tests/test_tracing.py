@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from nexes import observability
+from nexes.db.connect.traced import SCOPE
 from nexes.http import app as app_module
 from nexes.settings import Settings
 from tests.support.databases import wait_until_database_served
@@ -128,11 +129,11 @@ async def test_a_graphql_request_with_a_traceparent_is_a_server_span_with_sql_ch
     server = server_span(traced, "POST /graphql")
     assert server.parent is not None and f"{server.parent.span_id:016x}" == CALLER_SPAN
     assert response.headers["traceresponse"] == traceparent_of(server)
-    sql = [
-        s for s in traced if s.kind is SpanKind.CLIENT and (s.attributes or {}).get("db.system.name") == "postgresql"
-    ]
+    sql = [s for s in traced if s.kind is SpanKind.CLIENT and (s.attributes or {}).get("db.system") == "postgresql"]
     assert sql, [s.name for s in traced]
     assert all(descends_from(s, server, traced) for s in sql)
+    # Made by opentelemetry-instrumentation-psycopg, attached to the pool's connections.
+    assert {s.instrumentation_scope.name for s in sql if s.instrumentation_scope} == {SCOPE}
     orphans = [s.name for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT and s.parent is None]
     assert orphans == [], "a client span with no parent is not sampled"
 
