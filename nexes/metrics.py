@@ -20,15 +20,63 @@ rotation per worker pid, search lag; no hosts, ports, roles or queries.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+
+# 1 ms to 30 s: a cached page takes a few ms, the statement timeout is 30 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+GRAPHQL_REQUESTS = Histogram(
+    "nexes_graphql_request_duration_seconds",
+    "GraphQL operations answered, by operation name (bounded: nexes.http.operations), type and outcome "
+    "(OK, or the first error's code), with their latency.",
+    ["operation", "type", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+GRAPHQL_ERRORS = Counter("nexes_graphql_errors", "GraphQL errors answered, by code.", ["code"])
+HTTP_REQUESTS = Counter(
+    "nexes_http_requests",
+    "HTTP requests answered, by route (the app's routes; anything else is `other`) and status.",
+    ["route", "status"],
+)
 
 DB_ROUTE = Counter(
     "nexes_db_route",
     "Database work routed, by target (replica or primary) and reason.",
     ["target", "reason"],
+)
+# Per process, written on each monitor round from psycopg_pool's get_stats() (multiprocess
+# mode has no custom collectors): one series per pool and worker pid.
+POOL_CONNECTIONS = Gauge(
+    "nexes_pool_connections",
+    "Connections of each pool, by state: size (open), available (idle), waiting (requests queued for one).",
+    ["pool", "state"],
+    multiprocess_mode="all",
+)
+POOL_WAIT = Gauge(
+    "nexes_pool_wait_seconds",
+    "Time requests spent waiting for a connection of each pool, summed since the process started.",
+    ["pool"],
+    multiprocess_mode="all",
+)
+POOL_ERRORS = Gauge(
+    "nexes_pool_errors",
+    "Connection errors, timeouts of requests waiting for a connection, and connections lost, of each pool "
+    "since the process started.",
+    ["pool", "kind"],
+    multiprocess_mode="all",
 )
 REQUESTS_REFUSED = Counter(
     "nexes_requests_refused",
@@ -47,6 +95,19 @@ REPLICA_IN_ROTATION = Gauge(
     ["replica"],
     multiprocess_mode="all",
 )
+
+
+def record_pools(pools: Iterable[Any]) -> None:
+    """Write each psycopg pool's get_stats() into the pool gauges (the monitor's round calls it)."""
+    for pool in pools:
+        stats = pool.get_stats()
+        name = pool.name
+        POOL_CONNECTIONS.labels(name, "size").set(stats.get("pool_size", 0))
+        POOL_CONNECTIONS.labels(name, "available").set(stats.get("pool_available", 0))
+        POOL_CONNECTIONS.labels(name, "waiting").set(stats.get("requests_waiting", 0))
+        POOL_WAIT.labels(name).set(stats.get("requests_wait_ms", 0) / 1000)
+        for kind in ("connections_errors", "requests_errors", "connections_lost"):
+            POOL_ERRORS.labels(name, kind).set(stats.get(kind, 0))
 
 
 class OpsListenError(ValueError):

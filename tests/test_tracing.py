@@ -138,6 +138,46 @@ async def test_a_graphql_request_with_a_traceparent_is_a_server_span_with_sql_ch
     assert orphans == [], "a client span with no parent is not sampled"
 
 
+async def test_one_span_per_graphql_operation_named_after_it_with_type_cost_codes_and_roles(
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    query = """query OrdersPage { serviceOrders(first: 3) { edges { node { sodNumber customer { name } } } }
+      nope: serviceOrder(sodNumber: "SOD-NONE-0002") { sodNumber } }"""
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
+    response = await app_client.post(
+        "/graphql", json={"query": query}, headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+    )
+    assert response.status_code == 200 and "errors" not in response.json(), response.text
+    traced = finished(spans, trace_id)
+    server = server_span(traced, "POST /graphql")
+    (operation,) = [s for s in traced if s.instrumentation_scope and s.instrumentation_scope.name == "nexes.graphql"]
+    assert operation.name == "query OrdersPage"
+    assert operation.parent is not None and server.context and operation.parent.span_id == server.context.span_id
+    attributes = dict(operation.attributes or {})
+    assert attributes["graphql.operation.type"] == "query" and attributes["graphql.operation.name"] == "OrdersPage"
+    assert attributes["nexes.graphql.cost"] == response.json()["extensions"]["cost"]["requested"] > 0
+    assert tuple(attributes["nexes.viewer.roles"]) == ("admin",)
+    assert "nexes.graphql.error_codes" not in attributes
+    sql = [s for s in traced if (s.attributes or {}).get("db.system") == "postgresql"]
+    # Related rows per batch: the page and its customers, not one statement per order.
+    assert 1 <= len(sql) <= 3 and all(s.parent and s.parent.span_id == operation.context.span_id for s in sql)  # type: ignore[union-attr]
+
+    refused = await app_client.post(
+        "/graphql", json={"query": "{ nosuchField }"}, headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+    )
+    assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    (failed,) = [
+        s
+        for s in finished(spans, trace_id)
+        if s.instrumentation_scope
+        and s.instrumentation_scope.name == "nexes.graphql"
+        and s is not operation
+        and s.name != "query OrdersPage"
+    ]
+    assert failed.name == "query"  # anonymous
+    assert tuple((failed.attributes or {})["nexes.graphql.error_codes"]) == ("BAD_USER_INPUT",)
+
+
 async def test_a_requests_log_lines_and_sql_comment_carry_its_request_id_and_trace(
     app_client: httpx.AsyncClient, spans: InMemorySpanExporter, json_lines: Lines, seeded: Settings
 ) -> None:
