@@ -272,7 +272,9 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
         row = conn.execute("SELECT trace_context, request_id FROM import_job WHERE id = %s", [job_id]).fetchone()
     assert row == ({"traceparent": sender}, "trace-import-1")
     (message,) = [m for m in queued("imports", "run_import") if m["args"] == [job_id]]
-    assert message["options"]["nexes_traceparent"] == sender
+    (send,) = [s for s in finished(spans, TRACE_ID) if s.kind is SpanKind.PRODUCER and s.name == "run_import send"]
+    assert send.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{send.parent.span_id:016x}-01"
+    assert message["options"]["nexes_traceparent"] == traceparent_of(send)
     assert message["options"]["nexes_request_id"] == "trace-import-1"
 
     monkeypatch.setattr(nexes.jobs.runtime, "settings", seeded)  # the actor reads its settings from there
@@ -288,7 +290,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
 
     traced = finished(spans, TRACE_ID)
     (consumer,) = [s for s in traced if s.kind is SpanKind.CONSUMER and s.name == "run_import process"]
-    assert consumer.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
+    assert consumer.parent is not None and traceparent_of(send) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
     worker_sql = [s for s in traced if s.kind is SpanKind.CLIENT and descends_from(s, consumer, traced)]
     assert len(worker_sql) >= 3 and "COPY" in {s.name for s in worker_sql}, [s.name for s in traced]
     running = [r.getMessage() for r in caplog.records if f"import {job_id}: running" in r.getMessage()]

@@ -25,6 +25,7 @@ from nexes.observability import (
     configure_tracing,
     current_traceparent,
     extract_traceparent,
+    format_traceparent,
     request_id_var,
     valid_request_id,
 )
@@ -68,6 +69,7 @@ class TraceContext(dramatiq.Middleware):
 
     def __init__(self) -> None:
         self._running = threading.local()  # before/after process_message run on one worker thread
+        self._sending = threading.local()  # so do before/after enqueue, on the sending thread
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         tag_worker_logs()
@@ -76,8 +78,36 @@ class TraceContext(dramatiq.Middleware):
         # setdefault: a retry keeps the trace of the original send
         if request_id := request_id_var.get():
             message.options.setdefault("nexes_request_id", request_id)
-        if traceparent := current_traceparent():
-            message.options.setdefault("nexes_traceparent", traceparent)
+        if "nexes_traceparent" in message.options:
+            return
+        # The send is a producer span, current while Redis takes the message; the message
+        # carries it, so the worker's consumer span hangs under it (API -> enqueue -> worker).
+        self._end_send(None)  # the previous send on this thread never reached after_enqueue: it failed
+        span = tracer.start_span(
+            f"{message.actor_name} send",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "dramatiq",
+                "messaging.destination.name": message.queue_name,
+                "messaging.message.id": message.message_id,
+            },
+        )
+        self._sending.span = span
+        span_context = span.get_span_context()
+        traceparent = format_traceparent(span_context) if span_context.is_valid else current_traceparent()
+        if traceparent:
+            message.options["nexes_traceparent"] = traceparent
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        self._end_send(message)
+
+    def _end_send(self, sent: dramatiq.Message[Any] | None) -> None:
+        span, self._sending.span = getattr(self._sending, "span", None), None
+        if span is None:
+            return
+        if sent is None:
+            span.set_status(Status(StatusCode.ERROR, "not enqueued"))
+        span.end()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         parent = extract_traceparent(message.options.get("nexes_traceparent"))

@@ -1,0 +1,156 @@
+"""Traces over OTLP, as production sends them to Jaeger: `nexes serve` and a `dramatiq
+nexes.jobs` worker, each configured by nothing but the standard OTEL_EXPORTER_OTLP_ENDPOINT,
+export to a real OTLP/HTTP receiver (tests/support/otlp.py decodes the protobuf with
+opentelemetry-proto). One import started with a `traceparent` must arrive as one trace:
+POST /api/imports -> enqueue -> worker -> each chunk's SQL."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from bench.write_path import DRAMATIQ, start_process, stop_process
+from nexes import settings as settings_module
+from nexes.db.connect.traced import SCOPE
+from nexes.db.imports_apply import CHECKPOINT
+from nexes.db.seed import seed
+from nexes.settings import Settings
+from tests.support.auth import bearer_for
+from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
+from tests.support.imports import CSRF, csv_bytes, job_key, line
+from tests.support.otlp import Received, Receiver, otlp_receiver
+from tests.support.processes import free_port
+from tests.support.waits import wait_for
+
+DB = "nexes_t_otlp"
+REDIS_DB = 14
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+CALLER = "b7ad6b7169203331"
+ORDERS = 60
+CHUNK_ORDERS = 25  # three chunks
+
+
+def environ(endpoint: str) -> dict[str, str]:
+    env = environ_for(DB)
+    url = urlsplit(env["NEXES_REDIS_URL"])
+    env.update(
+        NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
+        NEXES_IMPORT_CHUNK_ORDERS=str(CHUNK_ORDERS),
+        NEXES_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="200",  # ms: export soon after a span ends
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def running(
+    template_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, str, Receiver, Path]]:
+    """The receiver, then a worker and the API exporting to it; yields the API's URL."""
+    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
+    logs = tmp_path_factory.mktemp("otlp")
+    with otlp_receiver() as receiver:
+        env = environ(receiver.endpoint)
+        settings = settings_module.load(env)
+        seed(settings.admin_url, 20, defer=False)
+        redis.Redis.from_url(settings.redis_url).flushdb()
+        worker = start_process(DRAMATIQ, env, logs / "worker")
+        port = free_port()
+        env = {**env, "NEXES_OPS_LISTEN": f"127.0.0.1:{free_port()}"}
+        api = start_process([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            assert wait_for(lambda: _answers(url), timeout=60, interval=0.2), (logs / "api").read_text()[-2000:]
+            yield settings, url, receiver, logs
+        finally:
+            stop_process(api, timeout=30)
+            stop_process(worker, timeout=30)
+            redis.Redis.from_url(settings.redis_url).flushdb()
+            drop_database(template_settings.admin_url, DB)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _under(span: Received, ancestor: Received, spans: list[Received]) -> bool:
+    by_id = {s.span_id: s for s in spans}
+    parent = span.parent_id
+    while parent:
+        if parent == ancestor.span_id:
+            return True
+        parent = by_id[parent].parent_id if parent in by_id else ""
+    return False
+
+
+def _job_status(settings: Settings, job_id: int) -> str:
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT status::text FROM import_job WHERE id = %s", [job_id]).fetchone()
+    return str(row[0]) if row else ""
+
+
+def test_an_import_started_with_a_traceparent_arrives_over_otlp_as_one_trace_down_to_each_chunks_sql(
+    running: tuple[Settings, str, Receiver, Path],
+) -> None:
+    settings, url, receiver, logs = running
+    data = csv_bytes(*(line(f"SOD-OTLP-{i:06d}") for i in range(ORDERS)))
+    answer = httpx.post(
+        url + "/api/imports?filename=traced.csv",
+        content=data,
+        headers={**CSRF, **bearer_for(settings, "operator"), "traceparent": f"00-{TRACE_ID}-{CALLER}-01"},
+        timeout=30,
+    )
+    assert answer.status_code == 202, answer.text
+    job_id = job_key(answer.json()["id"])
+    assert wait_for(lambda: _job_status(settings, job_id) == "SUCCEEDED", timeout=120, interval=0.3), (
+        _job_status(settings, job_id),
+        (logs / "worker").read_text()[-3000:],
+    )
+
+    def checkpoints() -> list[Received]:
+        return [
+            s
+            for s in receiver.of_trace(TRACE_ID)
+            if (s.attributes.get("db.statement") or "").strip() == CHECKPOINT.strip()
+        ]
+
+    # Exported in batches, a moment after each span ends.
+    assert wait_for(lambda: len(checkpoints()) >= 3, timeout=30, interval=0.2), [
+        s.name for s in receiver.of_trace(TRACE_ID)
+    ]
+    time.sleep(0.5)  # the consumer span ends after the last chunk
+    spans = receiver.of_trace(TRACE_ID)
+
+    (server,) = [s for s in spans if s.kind == "SERVER" and s.name == "POST /api/imports"]
+    assert server.parent_id == CALLER and server.service == "nexes-api"
+    (send,) = [s for s in spans if s.kind == "PRODUCER" and s.name == "run_import send"]
+    assert send.parent_id == server.span_id and send.service == "nexes-api"
+    assert send.attributes["messaging.system"] == "dramatiq"
+    (consumer,) = [s for s in spans if s.kind == "CONSUMER" and s.name == "run_import process"]
+    assert consumer.parent_id == send.span_id and consumer.service == "nexes-worker"
+
+    # The search sync the import asks for continues the trace too, with its Typesense (httpx) calls.
+    worker_sql = [s for s in spans if s.kind == "CLIENT" and _under(s, consumer, spans) and "httpx" not in s.scope]
+    assert worker_sql and all(s.attributes.get("db.system") == "postgresql" for s in worker_sql)
+    # The instrumentor's spans, and COPY's own (the one statement it cannot reach).
+    assert {s.scope for s in worker_sql} == {SCOPE, "nexes.db.connect.tagged"}
+    assert {s.name for s in worker_sql if s.scope == "nexes.db.connect.tagged"} == {"COPY"}
+    # Each chunk's statements, the checkpoint last, under the consumer span.
+    assert len([s for s in worker_sql if s in checkpoints()]) == -(-ORDERS // CHUNK_ORDERS)
+    # The API's own SQL (storing the upload) hangs under its server span.
+    api_sql = [s for s in spans if s.kind == "CLIENT" and s.service == "nexes-api"]
+    assert api_sql and all(_under(s, server, spans) for s in api_sql)
+    assert {s.trace_id for s in spans} == {TRACE_ID}
