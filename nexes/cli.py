@@ -28,7 +28,9 @@ def _settings() -> settings_module.Settings:
         settings = settings_module.load()
     except settings_module.SettingsError as exc:
         sys.exit(f"nexes: {exc}")
-    logging.getLogger().setLevel(settings.log_level)
+    from nexes.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -240,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             loop="uvloop",
             http="httptools",
             timeout_graceful_shutdown=10,
-            log_config=logging_config(settings.log_level),
+            log_config=logging_config(settings.log_level, settings.log_format),
             access_log=settings.access_log,
         )
     finally:
@@ -604,10 +606,9 @@ TRACED_COMMANDS = frozenset({"migrate", "seed", "partitions", "archive", "import
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from nexes.observability import configure_logging
+
+    configure_logging("INFO")  # JSON until the settings are read (each command's _settings())
     args = build_parser().parse_args(argv)
     if args.command not in TRACED_COMMANDS:
         args.func(args)

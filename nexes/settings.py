@@ -65,6 +65,8 @@ class Settings:
     # Reconciliation checks more quarters' lines only within this many seconds of its start.
     reconcile_line_seconds: float = 40.0
     log_level: str = "INFO"
+    # json (one object per line) or console (one coloured line each); console in development.
+    log_format: Literal["json", "console"] = "json"
     max_page_size: int = 100
     count_budget_ms: int = 100
     count_cap: int = 100_000
@@ -230,6 +232,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             archive_after_years=int(_positive(config, "NEXES_ARCHIVE_AFTER_YEARS", 2, int)),
             reconcile_line_seconds=_positive(config, "NEXES_RECONCILE_LINE_SECONDS", 40.0, float),
             log_level=config("NEXES_LOG_LEVEL", default="INFO").upper(),
+            log_format=_log_format(config, env),
             max_page_size=int(_positive(config, "NEXES_MAX_PAGE_SIZE", 100, int)),
             count_budget_ms=int(_positive(config, "NEXES_COUNT_BUDGET", 0.1, float) * 1000),
             count_cap=int(_positive(config, "NEXES_COUNT_CAP", 100_000, int)),
@@ -307,6 +310,15 @@ def _on_off(config: Config, key: str) -> bool:
     if value not in ("on", "off"):
         raise SettingsError(f"{key}={value!r}: must be 'on' or 'off'")
     return value == "on"
+
+
+def _log_format(config: Config, env: str) -> Literal["json", "console"]:
+    value = config("NEXES_LOG_FORMAT", default="console" if env == "development" else "json").strip().lower()
+    if value == "json":
+        return "json"
+    if value == "console":
+        return "console"
+    raise SettingsError(f"NEXES_LOG_FORMAT={value!r}: must be 'json' or 'console'")
 
 
 def _otel_traces_export(config: Config) -> bool:

@@ -247,7 +247,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     app_client: httpx.AsyncClient,
     seeded: Settings,
     spans: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    json_lines: Lines,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import nexes.jobs.runtime
@@ -278,7 +278,9 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     assert message["options"]["nexes_request_id"] == "trace-import-1"
 
     monkeypatch.setattr(nexes.jobs.runtime, "settings", seeded)  # the actor reads its settings from there
-    caplog.set_level(logging.INFO)
+    jobs_logger = logging.getLogger("nexes.jobs")
+    jobs_logger.addHandler(json_lines)
+    jobs_logger.setLevel(logging.INFO)
     worker = dramatiq.Worker(broker, queues={"imports"}, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
@@ -286,6 +288,8 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     finally:
         worker.stop()
         close_worker_pools()
+        jobs_logger.removeHandler(json_lines)
+        jobs_logger.setLevel(logging.NOTSET)
     assert status == "SUCCEEDED"
 
     traced = finished(spans, TRACE_ID)
@@ -293,8 +297,11 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     assert consumer.parent is not None and traceparent_of(send) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
     worker_sql = [s for s in traced if s.kind is SpanKind.CLIENT and descends_from(s, consumer, traced)]
     assert len(worker_sql) >= 3 and "COPY" in {s.name for s in worker_sql}, [s.name for s in traced]
-    running = [r.getMessage() for r in caplog.records if f"import {job_id}: running" in r.getMessage()]
-    assert running and f"[request_id=trace-import-1 traceparent={traceparent_of(consumer)}]" in running[0]
+    (running, *_) = [entry for entry in json_lines.lines if entry["msg"].startswith(f"import {job_id}: running")]
+    assert consumer.context is not None
+    assert (running["request_id"], running["trace_id"]) == ("trace-import-1", TRACE_ID)
+    assert running["span_id"] == f"{consumer.context.span_id:016x}"
+    assert running["actor"] == "run_import" and running["job_id"] == message["message_id"]
     # The search sync the worker asks for afterwards continues the same trace.
     syncs = queued(sync_search.queue_name, "sync_search")
     assert any(m["options"].get("nexes_traceparent", "").startswith(f"00-{TRACE_ID}-") for m in syncs)
