@@ -59,7 +59,7 @@ def cmd_seed(args: argparse.Namespace) -> None:
                 return
     started = time.monotonic()
     try:
-        with tqdm(total=args.orders, unit="orders", unit_scale=True, desc="seed") as bar:
+        with tqdm(total=args.orders, unit="orders", unit_scale=True, desc="seed", disable=None) as bar:
             seed(
                 settings.admin_url,
                 args.orders,
@@ -307,7 +307,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     from nexes.search.reindex import ReindexBusy, reindex
 
     settings = _settings()
-    with tqdm(unit="docs", unit_scale=True, desc="reindex") as bar:
+    with tqdm(unit="docs", unit_scale=True, desc="reindex", disable=None) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = max(total, done)

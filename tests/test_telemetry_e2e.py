@@ -1,11 +1,19 @@
-"""Traces over OTLP, as production sends them to Jaeger: `nexes serve` and a `dramatiq
-nexes.jobs` worker, each configured by nothing but the standard OTEL_EXPORTER_OTLP_ENDPOINT,
-export to a real OTLP/HTTP receiver (tests/support/otlp.py decodes the protobuf with
-opentelemetry-proto). One import started with a `traceparent` must arrive as one trace:
-POST /api/imports -> enqueue -> worker -> each chunk's SQL."""
+"""Telemetry of a full run, every part in its own process as production runs it: `nexes
+serve`, a `dramatiq nexes.jobs` worker, `nexes scheduler` and `nexes` commands.
+
+- Traces over OTLP, as production sends them to Jaeger: each process is configured by
+  nothing but the standard OTEL_EXPORTER_OTLP_ENDPOINT and exports to a real OTLP/HTTP
+  receiver (tests/support/otlp.py decodes the protobuf with opentelemetry-proto). One
+  import started with a `traceparent` arrives as one trace: POST /api/imports -> enqueue
+  -> worker -> each chunk's SQL.
+- Logs: every line of every process is JSON with the request's and job's ids (Dramatiq's
+  supervisor's own start-up lines excepted), and no line carries a secret of the settings.
+"""
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import redis
@@ -36,12 +45,25 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER = "b7ad6b7169203331"
 ORDERS = 60
 CHUNK_ORDERS = 25  # three chunks
+# Written into the settings of every process; no log line may carry one. The stack trusts
+# local connections, so the role passwords are sent and ignored.
+SECRETS = {
+    "NEXES_JWT_SECRET": "jwt-" + secrets.token_hex(16),
+    "NEXES_CURSOR_SECRET": "cursor-" + secrets.token_hex(16),
+    **{f"NEXES_{role}_PASSWORD": f"{role.lower()}-" + secrets.token_hex(8) for role in ("API", "WORKER", "MONITOR")},
+}
+OWNER_PASSWORD = "owner-" + secrets.token_hex(8)
 
 
 def environ(endpoint: str) -> dict[str, str]:
     env = environ_for(DB)
     url = urlsplit(env["NEXES_REDIS_URL"])
+    admin = urlsplit(env["NEXES_ADMIN_URL"])
+    assert admin.scheme.startswith("postgres") and "@" in admin.netloc and ":" not in admin.netloc.split("@")[0]
+    user, host = admin.netloc.split("@")
     env.update(
+        SECRETS,
+        NEXES_ADMIN_URL=admin._replace(netloc=f"{user}:{OWNER_PASSWORD}@{host}").geturl(),
         NEXES_REDIS_URL=url._replace(path=f"/{REDIS_DB}").geturl(),
         NEXES_IMPORT_CHUNK_ORDERS=str(CHUNK_ORDERS),
         NEXES_LOG_LEVEL="INFO",
@@ -65,6 +87,7 @@ def running(
         seed(settings.admin_url, 20, defer=False)
         redis.Redis.from_url(settings.redis_url).flushdb()
         worker = start_process(DRAMATIQ, env, logs / "worker")
+        scheduler = start_process([sys.executable, "-m", "nexes.cli", "scheduler"], env, logs / "scheduler")
         port = free_port()
         env = {**env, "NEXES_OPS_LISTEN": f"127.0.0.1:{free_port()}"}
         api = start_process([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
@@ -74,6 +97,7 @@ def running(
             yield settings, url, receiver, logs
         finally:
             stop_process(api, timeout=30)
+            stop_process(scheduler, timeout=30)
             stop_process(worker, timeout=30)
             redis.Redis.from_url(settings.redis_url).flushdb()
             drop_database(template_settings.admin_url, DB)
@@ -154,3 +178,60 @@ def test_an_import_started_with_a_traceparent_arrives_over_otlp_as_one_trace_dow
     api_sql = [s for s in spans if s.kind == "CLIENT" and s.service == "nexes-api"]
     assert api_sql and all(_under(s, server, spans) for s in api_sql)
     assert {s.trace_id for s in spans} == {TRACE_ID}
+
+
+# Dramatiq's supervisor formats its own few lines (start-up, shutdown); the README says so.
+SUPERVISOR = "[dramatiq.MainProcess]"
+FIELDS = {"ts", "level", "logger", "msg"}
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_every_process_logs_json_lines_with_their_ids_and_no_secret(
+    running: tuple[Settings, str, Receiver, Path], tmp_path: Path
+) -> None:
+    _, url, receiver, logs = running
+    env = environ(receiver.endpoint)
+    # A nexes command, at DEBUG (the libraries' records too): its logs on stderr, its answer on stdout.
+    path = tmp_path / "cli.csv"
+    path.write_bytes(csv_bytes(line("SOD-LOGS-000001")))
+    cli = subprocess.run(
+        [sys.executable, "-m", "nexes.cli", "import", str(path), "--wait", "--timeout", "120"],
+        env={**env, "NEXES_LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    (logs / "cli").write_text(cli.stderr)
+    # A request the API logs about (a refused token), and an import the worker logs about.
+    refused = httpx.post(url + "/graphql", json={"query": "{ __typename }"}, headers={"Authorization": "Bearer x"})
+    assert refused.status_code == 401
+    assert wait_for(lambda: "scheduler is the leader" in (logs / "scheduler").read_text(), timeout=30)
+
+    records: dict[str, list[dict[str, object]]] = {}
+    for name in ("api", "worker", "scheduler", "cli"):
+        entries = []
+        for text in _lines(logs / name):
+            if name == "worker" and SUPERVISOR in text:
+                continue
+            try:  # every other line is one JSON object
+                entry = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise AssertionError(f"{name}: not a JSON line: {text}") from None
+            assert entry.keys() >= FIELDS, text
+            entries.append(entry)
+        assert entries, name
+        records[name] = entries
+    running_job = [e for e in records["worker"] if str(e["msg"]).startswith("import ") and "running" in str(e["msg"])]
+    assert running_job and {"request_id", "trace_id", "span_id", "job_id", "actor"} <= running_job[0].keys()
+    assert running_job[0]["actor"] == "run_import"
+    # APScheduler's two INFO lines per run of each job (sweeps every few seconds) are gone.
+    assert not [e for e in records["scheduler"] if str(e["logger"]).startswith("apscheduler") and e["level"] == "INFO"]
+
+    everything = "\n".join((logs / name).read_text() for name in ("api", "worker", "scheduler", "cli"))
+    everything += cli.stdout
+    for secret in (*SECRETS.values(), OWNER_PASSWORD):
+        assert secret not in everything
