@@ -14,6 +14,7 @@
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
     python -m bench.run bulkhead [--seconds S]
                                              the SPA's page mix idle, then beside 20 analysts' heavy queries
+    python -m bench.run tracing              CPU per SQL statement: tracing off, sampled, unsampled (bench/tracing.py)
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
 The write-path commands (bench/write_path.py) need a seeded nexes_bench.
@@ -382,6 +383,7 @@ def main() -> None:
             "reconcile",
             "auth",
             "bulkhead",
+            "tracing",
             "all",
         ],
         default="all",
@@ -415,10 +417,14 @@ def main() -> None:
         bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead"):
-        from bench import auth, bulkhead  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "tracing"):
+        from bench import auth, bulkhead, tracing  # they import this module's helpers
 
-        chosen = {"auth": auth.main, "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds)}
+        chosen = {
+            "auth": auth.main,
+            "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds),
+            "tracing": tracing.bench_tracing,
+        }
         chosen[args.what]()
     else:
         peer_script()  # before a seed of 11 minutes, not after it

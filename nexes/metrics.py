@@ -19,8 +19,9 @@ rotation per worker pid, search lag; no hosts, ports, roles or queries.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -30,6 +31,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
     start_http_server,
@@ -97,6 +99,11 @@ REPLICA_IN_ROTATION = Gauge(
 )
 
 
+# Where each worker process reports its pools' figures (nexes.jobs.metrics); the API's
+# Redis check reads them for /api/health/detail.
+WORKER_POOLS_KEY = "nexes:worker-pools:"
+
+
 def record_pools(pools: Iterable[Any]) -> None:
     """Write each psycopg pool's get_stats() into the pool gauges (the monitor's round calls it)."""
     for pool in pools:
@@ -122,11 +129,44 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class MultiProcessRegistry(CollectorRegistry):
+    """Every process's series, read from the shared multiprocess directory on each collect,
+    after the gauges of processes that are gone are dropped (prune_dead)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+        multiprocess.MultiProcessCollector(self, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        prune_dead(self.directory)
+        yield from super().collect()
+
+
 def multiprocess_registry(directory: Path) -> CollectorRegistry:
     """Every worker's series, read from the shared multiprocess directory on each collect."""
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    return registry
+    return MultiProcessRegistry(directory)
+
+
+def prune_dead(directory: Path) -> None:
+    """Delete the gauge files of processes that no longer run (a worker uvicorn or Dramatiq
+    restarted, or one of an earlier run): their per-pid series would stay forever, and a
+    `max` gauge of theirs would win forever. Counters and histograms stay: their totals
+    include what the dead process counted."""
+    for path in directory.glob("gauge_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def serve_ops(listen: str, directory: Path) -> tuple[WSGIServer, threading.Thread]:

@@ -12,12 +12,15 @@ serve`, a `dramatiq nexes.jobs` worker, `nexes scheduler` and `nexes` commands.
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -74,11 +77,19 @@ def environ(endpoint: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Run:
+    settings: Settings
+    url: str  # the API's public address
+    ops: str  # its ops listener (/metrics)
+    worker_metrics: str  # the worker's metrics address
+    receiver: Receiver
+    logs: Path
+
+
 @pytest.fixture(scope="module")
-def running(
-    template_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, str, Receiver, Path]]:
-    """The receiver, then a worker and the API exporting to it; yields the API's URL."""
+def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The receiver, then a worker (2 processes), the scheduler and the API exporting to it."""
     recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
     logs = tmp_path_factory.mktemp("otlp")
     with otlp_receiver() as receiver:
@@ -86,15 +97,21 @@ def running(
         settings = settings_module.load(env)
         seed(settings.admin_url, 20, defer=False)
         redis.Redis.from_url(settings.redis_url).flushdb()
-        worker = start_process(DRAMATIQ, env, logs / "worker")
+        metrics_port = free_port()
+        worker_env = {
+            **env,
+            "NEXES_WORKER_METRICS_PORT": str(metrics_port),
+            "NEXES_WORKER_STATE_DIR": str(tmp_path_factory.mktemp("worker-state")),
+        }
+        worker = start_process([*DRAMATIQ[:-4], "--processes", "2", "--threads", "2"], worker_env, logs / "worker")
         scheduler = start_process([sys.executable, "-m", "nexes.cli", "scheduler"], env, logs / "scheduler")
-        port = free_port()
-        env = {**env, "NEXES_OPS_LISTEN": f"127.0.0.1:{free_port()}"}
+        port, ops_port = free_port(), free_port()
+        env = {**env, "NEXES_OPS_LISTEN": f"127.0.0.1:{ops_port}"}
         api = start_process([sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)], env, logs / "api")
         url = f"http://127.0.0.1:{port}"
         try:
             assert wait_for(lambda: _answers(url), timeout=60, interval=0.2), (logs / "api").read_text()[-2000:]
-            yield settings, url, receiver, logs
+            yield Run(settings, url, f"http://127.0.0.1:{ops_port}", f"http://127.0.0.1:{metrics_port}", receiver, logs)
         finally:
             stop_process(api, timeout=30)
             stop_process(scheduler, timeout=30)
@@ -127,9 +144,9 @@ def _job_status(settings: Settings, job_id: int) -> str:
 
 
 def test_an_import_started_with_a_traceparent_arrives_over_otlp_as_one_trace_down_to_each_chunks_sql(
-    running: tuple[Settings, str, Receiver, Path],
+    running: Run,
 ) -> None:
-    settings, url, receiver, logs = running
+    settings, url, receiver, logs = running.settings, running.url, running.receiver, running.logs
     data = csv_bytes(*(line(f"SOD-OTLP-{i:06d}") for i in range(ORDERS)))
     answer = httpx.post(
         url + "/api/imports?filename=traced.csv",
@@ -189,10 +206,8 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_every_process_logs_json_lines_with_their_ids_and_no_secret(
-    running: tuple[Settings, str, Receiver, Path], tmp_path: Path
-) -> None:
-    _, url, receiver, logs = running
+def test_every_process_logs_json_lines_with_their_ids_and_no_secret(running: Run, tmp_path: Path) -> None:
+    url, receiver, logs = running.url, running.receiver, running.logs
     env = environ(receiver.endpoint)
     # A nexes command, at DEBUG (the libraries' records too): its logs on stderr, its answer on stdout.
     path = tmp_path / "cli.csv"
@@ -235,3 +250,69 @@ def test_every_process_logs_json_lines_with_their_ids_and_no_secret(
     everything += cli.stdout
     for secret in (*SECRETS.values(), OWNER_PASSWORD):
         assert secret not in everything
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the series `name` with (at least) `labels` in a Prometheus text page."""
+    for found in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+        if labels.items() <= have.items():
+            return float(found.group(2))
+    return None
+
+
+def _listening_on_loopback_only(port: int) -> bool:
+    """Whether every listening socket on `port` is bound to 127.0.0.1 (/proc/net/tcp: LISTEN is 0A)."""
+    local = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port
+    ]
+    return bool(local) and all(address.split(":")[0] == "0100007F" for address in local)
+
+
+def test_metrics_cover_operations_errors_pools_imports_and_the_workers(running: Run) -> None:
+    settings, url = running.settings, running.url
+    admin = bearer_for(settings, "admin")
+    named = "query TelemetryPage { serviceOrders(first: 2) { edges { node { sodNumber } } } }"
+    assert "errors" not in httpx.post(url + "/graphql", json={"query": named}, headers=admin).json()
+    refused = httpx.post(url + "/graphql", json={"query": "{ nosuch }"}, headers=admin).json()
+    assert refused["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    data = csv_bytes(*(line(f"SOD-METRICS-{i:04d}") for i in range(30)))
+    answer = httpx.post(url + "/api/imports?filename=m.csv", content=data, headers={**CSRF, **admin}, timeout=30)
+    job_id = job_key(answer.json()["id"])
+    assert wait_for(lambda: _job_status(settings, job_id) == "SUCCEEDED", timeout=120, interval=0.3)
+
+    page = httpx.get(running.ops + "/metrics", timeout=5).text
+    ok = _sample(page, "nexes_graphql_request_duration_seconds_count", operation="TelemetryPage", type="query")
+    assert ok == 1.0 and _sample(page, "nexes_graphql_request_duration_seconds_bucket", le="0.001") is not None
+    assert (_sample(page, "nexes_graphql_errors_total", code="BAD_USER_INPUT") or 0) >= 1
+    assert _sample(page, "nexes_graphql_request_duration_seconds_count", outcome="BAD_USER_INPUT") == 1.0
+    assert (_sample(page, "nexes_http_requests_total", route="/api/imports", status="202") or 0) >= 1
+    # The pool gauges, written by the monitor's round: the SPA's pool opens full.
+    size = _sample(page, "nexes_pool_connections", pool="api-primary", state="size")
+    assert size == settings.api_pool_size
+
+    # The worker: one scrape for both its processes, on loopback only.
+    port = int(running.worker_metrics.rsplit(":", 1)[1])
+    assert _listening_on_loopback_only(port)
+
+    def worker_page() -> str:
+        return httpx.get(running.worker_metrics + "/metrics", timeout=5).text
+
+    assert wait_for(lambda: _sample(worker_page(), "nexes_pool_connections", pool="worker-primary") is not None, 20)
+    page = worker_page()
+    done = _sample(page, "nexes_worker_messages_total", queue="imports", actor="run_import", outcome="ok")
+    assert done is not None and done >= 1
+    assert (_sample(page, "nexes_import_rows_total", phase="applied") or 0) >= 30
+    assert _sample(page, "nexes_worker_message_duration_seconds_count", actor="run_import") == done
+
+    # /api/health/detail shows the workers' pools as they last reported them, with their age.
+    def reported() -> list[dict[str, Any]]:
+        detail = httpx.get(url + "/api/health/detail", headers=admin, timeout=5).json()
+        return [w for w in detail["worker_pools"] if "worker-primary" in w["pools"]]
+
+    assert wait_for(lambda: bool(reported()), timeout=20)
+    workers = reported()
+    assert all(0 <= w["age_seconds"] < 30 for w in workers), workers
+    assert workers[0]["pools"]["worker-primary"]["pool_size"] >= 1

@@ -9,6 +9,7 @@ once, from the environment.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -20,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nexes import settings as settings_module
+from nexes.jobs.metrics import WorkerMetrics
 from nexes.observability import (
     configure_logging,
     configure_tracing,
@@ -169,4 +171,6 @@ def make_broker(redis_url: str, timeout: float) -> RedisBroker:
 
 
 broker = make_broker(settings.redis_url, settings.redis_timeout)
+if settings.worker_metrics_port:  # only worker processes boot: elsewhere it stays idle
+    broker.add_middleware(WorkerMetrics(settings.worker_metrics_port, Path(settings.worker_state_dir), broker.client))
 dramatiq.set_broker(broker)

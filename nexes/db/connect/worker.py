@@ -39,6 +39,12 @@ def worker_pool(settings: Settings) -> ConnectionPool:
         return pool
 
 
+def open_pools() -> list[ConnectionPool]:
+    """This process's open worker pools (their gauges and health reports)."""
+    with _lock:
+        return [pool for pool in _pools.values() if not pool.closed]
+
+
 def close_worker_pools() -> None:
     """Close every worker pool of this process (tests, before dropping a database)."""
     with _lock:
