@@ -80,6 +80,21 @@ POOL_ERRORS = Gauge(
     ["pool", "kind"],
     multiprocess_mode="all",
 )
+# The monitor's read of the jobs (nexes.http.opscheck), every OPS_EVERY seconds; with
+# several API workers, the newest value of any of them.
+IMPORT_JOBS = Gauge("nexes_import_jobs", "Import jobs by state.", ["state"], multiprocess_mode="mostrecent")
+IMPORT_LEASE_OVERDUE = Gauge(
+    "nexes_import_lease_overdue_seconds",
+    "How long the lease of the most overdue RUNNING import has run out (0: none): its worker "
+    "stopped renewing it (stuck or dead) and the sweep has not sent it again yet.",
+    multiprocess_mode="mostrecent",
+)
+PARTITION_HORIZON = Gauge(
+    "nexes_partition_horizon_seconds",
+    "Seconds from now to the end of the last service_order partition: orders dated past it are refused "
+    "(CREATED_AT_OUT_OF_RANGE) until the partitions job runs.",
+    multiprocess_mode="mostrecent",
+)
 REQUESTS_REFUSED = Counter(
     "nexes_requests_refused",
     "Requests answered 503 at once because the process ran NEXES_MAX_CONCURRENT_REQUESTS already.",

@@ -254,8 +254,8 @@ def test_every_process_logs_json_lines_with_their_ids_and_no_secret(running: Run
 
 def _sample(text: str, name: str, **labels: str) -> float | None:
     """The value of the series `name` with (at least) `labels` in a Prometheus text page."""
-    for found in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
-        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+    for found in re.finditer(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
         if labels.items() <= have.items():
             return float(found.group(2))
     return None
@@ -292,6 +292,19 @@ def test_metrics_cover_operations_errors_pools_imports_and_the_workers(running: 
     # The pool gauges, written by the monitor's round: the SPA's pool opens full.
     size = _sample(page, "nexes_pool_connections", pool="api-primary", state="size")
     assert size == settings.api_pool_size
+
+    # The jobs and search gauges come from the monitors' rounds (a scrape reads no database).
+    def ops_page() -> str:
+        return httpx.get(running.ops + "/metrics", timeout=5).text
+
+    assert wait_for(lambda: (_sample(ops_page(), "nexes_import_jobs", state="SUCCEEDED") or 0) >= 1, timeout=40)
+    page = ops_page()
+    assert _sample(page, "nexes_import_jobs", state="RUNNING") == 0
+    assert _sample(page, "nexes_import_lease_overdue_seconds") == 0
+    assert (_sample(page, "nexes_partition_horizon_seconds") or 0) > 30 * 86400  # four quarters ahead
+    assert _sample(page, "nexes_search_breaker_open") == 0
+    assert _sample(page, "nexes_replica_in_rotation", replica="replica-0") == 1
+    assert _sample(page, "nexes_search_outbox_pending") is not None
 
     # The worker: one scrape for both its processes, on loopback only.
     port = int(running.worker_metrics.rsplit(":", 1)[1])

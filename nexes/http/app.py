@@ -34,6 +34,7 @@ from nexes.http import exports, graphql, headers, health, uploads
 from nexes.http.admission import AdmissionMiddleware
 from nexes.http.auth import Authenticator, AuthMiddleware
 from nexes.http.errors import error_payload, media_type_of, send_json
+from nexes.http.opscheck import OpsCheck
 from nexes.metrics import HTTP_REQUESTS, record_pools
 from nexes.observability import (
     configure_tracing,
@@ -341,6 +342,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     # Health reads the monitor's last round; Redis and search are probed in the same round.
     monitor.add_check(health.RedisCheck(settings))
     monitor.add_check(SearchCheck(settings, app.state.router, timeout=settings.typesense_timeout))
+    monitor.add_check(OpsCheck(app.state.router, timeout=settings.replica_probe_timeout * 3))
     monitor.add_tick(lambda: record_pools(pools.all()))  # the pool gauges of /metrics, each round
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())

@@ -53,6 +53,12 @@ IN_PROGRESS = Gauge(
     ["queue", "actor"],
     multiprocess_mode="livesum",
 )
+RECONCILE_DRIFT = Counter(
+    "nexes_reconcile_drift",
+    "Drift the reconciliation found, by check, and whether it corrected it (dashboard and customer "
+    "figures are corrected; on-hand, negative stock and line mismatches are reported in stat_drift).",
+    ["check", "corrected"],
+)
 IMPORT_ROWS = Counter("nexes_import_rows", "Import rows applied in committed chunks, by the workers.", ["phase"])
 
 
