@@ -14,7 +14,10 @@
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
     python -m bench.run bulkhead [--seconds S]
                                              the SPA's page mix idle, then beside 20 analysts' heavy queries
-    python -m bench.run tracing              CPU per SQL statement: tracing off, sampled, unsampled (bench/tracing.py)
+    python -m bench.run tracing              CPU per SQL statement: tracing off, sampled, unsampled (bench/telemetry.py)
+    python -m bench.run scrape               the time of a /metrics scrape of `nexes serve --workers 2`
+    python -m bench.run api-telemetry [--seconds S] [--rounds R] [--orders N]
+                                             the 50-order page, tracing off against on (seeds N orders if missing)
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
 The write-path commands (bench/write_path.py) need a seeded nexes_bench.
@@ -384,6 +387,8 @@ def main() -> None:
             "auth",
             "bulkhead",
             "tracing",
+            "scrape",
+            "api-telemetry",
             "all",
         ],
         default="all",
@@ -417,13 +422,15 @@ def main() -> None:
         bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead", "tracing"):
-        from bench import auth, bulkhead, tracing  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry"):
+        from bench import auth, bulkhead, telemetry  # they import this module's helpers
 
         chosen = {
             "auth": auth.main,
             "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds),
-            "tracing": tracing.bench_tracing,
+            "tracing": telemetry.bench_tracing,
+            "scrape": telemetry.bench_scrape,
+            "api-telemetry": lambda: telemetry.bench_api_telemetry(args.seconds, args.rounds, args.orders or 200_000),
         }
         chosen[args.what]()
     else:
