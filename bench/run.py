@@ -14,6 +14,10 @@
     python -m bench.run reconcile            `nexes reconcile` over nexes_bench, with and without the line check
     python -m bench.run bulkhead [--seconds S]
                                              the SPA's page mix idle, then beside 20 analysts' heavy queries
+    python -m bench.run tracing              CPU per SQL statement: tracing off, sampled, unsampled (bench/telemetry.py)
+    python -m bench.run scrape               the time of a /metrics scrape of `nexes serve --workers 2`
+    python -m bench.run api-telemetry [--seconds S] [--rounds R] [--orders N]
+                                             the 50-order page, tracing off against on (seeds N orders if missing)
     python -m bench.run                      pages and api, seeding only when nexes_bench is missing
 
 The write-path commands (bench/write_path.py) need a seeded nexes_bench.
@@ -382,6 +386,9 @@ def main() -> None:
             "reconcile",
             "auth",
             "bulkhead",
+            "tracing",
+            "scrape",
+            "api-telemetry",
             "all",
         ],
         default="all",
@@ -415,10 +422,16 @@ def main() -> None:
         bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead"):
-        from bench import auth, bulkhead  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry"):
+        from bench import auth, bulkhead, telemetry  # they import this module's helpers
 
-        chosen = {"auth": auth.main, "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds)}
+        chosen = {
+            "auth": auth.main,
+            "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds),
+            "tracing": telemetry.bench_tracing,
+            "scrape": telemetry.bench_scrape,
+            "api-telemetry": lambda: telemetry.bench_api_telemetry(args.seconds, args.rounds, args.orders or 200_000),
+        }
         chosen[args.what]()
     else:
         peer_script()  # before a seed of 11 minutes, not after it

@@ -28,7 +28,9 @@ def _settings() -> settings_module.Settings:
         settings = settings_module.load()
     except settings_module.SettingsError as exc:
         sys.exit(f"nexes: {exc}")
-    logging.getLogger().setLevel(settings.log_level)
+    from nexes.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -57,7 +59,7 @@ def cmd_seed(args: argparse.Namespace) -> None:
                 return
     started = time.monotonic()
     try:
-        with tqdm(total=args.orders, unit="orders", unit_scale=True, desc="seed") as bar:
+        with tqdm(total=args.orders, unit="orders", unit_scale=True, desc="seed", disable=None) as bar:
             seed(
                 settings.admin_url,
                 args.orders,
@@ -240,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             loop="uvloop",
             http="httptools",
             timeout_graceful_shutdown=10,
-            log_config=logging_config(settings.log_level),
+            log_config=logging_config(settings.log_level, settings.log_format),
             access_log=settings.access_log,
         )
     finally:
@@ -305,7 +307,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     from nexes.search.reindex import ReindexBusy, reindex
 
     settings = _settings()
-    with tqdm(unit="docs", unit_scale=True, desc="reindex") as bar:
+    with tqdm(unit="docs", unit_scale=True, desc="reindex", disable=None) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = max(total, done)
@@ -604,10 +606,9 @@ TRACED_COMMANDS = frozenset({"migrate", "seed", "partitions", "archive", "import
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from nexes.observability import configure_logging
+
+    configure_logging("INFO")  # JSON until the settings are read (each command's _settings())
     args = build_parser().parse_args(argv)
     if args.command not in TRACED_COMMANDS:
         args.func(args)

@@ -14,6 +14,7 @@ comments and job messages carry it. `current_traceparent()` is what they all rea
 from __future__ import annotations
 
 import logging
+import logging.config
 import re
 import time
 import uuid
@@ -45,6 +46,8 @@ request_id_var: ContextVar[str | None] = ContextVar("nexes_request_id", default=
 # message or its stored job); `current_traceparent()` prefers the current span's.
 traceparent_var: ContextVar[str | None] = ContextVar("nexes_traceparent", default=None)
 W3C = TraceContextTextMapPropagator()
+# The Dramatiq message being processed, as (job_id, actor): set by the workers' TraceContext middleware.
+job_var: ContextVar[tuple[str, str] | None] = ContextVar("nexes_job", default=None)
 # Statements sent and time spent in the database for the current request.
 sql_stats_var: ContextVar[list[float] | None] = ContextVar("nexes_sql_stats", default=None)
 
@@ -100,8 +103,24 @@ def record_sql(seconds: float) -> None:
         stats.append(seconds)
 
 
+def log_context() -> dict[str, str]:
+    """What every log line carries besides its message: request_id, trace_id, span_id, and
+    in a job job_id and actor (each only when known)."""
+    fields: dict[str, str] = {}
+    request_id = request_id_var.get()
+    if request_id is not None:
+        fields["request_id"] = request_id
+    traceparent = current_traceparent()
+    if traceparent is not None:
+        fields["trace_id"], fields["span_id"] = traceparent[3:35], traceparent[36:52]
+    job = job_var.get()
+    if job is not None:
+        fields["job_id"], fields["actor"] = job
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the request id of the context that logged it."""
+    """One JSON object per line: ts, level, logger, msg and the context's fields (log_context)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -109,33 +128,63 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            **log_context(),
         }
-        request_id = request_id_var.get()
-        if request_id is not None:
-            entry["request_id"] = request_id
-        traceparent = current_traceparent()
-        if traceparent is not None:
-            entry["trace_id"], entry["span_id"] = traceparent[3:35], traceparent[36:52]
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """dictConfig for the process, uvicorn's loggers included."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+# ANSI colours of the console format, by level.
+COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The same records as JsonFormatter, as one readable, coloured line each (NEXES_LOG_FORMAT=console,
+    the development default): time, level, logger, message, then the request, job and trace ids dimmed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        colour = COLOURS.get(record.levelname, "")
+        fields = log_context()
+        fields.pop("span_id", None)
+        if "trace_id" in fields:
+            fields["trace_id"] = fields["trace_id"][:8]
+        context = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{stamp} {colour}{record.levelname:<7}{RESET} {DIM}{record.name}{RESET} {record.getMessage()}"
+        if context:
+            line += f"  {DIM}{context}{RESET}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def logging_config(level: str, log_format: str = "json") -> dict[str, Any]:
+    """dictConfig for the process, uvicorn's loggers included; `log_format` is json or console.
+
+    APScheduler logs two INFO lines per run of every job (the sweeps run every few
+    seconds): it logs at WARNING; the periodic actors log at INFO when they did something."""
+    handler = {"class": "logging.StreamHandler", "formatter": log_format, "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
+        "formatters": {"json": {"()": JsonFormatter}, "console": {"()": ConsoleFormatter}},
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
+            "apscheduler": {"level": "WARNING"},
         },
     }
+
+
+def configure_logging(level: str, log_format: str = "json") -> None:
+    """Once per process, at its entry point (and again once its settings are read): every
+    record through one handler on stderr, in one format."""
+    logging.config.dictConfig(logging_config(level, log_format))
 
 
 _provider: TracerProvider | None = None

@@ -7,6 +7,7 @@ keeps secrets out of reprs. No other module reads `os.environ`.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -65,6 +66,8 @@ class Settings:
     # Reconciliation checks more quarters' lines only within this many seconds of its start.
     reconcile_line_seconds: float = 40.0
     log_level: str = "INFO"
+    # json (one object per line) or console (one coloured line each); console in development.
+    log_format: Literal["json", "console"] = "json"
     max_page_size: int = 100
     count_budget_ms: int = 100
     count_cap: int = 100_000
@@ -113,6 +116,9 @@ class Settings:
     audit_retention_days: int = 400
     # /metrics and the detailed probes' listener, never the public port.
     ops_listen: str = "127.0.0.1:9464"
+    # The workers' metrics on 127.0.0.1 (0: none), and their state (the multiprocess directory).
+    worker_metrics_port: int = 0
+    worker_state_dir: str = ""
     # The HTTP edge: a whole ordinary body must arrive within body_read_seconds; an upload
     # may take as long as it keeps sending, but no gap between chunks longer than this.
     body_read_seconds: float = 10.0
@@ -230,6 +236,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             archive_after_years=int(_positive(config, "NEXES_ARCHIVE_AFTER_YEARS", 2, int)),
             reconcile_line_seconds=_positive(config, "NEXES_RECONCILE_LINE_SECONDS", 40.0, float),
             log_level=config("NEXES_LOG_LEVEL", default="INFO").upper(),
+            log_format=_log_format(config, env),
             max_page_size=int(_positive(config, "NEXES_MAX_PAGE_SIZE", 100, int)),
             count_budget_ms=int(_positive(config, "NEXES_COUNT_BUDGET", 0.1, float) * 1000),
             count_cap=int(_positive(config, "NEXES_COUNT_CAP", 100_000, int)),
@@ -264,6 +271,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             monitor_replica_urls=tuple(config("NEXES_MONITOR_REPLICA_URLS", default="").split()),
             audit_retention_days=max(1, int(_positive(config, "NEXES_AUDIT_RETENTION_DAYS", 400, int))),
             ops_listen=config("NEXES_OPS_LISTEN", default="127.0.0.1:9464"),
+            worker_metrics_port=_port(config, "NEXES_WORKER_METRICS_PORT"),
+            worker_state_dir=_worker_state_dir(config),
             body_read_seconds=max(0.1, _positive(config, "NEXES_BODY_READ_SECONDS", 10.0, float)),
             upload_idle_seconds=max(0.1, _positive(config, "NEXES_UPLOAD_IDLE_SECONDS", 60.0, float)),
             upload_max_files=max(1, int(_positive(config, "NEXES_UPLOAD_MAX_FILES", 1, int))),
@@ -307,6 +316,28 @@ def _on_off(config: Config, key: str) -> bool:
     if value not in ("on", "off"):
         raise SettingsError(f"{key}={value!r}: must be 'on' or 'off'")
     return value == "on"
+
+
+def _worker_state_dir(config: Config) -> str:
+    """NEXES_WORKER_STATE_DIR, else one per metrics port under the temporary directory."""
+    port = _port(config, "NEXES_WORKER_METRICS_PORT")
+    return config("NEXES_WORKER_STATE_DIR", default="") or os.path.join(tempfile.gettempdir(), f"nexes-worker-{port}")
+
+
+def _port(config: Config, key: str) -> int:
+    value = config(key, default="0").strip()
+    if not value.isdigit() or int(value) > 65535:
+        raise SettingsError(f"{key}={value!r}: must be a TCP port (0 turns it off)")
+    return int(value)
+
+
+def _log_format(config: Config, env: str) -> Literal["json", "console"]:
+    value = config("NEXES_LOG_FORMAT", default="console" if env == "development" else "json").strip().lower()
+    if value == "json":
+        return "json"
+    if value == "console":
+        return "console"
+    raise SettingsError(f"NEXES_LOG_FORMAT={value!r}: must be 'json' or 'console'")
 
 
 def _otel_traces_export(config: Config) -> bool:

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from nexes import observability
+from nexes.db.connect.traced import SCOPE
 from nexes.http import app as app_module
 from nexes.settings import Settings
 from tests.support.databases import wait_until_database_served
@@ -128,13 +129,53 @@ async def test_a_graphql_request_with_a_traceparent_is_a_server_span_with_sql_ch
     server = server_span(traced, "POST /graphql")
     assert server.parent is not None and f"{server.parent.span_id:016x}" == CALLER_SPAN
     assert response.headers["traceresponse"] == traceparent_of(server)
-    sql = [
-        s for s in traced if s.kind is SpanKind.CLIENT and (s.attributes or {}).get("db.system.name") == "postgresql"
-    ]
+    sql = [s for s in traced if s.kind is SpanKind.CLIENT and (s.attributes or {}).get("db.system") == "postgresql"]
     assert sql, [s.name for s in traced]
     assert all(descends_from(s, server, traced) for s in sql)
+    # Made by opentelemetry-instrumentation-psycopg, attached to the pool's connections.
+    assert {s.instrumentation_scope.name for s in sql if s.instrumentation_scope} == {SCOPE}
     orphans = [s.name for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT and s.parent is None]
     assert orphans == [], "a client span with no parent is not sampled"
+
+
+async def test_one_span_per_graphql_operation_named_after_it_with_type_cost_codes_and_roles(
+    app_client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    query = """query OrdersPage { serviceOrders(first: 3) { edges { node { sodNumber customer { name } } } }
+      nope: serviceOrder(sodNumber: "SOD-NONE-0002") { sodNumber } }"""
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
+    response = await app_client.post(
+        "/graphql", json={"query": query}, headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+    )
+    assert response.status_code == 200 and "errors" not in response.json(), response.text
+    traced = finished(spans, trace_id)
+    server = server_span(traced, "POST /graphql")
+    (operation,) = [s for s in traced if s.instrumentation_scope and s.instrumentation_scope.name == "nexes.graphql"]
+    assert operation.name == "query OrdersPage"
+    assert operation.parent is not None and server.context and operation.parent.span_id == server.context.span_id
+    attributes = dict(operation.attributes or {})
+    assert attributes["graphql.operation.type"] == "query" and attributes["graphql.operation.name"] == "OrdersPage"
+    assert attributes["nexes.graphql.cost"] == response.json()["extensions"]["cost"]["requested"] > 0
+    assert tuple(attributes["nexes.viewer.roles"]) == ("admin",)
+    assert "nexes.graphql.error_codes" not in attributes
+    sql = [s for s in traced if (s.attributes or {}).get("db.system") == "postgresql"]
+    # Related rows per batch: the page and its customers, not one statement per order.
+    assert 1 <= len(sql) <= 3 and all(s.parent and s.parent.span_id == operation.context.span_id for s in sql)  # type: ignore[union-attr]
+
+    refused = await app_client.post(
+        "/graphql", json={"query": "{ nosuchField }"}, headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+    )
+    assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    (failed,) = [
+        s
+        for s in finished(spans, trace_id)
+        if s.instrumentation_scope
+        and s.instrumentation_scope.name == "nexes.graphql"
+        and s is not operation
+        and s.name != "query OrdersPage"
+    ]
+    assert failed.name == "query"  # anonymous
+    assert tuple((failed.attributes or {})["nexes.graphql.error_codes"]) == ("BAD_USER_INPUT",)
 
 
 async def test_a_requests_log_lines_and_sql_comment_carry_its_request_id_and_trace(
@@ -206,7 +247,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     app_client: httpx.AsyncClient,
     seeded: Settings,
     spans: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    json_lines: Lines,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import nexes.jobs.runtime
@@ -231,11 +272,15 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
         row = conn.execute("SELECT trace_context, request_id FROM import_job WHERE id = %s", [job_id]).fetchone()
     assert row == ({"traceparent": sender}, "trace-import-1")
     (message,) = [m for m in queued("imports", "run_import") if m["args"] == [job_id]]
-    assert message["options"]["nexes_traceparent"] == sender
+    (send,) = [s for s in finished(spans, TRACE_ID) if s.kind is SpanKind.PRODUCER and s.name == "run_import send"]
+    assert send.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{send.parent.span_id:016x}-01"
+    assert message["options"]["nexes_traceparent"] == traceparent_of(send)
     assert message["options"]["nexes_request_id"] == "trace-import-1"
 
     monkeypatch.setattr(nexes.jobs.runtime, "settings", seeded)  # the actor reads its settings from there
-    caplog.set_level(logging.INFO)
+    jobs_logger = logging.getLogger("nexes.jobs")
+    jobs_logger.addHandler(json_lines)
+    jobs_logger.setLevel(logging.INFO)
     worker = dramatiq.Worker(broker, queues={"imports"}, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
@@ -243,15 +288,20 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     finally:
         worker.stop()
         close_worker_pools()
+        jobs_logger.removeHandler(json_lines)
+        jobs_logger.setLevel(logging.NOTSET)
     assert status == "SUCCEEDED"
 
     traced = finished(spans, TRACE_ID)
     (consumer,) = [s for s in traced if s.kind is SpanKind.CONSUMER and s.name == "run_import process"]
-    assert consumer.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
+    assert consumer.parent is not None and traceparent_of(send) == f"00-{TRACE_ID}-{consumer.parent.span_id:016x}-01"
     worker_sql = [s for s in traced if s.kind is SpanKind.CLIENT and descends_from(s, consumer, traced)]
     assert len(worker_sql) >= 3 and "COPY" in {s.name for s in worker_sql}, [s.name for s in traced]
-    running = [r.getMessage() for r in caplog.records if f"import {job_id}: running" in r.getMessage()]
-    assert running and f"[request_id=trace-import-1 traceparent={traceparent_of(consumer)}]" in running[0]
+    (running, *_) = [entry for entry in json_lines.lines if entry["msg"].startswith(f"import {job_id}: running")]
+    assert consumer.context is not None
+    assert (running["request_id"], running["trace_id"]) == ("trace-import-1", TRACE_ID)
+    assert running["span_id"] == f"{consumer.context.span_id:016x}"
+    assert running["actor"] == "run_import" and running["job_id"] == message["message_id"]
     # The search sync the worker asks for afterwards continues the same trace.
     syncs = queued(sync_search.queue_name, "sync_search")
     assert any(m["options"].get("nexes_traceparent", "").startswith(f"00-{TRACE_ID}-") for m in syncs)

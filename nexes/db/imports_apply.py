@@ -357,11 +357,11 @@ class StagedRowsLost(RuntimeError):
     does a failover: a promoted replica has none): the job must stage again."""
 
 
-def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
     """Apply one chunk of orders (SOD numbers in (after, upto]) in the caller's
     transaction, first part: the checks and the chunk's own rows (orders, lines,
     movements), nothing another chunk of the same job waits for, so chunks can run
-    this part side by side. run_chunk_hot finishes the chunk."""
+    this part side by side. run_chunk_hot finishes the chunk. Returns the chunk's rows."""
     rows = conn.execute(CHUNK[0], params).rowcount
     if rows < 1:
         # NEXT_UPTO saw at least one row in (after, upto]: none now means the staged
@@ -370,6 +370,7 @@ def run_chunk_cold(conn: psycopg.Connection[Any], params: dict[str, Any]) -> Non
     for statement in CHUNK[1:]:
         conn.execute(statement, params if "%(" in statement else None)
     conn.execute(order_write.APPLY_COLD_SCRIPT)
+    return rows
 
 
 def run_chunk_hot(conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:

@@ -101,7 +101,7 @@ class Pipeline:
         document = self._parsed(query)
         if isinstance(document, GraphQLError):
             return ExecutionResult(data=None, errors=[document])
-        operation = _operation(document, operation_name)
+        operation = context.operation = _operation(document, operation_name)
         if queries_only and operation.operation is not OperationType.QUERY:
             raise OperationNotAllowed
         errors = self._validation_errors(query)

@@ -7,6 +7,7 @@ import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -33,6 +34,8 @@ from nexes.http import exports, graphql, headers, health, uploads
 from nexes.http.admission import AdmissionMiddleware
 from nexes.http.auth import Authenticator, AuthMiddleware
 from nexes.http.errors import error_payload, media_type_of, send_json
+from nexes.http.opscheck import OpsCheck
+from nexes.metrics import HTTP_REQUESTS, record_pools
 from nexes.observability import (
     configure_tracing,
     extract_traceparent,
@@ -95,6 +98,7 @@ class RequestContextMiddleware:
             nonlocal responded
             if message["type"] == "http.response.start":
                 responded = True
+                count_response(scope["path"], message["status"])
                 db_ms = sum(stats) * 1000
                 total_ms = (time.perf_counter() - started) * 1000
                 timing = f'db;dur={db_ms:.2f};desc="{len(stats)} statements", app;dur={total_ms:.2f}'
@@ -153,6 +157,19 @@ class RequestContextMiddleware:
             return message
 
         return guarded
+
+
+_counters: dict[tuple[str, int], Any] = {}
+
+
+def count_response(path: str, status: int) -> None:
+    """One more answer of `status` on the route of `path` (any other path is `other`: no
+    label per path a client makes up)."""
+    key = (path if path in ROUTES else "other", status)
+    counter = _counters.get(key)
+    if counter is None:
+        counter = _counters[key] = HTTP_REQUESTS.labels(key[0], str(status))
+    counter.inc()
 
 
 def _has_body(scope: Scope, request_headers: dict[bytes, bytes]) -> bool:
@@ -313,7 +330,7 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
             Route(health.PATH, health.health),
             Route(health.DETAIL_PATH, health.health_detail),
             Route(health.LIVE_PATH, health.health_live),
-            Route("/api/exports/service-orders.csv", exports.service_orders_csv),
+            Route(EXPORT_PATH, exports.service_orders_csv),
             # No /metrics here: `nexes serve` serves it on NEXES_OPS_LISTEN only (nexes/metrics.py).
         ],
         lifespan=lifespan,
@@ -325,6 +342,8 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     # Health reads the monitor's last round; Redis and search are probed in the same round.
     monitor.add_check(health.RedisCheck(settings))
     monitor.add_check(SearchCheck(settings, app.state.router, timeout=settings.typesense_timeout))
+    monitor.add_check(OpsCheck(app.state.router, timeout=settings.replica_probe_timeout * 3))
+    monitor.add_tick(lambda: record_pools(pools.all()))  # the pool gauges of /metrics, each round
     app.state.analyst_router = AnalystRouter(app.state.router)
     app.state.cursors = CursorCodec(str(settings.cursor_secret).encode())
     app.state.limiter = limiter
@@ -353,6 +372,8 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     return app
 
 
+EXPORT_PATH = "/api/exports/service-orders.csv"
+ROUTES = frozenset({graphql.PATH, IMPORTS_PATH, health.PATH, health.DETAIL_PATH, health.LIVE_PATH, EXPORT_PATH})
 # Probes and scrapes every few seconds: not worth a trace each.
 UNTRACED_PATHS = frozenset({health.PATH, health.DETAIL_PATH, health.LIVE_PATH})
 HTTP_TRACER = trace.get_tracer("nexes.http")

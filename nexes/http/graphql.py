@@ -45,6 +45,7 @@ from nexes.http.errors import (
     retry_headers,
     send_json,
 )
+from nexes.http.operations import Operation
 from nexes.http.uploads import graphql_multipart, is_multipart
 from nexes.observability import request_id_var
 from nexes.resolvers.context import Context
@@ -110,6 +111,19 @@ def _loads(raw: bytes, what: str) -> Any:
 async def execute(
     app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str = "", media_type: str = JSON
 ) -> tuple[Payload, int]:
+    """`answer`, as one operation's span and metrics (nexes.http.operations)."""
+    operation = Operation()
+    payload: Payload | None = None
+    try:
+        payload, status = await answer(app, gql, viewer, min_lsn, media_type, operation=operation)
+    finally:
+        operation.finish(payload, gql.operation_name)
+    return payload, status
+
+
+async def answer(
+    app: Any, gql: GraphQLRequest, viewer: Viewer, min_lsn: str, media_type: str, *, operation: Operation
+) -> tuple[Payload, int]:
     """The payload and HTTP status of a parsed request, run with the app's state; the
     status as GraphQL over HTTP gives it under `media_type` (nexes.http.errors.response_status).
 
@@ -129,7 +143,7 @@ async def execute(
             return error_result(bad_input(f"{headers.MIN_LSN.name} must be a WAL position like 16/B374D848"))
     token = consistency_var.set(consistency)
     try:
-        payload, status = await _run(app, gql, viewer, media_type)
+        payload, status = await _run(app, gql, viewer, media_type, operation)
     finally:
         consistency_var.reset(token)
     if consistency.lsn is not None:
@@ -137,8 +151,10 @@ async def execute(
     return payload, status
 
 
-async def _run(app: Any, gql: GraphQLRequest, viewer: Viewer, media_type: str) -> tuple[Payload, int]:
-    context = Context(
+async def _run(
+    app: Any, gql: GraphQLRequest, viewer: Viewer, media_type: str, operation: Operation
+) -> tuple[Payload, int]:
+    context = operation.context = Context(
         request_id=request_id_var.get() or "",
         settings=app.settings,
         # An analyst's reads run under the analyst role on the analyst pools, always.

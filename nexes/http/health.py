@@ -14,8 +14,10 @@ per server, its Redis client and its HTTP client do all the probing, in the back
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +27,7 @@ from nexes.db.connect import probes
 from nexes.db.connect.monitor import ReplicaMonitor
 from nexes.db.connect.probes import ProbeError
 from nexes.http.errors import json_response
+from nexes.metrics import WORKER_POOLS_KEY
 from nexes.settings import Settings
 
 LIVE_PATH = "/api/health/live"
@@ -64,12 +67,39 @@ class RedisCheck:
     async def probe(self) -> dict[str, Any]:
         try:
             await self._client.ping()
+            workers = await self._worker_pools()
         except (aioredis.RedisError, OSError) as exc:
             return {"reachable": False, "error": classify_redis(exc).as_dict()}
-        return {"reachable": True}
+        return {"reachable": True, "worker_pools": workers}
+
+    async def _worker_pools(self) -> list[dict[str, Any]]:
+        """The pools each worker process last reported (nexes.jobs.metrics), at most MAX_WORKERS;
+        a report expires in Redis half a minute after its process stopped reporting."""
+        keys = []
+        async for key in self._client.scan_iter(match=WORKER_POOLS_KEY + "*", count=100):
+            keys.append(key)
+            if len(keys) == MAX_WORKERS:
+                break
+        reports = await self._client.mget(keys) if keys else []
+        out = []
+        for key, raw in zip(keys, reports, strict=True):
+            if raw is not None:
+                report = orjson.loads(raw)
+                worker = key.decode().removeprefix(WORKER_POOLS_KEY)
+                out.append({"worker": worker, "reported_at": report["at"], "pools": report["pools"]})
+        return sorted(out, key=lambda r: r["worker"])
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+MAX_WORKERS = 200  # worker processes whose pools /api/health/detail shows
+
+
+def _aged(report: dict[str, Any]) -> dict[str, Any]:
+    """A worker's pool report with its age in seconds (as the worker last reported it)."""
+    age = round(max(0.0, time.time() - report["reported_at"]), 1)
+    return {"worker": report["worker"], "pools": report["pools"], "age_seconds": age}
 
 
 def _status(monitor: ReplicaMonitor) -> tuple[str, dict[str, Any], list[dict[str, Any]], str | None]:
@@ -99,13 +129,15 @@ async def health_detail(request: Request) -> Response:
     monitor: ReplicaMonitor = app.monitor
     status, primary, replicas, schema = _status(monitor)
     search = monitor.check_report("search")
+    redis = monitor.check_report(RedisCheck.name)
     body = {
         "status": status,
         **({"schema": schema} if schema else {}),
         "primary": primary,
         "replicas": replicas,
         "pools": app.pools.stats(),
-        "redis": monitor.check_report(RedisCheck.name),
+        "worker_pools": [_aged(report) for report in redis.pop("worker_pools", [])],
+        "redis": redis,
         "typesense": {k: search[k] for k in ("reachable", "error", "checked_ago_seconds") if k in search},
         "search": {k: v for k, v in search.items() if k not in ("reachable", "checked_ago_seconds")},
     }

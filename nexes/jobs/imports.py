@@ -23,7 +23,6 @@ def run_import(job_id: int) -> None:
     """Run (or resume) import job `job_id`; a no-op when another worker holds its lease."""
     from nexes.jobs.imports_runner import run
 
-    runtime.tag_worker_logs()
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
     run(

@@ -33,6 +33,7 @@ from nexes.db.connect.worker import worker_pool
 from nexes.db.imports import upload_chunks
 from nexes.errors import Code
 from nexes.imports import parse as importfile
+from nexes.jobs.metrics import IMPORT_ROWS
 from nexes.jobs.search import request_sync
 from nexes.observability import request_id_var, traceparent_var
 from nexes.settings import Settings
@@ -308,7 +309,7 @@ def _chunk(
     try:
         with pool.connection() as conn:
             with conn.transaction() as tx:
-                sql.run_chunk_cold(conn, params)
+                rows = sql.run_chunk_cold(conn, params)
                 while previous is not None and not previous.settled.wait(0.02):
                     if pipeline.halt.is_set():
                         raise _Aborted
@@ -322,6 +323,7 @@ def _chunk(
             if pipeline.cancelled.is_set():
                 return True  # rolled back
             link.committed = True
+            IMPORT_ROWS.labels("applied").inc(rows)
             if cancel:
                 pipeline.cancelled.set()
     finally:

@@ -14,6 +14,7 @@ import psycopg
 
 from nexes.db import audit, imports_apply, partitions
 from nexes.db.connect.worker import worker_pool
+from nexes.jobs.metrics import RECONCILE_DRIFT
 from nexes.jobs.runtime import DDL_QUEUE, settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,14 @@ def reconcile_stats() -> None:
         line_seconds=settings.reconcile_line_seconds,
     )
     corrections = report.stat_corrections + report.customer_stat_corrections + report.customer_cum_corrections
+    for check, corrected, count in (
+        ("dashboard_stat", "true", report.stat_corrections),
+        ("customer_stat", "true", report.customer_stat_corrections + report.customer_cum_corrections),
+        ("on_hand", "false", report.on_hand_mismatches),
+        ("negative_stock", "false", report.negative_items),
+        ("lines", "false", report.line_mismatches),
+    ):
+        RECONCILE_DRIFT.labels(check, corrected).inc(count)
     if corrections:  # the corrections are committed slice by slice; this row says they were made
         with worker_pool(settings).connection() as conn:
             changes = {"runId": str(report.run_id), "corrections": corrections}

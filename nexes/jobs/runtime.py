@@ -8,8 +8,8 @@ once, from the environment.
 
 from __future__ import annotations
 
-import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -21,10 +21,14 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nexes import settings as settings_module
+from nexes.jobs.metrics import WorkerMetrics
 from nexes.observability import (
+    configure_logging,
     configure_tracing,
     current_traceparent,
     extract_traceparent,
+    format_traceparent,
+    job_var,
     request_id_var,
     valid_request_id,
 )
@@ -32,32 +36,6 @@ from nexes.observability import (
 settings = settings_module.load()
 configure_tracing(settings, "nexes-worker")  # a no-op in a process that configured it already (the API)
 tracer = trace.get_tracer(__name__)
-
-
-def tag_worker_logs() -> None:
-    """Every log record of a worker process carries the request id (and trace) of the
-    job it serves. Dramatiq owns the worker processes' handlers and format (children
-    pipe their records to the parent), so the tag goes into the record itself. Called
-    by the actors (worker processes only; the API's JSON logs carry the ids already)."""
-    global _tagging
-    if _tagging:
-        return
-    _tagging = True
-    make_record = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        request_id, traceparent = request_id_var.get(), current_traceparent()
-        if request_id or traceparent:
-            record.request_id = request_id
-            record.msg = record.getMessage() + f" [request_id={request_id or '-'} traceparent={traceparent or '-'}]"
-            record.args = None
-        return record
-
-    logging.setLogRecordFactory(factory)
-
-
-_tagging = False
 
 
 class TraceContext(dramatiq.Middleware):
@@ -68,16 +46,48 @@ class TraceContext(dramatiq.Middleware):
 
     def __init__(self) -> None:
         self._running = threading.local()  # before/after process_message run on one worker thread
+        self._sending = threading.local()  # so do before/after enqueue, on the sending thread
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        tag_worker_logs()
+        # In each worker process: Dramatiq's child logs text into a pipe its parent copies to
+        # stderr; the same pipe now gets the JSON lines (or the console format), with the
+        # job's ids in each (nexes.observability.log_context).
+        configure_logging(settings.log_level, settings.log_format)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         # setdefault: a retry keeps the trace of the original send
         if request_id := request_id_var.get():
             message.options.setdefault("nexes_request_id", request_id)
-        if traceparent := current_traceparent():
-            message.options.setdefault("nexes_traceparent", traceparent)
+        if "nexes_traceparent" in message.options:
+            return
+        # The send is a producer span, current while Redis takes the message; the message
+        # carries it, so the worker's consumer span hangs under it (API -> enqueue -> worker).
+        self._end_send(None)  # the previous send on this thread never reached after_enqueue: it failed
+        span = tracer.start_span(
+            f"{message.actor_name} send",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "dramatiq",
+                "messaging.destination.name": message.queue_name,
+                "messaging.message.id": message.message_id,
+            },
+        )
+        self._sending.span = span
+        span_context = span.get_span_context()
+        traceparent = format_traceparent(span_context) if span_context.is_valid else current_traceparent()
+        if traceparent:
+            message.options["nexes_traceparent"] = traceparent
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        self._end_send(message)
+
+    def _end_send(self, sent: dramatiq.Message[Any] | None) -> None:
+        span, self._sending.span = getattr(self._sending, "span", None), None
+        if span is None:
+            return
+        if sent is None:
+            span.set_status(Status(StatusCode.ERROR, "not enqueued"))
+        span.end()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         parent = extract_traceparent(message.options.get("nexes_traceparent"))
@@ -93,7 +103,8 @@ class TraceContext(dramatiq.Middleware):
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         request_token = request_id_var.set(valid_request_id(message.options.get("nexes_request_id")))
-        self._running.state = (span, token, request_token)
+        job_token = job_var.set((message.message_id, message.actor_name))
+        self._running.state = (span, token, request_token, job_token)
 
     def after_process_message(
         self,
@@ -106,13 +117,14 @@ class TraceContext(dramatiq.Middleware):
         state, self._running.state = getattr(self._running, "state", None), None
         if state is None:
             return
-        span, token, request_token = state
+        span, token, request_token, job_token = state
         if exception is not None:
             span.record_exception(exception)
             span.set_status(Status(StatusCode.ERROR, type(exception).__name__))
         span.end()
         otel_context.detach(token)
         request_id_var.reset(request_token)
+        job_var.reset(job_token)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self.after_process_message(broker, message)
@@ -159,4 +171,6 @@ def make_broker(redis_url: str, timeout: float) -> RedisBroker:
 
 
 broker = make_broker(settings.redis_url, settings.redis_timeout)
+if settings.worker_metrics_port:  # only worker processes boot: elsewhere it stays idle
+    broker.add_middleware(WorkerMetrics(settings.worker_metrics_port, Path(settings.worker_state_dir), broker.client))
 dramatiq.set_broker(broker)

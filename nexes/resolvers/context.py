@@ -27,6 +27,8 @@ class Context:
     # operation's price once the pipeline computed it (nexes.execution.cost.CostReport).
     limiter: Any = None
     cost: Any = None
+    # The operation being run (graphql's OperationDefinitionNode), once the pipeline chose it.
+    operation: Any = None
 
     @cached_property
     def loaders(self) -> Loaders:

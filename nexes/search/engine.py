@@ -31,7 +31,7 @@ from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError, bad_input
 from nexes.search import collection
 from nexes.search.client import async_client
-from nexes.search.metrics import BUSY, SEARCHES
+from nexes.search.metrics import BUSY, SEARCHES, TYPESENSE_LATENCY
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,8 @@ class SearchService:
         return typesense_found(await self._documents(params), query, skip, expansions)
 
     async def _documents(self, params: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
+        with TYPESENSE_LATENCY.time():
+            answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
         return answer
 
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:

@@ -72,6 +72,7 @@ class SearchCheck:
             report["error"] = classify_http(exc).as_dict()
         try:  # the breaker's state lives in Redis
             report["breaker"] = await asyncio.wait_for(service_for(self.settings).breaker_state(), self.timeout)
+            metrics.BREAKER_OPEN.set(1 if report["breaker"] == "opened" else 0)
         except Exception as exc:
             report.update(breaker=None, breaker_error=(probes.classify_wrapped(exc) or probes.UNEXPECTED).as_dict())
         try:

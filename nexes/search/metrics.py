@@ -4,9 +4,16 @@ without a worker's help and a scrape costs the database nothing."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-SEARCHES = Counter("nexes_search_requests", "Searches answered, by engine.", ["engine"])
+from nexes.metrics import LATENCY_BUCKETS
+
+SEARCHES = Counter(
+    "nexes_search_requests", "Searches answered, by engine (typesense, or postgres: the fallback).", ["engine"]
+)
+TYPESENSE_LATENCY = Histogram(
+    "nexes_typesense_request_duration_seconds", "Typesense searches, with their latency.", buckets=LATENCY_BUCKETS
+)
 BUSY = Counter("nexes_search_refused", "Searches refused because every slot was taken, by bulkhead.", ["bulkhead"])
 
 
@@ -19,4 +26,9 @@ SYNC_LAG = Gauge(
 )
 OUTBOX_PENDING = Gauge(
     "nexes_search_outbox_pending", "Search outbox rows not yet synced.", multiprocess_mode="mostrecent"
+)
+BREAKER_OPEN = Gauge(
+    "nexes_search_breaker_open",
+    "1 while the Typesense circuit breaker is open (searches go to PostgreSQL), else 0.",
+    multiprocess_mode="mostrecent",
 )

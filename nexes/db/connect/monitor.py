@@ -179,6 +179,7 @@ class ReplicaMonitor:
         self.status = [ReplicaStatus(f"replica-{i}") for i in range(len(replica_probe_urls))]
         self.primary_lsn: int | None = None
         self.checks: list[Check] = []
+        self.ticks: list[Callable[[], None]] = []
         self.results: dict[str, CheckResult] = {}
         self._servers_round = asyncio.Lock()
         self._checks_round = asyncio.Lock()
@@ -240,6 +241,12 @@ class ReplicaMonitor:
     async def probe_servers(self) -> None:
         async with self._servers_round:
             await self._probe_servers()
+        for tick in self.ticks:
+            tick()
+
+    def add_tick(self, tick: Callable[[], None]) -> None:
+        """Call `tick` after every round of the servers (gauges written from the process's state)."""
+        self.ticks.append(tick)
 
     async def probe_checks(self) -> None:
         """The checks, on a loop of their own: a slow one never delays the servers' verdicts

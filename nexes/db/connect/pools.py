@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.tagged import TaggedCursor
+from nexes.db.connect.traced import trace_connection
 from nexes.settings import Settings
 
 
@@ -31,6 +32,7 @@ def make_pool(
         name=name,
         open=False,
         kwargs=kwargs,
+        configure=trace_connection,  # SQL spans (nexes.db.connect.traced)
         connection_class=AsyncConnection,
         reconnect_timeout=60,
     )

@@ -8,12 +8,11 @@ request id in the text before conversion, every statement would be a miss.
 Every way a statement leaves this cursor (execute, executemany, stream, copy)
 goes through `_convert_query`, so none escapes the tag.
 
-When tracing is on, `execute` and `copy` are client spans, current while psycopg
-converts the statement, so the comment's traceparent names the statement's own span.
-Hand-made rather than opentelemetry-instrumentation-psycopg, which does work with these
-cursors: it leaves COPY untraced (import staging, order writes, exports), patches
-`psycopg.connect` process-wide, and its span cost 36 us of CPU (10 unsampled) against
-27 (7) here.
+SQL spans are opentelemetry-instrumentation-psycopg's, attached per connection by the
+pools (nexes.db.connect.traced). COPY is the exception: the instrumentor does not wrap
+`copy`, so the cursors below make COPY's client span themselves (import staging, order
+writes, exports), current while psycopg converts the statement, as the instrumentor's
+spans are for every other statement.
 """
 
 from __future__ import annotations
@@ -40,7 +39,10 @@ _UNTRACED = nullcontext()
 
 
 class TaggedQuery(PostgresQuery):
-    """A converted query with the request's comment in front (unchanged outside a request)."""
+    """A converted query with the request's comment in front (unchanged outside a request).
+
+    A subclass of psycopg's (private) query class, named by the cursors' `_query_cls`:
+    psycopg has no public hook between converting a query and sending it."""
 
     def convert(self, query: Query, vars: Params | None) -> None:
         super().convert(query, vars)
@@ -49,8 +51,8 @@ class TaggedQuery(PostgresQuery):
             self.query = comment.encode() + self.query
 
 
-class SqlSpan:
-    """A client span for one statement, current while it runs (a plain class: a generator-based
+class CopySpan:
+    """The client span of one COPY, current while it runs (a plain class: a generator-based
     context manager costs more than the span's attributes)."""
 
     __slots__ = ("span", "token")
@@ -62,12 +64,13 @@ class SqlSpan:
             if text is None:
                 text = _text(query, cursor)
                 self.span.update_name(_operation(text))
-            self.span.set_attributes({"db.system.name": "postgresql", "db.namespace": cursor.connection.info.dbname})
+            # The attribute names the instrumentor writes (its default semantic conventions).
+            self.span.set_attributes({"db.system": "postgresql", "db.name": cursor.connection.info.dbname})
             if text is not None:
-                self.span.set_attribute("db.query.text", text)
+                self.span.set_attribute("db.statement", text)
         self.token = otel_context.attach(trace.set_span_in_context(self.span))
 
-    def __enter__(self) -> SqlSpan:
+    def __enter__(self) -> CopySpan:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -78,12 +81,12 @@ class SqlSpan:
         self.span.end()
 
 
-def sql_span(query: Query, cursor: Any) -> SqlSpan | nullcontext[None]:
-    """The statement's span; none when tracing is off, or outside any request or job (the
-    replica probe each second, a lease heartbeat: not traces of their own)."""
+def copy_span(query: Query, cursor: Any) -> CopySpan | nullcontext[None]:
+    """A COPY's span (hand-made: the psycopg instrumentor does not trace `copy`); none when
+    tracing is off, or outside any request or job."""
     if not tracing_enabled() or not trace.get_current_span().get_span_context().is_valid:
         return _UNTRACED
-    return SqlSpan(query, cursor)
+    return CopySpan(query, cursor)
 
 
 def _text(query: Query, cursor: Any) -> str | None:
@@ -101,16 +104,15 @@ def _operation(text: str | None) -> str:
 
 
 class TaggedCursor(AsyncCursor[Row]):
-    """Adds the request comment and records each statement's time for Server-Timing."""
+    """Adds the request comment, records each statement's time for Server-Timing, traces COPY."""
 
     _query_cls = TaggedQuery
 
     async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            with sql_span(query, self):
-                # Any: this one signature stands for both of psycopg's overloads (with a Template, or not).
-                return await super().execute(cast(Any, query), params, **kwargs)
+            # Any: this one signature stands for both of psycopg's overloads (with a Template, or not).
+            return await super().execute(cast(Any, query), params, **kwargs)
         finally:
             record_sql(time.perf_counter() - started)
 
@@ -122,24 +124,20 @@ class TaggedCursor(AsyncCursor[Row]):
     @asynccontextmanager
     async def copy(self, statement: Query, params: Params | None = None, **kwargs: Any) -> AsyncIterator[AsyncCopy]:
         record_sql(0.0)
-        with sql_span(statement, self):
+        with copy_span(statement, self):
             async with super().copy(statement, params, **kwargs) as copy:
                 yield copy
 
 
 class SyncTaggedCursor(Cursor[Row]):
-    """The same tag and spans for the workers' blocking connections (the request id of the job)."""
+    """The same tag and COPY spans for the workers' blocking connections (the request id of the job)."""
 
     _query_cls = TaggedQuery
 
-    def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
-        with sql_span(query, self):
-            return super().execute(cast(Any, query), params, **kwargs)
-
     @contextmanager
     def copy(self, statement: Query, params: Params | None = None, **kwargs: Any) -> Iterator[Copy]:
-        with sql_span(statement, self), super().copy(statement, params, **kwargs) as copy:
+        with copy_span(statement, self), super().copy(statement, params, **kwargs) as copy:
             yield copy
 
 
-__all__ = ["AsyncCopy", "SyncTaggedCursor", "TaggedCursor", "TaggedQuery", "sql_span"]
+__all__ = ["AsyncCopy", "SyncTaggedCursor", "TaggedCursor", "TaggedQuery", "copy_span"]

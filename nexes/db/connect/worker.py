@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from nexes.db.connect.conninfo import for_role
 from nexes.db.connect.tagged import SyncTaggedCursor
+from nexes.db.connect.traced import trace_sync_connection
 from nexes.settings import Settings
 
 _pools: dict[str, ConnectionPool] = {}
@@ -32,9 +33,16 @@ def worker_pool(settings: Settings) -> ConnectionPool:
                 timeout=30,
                 name="worker-primary",
                 kwargs={"prepare_threshold": None, "autocommit": True, "cursor_factory": SyncTaggedCursor},
+                configure=trace_sync_connection,  # SQL spans (nexes.db.connect.traced)
                 open=True,
             )
         return pool
+
+
+def open_pools() -> list[ConnectionPool]:
+    """This process's open worker pools (their gauges and health reports)."""
+    with _lock:
+        return [pool for pool in _pools.values() if not pool.closed]
 
 
 def close_worker_pools() -> None:
