@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test test-dates lint check-packaging bench lock seed migrate
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills lint check-packaging bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -62,7 +62,26 @@ run: up
 
 test: venv
 	$(STACK) up
-	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest
+	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest --ignore=tests/cluster
+
+# More than one of each (issue 20): a stack of its own, two replicas, three Typesense
+# nodes and a private RabbitMQ, state in NEXES_CLUSTER_STACK_DIR (default /tmp/nexes-cluster-
+# <hash of the checkout>), ports from NEXES_CLUSTER_PORT_BASE (default 16430, apart from the
+# default stack's). `make down`/`reset` do not touch it: `export` the two and run infra/stack.
+CLUSTER := NEXES_STACK_DIR="$${NEXES_CLUSTER_STACK_DIR:-/tmp/nexes-cluster-$$(printf %s "$(CURDIR)" | sha256sum | cut -c1-10)}" \
+	NEXES_STACK_PORT_BASE="$${NEXES_CLUSTER_PORT_BASE:-16430}" \
+	NEXES_STACK_REPLICAS=2 NEXES_STACK_TYPESENSE_NODES=3 NEXES_STACK_BROKER=rabbitmq
+
+# tests/cluster against that stack: replicas and switchovers, Typesense node failures,
+# both brokers. Not part of `make test` (CI runs it as a step of its own).
+test-cluster: venv
+	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster
+
+# The broker tests against RabbitMQ: tests/cluster/test_brokers.py (each on both brokers),
+# and the end-to-end imports with NEXES_BROKER_URL on RabbitMQ.
+test-rabbitmq: venv
+	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster/test_brokers.py \
+	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/test_import_e2e.py
 
 # The date-sensitive tests on other days of the year, PostgreSQL under libfaketime
 # (infra/test-dates); a stack of its own per day. Not part of `make test`.
