@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills lint check-packaging bench lock seed migrate
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling lint check-packaging bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -87,6 +87,28 @@ test-rabbitmq: venv
 # (infra/test-dates); a stack of its own per day. Not part of `make test`.
 test-dates: venv
 	infra/test-dates
+
+# Issue 20's failure drills (bench/drills.py, figures in bench/README.md): each on a stack
+# with only the parts its fault needs, at 1M orders (DRILL_ORDERS), state in
+# NEXES_DRILL_STACK_DIR-pg / -ts (default /tmp/nexes-drill-<hash>), ports from
+# NEXES_DRILL_PORT_BASE (default 16470). The Typesense drill runs with one replica and
+# three Typesense nodes; the others with two replicas and one node. One stack at a time.
+DRILL_ORDERS ?= 1000000
+DRILL_ARGS ?=
+DRILL_STACK = NEXES_STACK_DIR="$${NEXES_DRILL_STACK_DIR:-/tmp/nexes-drill-$$(printf %s "$(CURDIR)" | sha256sum | cut -c1-10)}-$(1)" \
+	NEXES_STACK_PORT_BASE="$${NEXES_DRILL_PORT_BASE:-16470}"
+DRILL_PG = $(call DRILL_STACK,pg) NEXES_STACK_REPLICAS=2 NEXES_STACK_TYPESENSE_NODES=1
+DRILL_TS = $(call DRILL_STACK,ts) NEXES_STACK_REPLICAS=1 NEXES_STACK_TYPESENSE_NODES=3
+
+drill-typesense: venv
+	export $(DRILL_PG) && $(STACK) down
+	export $(DRILL_TS) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.drills typesense --orders $(DRILL_ORDERS) $(DRILL_ARGS)
+
+drill-replica drill-switchover drill-api-kill drill-rolling: drill-%: venv
+	export $(DRILL_TS) && $(STACK) down
+	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.drills $* --orders $(DRILL_ORDERS) $(DRILL_ARGS)
+
+drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense
 
 lint: venv
 	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates

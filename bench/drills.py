@@ -1,7 +1,7 @@
 """Issue 20's failure drills: a fault under a steady load, with the figures read back.
 
     python -m bench.drills DRILL [--orders 1000000] [--seconds 90] [--fault-at 30]
-                                 [--clients N] [--share 0.7] [--port 18070]
+                                 [--clients N] [--share 0.7] [--port 18070] [--ops-port 19474]
 
 DRILL is one of:
     typesense   SIGKILL the Typesense leader of a 3-node cluster, start it again
@@ -59,7 +59,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
 STACK = str(ROOT / "infra" / "stack")
 DB = "nexes_drill"
-OPS_LISTEN = "127.0.0.1:19474"
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 PAGE = "edges { node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { endCursor }"
 FIRST = "query { serviceOrders(first: 50) { " + PAGE + " } }"
@@ -73,6 +72,9 @@ CREATE = (
 WORDS = ("boiler", "generator", "elevator", "ventilation", "warehouse", "kitchen", "inspection")
 READS = (("first_page", 0.2), ("next_page", 0.5), ("node", 0.8), ("search", 1.0))
 MIN_AVAILABLE_MIB = 2048
+
+
+ops_listen = "127.0.0.1:19474"  # where `nexes serve` serves /metrics (--ops-port)
 
 
 def report(**figures: object) -> None:
@@ -101,17 +103,16 @@ def superuser(url: str, db: str = "postgres") -> str:
     return make_conninfo("", **params)
 
 
-def ensure_database(orders: int, search: bool) -> None:
-    """nexes_drill, migrated and seeded with `orders` once; its search index rebuilt."""
+def ensure_database(orders: int) -> None:
+    """nexes_drill, migrated and seeded with `orders` once; its search index rebuilt (the
+    mix searches, and the fallback is no place to measure a drill from)."""
     env = drill_env()
     with psycopg.connect(superuser(os.environ["NEXES_ADMIN_URL"]), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone():
+        created = not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
+        if created:
             conn.execute(f"CREATE DATABASE {DB} OWNER nexes_owner")
-    steps: list[tuple[str, list[str]]] = [
-        ("migrate", [NEXES, "migrate"]),
-        ("seed", [NEXES, "seed", "--orders", str(orders), "--if-empty"]),
-    ]
-    if search:
+    steps = [("migrate", [NEXES, "migrate"]), ("seed", [NEXES, "seed", "--orders", str(orders), "--if-empty"])]
+    if created:
         steps.append(("reindex", [NEXES, "reindex"]))
     for name, cmd in steps:
         started = time.monotonic()
@@ -152,7 +153,7 @@ def _cmdline(pid: int) -> bytes:
 @contextmanager
 def api_server(port: int, env: dict[str, str]) -> Iterator[Api]:
     """`nexes serve --workers 2` on `port`, stopped by its process group."""
-    env = {**env, "NEXES_ACCESS_LOG": "false", "NEXES_OPS_LISTEN": OPS_LISTEN}
+    env = {**env, "NEXES_ACCESS_LOG": "false", "NEXES_OPS_LISTEN": ops_listen}
     log = open(f"/tmp/drill-api-{port}.log", "wb")  # noqa: SIM115  # lives as long as the server
     cmd = [NEXES, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -181,7 +182,7 @@ def live(port: int) -> bool:
 def metrics() -> dict[str, float]:
     """The API's counters, every worker's summed (`nexes serve`'s ops listener)."""
     out: dict[str, float] = {}
-    text = httpx.get(f"http://{OPS_LISTEN}/metrics", timeout=10).text
+    text = httpx.get(f"http://{ops_listen}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.endswith("_total") and sample.name.startswith("nexes_"):
@@ -194,9 +195,16 @@ def metrics() -> dict[str, float]:
 # ---------------------------------------------------------------- the load
 
 
+class Closed(Exception):
+    """A kept-alive connection was closed before any byte of the answer came."""
+
+
 class Conn:
     """One keep-alive HTTP/1.1 connection (raw asyncio streams: httpx costs several times
-    the CPU per request, on the 2 cores the API needs)."""
+    the CPU per request, on the 2 cores the API needs). A request whose reused connection
+    turns out closed, with not a byte of answer, is sent again once on a new one, as
+    browsers and proxies do: a worker that died or restarted closes its idle connections.
+    Such retries are counted (`reconnects`), and a request that fails again is an error."""
 
     def __init__(self, port: int, auth: str) -> None:
         self.port, self.auth = port, auth.encode()
@@ -204,14 +212,22 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
+        reused = self.writer is not None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
-        self.writer.write(
-            b"POST /graphql HTTP/1.1\r\nhost: drill\r\ncontent-type: application/json\r\n"
-            b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (self.auth, len(body), body)
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        try:
+            self.writer.write(
+                b"POST /graphql HTTP/1.1\r\nhost: drill\r\ncontent-type: application/json\r\n"
+                b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (self.auth, len(body), body)
+            )
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            self.close()
+            partial = getattr(exc, "partial", b"")
+            if reused and not partial:
+                raise Closed from None
+            raise
         length = CONTENT_LENGTH.search(head)
         if length is None:
             raise RuntimeError("no content-length")
@@ -239,6 +255,7 @@ class Load:
     samples: list[tuple[float, str, float, str | None]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     engines: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
     started: float = 0.0
     _seq: int = 0
 
@@ -302,7 +319,11 @@ class Load:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(30):
-                    status, payload = await conn.post(body)
+                    try:
+                        status, payload = await conn.post(body)
+                    except Closed:
+                        self.reconnects += 1
+                        status, payload = await conn.post(body)
                 error = self.outcome(kind, status, payload, state)
             except Exception as exc:  # every failure is a counted error
                 conn.close()
@@ -486,13 +507,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--share", type=float, default=0.7)
     parser.add_argument("--port", type=int, default=18070)
+    parser.add_argument("--ops-port", type=int, default=19474)
     args = parser.parse_args()
+    global ops_listen
+    ops_listen = f"127.0.0.1:{args.ops_port}"
     import threading
 
     import uvloop
 
     preflight()
-    ensure_database(args.orders, search=args.drill == "typesense")
+    ensure_database(args.orders)
     env = drill_env()
     # Every client signs in as one user here: the per-user rate limit is raised for the run.
     env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
@@ -535,6 +559,7 @@ def main() -> None:
             **facts,
             phases=phases(load, times["fault"], times.get("recovered", times["fault"])),
             search_engines=dict(load.engines),
+            keepalive_reconnects=load.reconnects,
             longest_write_gap_s=longest_write_gap(load),
             metrics_delta={k: v - counters.get(k, 0.0) for k, v in after.items() if v != counters.get(k, 0.0)},
             invariants=invariants(env, load.acked),
