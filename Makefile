@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling lint check-packaging bench lock seed migrate
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore lint check-packaging bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -108,7 +108,13 @@ drill-replica drill-switchover drill-api-kill drill-rolling: drill-%: venv
 	export $(DRILL_TS) && $(STACK) down
 	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.drills $* --orders $(DRILL_ORDERS) $(DRILL_ARGS)
 
-drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense
+# Backup and restore (bench/restore_drill.py): base backup, WAL archived, restore to a point
+# in time, Nexes and its search index on the restored server.
+drill-restore: venv
+	export $(DRILL_TS) && $(STACK) down
+	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.restore_drill --orders $(DRILL_ORDERS)
+
+drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense drill-restore
 
 lint: venv
 	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates
