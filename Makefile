@@ -10,7 +10,7 @@ WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 
-.PHONY: venv up down run test test-dates lint check-packaging bench lock seed migrate
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore lint check-packaging bench lock seed migrate
 
 venv: $(VENV)/.installed
 
@@ -62,12 +62,59 @@ run: up
 
 test: venv
 	$(STACK) up
-	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest
+	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest --ignore=tests/cluster
+
+# More than one of each (issue 20): a stack of its own, two replicas, three Typesense
+# nodes and a private RabbitMQ, state in NEXES_CLUSTER_STACK_DIR (default /tmp/nexes-cluster-
+# <hash of the checkout>), ports from NEXES_CLUSTER_PORT_BASE (default 16430, apart from the
+# default stack's). `make down`/`reset` do not touch it: `export` the two and run infra/stack.
+CLUSTER := NEXES_STACK_DIR="$${NEXES_CLUSTER_STACK_DIR:-/tmp/nexes-cluster-$$(printf %s "$(CURDIR)" | sha256sum | cut -c1-10)}" \
+	NEXES_STACK_PORT_BASE="$${NEXES_CLUSTER_PORT_BASE:-16430}" \
+	NEXES_STACK_REPLICAS=2 NEXES_STACK_TYPESENSE_NODES=3 NEXES_STACK_BROKER=rabbitmq
+
+# tests/cluster against that stack: replicas and switchovers, Typesense node failures,
+# both brokers. Not part of `make test` (CI runs it as a step of its own).
+test-cluster: venv
+	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster
+
+# The broker tests against RabbitMQ: tests/cluster/test_brokers.py (each on both brokers),
+# and the end-to-end imports with NEXES_BROKER_URL on RabbitMQ.
+test-rabbitmq: venv
+	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster/test_brokers.py \
+	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/test_import_e2e.py
 
 # The date-sensitive tests on other days of the year, PostgreSQL under libfaketime
 # (infra/test-dates); a stack of its own per day. Not part of `make test`.
 test-dates: venv
 	infra/test-dates
+
+# Issue 20's failure drills (bench/drills.py, figures in bench/README.md): each on a stack
+# with only the parts its fault needs, at 1M orders (DRILL_ORDERS), state in
+# NEXES_DRILL_STACK_DIR-pg / -ts (default /tmp/nexes-drill-<hash>), ports from
+# NEXES_DRILL_PORT_BASE (default 16470). The Typesense drill runs with one replica and
+# three Typesense nodes; the others with two replicas and one node. One stack at a time.
+DRILL_ORDERS ?= 1000000
+DRILL_ARGS ?=
+DRILL_STACK = NEXES_STACK_DIR="$${NEXES_DRILL_STACK_DIR:-/tmp/nexes-drill-$$(printf %s "$(CURDIR)" | sha256sum | cut -c1-10)}-$(1)" \
+	NEXES_STACK_PORT_BASE="$${NEXES_DRILL_PORT_BASE:-16470}"
+DRILL_PG = $(call DRILL_STACK,pg) NEXES_STACK_REPLICAS=2 NEXES_STACK_TYPESENSE_NODES=1
+DRILL_TS = $(call DRILL_STACK,ts) NEXES_STACK_REPLICAS=1 NEXES_STACK_TYPESENSE_NODES=3
+
+drill-typesense: venv
+	export $(DRILL_PG) && $(STACK) down
+	export $(DRILL_TS) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.drills typesense --orders $(DRILL_ORDERS) $(DRILL_ARGS)
+
+drill-replica drill-switchover drill-api-kill drill-rolling: drill-%: venv
+	export $(DRILL_TS) && $(STACK) down
+	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.drills $* --orders $(DRILL_ORDERS) $(DRILL_ARGS)
+
+# Backup and restore (bench/restore_drill.py): base backup, WAL archived, restore to a point
+# in time, Nexes and its search index on the restored server.
+drill-restore: venv
+	export $(DRILL_TS) && $(STACK) down
+	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.restore_drill --orders $(DRILL_ORDERS)
+
+drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense drill-restore
 
 lint: venv
 	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates

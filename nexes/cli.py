@@ -215,6 +215,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings.check_api()
     except settings_module.SettingsError as exc:
         sys.exit(f"nexes serve: {exc}")
+    if args.workers >= settings.monitor_connection_limit:
+        # Each worker probes each server over one nexes_monitor connection; past the role's
+        # limit the last ones' probes fail, and their servers look down.
+        sys.exit(
+            f"nexes serve: --workers {args.workers} needs NEXES_MONITOR_CONNECTION_LIMIT of at least "
+            f"{args.workers + 1} (it is {settings.monitor_connection_limit}; then run `nexes migrate`)"
+        )
     directory = Path(tempfile.mkdtemp(prefix="nexes-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # read by prometheus_client at import
     from nexes import metrics

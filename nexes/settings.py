@@ -156,10 +156,27 @@ class Settings:
     apq_max_document_bytes: int = 16_384
     apq_ttl: float = 86_400.0
     trusted_documents_refresh: float = 5.0
+    # Issue 20: every node of a Typesense cluster (NEXES_TYPESENSE_URLS; empty: the one node
+    # of NEXES_TYPESENSE_URL); the Dramatiq broker (redis:// or amqp://; empty: Redis at
+    # NEXES_REDIS_URL, which stays required for the scheduler lock, rate limits and
+    # revocations); nexes_monitor's CONNECTION LIMIT on each server.
+    typesense_cluster: tuple[str, ...] = ()
+    broker_url: str = field(repr=False, default="")
+    monitor_connection_limit: int = 5
 
     @property
     def development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def typesense_urls(self) -> tuple[str, ...]:
+        """Every Typesense node Nexes may ask."""
+        return self.typesense_cluster or (self.typesense_url,)
+
+    @property
+    def dramatiq_url(self) -> str:
+        """The Dramatiq broker's URL: NEXES_BROKER_URL, else Redis."""
+        return self.broker_url or self.redis_url
 
     def owner_url(self) -> str:
         """NEXES_ADMIN_URL, for the commands and the ddl worker that need the owner."""
@@ -306,9 +323,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             apq_max_document_bytes=max(1, int(_positive(config, "NEXES_APQ_MAX_DOCUMENT_BYTES", 16_384, int))),
             apq_ttl=max(1.0, _positive(config, "NEXES_APQ_TTL", 86_400.0, float)),
             trusted_documents_refresh=_positive(config, "NEXES_TRUSTED_DOCUMENTS_REFRESH", 5.0, float),
+            typesense_cluster=tuple(config("NEXES_TYPESENSE_URLS", default="").split()),
+            broker_url=_broker_url(config),
+            monitor_connection_limit=max(1, int(_positive(config, "NEXES_MONITOR_CONNECTION_LIMIT", 5, int))),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
+
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+
+
+def _broker_url(config: Config) -> str:
+    """NEXES_BROKER_URL, checked by scheme only (the rest may hold a password)."""
+    url: str = config("NEXES_BROKER_URL", default="").strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if url and scheme not in BROKER_SCHEMES:
+        got = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise SettingsError(f"NEXES_BROKER_URL: must start with redis://, rediss://, amqp:// or amqps:// ({got})")
+    return url
 
 
 def _on_off(config: Config, key: str) -> bool:

@@ -13,7 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = str(ROOT / "infra" / "stack")
-PRIVATE_PORT_BASE = 17430  # apart from the default stack's ports
+# Apart from the default stack's ports; NEXES_TEST_PRIVATE_PORT_BASE moves it (a machine
+# where several checkouts test at once).
+PRIVATE_PORT_BASE = int(os.environ.get("NEXES_TEST_PRIVATE_PORT_BASE") or 17430)
 
 
 def stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,7 +59,9 @@ def test_private_stack_comes_up_from_nothing_and_again(private_env: dict[str, st
     assert time.monotonic() - started < 30  # nothing to start: no waiting on anything
 
     urls = exported(stack(private_env, "env").stdout)
-    assert urls["NEXES_ADMIN_URL"].endswith(f":{PRIVATE_PORT_BASE}/nexes")
+    # Every server, libpq's multi-host form: whichever is the primary takes the connection.
+    servers = f"127.0.0.1:{PRIVATE_PORT_BASE},127.0.0.1:{PRIVATE_PORT_BASE + 1}"
+    assert urls["NEXES_ADMIN_URL"].endswith(f"@{servers}/nexes?target_session_attrs=read-write")
     with psycopg.connect(urls["NEXES_ADMIN_URL"], connect_timeout=5) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("nexes_owner",)
     with psycopg.connect(urls["NEXES_REPLICA_ADMIN_URLS"], connect_timeout=5) as conn:

@@ -42,8 +42,6 @@ LOCK_KEY = 0x6E65786573  # "nexes"
 NO_TRANSACTION = "-- nexes:no-transaction"
 STEP = re.compile(r"^-- nexes:step\s*$", re.MULTILINE)
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# The probing role: pg_monitor, CONNECT, and a few connections (issue 16).
-MONITOR_CONNECTION_LIMIT = 5
 
 
 class MigrationError(RuntimeError):
@@ -120,7 +118,7 @@ def migrate(settings: Settings, url: str | None = None) -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
         try:
             ensure_roles(conn, settings.roles.values())
-            ensure_monitor(conn)
+            ensure_monitor(conn, settings.monitor_connection_limit)
             conn.execute(CREATE_HISTORY)
             applied = _apply_pending(conn, discover())
             apply_role_settings(conn, settings.roles.values())
@@ -209,9 +207,13 @@ def apply_role_settings(conn: psycopg.Connection, roles: Iterable[RoleSettings])
             conn.execute(statement)
 
 
-def ensure_monitor(conn: psycopg.Connection) -> None:
-    """nexes_monitor: LOGIN, a member of pg_monitor, CONNECT here, CONNECTION LIMIT 5, and
+def ensure_monitor(conn: psycopg.Connection, connection_limit: int = 5) -> None:
+    """nexes_monitor: LOGIN, a member of pg_monitor, CONNECT here, a few connections, and
     nothing else (its one table privilege, SELECT on schema_migration, is migration 0030's).
+
+    Each API process keeps one probing connection to each server, and a server counts the
+    role's connections to itself: NEXES_MONITOR_CONNECTION_LIMIT (default 5) must be at
+    least the API processes that probe one server, plus one for a probe being re-made.
 
     `infra/stack up` makes it as the superuser; elsewhere the owner makes it here (its
     CREATEROLE may grant pg_monitor on PostgreSQL 15; from 16 on, that takes ADMIN OPTION
@@ -231,7 +233,7 @@ def ensure_monitor(conn: psycopg.Connection) -> None:
                 f"as a superuser run: GRANT pg_monitor TO {MONITOR_ROLE}"
             ) from exc
     statements = [
-        sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(MONITOR_CONNECTION_LIMIT)),
+        sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(connection_limit)),
         # Probes are single short reads: anything longer is a stuck server, not a probe.
         sql.SQL("ALTER ROLE {} SET statement_timeout = '5s'").format(name),
         sql.SQL("ALTER ROLE {} SET lock_timeout = '1s'").format(name),

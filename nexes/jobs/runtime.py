@@ -14,6 +14,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage
 from opentelemetry import context as otel_context
@@ -159,10 +160,15 @@ def redis_pool(url: str, timeout: float) -> redis.ConnectionPool:
     return redis.ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
-def make_broker(redis_url: str, timeout: float) -> RedisBroker:
-    """The Dramatiq broker with Nexes' middleware. Dramatiq's Redis consumer polls (no
-    blocking command), so none of its calls needs to wait longer than the timeout."""
-    made = RedisBroker(connection_pool=redis_pool(redis_url, timeout))  # type: ignore[no-untyped-call]
+def make_broker(url: str, timeout: float) -> RedisBroker | RabbitmqBroker:
+    """The Dramatiq broker NEXES_BROKER_URL names (Redis by default, or RabbitMQ for
+    amqp://), with Nexes' middleware. Dramatiq's Redis consumer polls (no blocking
+    command), so none of its calls needs to wait longer than the timeout."""
+    made: RedisBroker | RabbitmqBroker
+    if url.startswith(("amqp://", "amqps://")):
+        made = rabbitmq_broker(url, timeout)
+    else:
+        made = RedisBroker(connection_pool=redis_pool(url, timeout))  # type: ignore[no-untyped-call]
     made.add_middleware(AsyncIO())
     made.add_middleware(CurrentMessage())
     made.add_middleware(TraceContext())
@@ -170,7 +176,24 @@ def make_broker(redis_url: str, timeout: float) -> RedisBroker:
     return made
 
 
-broker = make_broker(settings.redis_url, settings.redis_timeout)
+def rabbitmq_broker(url: str, timeout: float) -> RabbitmqBroker:
+    """RabbitMQ with publisher confirms: an enqueue returns once the broker has the message
+    (a durable queue, a persistent message), so an acknowledged import is never lost with a
+    broker restart. pika's connection and socket timeouts come from the URL; the setting's
+    timeout is their default."""
+    sep = "&" if "?" in url else "?"
+    if "socket_timeout=" not in url:
+        url += f"{sep}socket_timeout={timeout}&blocked_connection_timeout={max(timeout, 5.0)}"
+    return RabbitmqBroker(url=url, confirm_delivery=True)
+
+
+broker = make_broker(settings.dramatiq_url, settings.redis_timeout)
 if settings.worker_metrics_port:  # only worker processes boot: elsewhere it stays idle
-    broker.add_middleware(WorkerMetrics(settings.worker_metrics_port, Path(settings.worker_state_dir), broker.client))
+    # The workers' pool reports go to Redis, whichever broker carries the messages.
+    reports = (
+        broker.client
+        if isinstance(broker, RedisBroker)
+        else redis.Redis(connection_pool=redis_pool(settings.redis_url, settings.redis_timeout))
+    )
+    broker.add_middleware(WorkerMetrics(settings.worker_metrics_port, Path(settings.worker_state_dir), reports))
 dramatiq.set_broker(broker)

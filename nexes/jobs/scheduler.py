@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 
 import redis
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from nexes.settings import Settings
@@ -25,15 +26,6 @@ LOCK_TTL = 30.0
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Wait to become the leader, then run the schedule until SIGTERM/SIGINT or `stop`."""
-    from nexes.jobs.maintenance import (  # the broker is set up on import
-        archive_quarters,
-        maintain_partitions,
-        purge_imports,
-        reconcile_stats,
-        sweep_imports,
-    )
-    from nexes.jobs.search import sweep_search
-
     stop = stop or threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -58,16 +50,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         return
     log.info("scheduler is the leader")
     scheduler = BlockingScheduler(timezone="UTC")
-    scheduler.add_job(maintain_partitions.send, "cron", hour=3, minute=0, id="partitions")
-    scheduler.add_job(maintain_partitions.send, "date", id="partitions-at-start")
-    scheduler.add_job(reconcile_stats.send, "cron", hour=2, minute=30, id="reconcile")
-    scheduler.add_job(archive_quarters.send, "cron", hour=3, minute=30, id="archive")
-    # Import recovery: a dead worker's job is sent again once its lease runs out.
-    scheduler.add_job(sweep_imports.send, "interval", seconds=settings.import_sweep_seconds, id="import-sweep")
-    scheduler.add_job(purge_imports.send, "cron", minute=15, id="import-purge")
-    # Search: the outbox sweep catches what a lost trigger missed; the reconciliation
-    # sends the search drift check when it is done.
-    scheduler.add_job(sweep_search.send, "interval", seconds=settings.search_sweep_seconds, id="search-sweep")
+    add_periodic_jobs(scheduler, settings)
 
     def keep_lead() -> None:
         if not lock.extend(LOCK_TTL, replace_ttl=True):
@@ -82,3 +65,27 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     finally:
         with contextlib.suppress(redis.exceptions.LockError):  # expired or taken over
             lock.release()
+
+
+def add_periodic_jobs(scheduler: BaseScheduler, settings: Settings) -> None:
+    """Every periodic job, each sent to the workers on its cadence (docs/operations.md,
+    "The schedule", says what each does late; tests/test_schedule.py holds this list)."""
+    from nexes.jobs.maintenance import (  # the broker is set up on import
+        archive_quarters,
+        maintain_partitions,
+        purge_imports,
+        reconcile_stats,
+        sweep_imports,
+    )
+    from nexes.jobs.search import sweep_search
+
+    scheduler.add_job(maintain_partitions.send, "cron", hour=3, minute=0, id="partitions")
+    scheduler.add_job(maintain_partitions.send, "date", id="partitions-at-start")
+    scheduler.add_job(reconcile_stats.send, "cron", hour=2, minute=30, id="reconcile")
+    scheduler.add_job(archive_quarters.send, "cron", hour=3, minute=30, id="archive")
+    # Import recovery: a dead worker's job is sent again once its lease runs out.
+    scheduler.add_job(sweep_imports.send, "interval", seconds=settings.import_sweep_seconds, id="import-sweep")
+    scheduler.add_job(purge_imports.send, "cron", minute=15, id="import-purge")
+    # Search: the outbox sweep catches what a lost trigger missed; the reconciliation
+    # sends the search drift check when it is done.
+    scheduler.add_job(sweep_search.send, "interval", seconds=settings.search_sweep_seconds, id="search-sweep")

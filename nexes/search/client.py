@@ -8,33 +8,50 @@ from urllib.parse import urlsplit
 
 import typesense
 from typesense.async_.client import AsyncClient
-from typesense.configuration import ConfigDict
+from typesense.configuration import ConfigDict, NodeConfigDict
 
 from nexes.settings import Settings
 
 # The 2.x client warns on every collection handle about APIs of servers v30+; this is 0.24.
 warnings.filterwarnings("ignore", message=r".* is deprecated on v30\+", category=DeprecationWarning)
+# Between two tries of a request the client sleeps this long (its default is 1.0 s, longer
+# than the API's whole search timeout).
+RETRY_INTERVAL = 0.1
 
 
-def client_config(settings: Settings, *, timeout: float, retries: int) -> ConfigDict:
-    """The client configuration: one node from NEXES_TYPESENSE_URL."""
-    url = urlsplit(settings.typesense_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
+def node(url: str) -> NodeConfigDict:
+    """One node of the client's configuration, from its URL."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"host": parts.hostname or "127.0.0.1", "port": port, "protocol": parts.scheme or "http"}
+
+
+def client_config(settings: Settings, *, timeout: float, retries: int, urls: tuple[str, ...] = ()) -> ConfigDict:
+    """The client configuration: the nodes of `urls`, by default every node Nexes knows
+    (NEXES_TYPESENSE_URLS, else NEXES_TYPESENSE_URL). With several, the client turns to the
+    next node when one fails, and leaves a failed node alone for a minute."""
     return {
-        "nodes": [{"host": url.hostname or "127.0.0.1", "port": port, "protocol": url.scheme or "http"}],
+        "nodes": [node(url) for url in urls or settings.typesense_urls],
         "api_key": str(settings.typesense_api_key),
         "connection_timeout_seconds": timeout,
         "num_retries": retries,
-        "retry_interval_seconds": 0.1,
+        "retry_interval_seconds": RETRY_INTERVAL,
     }
 
 
 def sync_client(settings: Settings, *, timeout: float = 30.0, retries: int = 2) -> typesense.Client:
-    """A client for workers and the CLI: bulk imports may take seconds."""
+    """A client for workers and the CLI: bulk imports may take seconds. At least one retry
+    per other node, so that a dead node sends a write to the next (a follower hands it to
+    the leader)."""
+    retries = max(retries, len(settings.typesense_urls) - 1)
     return typesense.Client(client_config(settings, timeout=timeout, retries=retries))
 
 
-def async_client(settings: Settings) -> AsyncClient:
-    """The API's client: no retries and the search timeout, so a sick server fails fast
-    and the circuit breaker sends search to PostgreSQL."""
-    return AsyncClient(client_config(settings, timeout=settings.typesense_timeout, retries=0))
+def async_clients(settings: Settings) -> list[AsyncClient]:
+    """The API's clients, one per node, each with no retries and the search timeout: the
+    search service picks the node, with a circuit breaker per node, and a node that fails
+    sends the search to the next one rather than to PostgreSQL."""
+    return [
+        AsyncClient(client_config(settings, timeout=settings.typesense_timeout, retries=0, urls=(url,)))
+        for url in settings.typesense_urls
+    ]

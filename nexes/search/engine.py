@@ -1,10 +1,12 @@
 """Search queries: Typesense through the alias, or pg_trgm on a replica when Typesense is
 down, slow or erroring.
 
-The circuit breaker is purgatory's asyncio one (PyPI `purgatory`, pinned): pybreaker's
-async support needs Tornado. After `search_breaker_failures` failures in a row the
-breaker opens and every search goes straight to PostgreSQL for `search_breaker_reset`
-seconds; then one search tries Typesense again and closes it on success.
+The circuit breakers are purgatory's asyncio ones (PyPI `purgatory`, pinned): pybreaker's
+async support needs Tornado. There is one per Typesense node (NEXES_TYPESENSE_URLS). After
+`search_breaker_failures` failures in a row a node's breaker opens and searches skip that
+node for `search_breaker_reset` seconds; then one search tries it again and closes it on
+success. A search that fails on one node goes on to the next within the same search
+timeout; only when every node has failed, or is skipped, does PostgreSQL answer.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from nexes.db import search as search_db
 from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError, bad_input
 from nexes.search import collection
-from nexes.search.client import async_client
+from nexes.search.client import async_clients
 from nexes.search.metrics import BUSY, SEARCHES, TYPESENSE_LATENCY
 from nexes.settings import Settings
 
@@ -43,7 +45,8 @@ TYPESENSE_MAX_PAGE = 250
 WORD = re.compile(r"\w", re.UNICODE)
 # A query that could be part of a SOD number: one run of SOD characters with a digit in it.
 SOD_FRAGMENT = re.compile(r"[A-Za-z0-9-]*\d[A-Za-z0-9-]*")
-BREAKER = "typesense"
+BREAKER = "typesense"  # the one node's breaker; node K of a cluster has typesense-K
+TYPESENSE_ERRORS = (TypesenseClientError, httpx.HTTPError, TimeoutError, OSError)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
 LAYOUT_TTL = 60.0  # how long the alias's collection layout is trusted before it is read again
@@ -152,7 +155,10 @@ class SearchService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.alias = settings.typesense_collection
-        self.client: AsyncClient = async_client(settings)
+        self.clients: list[AsyncClient] = async_clients(settings)
+        count = len(self.clients)
+        self.breaker_names = [BREAKER] if count == 1 else [f"{BREAKER}-{k}" for k in range(1, count + 1)]
+        self._next = 0  # the node the next search starts with: searches spread over the nodes
         self.breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.search_breaker_failures, default_ttl=settings.search_breaker_reset
         )
@@ -166,9 +172,13 @@ class SearchService:
         self._layout: tuple[float, frozenset[str]] | None = None  # (read at, the collection's fields)
 
     async def breaker_state(self) -> str:
-        """closed, opened or half-opened."""
-        breaker = await self.breakers.get_breaker(BREAKER)
-        return str(breaker.context.state)
+        """closed while any node's breaker is closed, else half-opened while any is, else opened."""
+        states = set((await self.breaker_states()).values())
+        return next((state for state in ("closed", "half-opened") if state in states), "opened")
+
+    async def breaker_states(self) -> dict[str, str]:
+        """Each node's breaker: closed, opened or half-opened."""
+        return {name: str((await self.breakers.get_breaker(name)).context.state) for name in self.breaker_names}
 
     async def search(self, query: SearchQuery, router: Router) -> Found:
         async with self._slot(self.slots, "search", "search is busy with other searches; retry in a moment"):
@@ -192,25 +202,48 @@ class SearchService:
         # would answer, since raised inside the breaker it would count as a Typesense failure
         # and a few such requests would send every user's search to the fallback.
         paging = _paging(query)
-        try:
-            async with await self.breakers.get_breaker(BREAKER):
-                found = await asyncio.wait_for(self._typesense(query, paging), self.settings.typesense_timeout)
-        except OpenedState:
-            found = await self._postgres(query, router)
-        except (TypesenseClientError, httpx.HTTPError, TimeoutError, OSError) as exc:
-            log.warning("search: Typesense failed (%s: %s); answering from PostgreSQL", type(exc).__name__, exc)
+        found = await self._typesense_nodes(query, paging)
+        if found is None:
             found = await self._postgres(query, router)
         SEARCHES.labels(found.engine).inc()
         return found
 
-    async def _fields(self) -> frozenset[str]:
+    async def _typesense_nodes(self, query: SearchQuery, paging: tuple[int, int, int]) -> Found | None:
+        """Typesense's answer from the first node that gives one, or None. Each node is tried
+        once, starting with the next in turn, within the one search timeout: a node gets an
+        even share of what is left, so a hung node leaves time for the others, and a refused
+        connection costs nothing."""
+        deadline = time.monotonic() + self.settings.typesense_timeout
+        count = len(self.clients)
+        start, self._next = self._next, (self._next + 1) % count
+        for tried in range(count):
+            index = (start + tried) % count
+            share = (deadline - time.monotonic()) / (count - tried)
+            if share <= 0:
+                break
+            try:
+                async with await self.breakers.get_breaker(self.breaker_names[index]):
+                    return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), share)
+            except OpenedState:
+                continue
+            except TYPESENSE_ERRORS as exc:
+                log.warning(
+                    "search: Typesense node %d failed (%s: %s)%s",
+                    index + 1,
+                    type(exc).__name__,
+                    exc,
+                    "; trying the next node" if tried + 1 < count else "; answering from PostgreSQL",
+                )
+        return None
+
+    async def _fields(self, client: AsyncClient) -> frozenset[str]:
         """The fields of the alias's collection: one made by an older schema lacks
         `sod_suffixes` (its `sod_number` indexed for infix instead) or `customer_key`, and
         is searched its way until `nexes reindex` replaces it. Read once a minute, so a
         reindex's collection is searched its way within a minute of the swap."""
         now = time.monotonic()
         if self._layout is None or now - self._layout[0] > LAYOUT_TTL:
-            found: dict[str, Any] = await self.client.collections[self.alias].retrieve()  # type: ignore[assignment]
+            found: dict[str, Any] = await client.collections[self.alias].retrieve()  # type: ignore[assignment]
             fields = frozenset(str(f.get("name")) for f in found.get("fields", []))
             missing = {"sod_suffixes", "customer_key"} - fields
             if missing:
@@ -218,7 +251,7 @@ class SearchService:
             self._layout = (now, fields)
         return self._layout[1]
 
-    async def _typesense(self, query: SearchQuery, paging: tuple[int, int, int]) -> Found:
+    async def _typesense(self, client: AsyncClient, query: SearchQuery, paging: tuple[int, int, int]) -> Found:
         page, per_page, skip = paging
         params: dict[str, Any] = {
             "q": query.text,
@@ -236,7 +269,7 @@ class SearchService:
         flt = filter_by(query)
         if flt:
             params["filter_by"] = flt
-        fields = await self._fields()
+        fields = await self._fields(client)
         expansions = None
         if SOD_FRAGMENT.fullmatch(query.text):
             # Only a query that could be part of a SOD number searches its fragments.
@@ -249,16 +282,16 @@ class SearchService:
         elif "customer_key" in fields and len(key := collection.customer_key(query.text)) >= collection.MIN_NAME_KEY:
             by_name = {**params, "q": key, "query_by": collection.NAME_QUERY_BY, "num_typos": collection.NAME_NUM_TYPOS}
             by_name.update(highlight_fields=collection.NAME_QUERY_BY, max_candidates=NAME_CANDIDATES)
-            answer = await self._documents(by_name)
+            answer = await self._documents(client, by_name)
             # Decided on `found`, not on this page's hits, so that every page of a query
             # comes from the same search.
             if answer.get("found"):
                 return typesense_found(answer, query, skip, NAME_CANDIDATES)
-        return typesense_found(await self._documents(params), query, skip, expansions)
+        return typesense_found(await self._documents(client, params), query, skip, expansions)
 
-    async def _documents(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _documents(self, client: AsyncClient, params: dict[str, Any]) -> dict[str, Any]:
         with TYPESENSE_LATENCY.time():
-            answer: dict[str, Any] = await self.client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
+            answer: dict[str, Any] = await client.collections[self.alias].documents.search(params)  # type: ignore[arg-type,assignment]
         return answer
 
     async def _postgres(self, query: SearchQuery, router: Router) -> Found:

@@ -58,21 +58,35 @@ class SearchCheck:
         self.settings = settings
         self.router = router
         self.timeout = timeout
-        self._client = httpx.AsyncClient(base_url=settings.typesense_url.rstrip("/"), timeout=timeout)
+        self._clients = [
+            httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout) for url in settings.typesense_urls
+        ]
+
+    async def _node(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        try:
+            answer = await client.get("/health")
+            if answer.status_code == 200 and answer.json().get("ok") is True:
+                return {"typesense": "ok"}
+            return {"typesense": "down", "error": BAD_ANSWER.as_dict()}
+        except (httpx.HTTPError, ValueError) as exc:
+            return {"typesense": "down", "error": classify_http(exc).as_dict()}
 
     async def probe(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"reachable": False, "typesense": "down"}
-        try:
-            answer = await self._client.get("/health")
-            if answer.status_code == 200 and answer.json().get("ok") is True:
-                report.update(reachable=True, typesense="ok")
-            else:
-                report["error"] = BAD_ANSWER.as_dict()
-        except (httpx.HTTPError, ValueError) as exc:
-            report["error"] = classify_http(exc).as_dict()
-        try:  # the breaker's state lives in Redis
-            report["breaker"] = await asyncio.wait_for(service_for(self.settings).breaker_state(), self.timeout)
+        nodes = await asyncio.gather(*(self._node(client) for client in self._clients))
+        healthy = sum(node["typesense"] == "ok" for node in nodes)
+        # Search is served while any node answers; "degraded" says a cluster lost a node.
+        word = "ok" if healthy == len(nodes) else "degraded" if healthy else "down"
+        report: dict[str, Any] = {"reachable": healthy > 0, "typesense": word}
+        if len(nodes) == 1:
+            report.update({k: v for k, v in nodes[0].items() if k == "error"})
+        else:
+            report["nodes"] = [{"node": k, **node} for k, node in enumerate(nodes, start=1)]
+        try:  # the breakers' state lives in this process
+            service = service_for(self.settings)
+            report["breaker"] = await asyncio.wait_for(service.breaker_state(), self.timeout)
             metrics.BREAKER_OPEN.set(1 if report["breaker"] == "opened" else 0)
+            if len(nodes) > 1:
+                report["breakers"] = await asyncio.wait_for(service.breaker_states(), self.timeout)
         except Exception as exc:
             report.update(breaker=None, breaker_error=(probes.classify_wrapped(exc) or probes.UNEXPECTED).as_dict())
         try:
@@ -89,7 +103,8 @@ class SearchCheck:
         return report
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
 
 def _db_error(exc: BaseException) -> dict[str, str]:

@@ -1,0 +1,570 @@
+"""Issue 20's failure drills: a fault under a steady load, with the figures read back.
+
+    python -m bench.drills DRILL [--orders 1000000] [--seconds 90] [--fault-at 30]
+                                 [--clients N] [--share 0.7] [--port 18070] [--ops-port 19474]
+
+DRILL is one of:
+    typesense   SIGKILL the Typesense leader of a 3-node cluster, start it again
+    replica     SIGKILL one of 2 replicas, start it again
+    switchover  `infra/stack switchover` while mutations run (each mutation's id checked after)
+    api-kill    SIGKILL one API worker process; uvicorn's supervisor replaces it
+    rolling     SIGTERM each API worker in turn (a rolling restart)
+
+Each drill runs against the stack `infra/stack env` describes (make drill-NAME starts one
+with only the parts its fault needs), on a database of its own (`nexes_drill`, seeded once
+with --orders), through `nexes serve --workers 2`. Before anything it logs `free -m` and
+`df -h`, and stops when less than 2 GiB of memory is available.
+
+The load: first the mix's capacity is measured (closed loop, no think time, 15 s), then the
+drill offers `--share` (70%) of it, paced: each client sends at a fixed interval. Every
+request is timed and classed (ok, or its error: HTTP status, GraphQL code, exception).
+The report (JSON lines, copied into bench/README.md) gives requests and errors by kind;
+p50/p95/p99 before, during and after the fault; the recovery time; the API's /metrics
+counters (routes, searches by engine) over the run; and the invariants afterwards
+(`nexes reconcile` drift, every order's key, stock against the ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from nexes import settings as settings_module
+from nexes.auth.tokens import mint
+from nexes.db.connect.conninfo import environ_for_database
+from nexes.db.invariants import check_all
+
+ROOT = Path(__file__).resolve().parent.parent
+NEXES = str(ROOT / ".venv" / "bin" / "nexes")
+STACK = str(ROOT / "infra" / "stack")
+DB = "nexes_drill"
+CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
+PAGE = "edges { node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { endCursor }"
+FIRST = "query { serviceOrders(first: 50) { " + PAGE + " } }"
+NEXT = "query($a: String) { serviceOrders(first: 50, after: $a) { " + PAGE + " } }"
+NODE = "query($id: ID!) { node(id: $id) { id ... on ServiceOrder { sodNumber status totalAmount lines { lineNo } } } }"
+SEARCH = "query($q: String!) { search(query: $q, first: 20) { engine found edges { node { sodNumber } } } }"
+CREATE = (
+    "mutation($i: CreateServiceOrderInput!) { createServiceOrder(input: $i) { "
+    "serviceOrder { id sodNumber } errors { code message } } }"
+)
+WORDS = ("boiler", "generator", "elevator", "ventilation", "warehouse", "kitchen", "inspection")
+READS = (("first_page", 0.2), ("next_page", 0.5), ("node", 0.8), ("search", 1.0))
+MIN_AVAILABLE_MIB = 2048
+
+
+ops_listen = "127.0.0.1:19474"  # where `nexes serve` serves /metrics (--ops-port)
+
+
+def report(**figures: object) -> None:
+    print(json.dumps(figures, default=str), flush=True)
+
+
+def drill_env() -> dict[str, str]:
+    return {**environ_for_database(os.environ, DB), "NEXES_TYPESENSE_COLLECTION": f"{DB}_service_orders"}
+
+
+def preflight() -> None:
+    """free -m and df -h in the report; stop below 2 GiB of available memory."""
+    free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
+    disk = subprocess.run(["df", "-h", "/tmp", str(ROOT)], capture_output=True, text=True).stdout
+    report(step="preflight", free_m=free.splitlines(), df_h=disk.splitlines())
+    available = int(free.splitlines()[1].split()[6])
+    if available < MIN_AVAILABLE_MIB:
+        sys.exit(f"drills: only {available} MiB of memory available (at least {MIN_AVAILABLE_MIB} needed)")
+
+
+def superuser(url: str, db: str = "postgres") -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params.update(user="postgres", dbname=db)
+    return make_conninfo("", **params)
+
+
+def ensure_database(orders: int) -> None:
+    """nexes_drill, migrated and seeded with `orders` once; its search index rebuilt (the
+    mix searches, and the fallback is no place to measure a drill from)."""
+    env = drill_env()
+    with psycopg.connect(superuser(os.environ["NEXES_ADMIN_URL"]), autocommit=True) as conn:
+        created = not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
+        if created:
+            conn.execute(f"CREATE DATABASE {DB} OWNER nexes_owner")
+    steps = [("migrate", [NEXES, "migrate"]), ("seed", [NEXES, "seed", "--orders", str(orders), "--if-empty"])]
+    if created:
+        steps.append(("reindex", [NEXES, "reindex"]))
+    for name, cmd in steps:
+        started = time.monotonic()
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        report(step=name, seconds=round(time.monotonic() - started, 1))
+
+
+def token(env: dict[str, str], roles: tuple[str, ...]) -> str:
+    settings = settings_module.load(env)
+    return "Bearer " + mint(settings, roles, subject="drill", ttl=6 * 3600.0)
+
+
+# ---------------------------------------------------------------- the API
+
+
+@dataclass
+class Api:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def workers(self) -> list[int]:
+        """uvicorn's worker processes (children of `nexes serve`)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+        return [p for p in pids if b"spawn_main" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@contextmanager
+def api_server(port: int, env: dict[str, str]) -> Iterator[Api]:
+    """`nexes serve --workers 2` on `port`, stopped by its process group."""
+    env = {**env, "NEXES_ACCESS_LOG": "false", "NEXES_OPS_LISTEN": ops_listen}
+    log = open(f"/tmp/drill-api-{port}.log", "wb")  # noqa: SIM115  # lives as long as the server
+    cmd = [NEXES, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    api = Api(port, proc)
+    try:
+        deadline = time.monotonic() + 120
+        while not (live(port) and len(api.workers()) == 2):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the API did not start; see {log.name}")
+            time.sleep(0.5)
+        time.sleep(3)  # each worker's monitor: a first verdict on every server
+        yield api
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def live(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def metrics() -> dict[str, float]:
+    """The API's counters, every worker's summed (`nexes serve`'s ops listener)."""
+    out: dict[str, float] = {}
+    text = httpx.get(f"http://{ops_listen}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.name.startswith("nexes_"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")
+                key = f"{sample.name}{{{labels}}}"
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+# ---------------------------------------------------------------- the load
+
+
+class Closed(Exception):
+    """A kept-alive connection was closed before any byte of the answer came."""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (raw asyncio streams: httpx costs several times
+    the CPU per request, on the 2 cores the API needs). A request whose reused connection
+    turns out closed, with not a byte of answer, is sent again once on a new one, as
+    browsers and proxies do: a worker that died or restarted closes its idle connections.
+    Such retries are counted (`reconnects`), and a request that fails again is an error."""
+
+    def __init__(self, port: int, auth: str) -> None:
+        self.port, self.auth = port, auth.encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        reused = self.writer is not None
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(
+                b"POST /graphql HTTP/1.1\r\nhost: drill\r\ncontent-type: application/json\r\n"
+                b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (self.auth, len(body), body)
+            )
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            self.close()
+            partial = getattr(exc, "partial", b"")
+            if reused and not partial:
+                raise Closed from None
+            raise
+        length = CONTENT_LENGTH.search(head)
+        if length is None:
+            raise RuntimeError("no content-length")
+        payload = await self.reader.readexactly(int(length[1]))
+        if b"connection: close" in head.lower():
+            self.close()
+        return int(head[9:12]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+@dataclass
+class Load:
+    """Clients sending the mix, each every `interval` seconds (0: back to back)."""
+
+    port: int
+    auth: str
+    clients: int
+    interval: float
+    mutations: float = 0.0  # the share of requests that create an order
+    run_id: str = field(default_factory=lambda: f"{int(time.time())}")
+    samples: list[tuple[float, str, float, str | None]] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+    engines: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+    started: float = 0.0
+    _seq: int = 0
+
+    def body(self, state: dict[str, Any]) -> tuple[str, bytes]:
+        if random.random() < self.mutations:
+            self._seq += 1
+            sod = f"DRILL-{self.run_id}-{self._seq:07d}"
+            line = {"sku": "SKU-00001", "quantity": 1, "unitPrice": "10.00"}
+            order = {"sodNumber": sod, "customerCode": "C000001", "status": "OPEN", "lines": [line]}
+            return "create:" + sod, orjson.dumps({"query": CREATE, "variables": {"i": order}})
+        r = random.random()
+        kind = next(k for k, share in READS if r < share)
+        if kind == "next_page" and not state.get("cursor"):
+            kind = "first_page"
+        if kind == "node" and not state.get("ids"):
+            kind = "first_page"
+        if kind == "first_page":
+            return kind, orjson.dumps({"query": FIRST})
+        if kind == "next_page":
+            return kind, orjson.dumps({"query": NEXT, "variables": {"a": state["cursor"]}})
+        if kind == "node":
+            return kind, orjson.dumps({"query": NODE, "variables": {"id": random.choice(state["ids"])}})
+        if state.get("sods") and random.random() < 0.5:
+            term = random.choice(state["sods"]).rsplit("-", 1)[-1][-5:]
+        else:
+            term = random.choice(WORDS)
+        return kind, orjson.dumps({"query": SEARCH, "variables": {"q": term}})
+
+    def outcome(self, kind: str, status: int, payload: bytes, state: dict[str, Any]) -> str | None:
+        """None when the answer is good, else the error's kind."""
+        if status != 200:
+            return f"http_{status}"
+        doc = orjson.loads(payload)
+        if doc.get("errors"):
+            return "graphql:" + str(doc["errors"][0].get("extensions", {}).get("code"))
+        data = doc["data"]
+        if kind.startswith("create:"):
+            payload_data = data["createServiceOrder"]
+            if payload_data["errors"]:
+                return "user_error:" + str(payload_data["errors"][0]["code"])
+            self.acked.append(kind.removeprefix("create:"))
+        elif kind in ("first_page", "next_page"):
+            page = data["serviceOrders"]
+            state["cursor"] = page["pageInfo"]["endCursor"] if page["edges"] else None
+            state["ids"] = [e["node"]["id"] for e in page["edges"]] or state.get("ids")
+            state["sods"] = [e["node"]["sodNumber"] for e in page["edges"]] or state.get("sods")
+        elif kind == "search":
+            self.engines[data["search"]["engine"]] += 1
+        return None
+
+    async def client(self, end: float) -> None:
+        conn = Conn(self.port, self.auth)
+        state: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + random.uniform(0, self.interval)
+        while loop.time() < end:
+            if self.interval:
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+                next_at += self.interval
+            kind, body = self.body(state)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(30):
+                    try:
+                        status, payload = await conn.post(body)
+                    except Closed:
+                        self.reconnects += 1
+                        status, payload = await conn.post(body)
+                error = self.outcome(kind, status, payload, state)
+            except Exception as exc:  # every failure is a counted error
+                conn.close()
+                error = type(exc).__name__
+            at = time.monotonic() - self.started
+            self.samples.append((at, kind.split(":")[0], (time.perf_counter() - started) * 1000, error))
+        conn.close()
+
+    async def run(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        end = asyncio.get_running_loop().time() + seconds
+        await asyncio.gather(*(self.client(end) for _ in range(self.clients)))
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def phases(load: Load, fault_at: float, recovered_at: float) -> dict[str, Any]:
+    """Requests, errors by kind, and p50/p95/p99 before, during and after the fault."""
+    out: dict[str, Any] = {}
+    windows = {"before": (0, fault_at), "during": (fault_at, recovered_at), "after": (recovered_at, 1e9)}
+    for name, (start, end) in windows.items():
+        inside = [s for s in load.samples if start <= s[0] < end]
+        ms = [s[2] for s in inside if s[3] is None]
+        out[name] = {
+            "seconds": round(min(end, max((s[0] for s in load.samples), default=0)) - start, 1),
+            "requests": len(inside),
+            "errors": dict(Counter(f"{s[1]}:{s[3]}" for s in inside if s[3] is not None)),
+            "p50_ms": pct(ms, 0.5),
+            "p95_ms": pct(ms, 0.95),
+            "p99_ms": pct(ms, 0.99),
+        }
+    return out
+
+
+def longest_write_gap(load: Load) -> float | None:
+    """The longest time between two acknowledged mutations: how long writes stopped."""
+    done = sorted(s[0] for s in load.samples if s[1] == "create" and s[3] is None)
+    return round(max((b - a for a, b in itertools.pairwise(done)), default=0.0), 2) if done else None
+
+
+def capacity(port: int, auth: str) -> float:
+    """Requests a second the mix gets with 64 clients back to back for 15 s."""
+    import uvloop
+
+    load = Load(port, auth, clients=64, interval=0.0)
+    uvloop.run(load.run(15))
+    good = [s for s in load.samples if s[3] is None]
+    return len(good) / 15
+
+
+# ---------------------------------------------------------------- faults
+
+
+def stack(*args: str) -> None:
+    subprocess.run([STACK, *args], check=True, capture_output=True, timeout=300)
+
+
+def state_dir() -> Path:
+    env = subprocess.run([STACK, "status"], capture_output=True, text=True).stdout
+    return Path(env.splitlines()[0].removeprefix("state ").strip())
+
+
+def pid_file(name: str) -> int:
+    return int((state_dir() / "run" / f"{name}.pid").read_text().split()[0])
+
+
+def typesense_states() -> list[int | None]:
+    key = {"X-TYPESENSE-API-KEY": os.environ.get("NEXES_TYPESENSE_API_KEY", "")}
+    states: list[int | None] = []
+    for url in os.environ["NEXES_TYPESENSE_URLS"].split():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + "/debug", headers=key), timeout=1) as answer:
+                states.append(int(json.loads(answer.read())["state"]))
+        except OSError:
+            states.append(None)
+    return states
+
+
+def wait(predicate: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until `predicate` held, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return round(time.monotonic() - started, 1)
+        except Exception:  # a probe of a server coming back may fail; keep asking
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+    states = typesense_states()
+    leader = states.index(1)
+    node = "typesense" if leader == 0 else f"typesense{leader + 1}"
+    os.kill(pid_file(node), signal.SIGKILL)
+    facts["killed"] = f"{node} (the leader)"
+    facts["election_s"] = wait(lambda: typesense_states().count(1) == 1, 60)
+    time.sleep(10)
+    stack("up", "typesense")
+    return lambda: typesense_states().count(1) == 1 and None not in typesense_states()
+
+
+def replica_servers(port: int, auth: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"http://127.0.0.1:{port}/api/health/detail", headers={"Authorization": auth}, timeout=5).json()
+    return list(body["replicas"])
+
+
+def fault_replica(api: Api, facts: dict[str, Any], auth: str) -> Callable[[], bool]:
+    second = state_dir() / "replica2" / "postmaster.pid"
+    os.kill(int(second.read_text().split()[0]), signal.SIGKILL)
+    facts["killed"] = "replica 2's postmaster"
+    facts["left_rotation_s"] = wait(lambda: not replica_servers(api.port, auth)[1]["in_rotation"], 30)
+    time.sleep(10)
+    stack("up", "replica")
+    return lambda: all(r["in_rotation"] for r in replica_servers(api.port, auth))
+
+
+def fault_switchover(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+    started = time.monotonic()
+    out = subprocess.run([STACK, "switchover", "1"], capture_output=True, text=True, check=True, timeout=300)
+    facts["switchover"] = out.stdout.strip()
+    facts["switchover_s"] = round(time.monotonic() - started, 1)
+    return lambda: True
+
+
+def fault_api_kill(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+    before = api.workers()
+    os.kill(before[0], signal.SIGKILL)
+    facts["killed"] = "one of 2 uvicorn workers"
+    return lambda: len(set(api.workers()) - set(before)) == 1 and len(api.workers()) == 2
+
+
+def fault_rolling(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+    original = api.workers()
+    for pid in original:
+        current = set(api.workers())
+        os.kill(pid, signal.SIGTERM)
+
+        def replaced(current: set[int] = current) -> bool:
+            return len(set(api.workers()) - current) == 1 and len(api.workers()) == 2
+
+        wait(replaced, 60)
+    facts["restarted"] = len(original)
+    return lambda: not set(api.workers()) & set(original)
+
+
+# ---------------------------------------------------------------- after the drill
+
+
+def invariants(env: dict[str, str], acked: list[str]) -> dict[str, Any]:
+    """nexes reconcile's drift, the database's invariants, and every acknowledged order."""
+    settings = settings_module.load(env)
+    admin = superuser(settings.admin_url, DB)
+    with psycopg.connect(admin) as conn:
+        (drift_before,) = conn.execute("SELECT count(*) FROM stat_drift").fetchone()  # type: ignore[misc]
+    subprocess.run([NEXES, "reconcile"], env=env, check=True, capture_output=True)
+    with psycopg.connect(admin) as conn:
+        (drift_after,) = conn.execute("SELECT count(*) FROM stat_drift").fetchone()  # type: ignore[misc]
+        violations = check_all(conn)
+        found = conn.execute("SELECT count(*) FROM service_order_key WHERE sod_number = ANY(%s)", [acked]).fetchone()
+    return {
+        "reconcile_drift_rows": int(drift_after) - int(drift_before),
+        "invariant_violations": [str(v) for v in violations],
+        "acknowledged_orders": len(acked),
+        "acknowledged_orders_missing": len(acked) - int(found[0] if found else 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("drill", choices=("typesense", "replica", "switchover", "api-kill", "rolling"))
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=90)
+    parser.add_argument("--fault-at", type=float, default=30)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--share", type=float, default=0.7)
+    parser.add_argument("--port", type=int, default=18070)
+    parser.add_argument("--ops-port", type=int, default=19474)
+    args = parser.parse_args()
+    global ops_listen
+    ops_listen = f"127.0.0.1:{args.ops_port}"
+    import threading
+
+    import uvloop
+
+    preflight()
+    ensure_database(args.orders)
+    env = drill_env()
+    # Every client signs in as one user here: the per-user rate limit is raised for the run.
+    env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
+    report(step="rate_limit", NEXES_RATE_LIMIT_OPERATOR=env["NEXES_RATE_LIMIT_OPERATOR"])
+    auth = token(env, ("operator",))
+    with api_server(args.port, env) as api:
+        rps = capacity(args.port, auth)
+        target = rps * args.share
+        interval = args.clients / target
+        report(step="capacity", mix_rps=round(rps, 1), offered_rps=round(target, 1), clients=args.clients)
+        load = Load(args.port, auth, args.clients, interval, mutations=0.2 if args.drill == "switchover" else 0.0)
+        facts: dict[str, Any] = {}
+        counters = metrics()
+        times: dict[str, float] = {}
+
+        def inject() -> None:
+            time.sleep(args.fault_at)
+            times["fault"] = time.monotonic() - load.started
+            faults: dict[str, Callable[[], Callable[[], bool]]] = {
+                "typesense": lambda: fault_typesense(api, facts),
+                "replica": lambda: fault_replica(api, facts, auth),
+                "switchover": lambda: fault_switchover(api, facts),
+                "api-kill": lambda: fault_api_kill(api, facts),
+                "rolling": lambda: fault_rolling(api, facts),
+            }
+            healed = faults[args.drill]()
+            facts["recovery_s"] = wait(healed, 120)
+            times["recovered"] = time.monotonic() - load.started
+
+        injector = threading.Thread(target=inject)
+        injector.start()
+        uvloop.run(load.run(args.seconds))
+        injector.join()
+        after = metrics()
+        report(
+            step=args.drill,
+            orders=args.orders,
+            clients=args.clients,
+            offered_rps=round(target, 1),
+            **facts,
+            phases=phases(load, times["fault"], times.get("recovered", times["fault"])),
+            search_engines=dict(load.engines),
+            keepalive_reconnects=load.reconnects,
+            longest_write_gap_s=longest_write_gap(load),
+            metrics_delta={k: v - counters.get(k, 0.0) for k, v in after.items() if v != counters.get(k, 0.0)},
+            invariants=invariants(env, load.acked),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Dramatiq on either broker (NEXES_BROKER_URL): Redis, and RabbitMQ started by the stack.
+Each test runs on both. A real worker process (`dramatiq nexes.jobs`) imports a stored
+file; SIGKILLed twice mid-import it still ends SUCCEEDED with every order once and the
+stock exact; a message queued while no worker runs survives a restart of the broker.
+
+Recovery is made fast as in tests/test_import_crash.py (2 s lease, 1 s sweep, 25 orders a
+chunk); the workers and this test use Redis db 7 for the scheduler's lock and rate limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from bench.gen_import import generate_csv
+from nexes.db.invariants import check_all
+from nexes.jobs.runtime import make_broker
+from nexes.settings import Settings
+from tests.support.databases import drop_database
+from tests.support.processes import Processes
+from tests.support.stack import stack
+from tests.support.waits import wait_for
+from tests.support.workers import environ, fresh, job_state, store
+
+ORDERS = 600
+BROKERS = ("redis", "rabbitmq")
+
+
+@pytest.fixture(scope="module")
+def import_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("brokers") / "orders.csv"
+    generate_csv(path, ORDERS, prefix="BRK", seed=11)
+    return path
+
+
+@pytest.fixture(params=BROKERS)
+def broker_env(request: pytest.FixtureRequest, template_settings: Settings) -> Iterator[tuple[str, dict[str, str]]]:
+    """(broker, the workers' environment) on a fresh database, the broker's queues empty."""
+    name = request.param
+    db = f"nexes_t_broker_{name}"
+    env = environ(db)
+    if name == "rabbitmq":
+        env["NEXES_BROKER_URL"] = request.getfixturevalue("rabbitmq")
+    settings = fresh(template_settings, db)
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    make_broker(env.get("NEXES_BROKER_URL") or settings.redis_url, 5.0).flush_all()
+    yield name, env
+    make_broker(env.get("NEXES_BROKER_URL") or settings.redis_url, 5.0).flush_all()
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    drop_database(template_settings.admin_url, db)
+
+
+def enqueue(env: dict[str, str], job_id: int) -> None:
+    """Send the import on the broker the environment names, as the API does."""
+    from nexes.jobs.imports import run_import
+
+    url = env.get("NEXES_BROKER_URL") or env["NEXES_REDIS_URL"]
+    broker = make_broker(url, 5.0)
+    broker.enqueue(run_import.message_with_options(args=(job_id,), nexes_request_id=f"broker-{job_id}"))
+    broker.close()
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    from nexes import settings as settings_module
+
+    return settings_module.load(env)
+
+
+def orders_once(settings: Settings) -> tuple[int, int]:
+    """(orders imported, SOD numbers held more than once)."""
+    with psycopg.connect(settings.admin_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) - count(DISTINCT sod_number) FROM service_order WHERE sod_number LIKE 'BRK-%'"
+        ).fetchone()
+    assert row
+    return int(row[0]), int(row[1])
+
+
+def finished(settings: Settings, job_id: int, timeout: float) -> str:
+    done = wait_for(lambda: job_state(settings, job_id)[0] not in ("QUEUED", "RUNNING"), timeout=timeout, interval=0.2)
+    assert done, f"the import was still {job_state(settings, job_id)[0]} after {timeout:.0f}s"
+    return job_state(settings, job_id)[0]
+
+
+def invariants(settings: Settings) -> list[object]:
+    with psycopg.connect(settings.admin_url) as conn:
+        return list(check_all(conn))
+
+
+def test_an_import_ends_once_and_exact_through_two_worker_sigkills(
+    broker_env: tuple[str, dict[str, str]], import_file: Path, tmp_path: Path
+) -> None:
+    name, env = broker_env
+    settings = settings_of(env)
+    job_id = store(settings, import_file, f"broker-kill-{name}")
+    procs = Processes(env, tmp_path)
+    kills = 0
+    try:
+        procs.start_scheduler()
+        procs.start_worker()
+        enqueue(env, job_id)
+        while kills < 2:
+            attempts = job_state(settings, job_id)[1]
+            assert wait_for(lambda a=attempts: job_state(settings, job_id)[1] > a, timeout=90, interval=0.05), (
+                "no worker took the job up"
+            )
+            time.sleep(0.3)  # into its work
+            procs.kill_worker()
+            kills += 1
+            procs.start_worker()
+        status = finished(settings, job_id, 180)
+    finally:
+        procs.stop()
+    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert orders_once(settings) == (ORDERS, 0)
+    assert invariants(settings) == []
+
+
+def test_a_queued_import_survives_a_restart_of_the_broker(
+    broker_env: tuple[str, dict[str, str]], import_file: Path, tmp_path: Path
+) -> None:
+    name, env = broker_env
+    settings = settings_of(env)
+    job_id = store(settings, import_file, f"broker-restart-{name}")
+    enqueue(env, job_id)
+    time.sleep(1.2)  # Redis writes its append-only file every second
+    stack("down", name)
+    stack("up", name)
+    procs = Processes(env, tmp_path)
+    try:
+        procs.start_worker()
+        status = finished(settings, job_id, 180)
+    finally:
+        procs.stop()
+    assert status == "SUCCEEDED"
+    assert orders_once(settings) == (ORDERS, 0)
+    assert invariants(settings) == []
