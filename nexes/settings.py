@@ -15,6 +15,7 @@ from starlette.config import Config
 from starlette.datastructures import Secret
 
 Env = Literal["development", "production"]
+SqlTag = Literal["comment", "application_name", "both"]
 ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
 MONITOR_ROLE = "nexes_monitor"  # probes only: pg_monitor, LOGIN, CONNECTION LIMIT 5
 # A request's deadline per caller role (nexes.auth.identity.Role), in seconds.
@@ -150,6 +151,13 @@ class Settings:
     apq_max_document_bytes: int = 16_384
     apq_ttl: float = 86_400.0
     trusted_documents_refresh: float = 5.0
+    # Issue 21: the API's pools prepare their statements (psycopg's prepare_threshold) when
+    # on: for direct connections, or a pooler that keeps prepared statements (PgBouncer
+    # 1.21+); never behind PgBouncer 1.18 in transaction mode. How a statement carries its
+    # request id (nexes.db.connect.session_tag): "comment" defeats preparing, so by default
+    # it follows prepare: a comment when off, application_name when on.
+    prepare: bool = False
+    sql_tag: SqlTag = "comment"
 
     @property
     def development(self) -> bool:
@@ -297,6 +305,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             apq_max_document_bytes=max(1, int(_positive(config, "NEXES_APQ_MAX_DOCUMENT_BYTES", 16_384, int))),
             apq_ttl=max(1.0, _positive(config, "NEXES_APQ_TTL", 86_400.0, float)),
             trusted_documents_refresh=_positive(config, "NEXES_TRUSTED_DOCUMENTS_REFRESH", 5.0, float),
+            prepare=_on_off(config, "NEXES_PREPARE"),
+            sql_tag=_sql_tag(config),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
@@ -307,6 +317,14 @@ def _on_off(config: Config, key: str) -> bool:
     if value not in ("on", "off"):
         raise SettingsError(f"{key}={value!r}: must be 'on' or 'off'")
     return value == "on"
+
+
+def _sql_tag(config: Config) -> SqlTag:
+    default = "application_name" if _on_off(config, "NEXES_PREPARE") else "comment"
+    value = config("NEXES_SQL_TAG", default=default).strip().lower()
+    if value not in ("comment", "application_name", "both"):
+        raise SettingsError(f"NEXES_SQL_TAG={value!r}: must be 'comment', 'application_name' or 'both'")
+    return cast(SqlTag, value)
 
 
 def _otel_traces_export(config: Config) -> bool:
