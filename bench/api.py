@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -105,8 +106,8 @@ def _dashboard_peer(data: Any) -> dict[tuple[str, str], str]:
     return {(n["status"], n["currency"]): n["totalAmount"] for n in data["dashboardMonth"]["nodes"]}
 
 
-def reads(admin_url: str, cursor_secret: str, peer_url: str) -> list[Read]:
-    """The six reads of issue 21 over the current nexes_bench."""
+def reads(admin_url: str, cursor_secret: str, peer_url: str | None) -> list[Read]:
+    """The six reads of issue 21 over the current nexes_bench (without a peer: no peer cursor)."""
     with psycopg.connect(admin_url) as conn:
         count = conn.execute("SELECT count(*) FROM service_order").fetchone()[0]  # type: ignore[index]
         # Row 9,000,000 of 10M; 90% of the way down a smaller database.
@@ -120,14 +121,18 @@ def reads(admin_url: str, cursor_secret: str, peer_url: str) -> list[Read]:
     month_to = newest.date().replace(day=1) - timedelta(days=1)
     month_from = month_to.replace(day=1)
     nexes_cursor = CursorCodec(cursor_secret.encode()).encode("CREATED_AT_DESC", deep_at, deep_id)
-    peer_cursor = httpx.post(
-        peer_url,
-        json={
-            "query": f"{{ allServiceOrders(first: 1, offset: {depth - 1}, {PEER_ORDER}) "
-            "{ pageInfo { endCursor } } }"
-        },
-        timeout=60,
-    ).json()["data"]["allServiceOrders"]["pageInfo"]["endCursor"]
+    peer_cursor = (
+        None
+        if peer_url is None
+        else httpx.post(
+            peer_url,
+            json={
+                "query": f"{{ allServiceOrders(first: 1, offset: {depth - 1}, {PEER_ORDER}) "
+                "{ pageInfo { endCursor } } }"
+            },
+            timeout=60,
+        ).json()["data"]["allServiceOrders"]["pageInfo"]["endCursor"]
+    )
     lines = "lineNo quantity unitPrice"
     return [
         _page_read("1 first page", "", "", variables={}, peer_variables={}),
@@ -324,3 +329,38 @@ def _measure(
     }
     report(**row)
     return row
+
+
+def bench_sql_tag(seconds: int, rounds: int = 3, *, port: int = 18000) -> None:
+    """The request id as a comment, as application_name, or both: read 1 through Nexes alone,
+    in A (PgBouncer, prepare off) and in B (direct, NEXES_PREPARE=on), the three tags served
+    at once by three processes and measured in alternating rounds."""
+    ensure_wrk()
+    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    settings = settings_module.load(base)
+    auth = bearer(base, "viewer")
+    body = reads(settings.admin_url, str(settings.cursor_secret), None)[0].nexes
+    tags = ("comment", "application_name", "both")
+    for config in configurations(base):
+        urls = {tag: f"http://127.0.0.1:{port + i}/graphql" for i, tag in enumerate(tags)}
+        with ExitStack() as stack:
+            for i, tag in enumerate(tags):
+                cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port + i), "--workers", "1"]
+                env = {**base, **config.nexes_env, "NEXES_SQL_TAG": tag}
+                stack.enter_context(process(cmd, env, urls[tag], body, headers=auth))
+            for tag in tags:
+                wrk(urls[tag], body, 2, authorization=auth["Authorization"])
+            runs: dict[str, list[float]] = {tag: [] for tag in tags}
+            for i in range(rounds):
+                for tag in tags[i % 3 :] + tags[: i % 3]:
+                    result = wrk(urls[tag], body, seconds, authorization=auth["Authorization"])
+                    if result["gql_errors"] or result["non2xx"] or result["errors"]:
+                        raise RuntimeError(f"{config.name}, NEXES_SQL_TAG={tag}: failed answers {result}")
+                    runs[tag].append(result["rps"])
+        report(
+            bench="sql-tag",
+            configuration=config.name,
+            read="1 first page",
+            rounds=runs,
+            median_rps={tag: statistics.median(r) for tag, r in runs.items()},
+        )

@@ -5,6 +5,10 @@
     python -m bench.run api [--seconds S] [--rounds R] [--reads 1 5] [--configs A B] [--ports P Q]
                                              six reads: Nexes vs PostGraphile v5 (bench/peers), in
                                              configurations A and B (bench/api.py), wrk
+    python -m bench.run profile [--reads 1 5] [--requests N] [--configs A|B]
+                                             CPU per request of reads, by part (bench/profile.py)
+    python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
+                                             read 1 with the request id as comment, application_name or both
     python -m bench.run import [--orders N] [--py-spy EXE]
                                              a CSV of N orders (default 1M) through the workers, against raw COPY
     python -m bench.run import-load [--orders N] [--requests R]
@@ -156,7 +160,17 @@ def wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(body, f)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(ROOT / "bench" / "post.lua"), url],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
         env={**os.environ, "BODY_FILE": f.name, "AUTHORIZATION": authorization},
         capture_output=True,
         text=True,
@@ -287,13 +301,17 @@ def main() -> None:
             "reconcile",
             "auth",
             "bulkhead",
+            "profile",
+            "sql-tag",
             "all",
         ],
         default="all",
     )
     parser.add_argument("--orders", type=int, default=None, help="seed: 10M; import: 1M; import-load: 300k")
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=2_000, help="import-load: page requests idle and loaded")
+    parser.add_argument(
+        "--requests", type=int, default=2_000, help="import-load: page requests idle and loaded; profile: per read"
+    )
     parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
     parser.add_argument("--ports", type=int, nargs=2, default=(18000, 18001), metavar=("NEXES", "PEER"))
     parser.add_argument("--kills", type=int, default=3, help="import-recovery: SIGKILLs of the worker")
@@ -330,10 +348,15 @@ def main() -> None:
         )
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead"):
-        from bench import auth, bulkhead  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "profile", "sql-tag"):
+        from bench import api, auth, bulkhead, profile  # they import this module's helpers
 
-        chosen = {"auth": auth.main, "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds)}
+        chosen = {
+            "auth": auth.main,
+            "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds),
+            "profile": lambda: profile.bench_profile(args.reads, args.requests, (args.configs or ["B"])[0]),
+            "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
+        }
         chosen[args.what]()
     else:
         settings = settings_module.load()

@@ -375,30 +375,40 @@ async def orders_pages_by_customer(
     return grouped
 
 
-ORDERS_BY_ID = sql.SQL(
-    "SELECT {cols} FROM service_order_key AS k JOIN {src} AS o ON o.id = k.id AND o.created_at = k.created_at "
-    "WHERE k.id = ANY(%(ids)s)"
-)
-ORDERS_BY_SOD = sql.SQL(
-    "SELECT {cols} FROM service_order_key AS k JOIN {src} AS o ON o.id = k.id AND o.created_at = k.created_at "
-    "WHERE k.sod_number = %(sod)s"
-)
+# Two steps, because one join from the key table to the partitioned orders was planned over
+# every partition, live and archived (30 ms of planning for one order at 1M orders, a
+# hundred times its execution): the key table gives (id, created_at), then the orders are
+# read with their created_at as values, which prunes the partitions when planning.
+KEYS_BY_ID = "SELECT id, created_at FROM service_order_key WHERE id = ANY(%(ids)s)"
+KEYS_BY_SOD = "SELECT id, created_at FROM service_order_key WHERE sod_number = %(sod)s"
+# With each order's customer, as a page's (see _page_sql for the LATERAL's LIMIT 1).
+ORDERS_AT = sql.SQL(
+    "SELECT {cols}, c.code AS customer_code, c.name AS customer_name FROM {src} AS o "
+    "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = o.customer_id LIMIT 1) AS c "
+    "WHERE o.id = ANY(%(ids)s) AND o.created_at = ANY(%(ats)s)"
+).format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
 
 
-async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
-    """Orders by id, live or archived: the key table names the one partition to read."""
-    query = ORDERS_BY_ID.format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
+async def _orders_at(conn: AsyncConnection[Any], keys: list[tuple[int, datetime]]) -> list[OrderRow]:
+    if not keys:
+        return []
+    params = {"ids": [k[0] for k in keys], "ats": [k[1] for k in keys]}
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
-        await cur.execute(query, {"ids": list(ids)})
+        await cur.execute(ORDERS_AT, params)
         return await cur.fetchall()
 
 
+async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
+    """Orders by id, live or archived, with their customers: the key table names the partitions to read."""
+    cur = await conn.execute(KEYS_BY_ID, {"ids": list(ids)})
+    return await _orders_at(conn, await cur.fetchall())
+
+
 async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> OrderRow | None:
-    """One order by SOD number, live or archived."""
-    query = ORDERS_BY_SOD.format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
-    async with conn.cursor(row_factory=ORDER_ROW) as cur:
-        await cur.execute(query, {"sod": sod_number})
-        return await cur.fetchone()
+    """One order by SOD number, live or archived, with its customer."""
+    cur = await conn.execute(KEYS_BY_SOD, {"sod": sod_number})
+    rows = await _orders_at(conn, await cur.fetchall())
+    return rows[0] if rows else None
 
 
 LINES = """
