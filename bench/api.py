@@ -271,7 +271,8 @@ def bench_api(
     for config in configurations(base):
         if only_configs and config.name[0] not in only_configs:
             continue
-        env = {**base, **config.nexes_env}
+        # The ops listener (/metrics) beside the benchmark's ports, not on the default one.
+        env = {**base, **config.nexes_env, "NEXES_OPS_LISTEN": f"127.0.0.1:{nexes_port + 2}"}
         nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", "1"]
         peer_cmd = [str(PEER_DIR / "run"), config.peer_url, str(peer_port), "public"]
         peer_env = {k: v for k, v in bench_env().items() if not k.startswith("DATAPLAN_")} | config.peer_env
@@ -346,7 +347,8 @@ def bench_sql_tag(seconds: int, rounds: int = 3, *, port: int = 18000) -> None:
         with ExitStack() as stack:
             for i, tag in enumerate(tags):
                 cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port + i), "--workers", "1"]
-                env = {**base, **config.nexes_env, "NEXES_SQL_TAG": tag}
+                ops = f"127.0.0.1:{port + 3 + i}"
+                env = {**base, **config.nexes_env, "NEXES_SQL_TAG": tag, "NEXES_OPS_LISTEN": ops}
                 stack.enter_context(process(cmd, env, urls[tag], body, headers=auth))
             for tag in tags:
                 wrk(urls[tag], body, 2, authorization=auth["Authorization"])

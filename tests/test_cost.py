@@ -16,7 +16,15 @@ from graphql import OperationDefinitionNode, parse
 from prometheus_client import REGISTRY
 
 from nexes.auth.identity import Viewer
-from nexes.execution.cost import COUNT_NODES, DEFAULT_PAGE, LIST_GUESS, operation_cost, points_of
+from nexes.execution.cost import (
+    COUNT_NODES,
+    DEFAULT_PAGE,
+    LIST_GUESS,
+    CostCache,
+    count_nodes,
+    operation_cost,
+    points_of,
+)
 from nexes.execution.schema import schema
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
@@ -52,6 +60,28 @@ def test_connections_multiply_by_their_page_and_counts_add_their_own() -> None:
         10 + COUNT_NODES + 10 * LIST_GUESS
     )
     assert cost_of(FAN_OUT) == 100 + 100 * 100 + 100 * COUNT_NODES + 100 * 100 * LIST_GUESS + 100 * 100 * 100
+
+
+def test_the_cost_cache_answers_as_the_walk_for_each_page_size_whatever_the_cursor() -> None:
+    query = "query($n: Int, $a: String, $ids: [ID!]!) { serviceOrders(first: $n, after: $a) { edges { node { id } } } "
+    query += "nodes(ids: $ids) { id } }"
+    document = parse(query)
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    cache = CostCache(size=2)
+    for variables in ({"n": 7, "a": "x", "ids": ["1"]}, {"n": 7, "a": "y", "ids": ["2"]}, {"n": 9, "ids": ["1", "2"]}):
+        expected = operation_cost(schema._schema, document, operation, variables)
+        assert cache.cost(schema._schema, document, operation, variables) == expected
+        assert cache.cost(schema._schema, document, operation, variables) == expected
+    assert cache.cost(schema._schema, document, operation, {"n": 9, "ids": ["1", "2"]}) == 9 + 2
+    other = parse(query).definitions[0]  # the same text parsed again: another node, not a hit
+    assert isinstance(other, OperationDefinitionNode)
+    assert cache.cost(schema._schema, document, other, {"n": 3, "ids": []}) == 3
+
+
+def test_count_nodes_counts_every_object_below_data() -> None:
+    data = {"a": {"edges": [{"node": {"x": 1, "c": {"n": "y"}}}, {"node": None}], "p": [1, [2, {"z": 3}]]}}
+    assert count_nodes(data) == 1 + 1 + 2 + 1 + 1 + 1
+    assert count_nodes(None) == 0 and count_nodes([]) == 0
 
 
 def test_variables_aliases_and_fragments_are_counted_in_full() -> None:
