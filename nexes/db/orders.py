@@ -241,10 +241,8 @@ class PageShape(NamedTuple):
         )
 
 
-@lru_cache(maxsize=1024)
-def page_sql_text(shape: PageShape) -> bytes:
-    """A page's SQL, composed once per shape: composing it per request cost as much as
-    PostgreSQL took to run it. Built by `_page_sql` from a stand-in filter of that shape."""
+def _stand_in(shape: PageShape) -> tuple[OrderFilter, Keyset | None]:
+    """A filter and keyset of that shape (their values are never used)."""
     stand_in = OrderFilter(
         statuses=tuple(f"s{i}" for i in range(shape.statuses)),
         customer_id=0 if shape.has_customer else None,
@@ -253,10 +251,35 @@ def page_sql_text(shape: PageShape) -> bytes:
         sod_number_prefix="p" if shape.has_prefix else None,
         include_archived=shape.include_archived,
     )
-    after = Keyset(None, 0) if shape.has_after else None
+    return stand_in, Keyset(None, 0) if shape.has_after else None
+
+
+@lru_cache(maxsize=1024)
+def page_sql_text(shape: PageShape) -> bytes:
+    """A page's SQL, composed once per shape: composing it per request cost as much as
+    PostgreSQL took to run it. Built by `_page_sql` from a stand-in filter of that shape."""
+    stand_in, after = _stand_in(shape)
     query = _page_sql(
         stand_in, shape.sort, backward=shape.backward, after=after, with_customer=shape.with_customer, extra=None
     )
+    return query.as_bytes(None)
+
+
+@lru_cache(maxsize=256)
+def customer_pages_sql_text(shape: PageShape) -> bytes:
+    """The same page for each of several customers (a LATERAL page per customer), composed once per shape."""
+    stand_in, after = _stand_in(shape)
+    inner = _page_sql(
+        stand_in,
+        shape.sort,
+        backward=shape.backward,
+        after=after,
+        with_customer=shape.with_customer,
+        extra=sql.SQL("o.customer_id = batch.cid"),
+    )
+    query = sql.SQL(
+        "SELECT p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({}) AS p"
+    ).format(inner)
     return query.as_bytes(None)
 
 
@@ -346,21 +369,12 @@ async def orders_pages_by_customer(
 ) -> dict[int, list[OrderRow]]:
     """The same page of orders for each of several customers, in one statement (a LATERAL
     page per customer, each served by the customer's own index range)."""
-    inner, params = page_query(
-        replace(flt, customer_id=None),
-        sort,
-        backward=backward,
-        after=after,
-        limit=limit,
-        with_customer=with_customer,
-        extra=sql.SQL("o.customer_id = batch.cid"),
-    )
+    flt = replace(flt, customer_id=None)
+    params = page_params(flt, after=after, limit=limit)
     params["customer_ids"] = list(customer_ids)
-    query = sql.SQL(
-        "SELECT p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({}) AS p"
-    ).format(inner)
+    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer)
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
-        await cur.execute(query, params)
+        await cur.execute(customer_pages_sql_text(shape), params)
         rows = await cur.fetchall()
     column, direction = SORTS[sort]
     descending = (direction == "DESC") != backward
