@@ -61,7 +61,7 @@ def tag_statement(base: str) -> tuple[str, list[str]] | None:
 class NamedCursor(TaggedCursor[Row]):
     """Sends each statement behind the set_config of its request, in one pipeline; no comment."""
 
-    _query_cls = PostgresQuery
+    _query_cls = PostgresQuery  # type: ignore[assignment]  # the plain one: no comment
 
     async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
