@@ -20,9 +20,11 @@ configures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -336,6 +338,7 @@ def bench_sql_tag(seconds: int, rounds: int = 3, *, port: int = 18000) -> None:
     """The request id as a comment, as application_name, or both: read 1 through Nexes alone,
     in A (PgBouncer, prepare off) and in B (direct, NEXES_PREPARE=on), the three tags served
     at once by three processes and measured in alternating rounds."""
+    bench_statement_tags()
     ensure_wrk()
     base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
     settings = settings_module.load(base)
@@ -365,4 +368,60 @@ def bench_sql_tag(seconds: int, rounds: int = 3, *, port: int = 18000) -> None:
             read="1 first page",
             rounds=runs,
             median_rps={tag: statistics.median(r) for tag, r in runs.items()},
+        )
+
+
+STATEMENT = (
+    "SELECT id, sod_number, status, created_at, total_amount FROM service_order "
+    "ORDER BY created_at DESC, id DESC LIMIT 51"
+)
+
+
+async def _statement_tags(url: str, prepare: bool, samples: int = 400) -> dict[str, float]:
+    """Median ms of one statement sent bare, behind a comment, or behind the application_name
+    set_config in one pipeline (nexes.db.connect.session_tag), on one connection."""
+    from nexes.db.connect.session_tag import SET_NAME
+
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, prepare_threshold=0 if prepare else None, application_name="bench"
+    )
+
+    async def bare(i: int) -> None:
+        await (await conn.execute(STATEMENT)).fetchall()
+
+    async def comment(i: int) -> None:
+        # The comment helper's form, with a fresh request id each time (bench-only text).
+        await (await conn.execute(f"/*request_id='{i:032x}'*/ {STATEMENT}")).fetchall()  # type: ignore[call-overload]
+
+    async def application_name(i: int) -> None:
+        async with conn.pipeline():
+            await psycopg.AsyncCursor(conn).execute(SET_NAME, [f"{i:032x} bench"])
+            cur = await conn.execute(STATEMENT)
+        await cur.fetchall()
+
+    medians = {}
+    async with conn:
+        for name, send in (("bare", bare), ("comment", comment), ("application_name", application_name)):
+            times = []
+            for i in range(samples):
+                started = time.perf_counter()
+                await send(i)
+                times.append(time.perf_counter() - started)
+            medians[name] = round(statistics.median(times) * 1000, 3)
+    return medians
+
+
+def bench_statement_tags() -> None:
+    """One statement's latency with each tag: direct with and without preparing, and through PgBouncer."""
+    settings = settings_module.load(bench_env())
+    replica = urlsplit(settings.replica_admin_urls[0]).netloc.rpartition("@")[2]
+    bouncer = urlsplit(settings.replica_urls[0]).netloc
+    for where, netloc, prepare in (
+        ("direct", replica, True),
+        ("direct", replica, False),
+        ("PgBouncer", bouncer, False),
+    ):
+        url = f"postgresql://nexes_api@{netloc}/{DB}"
+        report(
+            bench="statement-tag", where=where, prepared=prepare, median_ms=asyncio.run(_statement_tags(url, prepare))
         )
