@@ -16,6 +16,7 @@ from graphql import OperationDefinitionNode, parse
 from prometheus_client import REGISTRY
 
 from nexes.auth.identity import Viewer
+from nexes.auth.ratelimit import RateLimited
 from nexes.execution.cost import (
     COUNT_NODES,
     DEFAULT_PAGE,
@@ -198,3 +199,31 @@ def test_a_token_with_no_known_role_has_no_budget() -> None:
     from nexes.auth.ratelimit import most_generous
 
     assert most_generous(Viewer(subject="x", roles=frozenset()), {"viewer": 5}) == 0
+
+
+async def test_the_charge_in_one_pipeline_agrees_with_the_library_even_after_redis_forgets_its_scripts(
+    seeded: Settings,
+) -> None:
+    import redis.asyncio
+
+    from nexes.auth.ratelimit import RateLimiter
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    try:
+        first = await limiter.charge(who, 100, 3)
+        second = await limiter.charge(who, 100, 4)
+        item = limiter._item(100)
+        library = await limiter._shared.get_window_stats(item, "graphql", who)  # the library's own reading
+        assert (first.remaining, second.remaining, library.remaining) == (97, 93, 93)
+        assert abs(second.reset - library.reset_time) < 2
+        client = redis.asyncio.from_url(seeded.redis_url)
+        await client.script_flush()  # as after a restart of Redis: the next charge loads them again
+        await client.aclose()
+        third = await limiter.charge(who, 100, 5)
+        peek = await limiter.charge(who, 100, 50, dry_run=True)
+        assert (third.remaining, peek.remaining) == (88, 88)
+        with pytest.raises(RateLimited):
+            await limiter.charge(who, 100, 89)
+    finally:
+        await limiter.close()
