@@ -109,7 +109,9 @@ async def _profile(env: dict[str, str], bodies: dict[str, dict[str, Any]], reque
                     parts[part_of(filename)] = parts.get(part_of(filename), 0.0) + tottime
                 total = sum(parts.values())
                 if os.environ.get("BENCH_PROFILE_TOP"):
-                    stats.sort_stats("tottime").print_stats(int(os.environ["BENCH_PROFILE_TOP"]))
+                    stats.sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(
+                        int(os.environ["BENCH_PROFILE_TOP"])
+                    )
                 report(
                     bench="profile",
                     read=name,
