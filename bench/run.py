@@ -2,8 +2,13 @@
 
     python -m bench.run seed [--orders N]    fresh nexes_bench, timed seed, size on disk
     python -m bench.run pages                page latency: raw keyset SQL against GraphQL
-    python -m bench.run api [--seconds S] [--workers N] [--ports P Q]
-                                             a 50-order page: Nexes vs PostGraphile v5 (wrk)
+    python -m bench.run api [--seconds S] [--rounds R] [--reads 1 5] [--configs A B] [--ports P Q]
+                                             six reads: Nexes vs PostGraphile v5 (bench/peers), in
+                                             configurations A and B (bench/api.py), wrk
+    python -m bench.run profile [--reads 1 5] [--requests N] [--configs A|B]
+                                             CPU per request of reads, by part (bench/profile.py)
+    python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
+                                             read 1 with the request id as comment, application_name or both
     python -m bench.run import [--orders N] [--py-spy EXE]
                                              a CSV of N orders (default 1M) through the workers, against raw COPY
     python -m bench.run import-load [--orders N] [--requests R]
@@ -42,7 +47,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -56,35 +60,6 @@ from nexes.db.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = "nexes_bench"
-# The PostGraphile peer's start script: in shared/, beside the checkout (../shared from
-# its root, wherever the checkout lies), or where NEXES_PEER_POSTGRAPHILE says.
-PEER_DEFAULT = ROOT.parent / "shared" / "peers" / "postgraphile" / "run"
-NEXES_PORT, PEER_PORT = 18000, 18001
-PAGE_FIELDS = "id sodNumber status createdAt totalAmount customer { name }"
-PEER_FIELDS = "rowId sodNumber status createdAt totalAmount customerByCustomerId { name }"
-PEER_ORDER = "orderBy: [CREATED_AT_DESC, ROW_ID_DESC]"
-# PostGraphile v5 prepares named statements by default. Behind PgBouncer 1.18 in
-# transaction mode (the path both servers must share) nearly every request then fails
-# with 'prepared statement "..." already exists', answered as HTTP 200 with errors, so
-# wrk counted failures as pages. Its own switch turns them off, as Nexes has them off.
-PEER_ENV = {**os.environ, "DATAPLAN_PG_PREPARED_STATEMENT_CACHE_SIZE": "0"}
-# Since migration 0028 a statement-level check, not a foreign key, holds service_order's
-# customer_id to customer, so PostGraphile no longer makes customerByCustomerId from it and
-# answered every page with a 400. A smart comment, on the bench database only, declares
-# the relation the key declared.
-PEER_SMART_TAGS = "COMMENT ON TABLE service_order IS '@foreignKey (customer_id) references customer (id)'"
-
-
-def peer_script() -> Path:
-    configured = os.environ.get("NEXES_PEER_POSTGRAPHILE")
-    path = Path(configured) if configured else PEER_DEFAULT
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        where = "NEXES_PEER_POSTGRAPHILE" if configured else "shared/ beside the checkout"
-        sys.exit(
-            f"bench: no PostGraphile peer at {path} (from {where}): the api benchmark runs it. "
-            "Set NEXES_PEER_POSTGRAPHILE to its executable `run` script."
-        )
-    return path
 
 
 def ensure_wrk() -> None:
@@ -189,7 +164,17 @@ def wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(body, f)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "post.lua"), url],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
         env={**os.environ, "BODY_FILE": f.name, "AUTHORIZATION": authorization},
         capture_output=True,
         text=True,
@@ -198,72 +183,6 @@ def wrk(
     match = re.search(r"RESULT (.*)", out)
     assert match, out
     return {k: float(v) for k, v in (pair.split("=") for pair in match[1].split())}
-
-
-def bench_api(
-    seconds: int,
-    rounds: int = 3,
-    workers: int = 1,
-    ports: tuple[int, int] = (NEXES_PORT, PEER_PORT),
-    checkout: Path | None = None,
-) -> None:
-    """One Nexes worker against one PostGraphile (Node.js) process by default: like for like.
-
-    `checkout`: serve Nexes from another checkout of this repository (`python -m` puts the
-    working directory first on sys.path), to compare two versions of the code against the
-    same peer and database, e.g. a `git worktree` of an older commit.
-    """
-    peer = peer_script()
-    ensure_wrk()
-    env = {**bench_env(), "NEXES_API_POOL_SIZE": "20"}
-    settings = settings_module.load(env)
-    nexes_port, peer_port = ports
-    nexes_url = f"http://127.0.0.1:{nexes_port}/graphql"
-    peer_url = f"http://127.0.0.1:{peer_port}/graphql"
-    # Both reach the replica through the same PgBouncer, each with a pool of 20.
-    peer_db = f"postgresql://nexes_api@{urlsplit(settings.replica_urls[0]).netloc}/{DB}"
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
-        conn.execute(PEER_SMART_TAGS)
-    first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
-    peer_first = {"query": f"{{ allServiceOrders(first: 50, {PEER_ORDER}) {{ pageInfo {{ endCursor }} }} }}"}
-    nexes_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(nexes_port), "--workers", str(workers)]
-    # A viewer's token, as the SPA sends (code from before tokens ignores the header).
-    auth = bearer(env, "viewer")
-    with (
-        process(nexes_cmd, env, nexes_url, first, cwd=checkout, headers=auth),
-        process([str(peer), peer_db, str(peer_port), "public"], PEER_ENV, peer_url, peer_first),
-    ):
-        cursor = httpx.post(nexes_url, json=first, headers=auth).json()["data"]["serviceOrders"]["pageInfo"][
-            "endCursor"
-        ]
-        body = {
-            "query": "query($a: String) { serviceOrders(first: 50, after: $a) "
-            f"{{ edges {{ node {{ {PAGE_FIELDS} }} }} }} }}",
-            "variables": {"a": cursor},
-        }
-        peer_cursor = httpx.post(peer_url, json=peer_first).json()["data"]["allServiceOrders"]["pageInfo"]["endCursor"]
-        peer_body = {
-            "query": f"query($a: Cursor) {{ allServiceOrders(first: 50, after: $a, {PEER_ORDER}) "
-            f"{{ edges {{ node {{ {PEER_FIELDS} }} }} }} }}",
-            "variables": {"a": peer_cursor},
-        }
-        # Alternate the two, so that drift of the shared machine hits both alike.
-        runs: dict[str, list[dict[str, float]]] = {"nexes": [], "postgraphile": []}
-        for _ in range(rounds):
-            runs["nexes"].append(wrk(nexes_url, body, seconds, authorization=auth["Authorization"]))
-            runs["postgraphile"].append(wrk(peer_url, peer_body, seconds))
-    failed = {name: sum(r["gql_errors"] for r in results) for name, results in runs.items()}
-    if any(failed.values()):
-        raise RuntimeError(f"responses with GraphQL errors (not pages): {failed}; runs: {runs}")
-    medians = {name: statistics.median(r["rps"] for r in results) for name, results in runs.items()}
-    report(
-        bench="api-page-50",
-        nexes_checkout=str(checkout or ROOT),
-        nexes_workers=workers,
-        runs=runs,
-        median_rps=medians,
-        ratio=round(medians["nexes"] / medians["postgraphile"], 2),
-    )
 
 
 async def _latencies(samples: int) -> None:
@@ -291,7 +210,10 @@ async def _latencies(samples: int) -> None:
             )
             async with conn:
                 deepest = "SELECT created_at, id FROM service_order ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1"
-                row = await (await conn.execute(deepest, [9_000_000])).fetchone()
+                # Row 9,000,000 of 10M; 90% of the way down a smaller database (as bench/api.py).
+                count = (await (await conn.execute("SELECT count(*) FROM service_order")).fetchone() or (0,))[0]
+                depth = min(9_000_000, count * 9 // 10)
+                row = await (await conn.execute(deepest, [depth])).fetchone()
                 deep = Keyset(row[0], row[1]) if row else None
                 customer = (
                     await (
@@ -310,7 +232,7 @@ async def _latencies(samples: int) -> None:
                         "{ serviceOrders(first: 50) { PAGE } }".replace("PAGE", page),
                         {},
                     ),
-                    "page past row 9,000,000": (
+                    f"page past row {depth:,}": (
                         OrderFilter(),
                         deep,
                         False,
@@ -389,19 +311,24 @@ def main() -> None:
             "tracing",
             "scrape",
             "api-telemetry",
+            "profile",
+            "sql-tag",
             "all",
         ],
         default="all",
     )
     parser.add_argument("--orders", type=int, default=None, help="seed: 10M; import: 1M; import-load: 300k")
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=2_000, help="import-load: page requests idle and loaded")
+    parser.add_argument(
+        "--requests", type=int, default=2_000, help="import-load: page requests idle and loaded; profile: per read"
+    )
     parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
-    parser.add_argument("--workers", type=int, default=1, help="Nexes workers (PostGraphile runs one process)")
-    parser.add_argument("--ports", type=int, nargs=2, default=(NEXES_PORT, PEER_PORT), metavar=("NEXES", "PEER"))
+    parser.add_argument("--ports", type=int, nargs=2, default=(18000, 18001), metavar=("NEXES", "PEER"))
     parser.add_argument("--kills", type=int, default=3, help="import-recovery: SIGKILLs of the worker")
     parser.add_argument("--rounds", type=int, default=3, help="api: alternating wrk rounds of each server")
     parser.add_argument("--nexes-checkout", type=Path, default=None, help="api: serve Nexes from this checkout")
+    parser.add_argument("--reads", type=int, nargs="*", default=None, help="api: only these reads (1-6)")
+    parser.add_argument("--configs", nargs="*", default=None, choices=["A", "B"], help="api: only these")
     args = parser.parse_args()
     if args.what in ("import", "import-load", "import-statements", "import-recovery", "reconcile"):
         from bench import write_path  # it imports this module's helpers
@@ -419,11 +346,20 @@ def main() -> None:
     elif args.what == "seed":
         bench_seed(args.orders or 10_000_000)
     elif args.what == "api":
-        bench_api(args.seconds, args.rounds, args.workers, tuple(args.ports), args.nexes_checkout)
+        from bench import api  # it imports this module's helpers
+
+        api.bench_api(
+            args.seconds,
+            args.rounds,
+            only_reads=args.reads,
+            only_configs=args.configs,
+            ports=tuple(args.ports),
+            checkout=args.nexes_checkout,
+        )
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry"):
-        from bench import auth, bulkhead, telemetry  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry", "profile", "sql-tag"):
+        from bench import api, auth, bulkhead, profile, telemetry  # they import this module's helpers
 
         chosen = {
             "auth": auth.main,
@@ -431,17 +367,20 @@ def main() -> None:
             "tracing": telemetry.bench_tracing,
             "scrape": telemetry.bench_scrape,
             "api-telemetry": lambda: telemetry.bench_api_telemetry(args.seconds, args.rounds, args.orders or 200_000),
+            "profile": lambda: profile.bench_profile(args.reads, args.requests, (args.configs or ["B"])[0]),
+            "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
         }
         chosen[args.what]()
     else:
-        peer_script()  # before a seed of 11 minutes, not after it
         settings = settings_module.load()
         with psycopg.connect(superuser(settings.admin_url)) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
         if not exists:
             bench_seed(args.orders or 10_000_000)
         asyncio.run(_latencies(200))
-        bench_api(args.seconds, workers=args.workers, ports=tuple(args.ports))
+        from bench import api
+
+        api.bench_api(args.seconds, ports=tuple(args.ports))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from starlette.config import Config
 from starlette.datastructures import Secret
 
 Env = Literal["development", "production"]
+SqlTag = Literal["comment", "application_name", "both"]
 ROLES = ("nexes_api", "nexes_worker", "nexes_analyst", "nexes_owner")
 MONITOR_ROLE = "nexes_monitor"  # probes only: pg_monitor, LOGIN, CONNECTION LIMIT 5
 # A request's deadline per caller role (nexes.auth.identity.Role), in seconds.
@@ -163,6 +164,13 @@ class Settings:
     typesense_cluster: tuple[str, ...] = ()
     broker_url: str = field(repr=False, default="")
     monitor_connection_limit: int = 5
+    # Issue 21: the API's pools prepare their statements (psycopg's prepare_threshold) when
+    # on: for direct connections, or a pooler that keeps prepared statements (PgBouncer
+    # 1.21+); never behind PgBouncer 1.18 in transaction mode. How a statement carries its
+    # request id (nexes.db.connect.session_tag): "comment" defeats preparing, so by default
+    # it follows prepare: a comment when off, application_name when on.
+    prepare: bool = False
+    sql_tag: SqlTag = "comment"
 
     @property
     def development(self) -> bool:
@@ -326,6 +334,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             typesense_cluster=tuple(config("NEXES_TYPESENSE_URLS", default="").split()),
             broker_url=_broker_url(config),
             monitor_connection_limit=max(1, int(_positive(config, "NEXES_MONITOR_CONNECTION_LIMIT", 5, int))),
+            prepare=_on_off(config, "NEXES_PREPARE"),
+            sql_tag=_sql_tag(config),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
@@ -371,6 +381,14 @@ def _log_format(config: Config, env: str) -> Literal["json", "console"]:
     if value == "console":
         return "console"
     raise SettingsError(f"NEXES_LOG_FORMAT={value!r}: must be 'json' or 'console'")
+
+
+def _sql_tag(config: Config) -> SqlTag:
+    default = "application_name" if _on_off(config, "NEXES_PREPARE") else "comment"
+    value = config("NEXES_SQL_TAG", default=default).strip().lower()
+    if value not in ("comment", "application_name", "both"):
+        raise SettingsError(f"NEXES_SQL_TAG={value!r}: must be 'comment', 'application_name' or 'both'")
+    return cast(SqlTag, value)
 
 
 def _otel_traces_export(config: Config) -> bool:

@@ -16,7 +16,16 @@ from graphql import OperationDefinitionNode, parse
 from prometheus_client import REGISTRY
 
 from nexes.auth.identity import Viewer
-from nexes.execution.cost import COUNT_NODES, DEFAULT_PAGE, LIST_GUESS, operation_cost, points_of
+from nexes.auth.ratelimit import RateLimited
+from nexes.execution.cost import (
+    COUNT_NODES,
+    DEFAULT_PAGE,
+    LIST_GUESS,
+    CostCache,
+    count_nodes,
+    operation_cost,
+    points_of,
+)
 from nexes.execution.schema import schema
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
@@ -52,6 +61,28 @@ def test_connections_multiply_by_their_page_and_counts_add_their_own() -> None:
         10 + COUNT_NODES + 10 * LIST_GUESS
     )
     assert cost_of(FAN_OUT) == 100 + 100 * 100 + 100 * COUNT_NODES + 100 * 100 * LIST_GUESS + 100 * 100 * 100
+
+
+def test_the_cost_cache_answers_as_the_walk_for_each_page_size_whatever_the_cursor() -> None:
+    query = "query($n: Int, $a: String, $ids: [ID!]!) { serviceOrders(first: $n, after: $a) { edges { node { id } } } "
+    query += "nodes(ids: $ids) { id } }"
+    document = parse(query)
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    cache = CostCache(size=2)
+    for variables in ({"n": 7, "a": "x", "ids": ["1"]}, {"n": 7, "a": "y", "ids": ["2"]}, {"n": 9, "ids": ["1", "2"]}):
+        expected = operation_cost(schema._schema, document, operation, variables)
+        assert cache.cost(schema._schema, document, operation, variables) == expected
+        assert cache.cost(schema._schema, document, operation, variables) == expected
+    assert cache.cost(schema._schema, document, operation, {"n": 9, "ids": ["1", "2"]}) == 9 + 2
+    other = parse(query).definitions[0]  # the same text parsed again: another node, not a hit
+    assert isinstance(other, OperationDefinitionNode)
+    assert cache.cost(schema._schema, document, other, {"n": 3, "ids": []}) == 3
+
+
+def test_count_nodes_counts_every_object_below_data() -> None:
+    data = {"a": {"edges": [{"node": {"x": 1, "c": {"n": "y"}}}, {"node": None}], "p": [1, [2, {"z": 3}]]}}
+    assert count_nodes(data) == 1 + 1 + 2 + 1 + 1 + 1
+    assert count_nodes(None) == 0 and count_nodes([]) == 0
 
 
 def test_variables_aliases_and_fragments_are_counted_in_full() -> None:
@@ -168,3 +199,31 @@ def test_a_token_with_no_known_role_has_no_budget() -> None:
     from nexes.auth.ratelimit import most_generous
 
     assert most_generous(Viewer(subject="x", roles=frozenset()), {"viewer": 5}) == 0
+
+
+async def test_the_charge_in_one_pipeline_agrees_with_the_library_even_after_redis_forgets_its_scripts(
+    seeded: Settings,
+) -> None:
+    import redis.asyncio
+
+    from nexes.auth.ratelimit import RateLimiter
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    try:
+        first = await limiter.charge(who, 100, 3)
+        second = await limiter.charge(who, 100, 4)
+        item = limiter._item(100)
+        library = await limiter._shared.get_window_stats(item, "graphql", who)  # the library's own reading
+        assert (first.remaining, second.remaining, library.remaining) == (97, 93, 93)
+        assert abs(second.reset - library.reset_time) < 2
+        client = redis.asyncio.from_url(seeded.redis_url)
+        await client.script_flush()  # as after a restart of Redis: the next charge loads them again
+        await client.aclose()
+        third = await limiter.charge(who, 100, 5)
+        peek = await limiter.charge(who, 100, 50, dry_run=True)
+        assert (third.remaining, peek.remaining) == (88, 88)
+        with pytest.raises(RateLimited):
+            await limiter.charge(who, 100, 89)
+    finally:
+        await limiter.close()

@@ -17,12 +17,14 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 from limits import RateLimitItemPerHour
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
+from limits.util import WindowStats
 from prometheus_client import Counter
 
 from nexes.auth.identity import Viewer
@@ -82,11 +84,43 @@ class RateLimiter:
         are not there, with when to come back."""
         item = self._item(hourly)
         try:
-            return await self._charge(self._shared, item, subject, hourly, points, dry_run=dry_run)
+            allowed, stats = await self._one_trip(item, subject, points, dry_run=dry_run)
+            return _budget(hourly, points, allowed, stats)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             FALLBACKS.inc()
             log.warning("rate limit kept in this process: Redis did not answer (%s)", type(exc).__name__)
             return await self._charge(self._local, item, subject, hourly, points, dry_run=dry_run)
+
+    async def _one_trip(
+        self, item: RateLimitItemPerHour, subject: str, points: int, *, dry_run: bool
+    ) -> tuple[bool, WindowStats]:
+        """limits' hit and get_window_stats on Redis in one round trip (issue 21: the two calls
+        were two of a request's three round trips). Its own because `limits` offers the two
+        only as separate calls: the same Lua scripts (the storage's, by SHA) and keys, sent in
+        one pipeline, and the same window arithmetic (`window_stats`). When Redis does not know
+        a script (restarted), the library's own calls load it."""
+        storage = cast(Any, self._shared.storage)
+        bridge = storage.bridge
+        key = item.key_for(RESOURCE, subject)
+        keys = [
+            bridge.prefixed_key(storage._previous_window_key(key)),
+            bridge.prefixed_key(storage._current_window_key(key)),
+        ]
+        expiry = item.get_expiry()
+        pipe = bridge.get_connection().pipeline(transaction=False)
+        if not dry_run:
+            pipe.evalsha(bridge.lua_acquire_sliding_window.sha, 2, *keys, item.amount, expiry, points)
+        pipe.evalsha(bridge.lua_sliding_window.sha, 2, *keys, expiry)
+        results = await pipe.execute(raise_on_error=False)
+        acquired = True if dry_run else results[0]
+        if isinstance(acquired, redis.exceptions.NoScriptError):
+            acquired = await self._shared.hit(item, RESOURCE, subject, cost=points)
+        window = results[-1]
+        if isinstance(window, redis.exceptions.NoScriptError):
+            return bool(acquired), await self._shared.get_window_stats(item, RESOURCE, subject)
+        if isinstance(acquired, Exception) or isinstance(window, Exception):
+            raise acquired if isinstance(acquired, Exception) else window
+        return bool(acquired), window_stats(item, window)
 
     @staticmethod
     async def _charge(
@@ -101,14 +135,7 @@ class RateLimiter:
         allowed = True
         if not dry_run:
             allowed = await limiter.hit(item, RESOURCE, subject, cost=points)
-        stats = await limiter.get_window_stats(item, RESOURCE, subject)
-        remaining = max(0, int(stats.remaining))
-        budget = Budget(hourly, remaining, hourly - remaining, math.ceil(stats.reset_time))
-        if not allowed:
-            retry = min(WINDOW_SECONDS, max(1, budget.reset - int(time.time())))
-            message = f"this query costs {points} points and {remaining} of your {hourly} an hour are left"
-            raise RateLimited(f"{message}; retry in {retry} s", budget, retry)
-        return budget
+        return _budget(hourly, points, allowed, await limiter.get_window_stats(item, RESOURCE, subject))
 
     async def close(self) -> None:
         """Close the shared limiter's Redis connections (limits keeps its redis-py client
@@ -116,3 +143,34 @@ class RateLimiter:
         client = getattr(getattr(self._shared.storage, "bridge", None), "storage", None)
         if client is not None:
             await client.aclose()
+
+
+def _budget(hourly: int, points: int, allowed: bool, stats: WindowStats) -> Budget:
+    remaining = max(0, int(stats.remaining))
+    budget = Budget(hourly, remaining, hourly - remaining, math.ceil(stats.reset_time))
+    if not allowed:
+        retry = min(WINDOW_SECONDS, max(1, budget.reset - int(time.time())))
+        message = f"this query costs {points} points and {remaining} of your {hourly} an hour are left"
+        raise RateLimited(f"{message}; retry in {retry} s", budget, retry)
+    return budget
+
+
+def window_stats(item: RateLimitItemPerHour, window: list[Any] | None) -> WindowStats:
+    """limits' SlidingWindowCounterRateLimiter.get_window_stats from its Lua script's raw
+    answer (the bridge's get_sliding_window conversion, then the strategy's arithmetic)."""
+    previous_count, previous_ttl, current_count, current_ttl = 0, 0.0, 0, 0.0
+    if window:
+        previous_count, current_count = int(window[0] or 0), int(window[2] or 0)
+        previous_ttl, current_ttl = max(0, float(window[1] or 0)) / 1000, max(0, float(window[3] or 0)) / 1000
+    expiry = item.get_expiry()
+    weighted = previous_count * previous_ttl / expiry + current_count
+    remaining = max(0, item.amount - math.floor(weighted))
+    now = time.time()
+    if not (previous_count or current_count):
+        return WindowStats(now, remaining)
+    previous_reset, current_reset = math.inf, math.inf
+    if previous_count:
+        previous_reset = previous_ttl % (expiry / previous_count)
+    if current_count:
+        current_reset = current_ttl % expiry
+    return WindowStats(now + min(previous_reset, current_reset), remaining)

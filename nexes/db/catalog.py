@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, sql
@@ -85,14 +86,12 @@ def _where(table: Table, flt: CatalogFilter, params: dict[str, Any]) -> list[sql
     return conds
 
 
-async def page(
-    conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, after: Keyset | None, backward: bool, limit: int
-) -> list[Any]:
-    """A keyset page by (name, id), ascending (re-reversed when `backward`)."""
-    params: dict[str, Any] = {"limit": limit}
-    conds = _where(table, flt, params)
-    if after is not None:
-        params["k_name"], params["k_id"] = after.value, after.id
+@lru_cache(maxsize=64)
+def _page_text(table: Table, flt: CatalogFilter, has_after: bool, backward: bool) -> bytes:
+    """A page's SQL, composed once per shape (`flt` is a stand-in: only which conditions it
+    has matters): composing and quoting it per request cost more than the query."""
+    conds = _where(table, flt, {})
+    if has_after:
         conds.append(sql.SQL("(name, id) {} (%(k_name)s, %(k_id)s)").format(sql.SQL("<" if backward else ">")))
     query = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY name {dir}, id {dir} LIMIT %(limit)s").format(
         cols=sql.SQL(table.columns),
@@ -100,9 +99,23 @@ async def page(
         where=sql.SQL(" AND ").join(conds) if conds else sql.SQL("true"),
         dir=sql.SQL("DESC" if backward else "ASC"),
     )
+    return query.as_bytes(None)
+
+
+async def page(
+    conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, after: Keyset | None, backward: bool, limit: int
+) -> list[Any]:
+    """A keyset page by (name, id), ascending (re-reversed when `backward`)."""
+    params: dict[str, Any] = {"limit": limit}
+    _where(table, flt, params)
+    if after is not None:
+        params["k_name"], params["k_id"] = after.value, after.id
+    shape = CatalogFilter(
+        name_contains="n" if flt.name_contains else None, key="k" if flt.key else None, negative_only=flt.negative_only
+    )
     cur: AsyncCursor[Any]
     async with conn.cursor(row_factory=class_row(table.row)) as cur:
-        await cur.execute(query, params)
+        await cur.execute(_page_text(table, shape, after is not None, backward), params)
         rows: list[Any] = await cur.fetchall()
     if backward:
         rows.reverse()

@@ -1,0 +1,106 @@
+"""The request id as `application_name`, so that a statement's text repeats and can be prepared.
+
+psycopg prepares by query text. The request comment of `nexes.db.connect.tagged` makes
+every statement's text unique, so with it nothing is ever prepared (issue 21). Here the
+request id travels as data instead: each statement is sent in one pipeline behind
+
+    SELECT set_config('application_name', '<request id> <pool name>', true)
+
+with no Sync between them, so both run in one transaction (an implicit one under
+autocommit, or the caller's) and cost no extra round trip. `true` makes the setting
+local to that transaction: the server puts the pool's own name back at its end, reports
+no change (so PgBouncer 1.18, which tracks application_name, sees none and replays
+nothing), and pg_stat_activity and the log's `%a` show the request id for exactly as long
+as its statement runs. pg_stat_activity keeps 63 bytes of it (the request id comes first);
+the log keeps all of it.
+
+The trace context goes the same way, as the transaction-local custom setting
+`nexes.traceparent` (`current_setting('nexes.traceparent', true)`), since a comment would
+defeat preparing and application_name has no room left for it.
+
+What is not tagged: a statement inside a pipeline the caller opened, a COPY or a stream
+that opens its transaction (a COPY later in a transaction runs under the tag its first
+statement set), and anything outside a request or job. Figures and the choice between the
+comment, application_name and both: README.md, "Prepared statements and the request id".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from psycopg import AsyncCursor, pq
+from psycopg._queries import PostgresQuery
+from psycopg.abc import Params, Query
+from psycopg.rows import Row
+
+from nexes.db.connect.tagged import TaggedCursor, TaggedQuery, sql_span
+from nexes.observability import TRACEPARENT, current_traceparent, record_sql, request_id_var, valid_request_id
+from nexes.settings import Settings
+
+SET_NAME = "SELECT set_config('application_name', %s, true)"
+SET_NAME_AND_TRACE = "SELECT set_config('application_name', %s, true), set_config('nexes.traceparent', %s, true)"
+_IDLE, _INTRANS = pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS
+# psycopg's own default: a statement is prepared on its 5th run on a connection, so one-off
+# statements (an unusual filter) never fill the server's memory with plans.
+PREPARE_THRESHOLD = 5
+
+
+def tag_statement(base: str) -> tuple[str, list[str]] | None:
+    """The set_config statement and its values for the current request or job, or None outside one."""
+    request_id = valid_request_id(request_id_var.get())
+    if request_id is None:
+        return None
+    name = f"{request_id} {base}"
+    traceparent = current_traceparent()
+    if traceparent is None or not TRACEPARENT.fullmatch(traceparent):
+        return SET_NAME, [name]
+    return SET_NAME_AND_TRACE, [name, traceparent]
+
+
+class NamedCursor(TaggedCursor[Row]):
+    """Sends each statement behind the set_config of its request, in one pipeline; no comment."""
+
+    _query_cls = PostgresQuery  # type: ignore[assignment]  # the plain one: no comment
+
+    async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        status = conn.pgconn.transaction_status
+        tag = None
+        if conn._pipeline is None and status in (_IDLE, _INTRANS):
+            base = conn.info.parameter_status("application_name") or ""
+            tag = tag_statement(base)
+        if tag is None:
+            return await super().execute(query, params, **kwargs)
+        # Not TaggedCursor.execute: in a pipeline that returns before the server answers,
+        # so its span and Server-Timing figure would time only the sending.
+        started = time.perf_counter()
+        try:
+            with sql_span(query, self):
+                async with conn.pipeline():
+                    await AsyncCursor(conn).execute(*tag)  # a plain cursor: not counted as a statement
+                    await AsyncCursor.execute(self, cast(Any, query), params, **kwargs)
+        finally:
+            record_sql(time.perf_counter() - started)
+        return self
+
+
+class NamedCommentedCursor(NamedCursor[Row]):
+    """Both: the set_config, and the comment (whose text defeats preparing); for measuring."""
+
+    _query_cls = TaggedQuery
+
+
+CURSORS: dict[str, type[AsyncCursor[Any]]] = {
+    "comment": TaggedCursor,
+    "application_name": NamedCursor,
+    "both": NamedCommentedCursor,
+}
+
+
+def pool_kwargs(settings: Settings) -> dict[str, Any]:
+    """The connection options of the SPA's pools: NEXES_PREPARE and NEXES_SQL_TAG."""
+    return {
+        "prepare_threshold": PREPARE_THRESHOLD if settings.prepare else None,
+        "cursor_factory": CURSORS[settings.sql_tag],
+    }

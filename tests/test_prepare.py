@@ -1,0 +1,160 @@
+"""NEXES_PREPARE and the request id as application_name (issue 21), against the real servers:
+straight to PostgreSQL with statements prepared, and through PgBouncer with them off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from nexes import settings as settings_module
+from nexes.settings import Settings, SettingsError
+from tests.conftest import client_for, gql
+from tests.support.databases import environ_for, superuser_url
+
+PAGE = "{ serviceOrders(first: 5) { edges { node { sodNumber customer { name } } } } }"
+BLOCKED = "{ customers(first: 1) { edges { cursor } } }"
+
+
+def _settings(seeded: Settings, *, direct: bool, **env: str) -> Settings:
+    """The seeded database's settings with `env`; `direct`: the servers themselves, no PgBouncer."""
+    base = environ_for(urlsplit(seeded.replica_urls[0]).path.lstrip("/"))
+    if direct:
+        dbname = urlsplit(seeded.replica_urls[0]).path
+        replica = urlsplit(seeded.replica_admin_urls[0]).netloc.rpartition("@")[2]
+        primary = urlsplit(seeded.admin_url).netloc.rpartition("@")[2]
+        base |= {
+            "NEXES_REPLICA_URLS": f"postgresql://{replica}{dbname}",
+            "NEXES_PRIMARY_URL": f"postgresql://{primary}{dbname}",
+        }
+    # One connection per pool: every request of the test runs on it.
+    return settings_module.load(base | {"NEXES_API_POOL_SIZE": "1"} | env)
+
+
+def _lock_replayed(settings: Settings, dbname: str) -> psycopg.Connection:
+    """An open transaction holding ACCESS EXCLUSIVE on customer, once the replica has replayed it.
+
+    The lock's WAL record leaves the primary only when something flushes it: a commit
+    (txid_current() in autocommit) does."""
+    lock = psycopg.connect(superuser_url(settings.admin_url, dbname))
+    lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+    with psycopg.connect(superuser_url(settings.admin_url, dbname), autocommit=True) as other:
+        other.execute("SELECT txid_current()")
+    deadline = time.monotonic() + 30
+    with psycopg.connect(superuser_url(settings.replica_admin_urls[0], dbname), autocommit=True) as replica:
+        while not replica.execute(
+            "SELECT 1 FROM pg_locks WHERE relation = 'customer'::regclass AND mode = 'AccessExclusiveLock'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the replica did not replay the lock in 30 s"
+            time.sleep(0.05)
+    return lock
+
+
+async def _application_name_while_blocked(client: httpx.AsyncClient, settings: Settings, request_id: str) -> Any:
+    """pg_stat_activity's (application_name, query) of the API's read while a lock holds it
+    (on the replica, where the read goes, or on the primary, should the router send it there)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(settings.admin_url)["dbname"]
+    lock = _lock_replayed(settings, dbname)
+    seen = None
+    try:
+        task = asyncio.ensure_future(
+            client.post("/graphql", json={"query": BLOCKED}, headers={"x-request-id": request_id})
+        )
+        deadline = time.monotonic() + 15
+        urls = [superuser_url(settings.admin_url), superuser_url(settings.replica_admin_urls[0])]
+        while seen is None and time.monotonic() < deadline:
+            for url in urls:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    seen = (
+                        seen
+                        or conn.execute(
+                            "SELECT application_name, query FROM pg_stat_activity WHERE application_name LIKE %s",
+                            [f"{request_id} %"],
+                        ).fetchone()
+                    )
+            await asyncio.sleep(0.05)
+    finally:
+        lock.commit()
+        lock.close()
+    response = await task
+    assert response.status_code == 200 and "errors" not in response.json(), response.text
+    return seen
+
+
+async def _prepared(client: httpx.AsyncClient) -> list[str]:
+    """The statements prepared on the API's one replica connection."""
+    pool = client.app.state.pools.replicas[0]  # type: ignore[attr-defined]
+    async with pool.connection() as conn:
+        cur = await psycopg.AsyncCursor(conn).execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def test_prepare_on_direct_prepares_the_page_and_pg_stat_activity_shows_the_request_id(seeded: Settings) -> None:
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    assert settings.prepare and settings.sql_tag == "application_name"
+    async with client_for(settings, roles=("viewer",)) as client:
+        for i in range(8):  # psycopg prepares a statement on its 5th run on a connection
+            body = await gql(client, PAGE, **{"x-request-id": f"prep-{os.getpid()}-{i}"})
+            assert "errors" not in body and len(body["data"]["serviceOrders"]["edges"]) == 5
+        prepared = await _prepared(client)
+        request_id = f"prep-seen-{os.getpid()}"
+        seen = await _application_name_while_blocked(client, settings, request_id)
+    pages = [s for s in prepared if "FROM service_order" in s]
+    assert pages, prepared
+    assert not any("request_id" in s for s in prepared)  # the text carries no comment
+    assert seen is not None, "the request id never showed in pg_stat_activity.application_name"
+    assert seen[0] == f"{request_id} nexes-api-replica-0"
+    assert not seen[1].startswith("/*")
+
+
+async def test_prepare_off_through_pgbouncer_prepares_nothing_and_pg_stat_activity_shows_the_request_id(
+    seeded: Settings,
+) -> None:
+    settings = _settings(seeded, direct=False, NEXES_SQL_TAG="application_name")
+    assert not settings.prepare
+    async with client_for(settings, roles=("viewer",)) as client:
+        for i in range(8):  # would fail from the 6th run if psycopg prepared behind PgBouncer 1.18
+            body = await gql(client, PAGE, **{"x-request-id": f"bouncer-{os.getpid()}-{i}"})
+            assert "errors" not in body and len(body["data"]["serviceOrders"]["edges"]) == 5
+        prepared = await _prepared(client)
+        request_id = f"bouncer-seen-{os.getpid()}"
+        seen = await _application_name_while_blocked(client, settings, request_id)
+    assert prepared == []
+    assert seen is not None and seen[0].startswith(f"{request_id} ")
+
+
+async def test_application_name_is_the_pools_own_again_after_the_statement(seeded: Settings) -> None:
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    async with client_for(settings, roles=("viewer",)) as client:
+        await gql(client, PAGE, **{"x-request-id": f"after-{os.getpid()}"})
+        pool = client.app.state.pools.replicas[0]  # type: ignore[attr-defined]
+        async with pool.connection() as conn:
+            cur = await psycopg.AsyncCursor(conn).execute("SELECT current_setting('application_name')")
+            assert await cur.fetchone() == ("nexes-api-replica-0",)
+
+
+async def test_the_comment_tag_keeps_prepare_off_statements_unprepared_direct(seeded: Settings) -> None:
+    settings = _settings(seeded, direct=True)
+    assert (settings.prepare, settings.sql_tag) == (False, "comment")
+    async with client_for(settings, roles=("viewer",)) as client:
+        for i in range(8):
+            assert "errors" not in await gql(client, PAGE, **{"x-request-id": f"plain-{os.getpid()}-{i}"})
+        assert await _prepared(client) == []
+
+
+def test_settings_prepare_and_sql_tag_are_checked_and_named() -> None:
+    env = {"NEXES_PRIMARY_URL": "postgresql://127.0.0.1/x"}
+    assert (settings_module.load(env).prepare, settings_module.load(env).sql_tag) == (False, "comment")
+    on = settings_module.load(env | {"NEXES_PREPARE": "on"})
+    assert (on.prepare, on.sql_tag) == (True, "application_name")
+    assert settings_module.load(env | {"NEXES_PREPARE": "on", "NEXES_SQL_TAG": "both"}).sql_tag == "both"
+    with pytest.raises(SettingsError, match="NEXES_PREPARE"):
+        settings_module.load(env | {"NEXES_PREPARE": "yes please"})
+    with pytest.raises(SettingsError, match="NEXES_SQL_TAG"):
+        settings_module.load(env | {"NEXES_SQL_TAG": "header"})
