@@ -150,6 +150,8 @@ class Settings:
     apq_max_document_bytes: int = 16_384
     apq_ttl: float = 86_400.0
     trusted_documents_refresh: float = 5.0
+    # GraphiQL (nexes.http.graphiql) in production: off by default; development always has it.
+    graphiql: bool = False
 
     @property
     def development(self) -> bool:
@@ -297,6 +299,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             apq_max_document_bytes=max(1, int(_positive(config, "NEXES_APQ_MAX_DOCUMENT_BYTES", 16_384, int))),
             apq_ttl=max(1.0, _positive(config, "NEXES_APQ_TTL", 86_400.0, float)),
             trusted_documents_refresh=_positive(config, "NEXES_TRUSTED_DOCUMENTS_REFRESH", 5.0, float),
+            graphiql=_on_off(config, "NEXES_GRAPHIQL"),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
