@@ -2,10 +2,11 @@
 bearer token, or is answered 401 before it reaches an endpoint.
 
 Public (nexes.auth.permissions.PUBLIC_PATHS and PUBLIC_PREFIXES): liveness, the short
-health, and GraphiQL's page and files (also GET /graphql without a query); preflights are answered by the CORS middleware outside
-this one. A route with roles of its own (permissions.ROUTES) answers 403 to other callers.
-The caller is put in the request's state (`scope["state"]["viewer"]`) for the endpoints;
-GraphQL's root fields are judged per operation by nexes.execution.permissions.
+health, and GraphiQL's page and files (also GET /graphql without a query); preflights are
+answered by the CORS middleware outside this one. A route with roles of its own
+(permissions.ROUTES) answers 403 to other callers. The caller is put in the request's state
+(`scope["state"]["viewer"]`) for the endpoints; GraphQL's root fields are judged per
+operation by nexes.execution.permissions.
 """
 
 from __future__ import annotations

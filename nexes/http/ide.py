@@ -38,7 +38,7 @@ ASSETS_PATH = "/graphiql/assets"
 GRAPHQL_PATH = "/graphql"
 DEV_IDE_SUBJECT = "dev:graphiql"
 DEV_IDE_TTL = 12 * 3600.0
-TOKEN_PLACEHOLDER = "Bearer <your token>"
+TOKEN_PLACEHOLDER = "Bearer <your token>"  # noqa: S105 (the text a user replaces)
 VARIABLES_PREFIX = "# variables:"
 
 HERE = Path(str(resources.files("nexes.http"))) / "graphiql"
