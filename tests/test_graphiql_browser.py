@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import Browser, Route, async_playwright
 from psycopg.conninfo import conninfo_to_dict
 
+from nexes.execution.schema import schema
 from nexes.settings import Settings
 from tests.support.databases import environ_for
 from tests.support.processes import free_port
@@ -121,6 +122,8 @@ async def test_graphiql_runs_a_query_and_documents_service_order_with_no_other_a
     await context.close()
 
     assert "sodNumber" in documented, documented[:2000]
+    described = schema._schema.get_type("ServiceOrder").description  # type: ignore[union-attr]
+    assert described and described.split(":")[0] in documented, documented[:2000]
     assert refused == [], refused
     assert requested and all(url.startswith(served_dev + "/") for url in requested), requested
     assert page_errors == []
