@@ -82,20 +82,16 @@ def shape_errors(expected: Any, actual: Any, path: str = "data") -> list[str]:
     """Where `actual` differs in shape from the documented answer: other keys, a list where
     an object was, a string where a number was. Values may differ (and be null, and lists
     empty): the guide's values are the demo data's of one day."""
-    if actual is None:
+    if actual is None or expected is None:
         return []
+    if type(expected) is not type(actual):
+        return [f"{path}: {type(actual).__name__} {actual!r}, documented {type(expected).__name__} {expected!r}"]
     if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return [f"{path}: an object was documented, got {actual!r}"]
         if expected.keys() != actual.keys():
             return [f"{path}: keys {sorted(actual)} differ from the documented {sorted(expected)}"]
         return [e for key in expected for e in shape_errors(expected[key], actual[key], f"{path}.{key}")]
     if isinstance(expected, list):
-        if not isinstance(actual, list):
-            return [f"{path}: a list was documented, got {actual!r}"]
         return [e for i, item in enumerate(actual) for e in shape_errors(expected[0], item, f"{path}[{i}]")]
-    if expected is not None and type(expected) is not type(actual):
-        return [f"{path}: {type(actual).__name__} {actual!r}, documented {type(expected).__name__} {expected!r}"]
     return []
 
 
