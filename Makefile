@@ -11,7 +11,7 @@ TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 GRAPHIQL := nexes/http/graphiql/static/vendor/graphiql.min.js
 
-.PHONY: venv up down run test test-dates lint check-packaging bench lock seed migrate graphiql chromium
+.PHONY: venv up down run test test-dates lint check-packaging bench lock seed migrate graphiql chromium spa
 
 venv: $(VENV)/.installed $(GRAPHIQL)
 
@@ -29,6 +29,14 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 graphiql: $(GRAPHIQL)
 $(GRAPHIQL): web/graphiql/package.json web/graphiql/package-lock.json infra/graphiql
 	infra/graphiql
+
+# The reference SPA (examples/spa: urql and Vite from npm, the lock without registry
+# addresses); `make run` serves its dist/ at /app and registers its trusted documents.
+SPA := examples/spa/dist/index.html
+spa: $(SPA)
+$(SPA): examples/spa/package.json examples/spa/package-lock.json examples/spa/index.html examples/spa/vite.config.js examples/spa/documents.mjs $(wildcard examples/spa/src/*.* examples/spa/src/documents/*.graphql)
+	npm ci --prefix examples/spa --ignore-scripts --no-audit --no-fund --loglevel=error
+	npm run --prefix examples/spa build
 
 # Debian's chromium, which the browser tests drive through Playwright (infra/chromium).
 chromium:
@@ -67,11 +75,12 @@ migrate: venv
 seed: up
 	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS)
 
-run: up
+run: up spa
 	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS) --if-empty
-	$(WITH_ENV) NEXES_ENV=development $(BIN)/nexes dev --host 127.0.0.1 --port 8000
+	$(WITH_ENV) $(BIN)/nexes documents add examples/spa/dist/documents/*.graphql
+	$(WITH_ENV) NEXES_ENV=development NEXES_SPA_DIR=$(CURDIR)/examples/spa/dist $(BIN)/nexes dev --host 127.0.0.1 --port 8000
 
-test: venv chromium
+test: venv chromium spa
 	$(STACK) up
 	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest
 

@@ -152,6 +152,8 @@ class Settings:
     trusted_documents_refresh: float = 5.0
     # GraphiQL (nexes.http.graphiql) in production: off by default; development always has it.
     graphiql: bool = False
+    # The reference SPA's built files (examples/spa/dist), served at /app in development only.
+    spa_dir: str = ""
 
     @property
     def development(self) -> bool:
@@ -300,6 +302,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             apq_ttl=max(1.0, _positive(config, "NEXES_APQ_TTL", 86_400.0, float)),
             trusted_documents_refresh=_positive(config, "NEXES_TRUSTED_DOCUMENTS_REFRESH", 5.0, float),
             graphiql=_on_off(config, "NEXES_GRAPHIQL"),
+            spa_dir=config("NEXES_SPA_DIR", default=""),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc
