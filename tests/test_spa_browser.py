@@ -187,4 +187,4 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
     await page.wait_for_function("document.querySelector('#sign-in-reason').textContent.includes('UNAUTHENTICATED')")
 
     assert refused == [] and errors == []
-    print(f"SPA end to end in {time.monotonic() - started:.1f} s")  # noqa: T201 (the issue's figure)
+    print(f"SPA end to end in {time.monotonic() - started:.1f} s")
