@@ -9,10 +9,12 @@ tests/artifacts/."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,18 +23,27 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright
 
+from nexes import settings as settings_module
+from nexes.db.seed import seed
+from nexes.search import collection
+from nexes.search.client import sync_client
+from nexes.search.reindex import reindex
 from nexes.settings import Settings
 from tests.support.auth import token_for
+from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
+from tests.support.imports import close_worker_pool
 from tests.support.processes import free_port
 from tests.support.replicas import wait_for_replica
 from tests.support.waits import wait_for
-from tests.support.workers import app_worker_environ, environ, fresh, start_worker, stop_worker
+from tests.support.workers import OWNER_VARIABLES, environ, start_worker, stop_worker
 from tests.test_graphiql_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "examples" / "spa" / "dist"
 DB = "nexes_t_spa"
+COLLECTION = f"{DB}_service_orders"
 TIMEOUT_MS = 60_000
+VIEWER_POINTS = 3
 IMPORT_CSV = (
     "sod_number,created_at,customer_code,status,description,currency,line_no,sku,quantity,unit_price\n"
     "SOD-SPA-IMPORT-1,2026-03-02T08:15:00Z,C000001,OPEN,Imported in the browser,EUR,1,SKU-00001,1,9.90\n"
@@ -52,13 +63,19 @@ def spa_stack(template_settings: Settings, tmp_path_factory: pytest.TempPathFact
     """A seeded database, its worker, and `nexes serve` with the SPA; the base address."""
     if not (DIST / "index.html").exists():
         pytest.fail("examples/spa/dist is missing: `make spa` builds it (make test runs it)")
-    settings = fresh(template_settings, DB)
+    env = {**environ(DB), "NEXES_TYPESENSE_COLLECTION": COLLECTION}
+    worker_env = {k: v for k, v in env.items() if k not in OWNER_VARIABLES}
+    recreate_database(template_settings.admin_url, DB, template=TEMPLATE_DB)
+    settings = settings_module.load(env)
+    seed(settings.admin_url, 100, defer=False)
+    search = sync_client(settings)
+    reindex(settings, search)  # the SPA's search answers from Typesense, as in production
+    close_worker_pool()  # reindex's, in this process
     wait_for_replica(settings, timeout=120)
-    env = environ(DB)
     documents = sorted(str(p) for p in (DIST / "documents").glob("*.graphql"))
     subprocess.run([sys.executable, "-m", "nexes.cli", "documents", "add", *documents], env=env, check=True)
     logs = tmp_path_factory.mktemp("spa")
-    worker = start_worker(app_worker_environ(DB), logs / "worker.log")
+    worker = start_worker(worker_env, logs / "worker.log")
     port = free_port()
     env.update(
         NEXES_ENV="development",
@@ -68,6 +85,7 @@ def spa_stack(template_settings: Settings, tmp_path_factory: pytest.TempPathFact
         NEXES_OPS_LISTEN=f"127.0.0.1:{free_port()}",
         NEXES_ACCESS_LOG="false",
         NEXES_JWT_LEEWAY="0",  # a token is refused the second it expires
+        NEXES_RATE_LIMIT_VIEWER=str(VIEWER_POINTS),  # a viewer's budget runs out within the test
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port)],
@@ -83,6 +101,10 @@ def spa_stack(template_settings: Settings, tmp_path_factory: pytest.TempPathFact
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         stop_worker(worker)
+        for name in collection.versions(search, COLLECTION):
+            search.collections[name].delete()
+        search.aliases[COLLECTION].delete()
+        drop_database(template_settings.admin_url, DB)
 
 
 @pytest.fixture
@@ -152,7 +174,7 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
     assert "points" in await page.inner_text("#budget")  # the rate limit's remaining budget, in a corner
     await page.screenshot(path=ARTIFACTS / "spa-orders.png")
 
-    # Search: highlights are <mark> elements inside text, never markup from the snippet.
+    # Search (Typesense): highlights are <mark> elements inside text, never markup from the snippet.
     await page.fill("#search-form input[name=query]", "SOD")
     await page.click("#search-form button")
     await page.wait_for_selector("#search-results li mark")
@@ -167,6 +189,12 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
     await page.fill("#order-form input[name=quantity]", "7")
     await page.click("#order-form button[type=submit]")
     await page.wait_for_selector("#order-form .form-errors li[data-code=DUPLICATE_CONFLICT]")
+
+    # Edit: a COMPLETED order cannot go back to OPEN, and the form says so with the code.
+    await page.locator("#orders li", has_text="COMPLETED").first.click()
+    await page.select_option("#edit-form select[name=status]", "OPEN")
+    await page.click("#edit-form button[type=submit]")
+    await page.wait_for_selector("#edit-form .form-errors li[data-code=INVALID_TRANSITION]")
 
     # Import: upload, then importJob's progress until final, the rejected row listed.
     upload = ARTIFACTS / "spa-import.csv"
@@ -188,3 +216,22 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
 
     assert refused == [] and errors == []
     print(f"SPA end to end in {time.monotonic() - started:.1f} s")
+
+
+async def test_the_spa_turns_rate_limited_into_a_wait_and_keeps_the_list(
+    spa_stack: tuple[str, Settings], browser: Browser
+) -> None:
+    base, settings = spa_stack
+    refused: list[str] = []
+    page = await _page(browser, base, refused)
+    # A subject of its own: the hour's points live in Redis across runs.
+    await _sign_in(page, base, token_for(settings, "viewer", subject=f"spa-viewer-{uuid.uuid4().hex}"))
+    for status in ("OPEN", "COMPLETED", "IN_PROGRESS", "DRAFT", ""):  # each a page read, a point each
+        await page.select_option("#status-filter", status)
+        await page.wait_for_timeout(300)
+    notice = page.locator("#notice")
+    await notice.get_by_text("used this hour's budget").wait_for()
+    assert re.search(r"trying again in \d+ s", await notice.inner_text())
+    assert await page.locator("#sign-in").is_hidden()  # a wait, not a sign-out
+    await page.screenshot(path=ARTIFACTS / "spa-rate-limited.png")
+    assert refused == []
