@@ -218,7 +218,7 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
     print(f"SPA end to end in {time.monotonic() - started:.1f} s")
 
 
-async def test_the_spa_turns_rate_limited_into_a_wait_and_keeps_the_list(
+async def test_the_spa_turns_rate_limited_into_a_wait_not_a_sign_out(
     spa_stack: tuple[str, Settings], browser: Browser
 ) -> None:
     base, settings = spa_stack

@@ -141,6 +141,7 @@ function resetOrders() {
   list.after = null;
   list.hasNext = true;
   $("#orders").replaceChildren();
+  $("#orders-end").textContent = "";
   loadOrders();
 }
 
