@@ -11,37 +11,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from playwright.async_api import Browser, Route, async_playwright
+from playwright.async_api import Browser
 from psycopg.conninfo import conninfo_to_dict
 
 from nexes.execution.schema import schema
 from nexes.settings import Settings
+from tests.support.browser import ARTIFACTS, chromium, live, offline_context
 from tests.support.databases import environ_for
 from tests.support.processes import free_port
 from tests.support.waits import wait_for
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-BROWSER_TIMEOUT_MS = 60_000  # generous: two cores shared with the rest of the suite
-
-
-def _live(base: str) -> bool:
-    try:
-        return httpx.get(base + "/api/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +38,7 @@ def served_dev(seeded: Settings) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _live(base), timeout=60, interval=0.2)
+        wait_for(lambda: live(base), timeout=60, interval=0.2)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -66,37 +46,17 @@ def served_dev(seeded: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test runs it)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
 
 
 async def test_graphiql_runs_a_query_and_documents_service_order_with_no_other_address_reached(
-    served_dev: str, chromium: Browser
+    served_dev: str, browser: Browser
 ) -> None:
-    origin = urlsplit(served_dev)
     requested: list[str] = []
     refused: list[str] = []
-
-    async def only_the_api(route: Route) -> None:
-        url = route.request.url
-        requested.append(url)
-        parts = urlsplit(url)
-        if (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc) or parts.scheme == "data":
-            await route.continue_()
-        else:
-            refused.append(url)
-            await route.abort("blockedbyclient")
-
-    context = await chromium.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(BROWSER_TIMEOUT_MS)
-    await context.route("**/*", only_the_api)
+    context = await offline_context(browser, served_dev, requested, refused)
     page = await context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(str(error)))

@@ -17,11 +17,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page
 
 from nexes import settings as settings_module
 from nexes.db.seed import seed
@@ -30,32 +29,24 @@ from nexes.search.client import sync_client
 from nexes.search.reindex import reindex
 from nexes.settings import Settings
 from tests.support.auth import token_for
+from tests.support.browser import ARTIFACTS, chromium, live, offline_context
 from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
 from tests.support.imports import close_worker_pool
 from tests.support.processes import free_port
 from tests.support.replicas import wait_for_replica
 from tests.support.waits import wait_for
 from tests.support.workers import OWNER_VARIABLES, environ, start_worker, stop_worker
-from tests.test_graphiql_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "examples" / "spa" / "dist"
 DB = "nexes_t_spa"
 COLLECTION = f"{DB}_service_orders"
-TIMEOUT_MS = 60_000
 VIEWER_POINTS = 3
 IMPORT_CSV = (
     "sod_number,created_at,customer_code,status,description,currency,line_no,sku,quantity,unit_price\n"
     "SOD-SPA-IMPORT-1,2026-03-02T08:15:00Z,C000001,OPEN,Imported in the browser,EUR,1,SKU-00001,1,9.90\n"
     "SOD-SPA-IMPORT-2,2026-03-02T09:15:00Z,C000002,OPEN,Imported too,EUR,1,SKU-99999,1,9.90\n"
 )
-
-
-def _live(base: str) -> bool:
-    try:
-        return httpx.get(base + "/api/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +86,7 @@ def spa_stack(template_settings: Settings, tmp_path_factory: pytest.TempPathFact
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _live(base), timeout=60, interval=0.2)
+        wait_for(lambda: live(base), timeout=60, interval=0.2)
         yield base, settings
     finally:
         server.send_signal(signal.SIGTERM)
@@ -109,28 +100,12 @@ def spa_stack(template_settings: Settings, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium() as launched:
+        yield launched
 
 
 async def _page(browser: Browser, base: str, refused: list[str]) -> Page:
-    origin = urlsplit(base)
-
-    async def only_the_api(route: Route) -> None:
-        parts = urlsplit(route.request.url)
-        if (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc) or parts.scheme == "data":
-            await route.continue_()
-        else:
-            refused.append(route.request.url)
-            await route.abort("blockedbyclient")
-
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    await context.route("**/*", only_the_api)
+    context = await offline_context(browser, base, [], refused)
     return await context.new_page()
 
 
