@@ -9,10 +9,11 @@ STACK := infra/stack
 WITH_ENV = eval "$$($(STACK) env)" &&
 TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
+GRAPHIQL := nexes/http/graphiql/static/vendor/graphiql.min.js
 
-.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore lint check-packaging bench lock seed migrate
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore lint check-packaging bench lock seed migrate graphiql chromium spa
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(GRAPHIQL)
 
 # The development venv: the runtime lock's packages plus the tools (requirements-dev.lock),
 # and nexes itself, editable. infra/mkvenv makes the venv (and on Debian without
@@ -22,6 +23,24 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# GraphiQL's plain script builds, from the npm registry (web/graphiql pins them), copied into
+# the package as data: nexes serves them with no network (infra/graphiql).
+graphiql: $(GRAPHIQL)
+$(GRAPHIQL): web/graphiql/package.json web/graphiql/package-lock.json infra/graphiql
+	infra/graphiql
+
+# The reference SPA (examples/spa: urql and Vite from npm, the lock without registry
+# addresses); `make run` serves its dist/ at /app and registers its trusted documents.
+SPA := examples/spa/dist/index.html
+spa: $(SPA)
+$(SPA): examples/spa/package.json examples/spa/package-lock.json examples/spa/index.html examples/spa/vite.config.js examples/spa/documents.mjs $(wildcard examples/spa/src/*.* examples/spa/src/documents/*.graphql)
+	npm ci --prefix examples/spa --ignore-scripts --no-audit --no-fund --loglevel=error
+	npm run --prefix examples/spa build
+
+# Debian's chromium, which the browser tests drive through Playwright (infra/chromium).
+chromium:
+	infra/chromium
 
 # Re-pin: pip resolves requirements.in in one fresh venv (the runtime lock), then
 # requirements-dev.in in another, held to the runtime lock's versions; pip freeze writes
@@ -40,7 +59,7 @@ lock:
 # A plain (non-editable) `pip install .` into a new venv, then `nexes --help`, every
 # module imported and the package data checked from outside the checkout. Not part of
 # `make test`: it installs every package anew (the Typesense wheel alone is 338 MB).
-check-packaging:
+check-packaging: $(GRAPHIQL)
 	PYTHON=$(PYTHON) infra/check-packaging
 
 up: venv
@@ -56,11 +75,12 @@ migrate: venv
 seed: up
 	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS)
 
-run: up
+run: up spa
 	$(WITH_ENV) $(BIN)/nexes seed --orders $(DEMO_ORDERS) --if-empty
-	$(WITH_ENV) NEXES_ENV=development $(BIN)/nexes dev --host 127.0.0.1 --port 8000
+	$(WITH_ENV) $(BIN)/nexes documents add examples/spa/dist/documents/*.graphql
+	$(WITH_ENV) NEXES_ENV=development NEXES_SPA_DIR=$(CURDIR)/examples/spa/dist $(BIN)/nexes dev --host 127.0.0.1 --port 8000
 
-test: venv
+test: venv chromium spa
 	$(STACK) up
 	$(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest --ignore=tests/cluster
 

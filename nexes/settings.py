@@ -171,6 +171,10 @@ class Settings:
     # it follows prepare: a comment when off, application_name when on.
     prepare: bool = False
     sql_tag: SqlTag = "comment"
+    # GraphiQL (nexes.http.graphiql) in production: off by default; development always has it.
+    graphiql: bool = False
+    # The reference SPA's built files (examples/spa/dist), served at /app in development only.
+    spa_dir: str = ""
 
     @property
     def development(self) -> bool:
@@ -336,6 +340,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             monitor_connection_limit=max(1, int(_positive(config, "NEXES_MONITOR_CONNECTION_LIMIT", 5, int))),
             prepare=_on_off(config, "NEXES_PREPARE"),
             sql_tag=_sql_tag(config),
+            graphiql=_on_off(config, "NEXES_GRAPHIQL"),
+            spa_dir=config("NEXES_SPA_DIR", default=""),
         )
     except (KeyError, ValueError) as exc:  # starlette raises these, naming the variable
         raise SettingsError(str(exc).strip("'\"")) from exc

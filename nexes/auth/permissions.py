@@ -62,9 +62,12 @@ ROUTES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/health/detail"): ADMINS,
 }
 
-# Served without a token: liveness, the short health (status only), GraphiQL's page (GET
-# /graphql with no query) and static assets; preflights never reach the app.
-PUBLIC_PATHS = frozenset({"/api/health/live", "/api/health"})
+# Served without a token: liveness, the short health (status only), and GraphiQL where it is
+# on (nexes.http.ide): its page (/graphiql, and GET /graphql with no query) and its files
+# under PUBLIC_PREFIXES, the same static text for everyone; preflights never reach the app.
+# The reference SPA's files at /app (development only, nexes.http.spa) are public likewise.
+PUBLIC_PATHS = frozenset({"/api/health/live", "/api/health", "/graphiql", "/app"})
+PUBLIC_PREFIXES = ("/graphiql/assets/", "/app/")
 
 
 def allowed(coordinate: str, roles: frozenset[str]) -> bool:

@@ -30,7 +30,7 @@ from nexes.execution.documents import Documents
 from nexes.execution.hooks import Hooks
 from nexes.execution.pipeline import DEFAULT_HOOKS, Pipeline
 from nexes.execution.schema import schema
-from nexes.http import exports, graphql, headers, health, uploads
+from nexes.http import exports, graphql, headers, health, ide, spa, uploads
 from nexes.http.admission import AdmissionMiddleware
 from nexes.http.auth import Authenticator, AuthMiddleware
 from nexes.http.errors import error_payload, media_type_of, send_json
@@ -332,6 +332,8 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
             Route(health.LIVE_PATH, health.health_live),
             Route(EXPORT_PATH, exports.service_orders_csv),
             # No /metrics here: `nexes serve` serves it on NEXES_OPS_LISTEN only (nexes/metrics.py).
+            *ide.routes(settings),  # GraphiQL, in development or with NEXES_GRAPHIQL=on
+            *spa.routes(settings),  # the reference SPA at /app, in development with NEXES_SPA_DIR
         ],
         lifespan=lifespan,
     )

@@ -1,11 +1,12 @@
 """Who is asking, at the HTTP edge: every request but the public ones carries a valid
 bearer token, or is answered 401 before it reaches an endpoint.
 
-Public (nexes.auth.permissions.PUBLIC_PATHS): liveness, the short health, and GraphiQL's
-page (GET /graphql without a query); preflights are answered by the CORS middleware outside
-this one. A route with roles of its own (permissions.ROUTES) answers 403 to other callers.
-The caller is put in the request's state (`scope["state"]["viewer"]`) for the endpoints;
-GraphQL's root fields are judged per operation by nexes.execution.permissions.
+Public (nexes.auth.permissions.PUBLIC_PATHS and PUBLIC_PREFIXES): liveness, the short
+health, and GraphiQL's page and files (also GET /graphql without a query); preflights are
+answered by the CORS middleware outside this one. A route with roles of its own
+(permissions.ROUTES) answers 403 to other callers. The caller is put in the request's state
+(`scope["state"]["viewer"]`) for the endpoints; GraphQL's root fields are judged per
+operation by nexes.execution.permissions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nexes.auth.identity import ANONYMOUS, Viewer
-from nexes.auth.permissions import PUBLIC_PATHS, ROUTES, describe
+from nexes.auth.permissions import PUBLIC_PATHS, PUBLIC_PREFIXES, ROUTES, describe
 from nexes.auth.revocation import Revocations
 from nexes.auth.tokens import TokenVerifier, Unauthenticated, bearer
 from nexes.errors import Code
@@ -44,7 +45,7 @@ class Authenticator:
 
 def is_public(scope: Scope) -> bool:
     path = scope["path"]
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return True
     # GraphiQL's page: GET /graphql with no parameters at all (a GET with a query, or with a
     # persisted query's extensions, runs an operation, and needs a token).

@@ -4,7 +4,7 @@
   parse, one pipeline run, one orjson dump. `GraphQLMiddleware` takes it in front of
   Starlette's routing, whose router, Request and Response objects and exception
   middleware cost about a tenth of a cached 50-row page's CPU.
-- GET (queries only; the IDE in development) and multipart uploads (nexes.http.uploads
+- GET (queries only; GraphiQL's page, nexes.http.ide, when it is on) and multipart uploads (nexes.http.uploads
   stores the files, then the operation runs here) go through Starlette's route, `endpoint`.
 
 Either way the request runs through the app's nexes.execution.pipeline.Pipeline, and
@@ -18,19 +18,17 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-from strawberry.http.ides import get_graphql_ide_html
 
 from nexes.auth.identity import Viewer
-from nexes.auth.tokens import mint
 from nexes.db.connect.lsn import parse_lsn
 from nexes.db.connect.router import Consistency, consistency_var
 from nexes.errors import Code, NexesError, bad_input
 from nexes.execution.cost import CostReport, count_nodes
 from nexes.execution.documents import persisted_hash
 from nexes.execution.pipeline import OperationNotAllowed, UnknownOperation
-from nexes.http import headers
+from nexes.http import headers, ide
 from nexes.http.auth import viewer_of
 from nexes.http.errors import (
     JSON,
@@ -329,28 +327,13 @@ endpoint = Endpoint()
 async def _answer(request: Request) -> Response:
     app = request.app.state
     if request.method == "GET":
-        if not {"query", "extensions"} & request.query_params.keys() and app.settings.development:
-            return HTMLResponse(ide_page(app.settings))
+        if not {"query", "extensions"} & request.query_params.keys() and ide.enabled(app.settings):
+            return ide.page_response(app.settings)
         return await _params(request, dict(request.query_params), queries_only=True)
     if is_multipart(request.headers.get(headers.CONTENT_TYPE.key, "")):
         return await graphql_multipart(request, lambda operations: _params(request, operations, queries_only=False))
     media_type = negotiate(request.headers.get(headers.ACCEPT.key, ""))
     return error_response(bad_input("send GraphQL as application/json (or GET for queries)"), media_type)
-
-
-DEV_IDE_SUBJECT = "dev:graphiql"
-DEV_IDE_TTL = 12 * 3600.0
-
-
-def ide_page(settings: Any) -> str:
-    """GraphiQL's page (development only): it carries an admin token of its own, minted
-    with the development secret, so the IDE works as it opens."""
-    page = get_graphql_ide_html(graphql_ide="graphiql")
-    if not str(settings.jwt_secret):
-        return page
-    token = mint(settings, ["admin"], subject=DEV_IDE_SUBJECT, ttl=DEV_IDE_TTL)
-    headers_js = orjson.dumps({headers.AUTHORIZATION.name: f"Bearer {token}"}).decode()
-    return page.replace("const defaultHeaders = {};", f"const defaultHeaders = {headers_js};", 1)
 
 
 async def _params(request: Request, params: Any, *, queries_only: bool) -> Response:

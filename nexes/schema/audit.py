@@ -25,7 +25,7 @@ class AuditEvent:
     changes: JSON = strawberry.field(description="What changed: a few fields, counts, old and new values.")
 
 
-@strawberry.type
+@strawberry.type(description="A page of audit events, newest first (no total count: the trail is large).")
 class AuditEventConnection:
-    edges: list[Edge[AuditEvent]]
-    page_info: PageInfo
+    edges: list[Edge[AuditEvent]] = strawberry.field(description="The page's events, each with its cursor.")
+    page_info: PageInfo = strawberry.field(description="Whether more events follow, and the cursor to ask for them.")

@@ -10,22 +10,24 @@ import strawberry
 from nexes.schema.types import Status
 
 
-@strawberry.type
+@strawberry.type(description="A sum of money in one currency (amounts are never converted).")
 class CurrencyAmount:
-    currency: str
-    amount: Decimal
+    currency: str = strawberry.field(description="ISO 4217 code, e.g. EUR.")
+    amount: Decimal = strawberry.field(description="Sum of the orders' totalAmount in this currency, 2 decimals.")
 
 
-@strawberry.type
+@strawberry.type(description="The orders of one status in the dashboard's days.")
 class StatusFigures:
-    status: Status
-    count: int
-    amounts: list[CurrencyAmount]
+    status: Status = strawberry.field(description="Which orders these figures count.")
+    count: int = strawberry.field(description="Orders created in the period that have this status now.")
+    amounts: list[CurrencyAmount] = strawberry.field(description="Their totals, one per currency, by currency code.")
 
 
 @strawberry.type(description="Orders per status over whole UTC days; from and to are inclusive.")
 class Dashboard:
-    from_: dt.date | None = strawberry.field(name="from")
-    to: dt.date | None
-    total_count: int
-    statuses: list[StatusFigures]
+    from_: dt.date | None = strawberry.field(
+        name="from", description="First UTC day counted (inclusive); null: since the first order."
+    )
+    to: dt.date | None = strawberry.field(description="Last UTC day counted (inclusive); null: up to today.")
+    total_count: int = strawberry.field(description="Orders created in the period, every status, archived included.")
+    statuses: list[StatusFigures] = strawberry.field(description="Figures per status, in Status order.")
