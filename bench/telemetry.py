@@ -212,8 +212,11 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
     first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
     with DroppingReceiver() as endpoint:
         servers = {
-            "tracing-off": (OFF_PORT, base),
-            "tracing-on": (ON_PORT, {**base, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
+            "tracing-off": (OFF_PORT, {**base, "NEXES_OPS_LISTEN": f"127.0.0.1:{OFF_PORT + 10}"}),
+            "tracing-on": (
+                ON_PORT,
+                {**base, "NEXES_OPS_LISTEN": f"127.0.0.1:{ON_PORT + 10}", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+            ),
         }
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         cmds = {
