@@ -38,6 +38,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -238,8 +239,10 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
         }
         urls = {name: f"http://127.0.0.1:{port}/graphql" for name, (port, _) in servers.items()}
         with contextlib.ExitStack() as stack:
-            for name, (_, env) in servers.items():
-                stack.enter_context(process(cmds[name], env, urls[name], first, headers=auth))
+            pids = {
+                name: stack.enter_context(process(cmds[name], env, urls[name], first, headers=auth)).pid
+                for name, (_, env) in servers.items()
+            }
             answer = httpx.post(urls["tracing-off"], json=first, headers=auth).json()
             cursor = answer["data"]["serviceOrders"]["pageInfo"]["endCursor"]
             body = {
@@ -250,6 +253,12 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
             for _ in range(rounds):
                 for name in servers:
                     runs[name].append(wrk(urls[name], body, seconds, authorization=auth["Authorization"]))
+            # Steadier than req/s on a shared machine: the server's CPU per request, one client.
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
+            with httpx.Client(headers=auth, timeout=30) as client:
+                for _ in range(rounds):
+                    for name in servers:
+                        cpu[name].append(_cpu_per_request(client, urls[name], body, pids[name], CPU_REQUESTS))
         exported = endpoint_requests[0]
     failed = {name: sum(r["gql_errors"] for r in results) for name, results in runs.items()}
     if any(failed.values()):
@@ -260,8 +269,27 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
         runs=runs,
         median_rps=medians,
         ratio_to_off={name: round(medians[name] / medians["tracing-off"], 3) for name in servers},
+        server_cpu_us_per_request=cpu,
+        median_cpu_us_per_request={name: statistics.median(values) for name, values in cpu.items()},
         otlp_requests=exported,
     )
+
+
+CPU_REQUESTS = 600
+
+
+def _cpu_per_request(client: httpx.Client, url: str, body: dict[str, Any], pid: int, requests: int) -> float:
+    """µs of the server process's CPU (utime + stime) per request, `requests` sent one after another."""
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    for _ in range(requests):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
+    return round((cpu_seconds() - before) / requests * 1e6, 1)
 
 
 SCRAPE_PORT, OPS_PORT = 18010, 18011
