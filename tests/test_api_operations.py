@@ -133,6 +133,28 @@ async def test_exhausted_pools_give_503_not_a_hang(seeded: Settings) -> None:
     assert elapsed < 10
 
 
+async def test_a_full_analyst_pool_refuses_reports_and_the_replica_stays_in_rotation(seeded: Settings) -> None:
+    tiny = replace(seeded, analyst_pool_size=1, pool_timeout=0.5)
+    async with client_for(tiny, roles=("analyst",)) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        await state.monitor.refresh()
+        held = await state.pools.analyst[0].getconn()
+        try:
+            body = await gql(client, "{ reports { aging { bucket orderCount } } }")
+            usable = state.monitor.usable(0)
+            # The SPA's viewer reads the replica through its own pool meanwhile.
+            page = await gql(client, PAGE, **bearer_for(seeded, "viewer"))
+        finally:
+            await state.pools.analyst[0].putconn(held)
+        again = await gql(client, "{ reports { aging { bucket orderCount } } }")
+    assert body["_response"].status_code == 503
+    assert error_codes(body) == ["SERVICE_UNAVAILABLE"]
+    assert "analyst connection is busy" in body["errors"][0]["message"]
+    assert usable, "a full analyst pool took the replica out of rotation"
+    assert "errors" not in page and page["_response"].status_code == 200
+    assert "errors" not in again
+
+
 async def reads_and_health(settings: Settings) -> dict[str, Any]:
     """Five page reads must succeed; then the health report, which must still be 200."""
     async with client_for(settings) as client:

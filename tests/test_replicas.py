@@ -4,11 +4,16 @@ read-your-writes by LSN, CORS, /metrics, and the replica stopped."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,6 +28,7 @@ from tests.support.apps import plain_endpoint
 from tests.support.databases import superuser_url
 from tests.support.replicas import fast, health_detail, monitor_of, replay_paused, wait_for_state
 from tests.support.stack import stopped
+from tests.support.waits import eventually
 
 CREATE = "mutation($c: String!) { createCustomer(input: {code: $c, name: $c}) { customer { id } errors { code } } }"
 FIND = "query($c: String!) { customers(first: 1, filter: {code: $c}) { edges { node { code } } } }"
@@ -142,6 +148,55 @@ async def test_replica_stopped_reads_succeed_reports_are_unavailable_and_it_retu
         # `stopped` returns once the replica serves through PgBouncer again.
         back = await wait_for_state(c, "healthy", settings.replica_probe_interval * 2 + 2)
         assert back <= settings.replica_probe_interval * 2 + 2
+
+
+async def _monitor_backend(monitor: Any) -> int:
+    """The pid of the monitor's backend on the replica, once its probe connection is open."""
+    probe = monitor._replicas[0]
+    assert await eventually(lambda: probe._conn is not None and not probe._conn.closed, 5, 0.02)
+    pid: int = probe._conn.info.backend_pid
+    return pid
+
+
+def _parent(pid: int) -> int:
+    """A process's parent, from /proc (a backend's parent is its postmaster)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@contextmanager
+def frozen(*pids: int) -> Iterator[None]:
+    """The processes stopped with SIGSTOP for the block: a server that hangs without
+    refusing, which nothing else on demand produces."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_one_probe_timeout_keeps_the_replica_in_rotation_and_two_in_a_row_take_it_out(
+    seeded: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client(fast(seeded, replica_probe_timeout=0.5)) as c:
+        await wait_for_state(c, "healthy", 5)
+        monitor = monitor_of(c)
+        backend = await _monitor_backend(monitor)
+        caplog.set_level(logging.WARNING, logger="nexes.db.connect.monitor")
+        # The monitor's own backend hangs: its probe times out, the next one reconnects.
+        with frozen(backend):
+            assert await eventually(lambda: "a probe timed out" in caplog.text, 5, 0.02)
+        await wait_for_state(c, "healthy", 5)
+        assert "-> unreachable" not in caplog.text
+        # The whole server hangs (its postmaster too, so the reconnect hangs): out.
+        backend = await _monitor_backend(monitor)
+        with frozen(backend, _parent(backend)):
+            await wait_for_state(c, "unreachable", 5)
+            health = await health_detail(c)
+            assert health["replicas"][0]["in_rotation"] is False
+            assert health["replicas"][0]["error"]["code"] == "TIMEOUT"
+        await wait_for_state(c, "healthy", 10)
 
 
 async def test_metrics_count_routes_and_show_replica_state(seeded: Settings) -> None:

@@ -158,6 +158,7 @@ def translate(exc: BaseException) -> NexesError | None:
 
 
 NO_REPLICA = "no replica is healthy; reports and exports run only on replicas, to protect the primary"
+ANALYSTS_BUSY = "every analyst connection is busy with other reports and exports; retry shortly"
 
 
 class Router:
@@ -350,15 +351,24 @@ class Router:
         """A connection under the analyst role to a healthy replica, for as long as the
         block runs (a streamed export); SERVICE_UNAVAILABLE when there is none."""
         tried: set[int] = set()
+        busy = False
         while True:
             index = self.analyst_replica()
             if index is None or index in tried:
+                if busy:
+                    route("none", "analyst_pool_busy")
+                    raise NexesError(Code.SERVICE_UNAVAILABLE, ANALYSTS_BUSY)
                 route("none", "analyst_no_healthy_replica")
                 raise NexesError(Code.SERVICE_UNAVAILABLE, NO_REPLICA)
             tried.add(index)
             try:
                 cm = self.pools.analyst[index].connection(timeout=self.replica_timeout)
                 conn = await cm.__aenter__()
+            except PoolTimeout:
+                # The analysts' own pool is full: their queue, not the replica's fault. It
+                # stays in rotation for the SPA's reads (the bulkhead's point).
+                busy = True
+                continue
             except Exception as exc:
                 if not is_connection_problem(exc):
                     raise _translated(exc) from exc
