@@ -123,7 +123,7 @@ def process(
     *,
     cwd: Path | None = None,
     headers: dict[str, str] | None = None,
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """A server, started in its own session, waited for, and stopped by its process group;
     `headers` go with the readiness requests (a bearer token for Nexes)."""
     with tempfile.TemporaryFile() as log:
@@ -138,7 +138,7 @@ def process(
 
 def _serving(
     proc: subprocess.Popen[bytes], ready_url: str, ready_body: dict[str, str], headers: dict[str, str]
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     try:
         deadline = time.monotonic() + 600  # the peer installs Node.js on its first run
         while time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def _serving(
                 time.sleep(0.5)
         else:
             raise NotReady(f"{proc.args!r} did not become ready")
-        yield
+        yield proc
     finally:
         with suppress(ProcessLookupError):  # it may have exited, its group with it
             os.killpg(proc.pid, signal.SIGTERM)

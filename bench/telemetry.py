@@ -2,9 +2,10 @@
 
 tracing: CPU per SQL statement with tracing off, sampled and unsampled (below).
 scrape: the time of one /metrics scrape of `nexes serve --workers 2` after some traffic.
-api-telemetry: the 50-order page under wrk (bench.run's page and load), tracing off against
-tracing on (every request sampled, exported over OTLP/HTTP to a receiver in this process
-that drops what it gets), alternated round by round on two servers; metrics are always on.
+api-telemetry: the 50-order page under wrk (bench.run's page and load), tracing off, tracing on
+with every request sampled, and on with 5% sampled (exported over OTLP/HTTP to a receiver in
+this process that drops what it gets), alternated round by round on three servers; metrics
+are always on.
 
 ## tracing
 
@@ -27,6 +28,7 @@ best round of the best process (the two cores are shared with the stack and othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -36,6 +38,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -206,14 +209,28 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
     if not exists:
         bench_seed(orders)
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20"}
+    # The rate limit raised, as bench/bulkhead.py does: a viewer's hourly points last seconds under wrk.
+    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": "100000000"}
     base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
     auth = bearer(base, "viewer")
     first = {"query": "{ serviceOrders(first: 50) { pageInfo { endCursor } } }"}
     with DroppingReceiver() as endpoint:
         servers = {
-            "tracing-off": (OFF_PORT, base),
-            "tracing-on": (ON_PORT, {**base, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
+            "tracing-off": (OFF_PORT, {**base, "NEXES_OPS_LISTEN": f"127.0.0.1:{OFF_PORT + 10}"}),
+            "tracing-on": (
+                ON_PORT,
+                {**base, "NEXES_OPS_LISTEN": f"127.0.0.1:{ON_PORT + 10}", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+            ),
+            "tracing-5%": (
+                RATIO_PORT,
+                {
+                    **base,
+                    "NEXES_OPS_LISTEN": f"127.0.0.1:{RATIO_PORT + 10}",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                    "OTEL_TRACES_SAMPLER_ARG": "0.05",
+                },
+            ),
         }
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         cmds = {
@@ -221,10 +238,11 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
             for name, (port, _) in servers.items()
         }
         urls = {name: f"http://127.0.0.1:{port}/graphql" for name, (port, _) in servers.items()}
-        with (
-            process(cmds["tracing-off"], servers["tracing-off"][1], urls["tracing-off"], first, headers=auth),
-            process(cmds["tracing-on"], servers["tracing-on"][1], urls["tracing-on"], first, headers=auth),
-        ):
+        with contextlib.ExitStack() as stack:
+            pids = {
+                name: stack.enter_context(process(cmds[name], env, urls[name], first, headers=auth)).pid
+                for name, (_, env) in servers.items()
+            }
             answer = httpx.post(urls["tracing-off"], json=first, headers=auth).json()
             cursor = answer["data"]["serviceOrders"]["pageInfo"]["endCursor"]
             body = {
@@ -235,6 +253,12 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
             for _ in range(rounds):
                 for name in servers:
                     runs[name].append(wrk(urls[name], body, seconds, authorization=auth["Authorization"]))
+            # Steadier than req/s on a shared machine: the server's CPU per request, one client.
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
+            with httpx.Client(headers=auth, timeout=30) as client:
+                for _ in range(rounds):
+                    for name in servers:
+                        cpu[name].append(_cpu_per_request(client, urls[name], body, pids[name], CPU_REQUESTS))
         exported = endpoint_requests[0]
     failed = {name: sum(r["gql_errors"] for r in results) for name, results in runs.items()}
     if any(failed.values()):
@@ -244,13 +268,32 @@ def bench_api_telemetry(seconds: int, rounds: int, orders: int) -> None:
         bench="api-page-50-telemetry",
         runs=runs,
         median_rps=medians,
-        ratio_on_off=round(medians["tracing-on"] / medians["tracing-off"], 3),
+        ratio_to_off={name: round(medians[name] / medians["tracing-off"], 3) for name in servers},
+        server_cpu_us_per_request=cpu,
+        median_cpu_us_per_request={name: statistics.median(values) for name, values in cpu.items()},
         otlp_requests=exported,
     )
 
 
+CPU_REQUESTS = 600
+
+
+def _cpu_per_request(client: httpx.Client, url: str, body: dict[str, Any], pid: int, requests: int) -> float:
+    """µs of the server process's CPU (utime + stime) per request, `requests` sent one after another."""
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    for _ in range(requests):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
+    return round((cpu_seconds() - before) / requests * 1e6, 1)
+
+
 SCRAPE_PORT, OPS_PORT = 18010, 18011
-OFF_PORT, ON_PORT = 18012, 18013
+OFF_PORT, ON_PORT, RATIO_PORT = 18012, 18013, 18014
 endpoint_requests = [0]
 
 

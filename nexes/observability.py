@@ -1,4 +1,4 @@
-"""Request identity for logs and SQL: the request id, the trace context, JSON logs, SQL comments.
+"""Request identity for logs and SQL: the request id, the trace context, the log format, SQL comments.
 
 `sql_comment()` is the one audited place where text is added to SQL: it is built
 only from values that passed `valid_request_id` / `TRACEPARENT`, so it can hold no
@@ -209,8 +209,8 @@ def configure_tracing(settings: Settings, service: str) -> None:
 
 def install_tracing(service: str, exporter: SpanExporter) -> TracerProvider:
     """The SDK with `exporter` behind a batch processor, and httpx's instrumentation (Typesense);
-    HTTP and SQL spans are made by `nexes.http.app` and `nexes.db.connect.tagged`. Idempotent: the first
-    provider installed stays."""
+    HTTP spans are made by `nexes.http.app`, SQL spans by psycopg's instrumentor on the pools'
+    connections (`nexes.db.connect.traced`). Idempotent: the first provider installed stays."""
     global _provider
     if _provider is not None:
         return _provider

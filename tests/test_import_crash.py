@@ -163,7 +163,7 @@ def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
     assert actual["dup"] == (0,)
     for key in ("orders", "lines", "ledger", "on_hand"):
         assert actual[key] == expected[key], key
-    # The upload's request id reached the worker's logs and its SQL.
-    assert f"request_id={request_id}" in logs
+    # The upload's request id reached the worker's logs (JSON lines) and its SQL.
+    assert f'"request_id":"{request_id}"' in logs
     assert seen_sql.is_set()
     print(f"recoveries after SIGKILL: max {max(recoveries):.1f}s, mean {sum(recoveries) / len(recoveries):.1f}s")

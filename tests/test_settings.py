@@ -62,7 +62,13 @@ def test_missing_required_url_names_itself() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("NEXES_API_POOL_SIZE", "many"), ("NEXES_STATEMENT_TIMEOUT", "-1"), ("NEXES_ENV", "staging")],
+    [
+        ("NEXES_API_POOL_SIZE", "many"),
+        ("NEXES_STATEMENT_TIMEOUT", "-1"),
+        ("NEXES_ENV", "staging"),
+        ("NEXES_LOG_FORMAT", "xml"),
+        ("NEXES_WORKER_METRICS_PORT", "70000"),
+    ],
 )
 def test_malformed_setting_names_itself(key: str, value: str) -> None:
     with pytest.raises(SettingsError, match=key):
