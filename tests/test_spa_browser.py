@@ -136,12 +136,14 @@ async def test_the_spa_signs_in_scrolls_searches_creates_and_imports_in_chromium
     await _sign_in(page, base, token)
     ARTIFACTS.mkdir(exist_ok=True)
 
-    # Three pages: scroll the list's end into view until 60 orders are there.
+    # Three pages: scroll the list to its end until 60 orders are there (the list is drawn
+    # anew from the merged pages each time, so the scroll is the container's, not an item's).
     for _ in range(10):
-        if await page.locator("#orders li").count() >= 60:
+        count = await page.locator("#orders li").count()
+        if count >= 60:
             break
-        await page.locator("#orders li").last.scroll_into_view_if_needed()
-        await page.wait_for_timeout(300)
+        await page.locator("#orders").evaluate("list => list.scrollTo(0, list.scrollHeight)")
+        await page.wait_for_function(f"document.querySelectorAll('#orders li').length > {count}")
     shown = await page.locator("#orders li").evaluate_all("items => items.map(i => i.dataset.sod)")
     assert len(shown) >= 60 and len(set(shown)) == len(shown)
     # The API's order: no gap, no repeat (asked by an analyst, who may send any document).

@@ -28,6 +28,6 @@ class Dashboard:
     from_: dt.date | None = strawberry.field(
         name="from", description="First UTC day counted (inclusive); null: since the first order."
     )
-    to: dt.date | None = strawberry.field(description="Last UTC day counted (inclusive); null: up to today.")
+    to: dt.date | None = strawberry.field(description="Last UTC day counted (inclusive); null: no end.")
     total_count: int = strawberry.field(description="Orders created in the period, every status, archived included.")
     statuses: list[StatusFigures] = strawberry.field(description="Figures per status, in Status order.")

@@ -243,7 +243,9 @@ class Query:
             dt.date | None,
             strawberry.argument(name="from", description="First UTC day (inclusive); null: since the first order."),
         ] = None,
-        to: Annotated[dt.date | None, arg("Last UTC day (inclusive); null: up to today.")] = None,
+        to: Annotated[
+            dt.date | None, arg("Last UTC day (inclusive); null: no end. Before from: BAD_USER_INPUT.")
+        ] = None,
     ) -> Dashboard:
         return await dashboard.dashboard(info, from_, to)
 
@@ -294,12 +296,12 @@ class Mutation:
         self,
         info: Info,
         sku: Annotated[str, arg("The item received (UNKNOWN_SKU if none has it).")],
-        quantity: Annotated[int, arg("Units received, 1 to 1,000,000.")],
+        quantity: Annotated[int, arg("Units received, 1 to 1,000,000,000.")],
         reference: Annotated[
             str,
             arg(
-                "The delivery's reference (e.g. a delivery note number); used again with another quantity: "
-                "DUPLICATE_CONFLICT."
+                "The delivery's reference (e.g. a delivery note number), 1-100 printable characters without "
+                "spaces; used again with another item or quantity: DUPLICATE_CONFLICT."
             ),
         ],
     ) -> StockItemPayload:
