@@ -433,6 +433,7 @@ def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
 
 
 def replica_servers(port: int, auth: str) -> list[dict[str, Any]]:
+    """/api/health/detail's replicas (an admin's token)."""
     body = httpx.get(f"http://127.0.0.1:{port}/api/health/detail", headers={"Authorization": auth}, timeout=5).json()
     return list(body["replicas"])
 
@@ -537,7 +538,7 @@ def main() -> None:
             times["fault"] = time.monotonic() - load.started
             faults: dict[str, Callable[[], Callable[[], bool]]] = {
                 "typesense": lambda: fault_typesense(api, facts),
-                "replica": lambda: fault_replica(api, facts, auth),
+                "replica": lambda: fault_replica(api, facts, token(env, ("admin",))),
                 "switchover": lambda: fault_switchover(api, facts),
                 "api-kill": lambda: fault_api_kill(api, facts),
                 "rolling": lambda: fault_rolling(api, facts),
