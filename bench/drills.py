@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nexes import settings as settings_module
 from nexes.auth.tokens import mint
 from nexes.db.connect.conninfo import environ_for_database
-from nexes.db.invariants import check_all
+from nexes.db.invariants import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
@@ -480,8 +480,14 @@ def fault_rolling(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
 # ---------------------------------------------------------------- after the drill
 
 
+# The issue's invariants: reconcile's drift (it checks stock against the ledger, and the
+# lines' movements of the newest quarters), every order its key, stock equal to the ledger.
+# The per-line check of nexes.db.invariants over every quarter took over 7 minutes at 1M.
+DRILL_CHECKS = ("order_without_key", "key_without_order", "on_hand_differs_from_ledger")
+
+
 def invariants(env: dict[str, str], acked: list[str]) -> dict[str, Any]:
-    """nexes reconcile's drift, the database's invariants, and every acknowledged order."""
+    """nexes reconcile's drift, the invariants above, and every acknowledged order."""
     settings = settings_module.load(env)
     admin = superuser(settings.admin_url, DB)
     with psycopg.connect(admin) as conn:
@@ -489,11 +495,12 @@ def invariants(env: dict[str, str], acked: list[str]) -> dict[str, Any]:
     subprocess.run([NEXES, "reconcile"], env=env, check=True, capture_output=True)
     with psycopg.connect(admin) as conn:
         (drift_after,) = conn.execute("SELECT count(*) FROM stat_drift").fetchone()  # type: ignore[misc]
-        violations = check_all(conn)
+        violations = {name: rows for name in DRILL_CHECKS if (rows := conn.execute(CHECKS[name]).fetchall())}
         found = conn.execute("SELECT count(*) FROM service_order_key WHERE sod_number = ANY(%s)", [acked]).fetchone()
     return {
         "reconcile_drift_rows": int(drift_after) - int(drift_before),
-        "invariant_violations": [str(v) for v in violations],
+        "invariants_checked": list(DRILL_CHECKS),
+        "invariant_violations": {name: [str(r[0]) for r in rows] for name, rows in violations.items()},
         "acknowledged_orders": len(acked),
         "acknowledged_orders_missing": len(acked) - int(found[0] if found else 0),
     }
