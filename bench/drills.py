@@ -263,8 +263,11 @@ class Load:
         if random.random() < self.mutations:
             self._seq += 1
             sod = f"DRILL-{self.run_id}-{self._seq:07d}"
-            line = {"sku": "SKU-00001", "quantity": 1, "unitPrice": "10.00"}
-            order = {"sodNumber": sod, "customerCode": "C000001", "status": "OPEN", "lines": [line]}
+            # Spread over items and customers, as dispatchers' orders are: one hot stock row
+            # would serialise every mutation on its lock and measure that instead.
+            line = {"sku": f"SKU-{random.randint(1, 50):05d}", "quantity": 1, "unitPrice": "10.00"}
+            customer = f"C{random.randint(1, 200):06d}"
+            order = {"sodNumber": sod, "customerCode": customer, "status": "OPEN", "lines": [line]}
             return "create:" + sod, orjson.dumps({"query": CREATE, "variables": {"i": order}})
         r = random.random()
         kind = next(k for k, share in READS if r < share)
