@@ -101,6 +101,9 @@ class RestoreDrill:
 
     def start_archive(self) -> None:
         """pg_receivewal into the archive, through a slot of its own (no segment missed)."""
+        log = self.work / "restored.log"
+        if log.exists():  # the restored server's log outlives the drill's directory
+            shutil.copy(log, "/tmp/nexes-restore-drill.log")
         shutil.rmtree(self.work, ignore_errors=True)
         self.archive.mkdir(parents=True)
         if os.geteuid() == 0:
@@ -229,6 +232,9 @@ class RestoreDrill:
             )
         with psycopg.connect(self.admin, autocommit=True) as conn:  # the drill database as seeded again
             conn.execute("DROP TABLE IF EXISTS restore_drill_mark")
+        log = self.work / "restored.log"
+        if log.exists():  # the restored server's log outlives the drill's directory
+            shutil.copy(log, "/tmp/nexes-restore-drill.log")
         shutil.rmtree(self.work, ignore_errors=True)
 
 
