@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from nexes import settings as settings_module
 from nexes.settings import Settings, SettingsError
@@ -37,34 +38,40 @@ def _settings(seeded: Settings, *, direct: bool, **env: str) -> Settings:
     return settings_module.load(base | {"NEXES_API_POOL_SIZE": "1"} | env)
 
 
-def _lock_replayed(settings: Settings, dbname: str) -> psycopg.Connection:
-    """An open transaction holding ACCESS EXCLUSIVE on customer, once the replica has replayed it.
+def _lock_replayed(settings: Settings, dbname: str, table: str = "customer") -> psycopg.Connection:
+    """An open transaction holding ACCESS EXCLUSIVE on `table`, once the replica has replayed it.
 
     The lock's WAL record leaves the primary only when something flushes it: a commit
     (txid_current() in autocommit) does."""
     lock = psycopg.connect(superuser_url(settings.admin_url, dbname))
-    lock.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+    lock.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
     with psycopg.connect(superuser_url(settings.admin_url, dbname), autocommit=True) as other:
         other.execute("SELECT txid_current()")
     deadline = time.monotonic() + 30
     with psycopg.connect(superuser_url(settings.replica_admin_urls[0], dbname), autocommit=True) as replica:
         while not replica.execute(
-            "SELECT 1 FROM pg_locks WHERE relation = 'customer'::regclass AND mode = 'AccessExclusiveLock'"
+            "SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND mode = 'AccessExclusiveLock'", [table]
         ).fetchone():
             assert time.monotonic() < deadline, "the replica did not replay the lock in 30 s"
             time.sleep(0.05)
     return lock
 
 
-async def _application_name_while_blocked(client: httpx.AsyncClient, settings: Settings, request_id: str) -> Any:
+async def _application_name_while_blocked(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    request_id: str,
+    body: dict[str, Any] | None = None,
+    table: str = "customer",
+) -> Any:
     """pg_stat_activity's (application_name, query) of the API's read while a lock holds it
     (on the replica, where the read goes, or on the primary, should the router send it there)."""
     dbname = psycopg.conninfo.conninfo_to_dict(settings.admin_url)["dbname"]
-    lock = _lock_replayed(settings, dbname)
+    lock = _lock_replayed(settings, dbname, table)
     seen = None
     try:
         task = asyncio.ensure_future(
-            client.post("/graphql", json={"query": BLOCKED}, headers={"x-request-id": request_id})
+            client.post("/graphql", json=body or {"query": BLOCKED}, headers={"x-request-id": request_id})
         )
         deadline = time.monotonic() + 15
         urls = [superuser_url(settings.admin_url), superuser_url(settings.replica_admin_urls[0])]
@@ -158,3 +165,20 @@ def test_settings_prepare_and_sql_tag_are_checked_and_named() -> None:
         settings_module.load(env | {"NEXES_PREPARE": "yes please"})
     with pytest.raises(SettingsError, match="NEXES_SQL_TAG"):
         settings_module.load(env | {"NEXES_SQL_TAG": "header"})
+
+
+async def test_statements_in_a_pipeline_each_carry_the_request_id(seeded: Settings) -> None:
+    # node(id) reads an order and its lines in one pipeline: the lines' statement, held by
+    # a lock, shows the request id it was queued behind.
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    async with client_for(settings, roles=("viewer",)) as client:
+        page = await gql(client, "{ serviceOrders(first: 1) { edges { node { id sodNumber } } } }")
+        node = page["data"]["serviceOrders"]["edges"][0]["node"]
+        query = "query($id: ID!) { node(id: $id) { ... on ServiceOrder { sodNumber lines { lineNo quantity } } } }"
+        body = {"query": query, "variables": {"id": node["id"]}}
+        request_id = f"pipeline-{os.getpid()}"
+        seen = await _application_name_while_blocked(client, settings, request_id, body, table="service_order_line")
+        answer = await gql(client, query, {"id": node["id"]})
+    assert seen is not None and seen[0] == f"{request_id} nexes-api-replica-0"
+    assert "service_order_line" in seen[1]
+    assert answer["data"]["node"]["sodNumber"] == node["sodNumber"] and answer["data"]["node"]["lines"]

@@ -418,6 +418,24 @@ async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[O
     return await _orders_at(conn, await cur.fetchall())
 
 
+async def orders_with_lines_by_id(
+    conn: AsyncConnection[Any], ids: Sequence[int]
+) -> tuple[list[OrderRow], list[LineRow]]:
+    """Orders by id, live or archived, with their customers, and all their lines: two round
+    trips, the key table's, then the orders' and the lines' statements in one pipeline
+    (both need only what the keys give)."""
+    cur = await conn.execute(KEYS_BY_ID, {"ids": list(ids)})
+    keys: list[tuple[int, datetime]] = await cur.fetchall()
+    if not keys:
+        return [], []
+    ids_found, ats = [k[0] for k in keys], [k[1] for k in keys]
+    span = {"ids": ids_found, "lo": min(ats), "hi": max(ats), "archived": True}
+    async with conn.pipeline():
+        orders = await conn.cursor(row_factory=ORDER_ROW).execute(ORDERS_AT, {"ids": ids_found, "ats": ats})
+        lines = await conn.cursor(row_factory=LINE_ROW).execute(LINES, span)
+    return await orders.fetchall(), await lines.fetchall()
+
+
 async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> OrderRow | None:
     """One order by SOD number, live or archived, with its customer."""
     cur = await conn.execute(KEYS_BY_SOD, {"sod": sod_number})

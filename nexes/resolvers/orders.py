@@ -95,9 +95,16 @@ def to_order(row: OrderRow, customer: Customer | None, lines: list[ServiceOrderL
 
 
 async def hydrate(
-    conn: AsyncConnection[Any], rows: Sequence[OrderRow], *, customers: bool, lines: bool, archived: bool
+    conn: AsyncConnection[Any],
+    rows: Sequence[OrderRow],
+    *,
+    customers: bool,
+    lines: bool,
+    archived: bool,
+    line_rows: Sequence[LineRow] | None = None,
 ) -> list[ServiceOrder]:
-    """Orders as GraphQL objects, with customers and lines in one batched statement each."""
+    """Orders as GraphQL objects, with customers and lines in one batched statement each
+    (`line_rows`: the lines, read already)."""
     by_customer: dict[int, Customer] = {}
     if customers and rows and rows[0].customer_name is not None:  # joined into the page query
         by_customer = {
@@ -115,15 +122,17 @@ async def hydrate(
         by_customer = {c.id: to_customer(c) for c in found}
     by_order: defaultdict[int, list[ServiceOrderLine]] = defaultdict(list)
     if lines and rows:
-        for line in await orders_db.lines_of(conn, rows, archived=archived):
+        if line_rows is None:
+            line_rows = await orders_db.lines_of(conn, rows, archived=archived)
+        for line in line_rows:
             by_order[line.order_id].append(to_line(line))
     return [to_order(r, by_customer.get(r.customer_id), by_order.get(r.id, [])) for r in rows]
 
 
 async def orders_by_id(conn: AsyncConnection[Any], _: None, ids: Sequence[int]) -> list[ServiceOrder | None]:
     """The batch of node(id)'s ServiceOrder loader."""
-    rows = await orders_db.orders_by_id(conn, ids)
-    nodes = await hydrate(conn, rows, customers=True, lines=True, archived=True)
+    rows, lines = await orders_db.orders_with_lines_by_id(conn, ids)
+    nodes = await hydrate(conn, rows, customers=True, lines=True, archived=True, line_rows=lines)
     found = {row.id: node for row, node in zip(rows, nodes, strict=True)}
     return [found.get(i) for i in ids]
 

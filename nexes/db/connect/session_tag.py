@@ -18,9 +18,10 @@ The trace context goes the same way, as the transaction-local custom setting
 `nexes.traceparent` (`current_setting('nexes.traceparent', true)`), since a comment would
 defeat preparing and application_name has no room left for it.
 
-What is not tagged: a statement inside a pipeline the caller opened, a COPY or a stream
-that opens its transaction (a COPY later in a transaction runs under the tag its first
-statement set), and anything outside a request or job. Figures and the choice between the
+In a pipeline the caller opened, each statement is queued behind its own set_config.
+What is not tagged: a COPY or a stream that opens its transaction (a COPY later in a
+transaction runs under the tag its first statement set), and anything outside a request
+or job. Figures and the choice between the
 comment, application_name and both: README.md, "Prepared statements and the request id".
 """
 
@@ -65,12 +66,15 @@ class NamedCursor(TaggedCursor[Row]):
 
     async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
-        status = conn.pgconn.transaction_status
         tag = None
-        if conn._pipeline is None and status in (_IDLE, _INTRANS):
-            base = conn.info.parameter_status("application_name") or ""
-            tag = tag_statement(base)
+        if conn._pipeline is not None or conn.pgconn.transaction_status in (_IDLE, _INTRANS):
+            tag = tag_statement(conn.info.parameter_status("application_name") or "")
         if tag is None:
+            return await super().execute(query, params, **kwargs)
+        if conn._pipeline is not None:
+            # The caller's pipeline: queued behind its own tag, sent with its Sync (the same
+            # transaction); timed by the caller, which waits for the results.
+            await AsyncCursor(conn).execute(*tag)
             return await super().execute(query, params, **kwargs)
         # Not TaggedCursor.execute: in a pipeline that returns before the server answers,
         # so its span and Server-Timing figure would time only the sending.
