@@ -35,7 +35,7 @@ from psycopg._queries import PostgresQuery
 from psycopg.abc import Params, Query
 from psycopg.rows import Row
 
-from nexes.db.connect.tagged import TaggedCursor, TaggedQuery, sql_span
+from nexes.db.connect.tagged import TaggedCursor, TaggedQuery, copy_span
 from nexes.observability import TRACEPARENT, current_traceparent, record_sql, request_id_var, valid_request_id
 from nexes.settings import Settings
 
@@ -76,11 +76,13 @@ class NamedCursor(TaggedCursor[Row]):
             # transaction); timed by the caller, which waits for the results.
             await AsyncCursor(conn).execute(*tag)
             return await super().execute(query, params, **kwargs)
-        # Not TaggedCursor.execute: in a pipeline that returns before the server answers,
-        # so its span and Server-Timing figure would time only the sending.
+        # Not TaggedCursor.execute, nor the instrumentor's traced execute behind it: in a
+        # pipeline they return before the server answers, so their span and Server-Timing
+        # figure would time only the sending. The statement's span is the hand-made one
+        # COPY uses (nexes.db.connect.tagged), around the whole pipeline.
         started = time.perf_counter()
         try:
-            with sql_span(query, self):
+            with copy_span(query, self):
                 async with conn.pipeline():
                     await AsyncCursor(conn).execute(*tag)  # a plain cursor: not counted as a statement
                     await AsyncCursor.execute(self, cast(Any, query), params, **kwargs)
