@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from nexes.db import grants
 from nexes.db.connect.conninfo import for_role
@@ -41,8 +42,13 @@ def _table_privileges(conn: psycopg.Connection, oid: int, role: str) -> set[str]
 
 
 def _direct(settings: Settings, role: str) -> str:
-    """The primary itself (not PgBouncer), as `role`."""
-    return for_role(settings.admin_url, settings, role)
+    """The primary itself (not PgBouncer), as `role`. The admin URL may name every server
+    with `target_session_attrs=read-write`, which a role whose sessions default to read-only
+    (nexes_monitor, nexes_analyst) never satisfies: `primary` finds the same server."""
+    params = conninfo_to_dict(for_role(settings.admin_url, settings, role))
+    if "target_session_attrs" in params:
+        params["target_session_attrs"] = "primary"
+    return make_conninfo("", **params)
 
 
 def test_every_table_grants_each_role_exactly_the_declared_privileges(settings: Settings) -> None:
