@@ -221,12 +221,12 @@ class SearchService:
         start, self._next = self._next, (self._next + 1) % count
         for tried in range(count):
             index = (start + tried) % count
-            share = deadline - time.monotonic()
-            if share <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
             try:
                 async with await self.breakers.get_breaker(self.breaker_names[index]):
-                    return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), share)
+                    return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), left)
             except OpenedState:
                 continue
             except TYPESENSE_ERRORS as exc:
