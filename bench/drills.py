@@ -513,13 +513,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("drill", choices=("typesense", "replica", "switchover", "api-kill", "rolling"))
     parser.add_argument("--orders", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=90)
+    parser.add_argument("--seconds", type=float, help="default 90; 180 for typesense (a node rejoins slowly)")
     parser.add_argument("--fault-at", type=float, default=30)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--share", type=float, default=0.7)
     parser.add_argument("--port", type=int, default=18070)
     parser.add_argument("--ops-port", type=int, default=19474)
     args = parser.parse_args()
+    args.seconds = args.seconds or (180.0 if args.drill == "typesense" else 90.0)
     global ops_listen
     ops_listen = f"127.0.0.1:{args.ops_port}"
     import threading

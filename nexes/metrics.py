@@ -95,6 +95,10 @@ PARTITION_HORIZON = Gauge(
     "(CREATED_AT_OUT_OF_RANGE) until the partitions job runs.",
     multiprocess_mode="mostrecent",
 )
+STATEMENT_TIMEOUTS = Counter(
+    "nexes_db_statement_timeouts",
+    "API statements cancelled by their statement timeout (answered TIMEOUT).",
+)
 REQUESTS_REFUSED = Counter(
     "nexes_requests_refused",
     "Requests answered 503 at once because the process ran NEXES_MAX_CONCURRENT_REQUESTS already.",

@@ -164,7 +164,8 @@ def logging_config(level: str, log_format: str = "json") -> dict[str, Any]:
     """dictConfig for the process, uvicorn's loggers included; `log_format` is json or console.
 
     APScheduler logs two INFO lines per run of every job (the sweeps run every few
-    seconds): it logs at WARNING; the periodic actors log at INFO when they did something."""
+    seconds), httpx one per request: they log at WARNING; the periodic actors log at INFO
+    when they did something."""
     handler = {"class": "logging.StreamHandler", "formatter": log_format, "stream": "ext://sys.stderr"}
     return {
         "version": 1,
@@ -177,6 +178,8 @@ def logging_config(level: str, log_format: str = "json") -> dict[str, Any]:
             "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
             "apscheduler": {"level": "WARNING"},
+            # A line per request to Typesense (and per OTLP export): the spans and metrics have them.
+            "httpx": {"level": "WARNING"},
         },
     }
 

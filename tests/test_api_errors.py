@@ -146,10 +146,17 @@ async def test_statement_timeout_is_timeout_in_a_200(fresh_db: object) -> None:
     with psycopg.connect(superuser_url(fresh_db.admin_url, str(dbname)), autocommit=True) as conn:
         conn.execute(f"ALTER ROLE nexes_api IN DATABASE {dbname} SET statement_timeout = '1ms'")
         conn.execute("INSERT INTO customer (code, name) SELECT 'C' || i, 'n' FROM generate_series(1, 50000) i")
+    from prometheus_client import REGISTRY
+
+    def timeouts() -> float:
+        return REGISTRY.get_sample_value("nexes_db_statement_timeouts_total") or 0.0
+
+    before = timeouts()
     async with client_for(fresh_db) as client:
         query = '{ customers(first: 5, filter: {nameContains: "zzz"}) { edges { cursor } } }'
         result = await gql(client, query)
     assert error_codes(result) == ["TIMEOUT"]
+    assert timeouts() == before + 1
     assert result["_response"].status_code == 200  # `data` is there, null where the field timed out
     assert "data" in result
 

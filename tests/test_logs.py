@@ -57,10 +57,10 @@ def test_the_console_line_is_one_coloured_line_with_the_same_ids(in_a_job: None)
     assert f"trace_id={TRACEPARENT[3:11]}" in line
 
 
-def test_one_handler_for_every_logger_and_apscheduler_only_from_warning_up() -> None:
+def test_one_handler_for_every_logger_and_apscheduler_and_httpx_only_from_warning_up() -> None:
     config = observability.logging_config("INFO", "console")
     assert config["handlers"]["default"]["formatter"] == "console"
-    assert config["loggers"]["apscheduler"]["level"] == "WARNING"
+    assert config["loggers"]["apscheduler"]["level"] == config["loggers"]["httpx"]["level"] == "WARNING"
     assert config["root"]["level"] == "INFO"
     assert all(logger.get("handlers", ["default"]) == ["default"] for logger in config["loggers"].values())
 

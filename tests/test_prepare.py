@@ -96,10 +96,17 @@ async def _application_name_while_blocked(
 
 async def _prepared(client: httpx.AsyncClient) -> list[str]:
     """The statements prepared on the API's one replica connection."""
+    return [row[0] for row in await _plans(client)]
+
+
+async def _plans(client: httpx.AsyncClient) -> list[tuple[str, int, int]]:
+    """(statement, generic plans, custom plans) of each statement prepared on the API's replica connection."""
     pool = client.app.state.pools.replicas[0]  # type: ignore[attr-defined]
     async with pool.connection() as conn:
-        cur = await psycopg.AsyncCursor(conn).execute("SELECT statement FROM pg_prepared_statements")
-        return [row[0] for row in await cur.fetchall()]
+        cur = await psycopg.AsyncCursor(conn).execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        return await cur.fetchall()
 
 
 async def test_prepare_on_direct_prepares_the_page_and_pg_stat_activity_shows_the_request_id(seeded: Settings) -> None:
@@ -182,3 +189,15 @@ async def test_statements_in_a_pipeline_each_carry_the_request_id(seeded: Settin
     assert seen is not None and seen[0] == f"{request_id} nexes-api-replica-0"
     assert "service_order_line" in seen[1]
     assert answer["data"]["node"]["sodNumber"] == node["sodNumber"] and answer["data"]["node"]["lines"]
+
+
+async def test_prepared_keyset_pages_run_their_generic_plan(seeded: Settings) -> None:
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    async with client_for(settings, roles=("viewer",)) as client:
+        for i in range(10):
+            assert "errors" not in await gql(client, PAGE, **{"x-request-id": f"generic-{os.getpid()}-{i}"})
+        plans = await _plans(client)
+    pages = [(generic, custom) for text, generic, custom in plans if "FROM service_order" in text]
+    assert pages, plans
+    generic, custom = pages[0]
+    assert generic >= 5 and custom == 0  # every run since it was prepared

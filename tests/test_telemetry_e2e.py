@@ -28,6 +28,7 @@ import orjson
 import psycopg
 import pytest
 import redis
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
 from bench.write_path import DRAMATIQ, start_process, stop_process
 from nexes import settings as settings_module
@@ -148,12 +149,15 @@ def test_an_import_started_with_a_traceparent_arrives_over_otlp_as_one_trace_dow
 ) -> None:
     settings, url, receiver, logs = running.settings, running.url, running.receiver, running.logs
     data = csv_bytes(*(line(f"SOD-OTLP-{i:06d}") for i in range(ORDERS)))
-    answer = httpx.post(
-        url + "/api/imports?filename=traced.csv",
-        content=data,
-        headers={**CSRF, **bearer_for(settings, "operator"), "traceparent": f"00-{TRACE_ID}-{CALLER}-01"},
-        timeout=30,
-    )
+    # Sent without httpx's instrumentation, which tests/test_tracing.py may have installed in
+    # this process: it would replace the caller's traceparent with one of its own.
+    with suppress_http_instrumentation():
+        answer = httpx.post(
+            url + "/api/imports?filename=traced.csv",
+            content=data,
+            headers={**CSRF, **bearer_for(settings, "operator"), "traceparent": f"00-{TRACE_ID}-{CALLER}-01"},
+            timeout=30,
+        )
     assert answer.status_code == 202, answer.text
     job_id = job_key(answer.json()["id"])
     assert wait_for(lambda: _job_status(settings, job_id) == "SUCCEEDED", timeout=120, interval=0.3), (
@@ -169,9 +173,11 @@ def test_an_import_started_with_a_traceparent_arrives_over_otlp_as_one_trace_dow
         ]
 
     # Exported in batches, a moment after each span ends.
-    assert wait_for(lambda: len(checkpoints()) >= 3, timeout=30, interval=0.2), [
-        s.name for s in receiver.of_trace(TRACE_ID)
-    ]
+    assert wait_for(lambda: len(checkpoints()) >= 3, timeout=30, interval=0.2), (
+        [s.name for s in receiver.of_trace(TRACE_ID)],
+        receiver.requests,
+        {s.trace_id for s in receiver.spans},
+    )
     time.sleep(0.5)  # the consumer span ends after the last chunk
     spans = receiver.of_trace(TRACE_ID)
 

@@ -19,6 +19,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.errors import QueryCanceled
 from psycopg.rows import args_row
 
+from nexes.db.connect.session_tag import GenericPlan
 from nexes.db.keyset import Keyset
 
 Direction = Literal["ASC", "DESC"]
@@ -262,7 +263,7 @@ def page_sql_text(shape: PageShape) -> bytes:
     query = _page_sql(
         stand_in, shape.sort, backward=shape.backward, after=after, with_customer=shape.with_customer, extra=None
     )
-    return query.as_bytes(None)
+    return query.as_bytes(None) if shape.has_prefix else GenericPlan(query.as_bytes(None))
 
 
 @lru_cache(maxsize=256)
@@ -280,7 +281,7 @@ def customer_pages_sql_text(shape: PageShape) -> bytes:
     query = sql.SQL(
         "SELECT p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({}) AS p"
     ).format(inner)
-    return query.as_bytes(None)
+    return query.as_bytes(None) if shape.has_prefix else GenericPlan(query.as_bytes(None))
 
 
 # Planning a query over every quarterly partition costs milliseconds (no prepared

@@ -29,7 +29,8 @@ def maintain_partitions() -> None:
             conn, years_back=settings.partition_years_back, quarters_ahead=settings.partitions_ahead
         )
         audit.maintain(conn, audit.scheduler(), retention_days=settings.audit_retention_days, quarters_created=created)
-    log.info("partitions ensured, %d created", created)
+    # A periodic job logs at INFO only when it did something.
+    log.log(logging.INFO if created else logging.DEBUG, "partitions ensured, %d created", created)
 
 
 @dramatiq.actor(

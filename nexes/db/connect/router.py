@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from nexes.db.connect.lsn import format_lsn, parse_lsn
 from nexes.db.connect.pools import Pools
 from nexes.errors import Code, NexesError
-from nexes.metrics import DB_ROUTE
+from nexes.metrics import DB_ROUTE, STATEMENT_TIMEOUTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,6 +153,8 @@ def translate(exc: BaseException) -> NexesError | None:
         return NexesError(Code.BAD_USER_INPUT, f"the input holds a value the database cannot take: {exc}")
     for kind, code, message in _TRANSLATED:
         if isinstance(exc, kind):
+            if kind is errors.QueryCanceled and "statement timeout" in (exc.diag.message_primary or ""):  # type: ignore[attr-defined]
+                STATEMENT_TIMEOUTS.inc()  # each driver error is translated once, here
             return NexesError(code, message)
     return None
 

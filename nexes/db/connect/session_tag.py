@@ -41,22 +41,43 @@ from nexes.settings import Settings
 
 SET_NAME = "SELECT set_config('application_name', %s, true)"
 SET_NAME_AND_TRACE = "SELECT set_config('application_name', %s, true), set_config('nexes.traceparent', %s, true)"
+# For a GenericPlan statement on a preparing connection, in the same statement (values are
+# bound: the texts stay two).
+SET_GENERIC = ", set_config('plan_cache_mode', 'force_generic_plan', true)"
+
+
+class GenericPlan(bytes):
+    """A statement whose generic plan serves every value as well as a custom plan would: a
+    keyset page by an index, whatever its bounds (no LIKE prefix, whose index range needs
+    the value when planning).
+
+    PostgreSQL 15 keeps re-planning a prepared statement over quarterly partitions, because
+    each custom plan, pruned to a partition or two, looks cheaper than the generic one; so
+    preparing saved only parsing: the deep page took 2.4 ms either way, 0.3 ms with its
+    generic plan (pruned when it runs). Prepared (NEXES_PREPARE=on), such a statement runs
+    with plan_cache_mode = force_generic_plan, for its transaction only."""
+
+    __slots__ = ()
+
+
 _IDLE, _INTRANS = pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS
 # psycopg's own default: a statement is prepared on its 5th run on a connection, so one-off
 # statements (an unusual filter) never fill the server's memory with plans.
 PREPARE_THRESHOLD = 5
 
 
-def tag_statement(base: str) -> tuple[str, list[str]] | None:
-    """The set_config statement and its values for the current request or job, or None outside one."""
+def tag_statement(base: str, *, generic: bool = False) -> tuple[str, list[str]] | None:
+    """The set_config statement and its values for the current request or job, or None outside
+    one; `generic`: with plan_cache_mode = force_generic_plan too."""
     request_id = valid_request_id(request_id_var.get())
     if request_id is None:
         return None
     name = f"{request_id} {base}"
     traceparent = current_traceparent()
+    extra = SET_GENERIC if generic else ""
     if traceparent is None or not TRACEPARENT.fullmatch(traceparent):
-        return SET_NAME, [name]
-    return SET_NAME_AND_TRACE, [name, traceparent]
+        return SET_NAME + extra, [name]
+    return SET_NAME_AND_TRACE + extra, [name, traceparent]
 
 
 class NamedCursor(TaggedCursor[Row]):
@@ -68,7 +89,8 @@ class NamedCursor(TaggedCursor[Row]):
         conn = self._conn
         tag = None
         if conn._pipeline is not None or conn.pgconn.transaction_status in (_IDLE, _INTRANS):
-            tag = tag_statement(conn.info.parameter_status("application_name") or "")
+            generic = isinstance(query, GenericPlan) and conn.prepare_threshold is not None
+            tag = tag_statement(conn.info.parameter_status("application_name") or "", generic=generic)
         if tag is None:
             return await super().execute(query, params, **kwargs)
         if conn._pipeline is not None:
