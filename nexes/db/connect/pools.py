@@ -16,23 +16,22 @@ from nexes.settings import Settings
 
 
 def make_pool(
-    url: str, settings: Settings, role: str, *, name: str, size: int, full: bool = False, spa: bool = False
+    url: str, settings: Settings, role: str, *, name: str, size: int, spa: bool = False
 ) -> AsyncConnectionPool:
     """A closed pool; PgBouncer in transaction mode means no server-side prepared statements.
 
-    `full` opens every connection when the pool opens (min_size = max_size), for the pools
-    whose requests must never wait while a connection is made: the SPA's. A client
-    connection to PgBouncer costs it a few kB and no server backend, so keeping them all
-    open is cheap; the analysts' pools grow on demand.
-
-    `spa`: the pool follows NEXES_PREPARE and NEXES_SQL_TAG (`session_tag.pool_kwargs`);
-    the analysts' keep the request comment and never prepare (their statements rarely repeat)."""
+    `spa`, the pools of the SPA's requests:
+    - every connection opens with the pool (min_size = max_size), so a request never waits
+      while one is made. A client connection to PgBouncer costs it a few kB and no server
+      backend, so keeping them all open is cheap; the analysts' pools grow on demand.
+    - the pool follows NEXES_PREPARE and NEXES_SQL_TAG (`session_tag.pool_kwargs`); the
+      analysts' keep the request comment and never prepare (their statements rarely repeat)."""
     kwargs: dict[str, Any] = {"prepare_threshold": None, "autocommit": True, "cursor_factory": TaggedCursor}
     if spa:
         kwargs.update(session_tag.pool_kwargs(settings))
     return AsyncConnectionPool(
         for_role(url, settings, role, application_name=f"nexes-{name}"),
-        min_size=max(1, size) if full else 1,
+        min_size=max(1, size) if spa else 1,
         max_size=max(1, size),
         timeout=settings.pool_timeout,
         name=name,
@@ -56,11 +55,9 @@ class Pools:
     def for_api(cls, settings: Settings) -> Pools:
         size = settings.api_pool_size
         return cls(
-            primary=make_pool(
-                settings.primary_url, settings, "nexes_api", name="api-primary", size=size, full=True, spa=True
-            ),
+            primary=make_pool(settings.primary_url, settings, "nexes_api", name="api-primary", size=size, spa=True),
             replicas=[
-                make_pool(url, settings, "nexes_api", name=f"api-replica-{i}", size=size, full=True, spa=True)
+                make_pool(url, settings, "nexes_api", name=f"api-replica-{i}", size=size, spa=True)
                 for i, url in enumerate(settings.replica_urls)
             ],
             analyst=[

@@ -9,10 +9,12 @@ Every way a statement leaves this cursor (execute, executemany, stream, copy)
 goes through `_convert_query`, so none escapes the tag.
 
 SQL spans are opentelemetry-instrumentation-psycopg's, attached per connection by the
-pools (nexes.db.connect.traced). COPY is the exception: the instrumentor does not wrap
-`copy`, so the cursors below make COPY's client span themselves (import staging, order
-writes, exports), current while psycopg converts the statement, as the instrumentor's
-spans are for every other statement.
+pools (nexes.db.connect.traced). Two exceptions make their span here (`copy_span`):
+COPY, since the instrumentor does not wrap `copy` (import staging, order writes, exports),
+and a statement sent in a pipeline of its own behind its application_name tag
+(nexes.db.connect.session_tag, NEXES_PREPARE), where the instrumentor's span would end
+before the server answers. Either span is current while psycopg converts the statement,
+as the instrumentor's spans are for every other statement.
 """
 
 from __future__ import annotations
