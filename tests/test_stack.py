@@ -61,7 +61,7 @@ def test_private_stack_comes_up_from_nothing_and_again(private_env: dict[str, st
     urls = exported(stack(private_env, "env").stdout)
     # Every server, libpq's multi-host form: whichever is the primary takes the connection.
     servers = f"127.0.0.1:{PRIVATE_PORT_BASE},127.0.0.1:{PRIVATE_PORT_BASE + 1}"
-    assert urls["NEXES_ADMIN_URL"].endswith(f"@{servers}/nexes?target_session_attrs=read-write")
+    assert urls["NEXES_ADMIN_URL"].endswith(f"@{servers}/nexes?target_session_attrs=primary")
     with psycopg.connect(urls["NEXES_ADMIN_URL"], connect_timeout=5) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("nexes_owner",)
     with psycopg.connect(urls["NEXES_REPLICA_ADMIN_URLS"], connect_timeout=5) as conn:
