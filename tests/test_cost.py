@@ -230,3 +230,31 @@ async def test_the_charge_in_one_pipeline_agrees_with_the_library_even_after_red
             await limiter.charge(who, 100, 89)
     finally:
         await limiter.close()
+
+
+async def test_charges_of_one_turn_share_one_round_trip_and_each_stays_atomic(seeded: Settings) -> None:
+    import asyncio
+
+    from nexes.auth.ratelimit import RateLimiter
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    others = [subject() for _ in range(40)]
+    tight = subject()
+
+    async def charge(who: str, hourly: int) -> int | None:
+        try:
+            return (await limiter.charge(who, hourly, 1)).remaining
+        except RateLimited:
+            return None
+
+    try:
+        await limiter.charge(subject(), 10, 1)  # connect and load the scripts first
+        before = REGISTRY.get_sample_value("nexes_rate_limit_round_trips_total") or 0.0
+        answers = await asyncio.gather(*(charge(who, 100) for who in others), *(charge(tight, 5) for _ in range(10)))
+        trips = (REGISTRY.get_sample_value("nexes_rate_limit_round_trips_total") or 0.0) - before
+    finally:
+        await limiter.close()
+    assert trips == 1  # fifty charges made in one turn of the loop: one pipeline
+    assert answers[:40] == [99] * 40  # each subject its own window
+    # the tight subject's ten charges of one point against five: exactly five pass, in order
+    assert answers[40:] == [4, 3, 2, 1, 0, None, None, None, None, None]

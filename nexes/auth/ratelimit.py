@@ -8,10 +8,16 @@ of the token's roles. A query costs ceil(requested nodes / 100) points, at least
 When Redis does not answer within NEXES_REDIS_TIMEOUT, each process falls back to a limiter
 of its own in memory at the same rate (so N processes allow up to N times the budget
 until Redis is back), logs a warning and counts `nexes_rate_limit_fallback_total`.
+
+Charges made in the same turn of the event loop share one Redis round trip (`_send`): one
+pipeline of the same atomic Lua calls, each request's answer its own. Under load a process
+has many requests in flight, and a round trip per request cost about as much CPU as the
+rest of a cached page's guards (issue 21).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -33,9 +39,14 @@ from nexes.errors import Code, NexesError
 log = logging.getLogger(__name__)
 RESOURCE = "graphql"
 WINDOW_SECONDS = 3600
+BATCH_LIMIT = 256  # charges in one pipeline at most; more wait for the next
 FALLBACKS = Counter(
     "nexes_rate_limit_fallback",
     "Rate-limit checks answered by the process's own limiter because Redis did not answer.",
+)
+ROUND_TRIPS = Counter(
+    "nexes_rate_limit_round_trips",
+    "Pipelines of rate-limit charges sent to Redis: one per turn of the event loop that charged.",
 )
 
 
@@ -61,6 +72,17 @@ def most_generous(viewer: Viewer, table: Mapping[str, int]) -> int:
     return max((int(table[r]) for r in viewer.roles if r in table), default=0)
 
 
+@dataclass(slots=True)
+class _Entry:
+    """One charge waiting for the turn's pipeline."""
+
+    item: RateLimitItemPerHour
+    subject: str
+    points: int
+    dry_run: bool
+    answer: asyncio.Future[tuple[bool, WindowStats]]
+
+
 class RateLimiter:
     """Charges a subject's points; Redis first, the process's own memory when Redis is down."""
 
@@ -72,6 +94,8 @@ class RateLimiter:
         self._shared = SlidingWindowCounterRateLimiter(storage)
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._items: dict[int, RateLimitItemPerHour] = {}
+        self._queue: list[_Entry] = []
+        self._sender: asyncio.Task[None] | None = None
 
     def _item(self, points: int) -> RateLimitItemPerHour:
         item = self._items.get(points)
@@ -94,28 +118,63 @@ class RateLimiter:
     async def _one_trip(
         self, item: RateLimitItemPerHour, subject: str, points: int, *, dry_run: bool
     ) -> tuple[bool, WindowStats]:
-        """limits' hit and get_window_stats on Redis in one round trip (issue 21: the two calls
-        were two of a request's three round trips). Its own because `limits` offers the two
-        only as separate calls: the same Lua scripts (the storage's, by SHA) and keys, sent in
-        one pipeline, and the same window arithmetic (`window_stats`). When Redis does not know
-        a script (restarted), the library's own calls load it."""
+        """limits' hit and get_window_stats on Redis, in the pipeline of this turn of the
+        event loop (`_send`)."""
+        loop = asyncio.get_running_loop()
+        entry = _Entry(item, subject, points, dry_run, loop.create_future())
+        self._queue.append(entry)
+        if self._sender is None or self._sender.done() or self._sender.get_loop() is not loop:
+            # A task starts on the loop's next turn: the charges made meanwhile go with it.
+            self._sender = asyncio.create_task(self._send())
+        return await entry.answer
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Charges left by a loop that closed (tests run one per test) have no one waiting.
+        self._queue = [e for e in self._queue if e.answer.get_loop() is loop]
+        while self._queue:
+            batch, self._queue = self._queue[:BATCH_LIMIT], self._queue[BATCH_LIMIT:]
+            try:
+                await self._send_batch(batch)
+            except Exception as exc:  # Redis down: each waiting charge falls back on its own
+                for entry in batch:
+                    if not entry.answer.done():
+                        entry.answer.set_exception(exc)
+
+    async def _send_batch(self, batch: list[_Entry]) -> None:
+        """Each charge's hit and window in one pipeline. Its own because `limits` offers the
+        two only as separate calls, one round trip each: the same Lua scripts (the storage's,
+        by SHA) and keys, and the same window arithmetic (`window_stats`). When Redis does not
+        know a script (restarted), the library's own calls load it."""
         storage = cast(Any, self._shared.storage)
         bridge = storage.bridge
-        key = item.key_for(RESOURCE, subject)
-        keys = [
-            bridge.prefixed_key(storage._previous_window_key(key)),
-            bridge.prefixed_key(storage._current_window_key(key)),
-        ]
-        expiry = item.get_expiry()
         pipe = bridge.get_connection().pipeline(transaction=False)
-        if not dry_run:
-            pipe.evalsha(bridge.lua_acquire_sliding_window.sha, 2, *keys, item.amount, expiry, points)
-        pipe.evalsha(bridge.lua_sliding_window.sha, 2, *keys, expiry)
-        results = await pipe.execute(raise_on_error=False)
-        acquired = True if dry_run else results[0]
+        for entry in batch:
+            key = entry.item.key_for(RESOURCE, entry.subject)
+            keys = [
+                bridge.prefixed_key(storage._previous_window_key(key)),
+                bridge.prefixed_key(storage._current_window_key(key)),
+            ]
+            expiry = entry.item.get_expiry()
+            if not entry.dry_run:
+                pipe.evalsha(bridge.lua_acquire_sliding_window.sha, 2, *keys, entry.item.amount, expiry, entry.points)
+            pipe.evalsha(bridge.lua_sliding_window.sha, 2, *keys, expiry)
+        ROUND_TRIPS.inc()
+        results = iter(await pipe.execute(raise_on_error=False))
+        for entry in batch:
+            acquired = True if entry.dry_run else next(results)
+            window = next(results)
+            if entry.answer.done():  # its request gave up waiting (its deadline)
+                continue
+            try:
+                entry.answer.set_result(await self._answer(entry, acquired, window))
+            except Exception as exc:
+                entry.answer.set_exception(exc)
+
+    async def _answer(self, entry: _Entry, acquired: Any, window: Any) -> tuple[bool, WindowStats]:
+        item, subject = entry.item, entry.subject
         if isinstance(acquired, redis.exceptions.NoScriptError):
-            acquired = await self._shared.hit(item, RESOURCE, subject, cost=points)
-        window = results[-1]
+            acquired = await self._shared.hit(item, RESOURCE, subject, cost=entry.points)
         if isinstance(window, redis.exceptions.NoScriptError):
             return bool(acquired), await self._shared.get_window_stats(item, RESOURCE, subject)
         if isinstance(acquired, Exception) or isinstance(window, Exception):
