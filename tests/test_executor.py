@@ -209,3 +209,69 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
         got = await state.pipeline.run(document, None, None, context(), queries_only=True)
     assert expected.errors is None and got.errors is None
     assert got.data == expected.data
+
+
+BATCHED_DOCUMENTS = [
+    # Customer.serviceOrders under a list of customers: one batch (compiled.Slot) for all
+    "{ customers(first: 6) { edges { node { name serviceOrders(first: 3) { edges { cursor node { id sodNumber status createdAt totalAmount } } pageInfo { hasNextPage startCursor endCursor } } } } } }",  # noqa: E501
+    "{ customers(first: 4) { edges { node { a: serviceOrders(first: 1) { edges { node { sodNumber } } } b: serviceOrders(first: 2, orderBy: TOTAL_AMOUNT_DESC) { edges { node { totalAmount } } } } } } }",  # noqa: E501
+    "query Q($n: Int, $s: [Status!]) { customers(first: 5) { edges { node { ...C } } } } fragment C on Customer { serviceOrders(first: $n, filter: {status: $s}) { edges { node { status customer { name serviceOrders(first: 1) { edges { node { sodNumber } } } } } } } }",  # noqa: E501
+    "{ customers(first: 3) { edges { node { serviceOrders(first: 0) { edges { node { id } } pageInfo { hasNextPage endCursor } } } } } }",  # noqa: E501
+    # errors: the stock path reports them, per customer, with their paths
+    '{ customers(first: 3) { edges { node { serviceOrders(first: 2, after: "not-a-cursor") { edges { node { id } } } } } } }',  # noqa: E501
+    "{ customers(first: 3) { edges { node { serviceOrders(first: 500) { edges { node { id } } } } } } }",
+    '{ customers(first: 2) { edges { node { serviceOrders(filter: {customerId: "Q3VzdG9tZXI6MQ"}) { edges { node { id } } } } } } }',  # noqa: E501
+]
+
+
+@pytest.mark.parametrize("document", BATCHED_DOCUMENTS)
+async def test_batched_fields_match_the_stock_executor_data_errors_and_paths(seeded: Settings, document: str) -> None:
+    from nexes.execution.pipeline import Pipeline
+    from nexes.resolvers.context import Context
+
+    variables = {"n": 2, "s": ["OPEN", "DRAFT"]} if "$n" in document else None
+    async with client_for(seeded) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+
+        def context() -> Context:
+            return Context(
+                request_id="equivalence",
+                settings=state.settings,
+                router=state.router,
+                cursors=state.cursors,
+                viewer=ADMIN,
+            )
+
+        expected = await Pipeline(make_schema(None)).run(document, variables, None, context(), queries_only=True)
+        got = await state.pipeline.run(document, variables, None, context(), queries_only=True)
+    assert got.data == expected.data
+
+    def described(result: Any) -> list[tuple[str, Any, Any]]:
+        return sorted((e.message, e.path, (e.extensions or {}).get("code")) for e in result.errors or [])
+
+    assert described(got) == described(expected)
+    if "not-a-cursor" not in document and "500" not in document and "customerId" not in document:
+        assert expected.errors is None and got.data is not None
+
+
+async def test_customers_orders_come_from_one_batch_not_one_resolver_per_customer(seeded: Settings) -> None:
+    from nexes.execution import executor
+
+    batches: list[int] = []
+    original = executor.FastExecutor._batch
+
+    def counted(self: Any, slot: Any, sources: list[Any]) -> Any:
+        batches.append(len(sources))
+        return original(self, slot, sources)
+
+    document = "{ customers(first: 7) { edges { node { name serviceOrders(first: 2) { edges { node { id } } } } } } }"
+    executor.FastExecutor._batch = counted  # type: ignore[method-assign]  # a spy on our own code, not a service
+    try:
+        async with client_for(seeded) as client:
+            response = await client.post("/graphql", json={"query": document})
+    finally:
+        executor.FastExecutor._batch = original  # type: ignore[method-assign]
+    body = response.json()
+    assert "errors" not in body
+    assert len(body["data"]["customers"]["edges"]) == 7
+    assert batches == [7]  # the seven customers' pages: one batch

@@ -18,16 +18,18 @@ strawberry are pinned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, is_leaf_type
 from graphql.execution.executor import gather_with_cancel  # type: ignore[attr-defined]
+from graphql.execution.values import get_argument_values
 from graphql.pyutils import Path, Undefined
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.arguments import convert_arguments
 
-from nexes.execution.compiled import CompiledCache, Completer, compile_completer, no_directives
+from nexes.execution.compiled import CompiledCache, Completer, Slot, compile_completer, no_directives
 from nexes.execution.deadline import DeadlineSignal
 from nexes.execution.hooks import FieldCheck, FieldGuard
 
@@ -184,14 +186,74 @@ class FastExecutor(HookedExecutor):
         result: Any,
         position_context: Any,
     ) -> Any:
+        stock = super().complete_value
         if not isinstance(result, Exception) and not is_leaf_type(return_type):
             completer = self._completer(return_type, field_details_list)
             if completer is not None:
                 try:
-                    return completer(result)
+                    return self._run(
+                        completer,
+                        result,
+                        lambda: stock(return_type, field_details_list, info, path, result, position_context),
+                    )
                 except Exception:  # noqa: S110  # the stock path below reports it exactly
                     pass
-        return super().complete_value(return_type, field_details_list, info, path, result, position_context)
+        return stock(return_type, field_details_list, info, path, result, position_context)
+
+    def _run(self, completer: Completer, value: Any, stock: Callable[[], Any]) -> Any:
+        """`completer(value)`; when it left fields to batches (compiled.Slot), an awaitable
+        that fills them in and gives the whole. Should a batch fail, `stock` completes the
+        value again the stock way, which reports exactly what went wrong where."""
+        namespace = getattr(completer, "namespace", None)
+        if namespace is None:
+            return completer(value)
+        pending: list[Any] = []
+        namespace["PENDING"] = pending
+        completed = completer(value)
+        if not pending:
+            return completed
+        return self._fill(completed, pending, namespace, stock)
+
+    async def _fill(
+        self, completed: Any, pending: list[Any], namespace: dict[str, Any], stock: Callable[[], Any]
+    ) -> Any:
+        try:
+            while pending:
+                by_slot: dict[Slot, list[tuple[Any, dict[str, Any], str]]] = {}
+                for slot, source, into, key in pending:
+                    by_slot.setdefault(slot, []).append((source, into, key))
+                pending = []
+                for slot, entries in by_slot.items():
+                    values = await self.with_abort_signal(self._batch(slot, [source for source, _, _ in entries]))
+                    if len(values) != len(entries):
+                        raise ValueError(f"{slot.definition.python_name}: {len(values)} values for {len(entries)}")
+                    complete = namespace[slot.complete_name]
+                    namespace["PENDING"] = pending  # after the await, before the synchronous calls
+                    for (_, into, key), value in zip(entries, values, strict=True):
+                        into[key] = complete(value)
+        except Exception:
+            again = stock()
+            return await again if self.is_awaitable(again) else again
+        return completed
+
+    def _batch(self, slot: Slot, sources: list[Any]) -> Awaitable[list[Any]]:
+        """The slot's batch with the field's arguments, converted as Strawberry converts a
+        resolver's: once for the whole list."""
+        details = slot.field_details
+        node = details[0].node
+        raw = get_argument_values(slot.field_def, node, self.variable_values, details[0].fragment_variable_values)
+        path = Path(None, node.name.value, slot.parent_type.name)
+        raw_info = self.build_resolve_info(slot.field_def, [d.node for d in details], slot.parent_type, path)
+        strawberry_schema = self.schema._strawberry_schema  # type: ignore[attr-defined]
+        info = strawberry_schema.config.info_class(_raw_info=raw_info, _field=slot.definition)
+        arguments = convert_arguments(
+            raw,
+            slot.definition.arguments,
+            scalar_registry=strawberry_schema.schema_converter.scalar_registry,
+            config=strawberry_schema.config,
+            info=info,
+        )
+        return slot.batch(sources, info, **arguments)
 
     def _completer(self, return_type: GraphQLOutputType, field_details_list: Any) -> Completer | None:
         """The compiled completer for this field's selection (memoized per execution too:
@@ -314,9 +376,18 @@ class FastExecutor(HookedExecutor):
         completer = self._completer(child.object_type, field_details_list)
         if completer is not None:
             try:
-                return completer(value)
+                return self._run(
+                    completer,
+                    value,
+                    lambda: self._complete_child_stock(child, value, field_path, field_details_list, position_context),
+                )
             except Exception:  # noqa: S110  # the stock path below reports it exactly
                 pass
+        return self._complete_child_stock(child, value, field_path, field_details_list, position_context)
+
+    def _complete_child_stock(
+        self, child: Child, value: Any, field_path: Path, field_details_list: Any, position_context: Any
+    ) -> Any:
         try:
             completed = self.collect_and_execute_subfields(
                 child.object_type, field_details_list, field_path, value, position_context

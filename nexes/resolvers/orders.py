@@ -235,43 +235,73 @@ async def fetch_customers_pages(conn: AsyncConnection[Any], spec: PageSpec, cust
 
 
 async def connection(
-    info: Info,
-    flt: OrderFilter,
-    order: ServiceOrderOrder | None,
-    request: PageRequest,
-    *,
-    of_customer: int | None = None,
+    info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest
 ) -> ServiceOrderConnection:
-    """A connection of orders; `of_customer` pages are batched with their sibling customers'."""
-    ctx = info.context
-    sort = (order or ServiceOrderOrder.CREATED_AT_DESC).value
-    field = orders_db.SORTS[sort][0]
-    after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
-    paths = selected_paths(info)
-    spec = PageSpec(
-        flt,
-        sort,
-        request.backward,
-        after,
-        request.limit + 1,
-        want_customer="edges.node.customer" in paths,
-        want_lines="edges.node.lines" in paths,
-    )
+    """Query.serviceOrders: one page of orders."""
+    page = _Page.of(info, flt, order, request)
     keyed: Keyed = []
-    if request.limit and of_customer is not None:
-        # One loader per page shape: sibling customers' pages load together.
-        keyed = await ctx.loaders.of(fetch_customers_pages, spec).load(of_customer)
-    elif request.limit:
-        keyed = await ctx.router.read(lambda conn: fetch_page(conn, spec))
-    edges, page_info = build_page(
-        keyed,
-        request,
-        node=lambda pair: pair[1],
-        cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
-        edge_cursors="edges.cursor" in paths,
-    )
-    count_filter = flt if of_customer is None else replace(flt, customer_id=of_customer)
-    return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, count_filter))
+    if request.limit:
+        keyed = await info.context.router.read(lambda conn: fetch_page(conn, page.spec))
+    return page.connection(keyed, flt)
+
+
+async def customers_connections(
+    info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest, customer_ids: Sequence[int]
+) -> list[ServiceOrderConnection]:
+    """The same page for each customer, in one statement: one loader per page shape, so
+    customers resolved apart (under another connection, one by one) still load together."""
+    page = _Page.of(info, flt, order, request)
+    if request.limit:
+        keyeds = await info.context.loaders.of(fetch_customers_pages, page.spec).load_many(customer_ids)
+    else:
+        keyeds = [[] for _ in customer_ids]
+    return [
+        page.connection(keyed, replace(flt, customer_id=cid)) for keyed, cid in zip(keyeds, customer_ids, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """What a page's arguments and selection decide, once for all its customers."""
+
+    ctx: Any
+    request: PageRequest
+    sort: str
+    field: str
+    spec: PageSpec
+    edge_cursors: bool
+    page_cursors: bool
+
+    @classmethod
+    def of(cls, info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest) -> _Page:
+        ctx = info.context
+        sort = (order or ServiceOrderOrder.CREATED_AT_DESC).value
+        field = orders_db.SORTS[sort][0]
+        after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
+        paths = selected_paths(info)
+        spec = PageSpec(
+            flt,
+            sort,
+            request.backward,
+            after,
+            request.limit + 1,
+            want_customer="edges.node.customer" in paths,
+            want_lines="edges.node.lines" in paths,
+        )
+        page_cursors = "pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths
+        return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors)
+
+    def connection(self, keyed: Keyed, count_filter: OrderFilter) -> ServiceOrderConnection:
+        ctx, sort, field = self.ctx, self.sort, self.field
+        edges, page_info = build_page(
+            keyed,
+            self.request,
+            node=lambda pair: pair[1],
+            cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
+            edge_cursors=self.edge_cursors,
+            page_cursors=self.page_cursors,
+        )
+        return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=lambda: _count(ctx, count_filter))
 
 
 async def service_orders(
@@ -283,7 +313,7 @@ async def service_orders(
 
 async def customer_orders(
     info: Info,
-    customer_id: int,
+    customer_ids: Sequence[int],
     *,
     first: int | None,
     after: str | None,
@@ -291,12 +321,14 @@ async def customer_orders(
     before: str | None,
     filter: ServiceOrderFilter | None,
     order_by: ServiceOrderOrder | None,
-) -> ServiceOrderConnection:
-    """Customer.serviceOrders: every Customer built here carries it (its `orders_of`)."""
+) -> list[ServiceOrderConnection]:
+    """Customer.serviceOrders of these customers (every Customer built here carries it, its
+    `orders_of`): one customer from its resolver, a whole list from the compiled executor's
+    batch (nexes.execution.compiled)."""
     if filter is not None and filter.customer_id is not None:
         raise bad_input("Customer.serviceOrders is already filtered by its customer", field="filter.customerId")
     request = page_request(PageArgs(first, after, last, before), max_size=info.context.settings.max_page_size)
-    return await connection(info, order_filter(filter), order_by, request, of_customer=customer_id)
+    return await customers_connections(info, order_filter(filter), order_by, request, customer_ids)
 
 
 async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:

@@ -6,7 +6,7 @@ Customer.serviceOrders, calls the loader its resolver gave the Customer."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any, Protocol, TypeVar
@@ -15,6 +15,9 @@ import strawberry
 
 from nexes.schema.connections import AFTER, BEFORE, EDGES, FIRST, LAST, PAGE_INFO, Counted, Edge, PageInfo
 
+# A field's metadata key for its batch: `async (sources, info, **arguments) -> values`, the
+# field of every source at once (nexes.execution.compiled calls it for a list of objects).
+BATCH = "nexes.batch"
 ORDER_FILTER = "Only the orders that match every given condition."
 ORDER_BY = "Sort order of the pages; the cursors are bound to it (BAD_CURSOR with another)."
 
@@ -139,13 +142,13 @@ class ServiceOrderFilter:
 
 
 class CustomerOrders(Protocol):
-    """A customer's page of orders. The resolver that builds a Customer gives it one
-    (resolvers.orders.customer_orders), so no type imports a resolver."""
+    """Customers' pages of orders, one per customer. The resolver that builds a Customer
+    gives it one (resolvers.orders.customer_orders), so no type imports a resolver."""
 
     def __call__(
         self,
         info: strawberry.Info[Any, Any],
-        customer_id: int,
+        customer_ids: Sequence[int],
         *,
         first: int | None,
         after: str | None,
@@ -153,7 +156,23 @@ class CustomerOrders(Protocol):
         before: str | None,
         filter: ServiceOrderFilter | None,
         order_by: ServiceOrderOrder | None,
-    ) -> Awaitable[ServiceOrderConnection]: ...
+    ) -> Awaitable[list[ServiceOrderConnection]]: ...
+
+
+async def orders_of_customers(
+    customers: list[Customer], info: strawberry.Info[Any, Any], **arguments: Any
+) -> list[ServiceOrderConnection]:
+    """Customer.serviceOrders of a whole list of customers at once, with the arguments of
+    the field: the batch the compiled executor calls (nexes.execution.compiled, BATCH)
+    instead of the resolver once per customer. Customers built apart may carry different
+    loaders: each loader gets its own customers."""
+    by_loader: dict[CustomerOrders, list[int]] = {}
+    for customer in customers:
+        by_loader.setdefault(customer.orders_of, []).append(customer.row_id)
+    pages: dict[tuple[CustomerOrders, int], ServiceOrderConnection] = {}
+    for orders_of, ids in by_loader.items():
+        pages.update(zip(((orders_of, i) for i in ids), await orders_of(info, ids, **arguments), strict=True))
+    return [pages[c.orders_of, c.row_id] for c in customers]
 
 
 @strawberry.type(description="A company or person the service orders are for.")
@@ -166,7 +185,8 @@ class Customer(Node):
 
     @strawberry.field(
         description="This customer's orders, newest first by default; the same arguments as Query.serviceOrders "
-        "(filter.customerId is this customer). Cost: first (default 20) per customer on the page."
+        "(filter.customerId is this customer). Cost: first (default 20) per customer on the page.",
+        metadata={BATCH: orders_of_customers},
     )
     async def service_orders(
         self,
@@ -180,9 +200,10 @@ class Customer(Node):
             ServiceOrderOrder | None, strawberry.argument(description=ORDER_BY)
         ] = ServiceOrderOrder.CREATED_AT_DESC,
     ) -> ServiceOrderConnection:
-        return await self.orders_of(
-            info, self.row_id, first=first, after=after, last=last, before=before, filter=filter, order_by=order_by
+        (page,) = await self.orders_of(
+            info, [self.row_id], first=first, after=after, last=last, before=before, filter=filter, order_by=order_by
         )
+        return page
 
 
 @strawberry.type(
