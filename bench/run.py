@@ -7,6 +7,8 @@
                                              configurations A and B (bench/api.py), wrk
     python -m bench.run profile [--reads 1 5] [--requests N] [--configs A|B]
                                              CPU per request of reads, by part (bench/profile.py)
+    python -m bench.run guards [--reads 1 5] [--seconds S] [--rounds R]
+                                             what each guard costs: one server per guard taken out (bench/guards.py)
     python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
                                              read 1 with the request id as comment, application_name or both
     python -m bench.run import [--orders N] [--py-spy EXE]
@@ -313,6 +315,7 @@ def main() -> None:
             "api-telemetry",
             "profile",
             "sql-tag",
+            "guards",
             "all",
         ],
         default="all",
@@ -358,8 +361,8 @@ def main() -> None:
         )
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry", "profile", "sql-tag"):
-        from bench import api, auth, bulkhead, profile, telemetry  # they import this module's helpers
+    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry", "profile", "sql-tag", "guards"):
+        from bench import api, auth, bulkhead, guards, profile, telemetry  # they import this module's helpers
 
         chosen = {
             "auth": auth.main,
@@ -369,6 +372,7 @@ def main() -> None:
             "api-telemetry": lambda: telemetry.bench_api_telemetry(args.seconds, args.rounds, args.orders or 200_000),
             "profile": lambda: profile.bench_profile(args.reads, args.requests, (args.configs or ["B"])[0]),
             "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
+            "guards": lambda: guards.bench_guards(args.reads, args.seconds, args.rounds),
         }
         chosen[args.what]()
     else:
