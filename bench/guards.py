@@ -80,7 +80,7 @@ def app_from_env() -> Starlette:
     app = create_app(settings_module.load(), hooks)
     if "rate-limit" in off:
         app.state.limiter = None  # priced (nexes.execution.cost.charge), nothing charged
-    removed: set[type] = set()
+    removed: set[Any] = set()
     if "request-context" in off:
         removed.add(RequestContextMiddleware)
     if "tracing" in off:
