@@ -18,7 +18,11 @@ import cProfile
 import os
 import pstats
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,7 +66,18 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "HTTP (ASGI, middleware, request id, tracing)",
-        ("starlette/", "httpx", "nexes/http/", "nexes/observability", "opentelemetry", "anyio", "h11"),
+        (
+            "starlette/",
+            "httpx",
+            "nexes/http/",
+            "nexes/observability",
+            "opentelemetry",
+            "anyio",
+            "h11",
+            "uvicorn/",
+            "httptools",
+            "prometheus_client",
+        ),
     ),
     ("asyncio and the rest", ("",)),
 ]
@@ -136,3 +151,78 @@ def bench_profile(only_reads: list[int] | None, requests: int, config: str = "B"
         if i in (only_reads or [1, 5])
     }
     asyncio.run(_profile(env, bodies, requests))
+
+
+def bench_sampled(
+    only_reads: list[int] | None, seconds: int, py_spy: str, config: str = "A", port: int = 15820
+) -> None:
+    """`python -m bench.run profile --py-spy EXE [--reads 1 5] [--configs A|B] [--seconds S]`.
+
+    The real server (`nexes serve --workers 1`: uvicorn with uvloop and httptools) under wrk
+    with 50 connections, as in `bench.run api`, sampled by py-spy (a sampling profiler: no
+    cost per call, so none of cProfile's inflation of call-heavy code). The server's CPU per
+    request is its utime + stime from /proc over the run, over the requests wrk got answered;
+    each part's share of py-spy's on-CPU samples (the innermost frame's file, PARTS above,
+    `--nonblocking`, idle samples left out) splits it."""
+    from bench.api import configurations, reads
+    from bench.run import ensure_wrk, process, wrk
+
+    ensure_wrk()
+    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    chosen = next(c for c in configurations(base) if c.name.startswith(config))
+    env = {**base, **chosen.nexes_env, "NEXES_OPS_LISTEN": f"127.0.0.1:{port + 2}"}
+    settings = settings_module.load(env)
+    auth = bearer(env, "viewer")
+    url = f"http://127.0.0.1:{port}/graphql"
+    cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port), "--workers", "1"]
+    every = reads(settings.admin_url, str(settings.cursor_secret), None)
+    ready = {"query": "{ __typename }"}
+    with process(cmd, env, url, ready, headers=auth) as server, tempfile.TemporaryDirectory() as tmp:
+        for i, read in enumerate(every, 1):
+            if i not in (only_reads or [1, 5]):
+                continue
+            wrk(url, read.nexes, 3, authorization=auth["Authorization"])  # warm
+            out = Path(tmp) / f"read{i}.txt"
+            sample = ["record", "--pid", str(server.pid), "--format", "raw", "-o", str(out), "--rate", "250"]
+            spy = subprocess.Popen(
+                [py_spy, *sample, "--nonblocking", "--duration", str(seconds)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            cpu = _cpu_seconds(server.pid)
+            result = wrk(url, read.nexes, seconds, authorization=auth["Authorization"])
+            cpu = _cpu_seconds(server.pid) - cpu
+            spy.wait(timeout=60)
+            served = result["rps"] * seconds
+            shares = _shares(out.read_text())
+            cpu_us = cpu / max(1.0, served) * 1e6
+            report(
+                bench="profile-sampled",
+                configuration=chosen.name,
+                read=read.name,
+                requests_per_s=round(result["rps"], 1),
+                server_cpu_us_per_request=round(cpu_us),
+                server_cpu_share_of_one_core=round(cpu / seconds, 2),
+                parts_us_per_request={k: round(v * cpu_us) for k, v in shares.items()},
+                parts_share={k: round(v, 3) for k, v in shares.items()},
+                tool="py-spy record --nonblocking (sampling), the server under wrk -c50; CPU from /proc/<pid>/stat",
+            )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _shares(raw: str) -> dict[str, float]:
+    """Each part's share of py-spy's samples, by the file of the innermost frame."""
+    counts: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or "(idle)" in stack:
+            continue
+        part = part_of(stack.rpartition(";")[2])
+        counts[part] = counts.get(part, 0) + int(count)
+    total = max(1, sum(counts.values()))
+    return {part: counts.get(part, 0) / total for part, _ in PARTS}

@@ -5,8 +5,9 @@
     python -m bench.run api [--seconds S] [--rounds R] [--reads 1 5] [--configs A B] [--ports P Q]
                                              six reads: Nexes vs PostGraphile v5 (bench/peers), in
                                              configurations A and B (bench/api.py), wrk
-    python -m bench.run profile [--reads 1 5] [--requests N] [--configs A|B]
-                                             CPU per request of reads, by part (bench/profile.py)
+    python -m bench.run profile [--reads 1 5] [--requests N] [--configs A|B] [--py-spy EXE [--seconds S]]
+                                             CPU per request of reads, by part (bench/profile.py): cProfile
+                                             in process, or with --py-spy the real server sampled under wrk
     python -m bench.run guards [--reads 1 5] [--seconds S] [--rounds R]
                                              what each guard costs: one server per guard taken out (bench/guards.py)
     python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
@@ -325,7 +326,9 @@ def main() -> None:
     parser.add_argument(
         "--requests", type=int, default=2_000, help="import-load: page requests idle and loaded; profile: per read"
     )
-    parser.add_argument("--py-spy", default=None, help="import: a py-spy executable to profile the worker with")
+    parser.add_argument(
+        "--py-spy", default=None, help="import, profile: a py-spy executable to sample the worker (the server) with"
+    )
     parser.add_argument("--ports", type=int, nargs=2, default=(18000, 18001), metavar=("NEXES", "PEER"))
     parser.add_argument("--kills", type=int, default=3, help="import-recovery: SIGKILLs of the worker")
     parser.add_argument("--rounds", type=int, default=3, help="api: alternating wrk rounds of each server")
@@ -370,7 +373,11 @@ def main() -> None:
             "tracing": telemetry.bench_tracing,
             "scrape": telemetry.bench_scrape,
             "api-telemetry": lambda: telemetry.bench_api_telemetry(args.seconds, args.rounds, args.orders or 200_000),
-            "profile": lambda: profile.bench_profile(args.reads, args.requests, (args.configs or ["B"])[0]),
+            "profile": lambda: (
+                profile.bench_sampled(args.reads, args.seconds, args.py_spy, (args.configs or ["A"])[0])
+                if args.py_spy
+                else profile.bench_profile(args.reads, args.requests, (args.configs or ["B"])[0])
+            ),
             "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
             "guards": lambda: guards.bench_guards(args.reads, args.seconds, args.rounds),
         }
