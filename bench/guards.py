@@ -21,9 +21,11 @@ launcher, the headline one included, so they differ only in the guard taken out)
   tracer; the psycopg instrumentation stays, it is configured per pool);
 - `none`: all of the above off.
 
-Rounds alternate over the variants (the order rotating), wrk with 50 connections; each
-variant's time per request is 1/throughput of one CPU-bound process, and a guard's cost is
-the difference from `all`, in microseconds per request.
+Rounds alternate over the variants (the order rotating), wrk with 50 connections. Each
+variant's cost is its server's CPU per request: the process's utime + stime from /proc over
+the round, over the requests answered (on a machine shared with other work, throughput says
+more about the neighbours than about the server; CPU time spent does not). A guard's cost
+is the difference from `all`, in microseconds of CPU per request; medians of the rounds.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.api import RATE_LIMIT, configurations, reads
-from bench.run import bench_env, ensure_wrk, process, report, wrk
+from bench.run import bench_env, cpu_seconds, ensure_wrk, process, report, wrk
 from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.auth.identity import Viewer
@@ -105,40 +107,48 @@ def bench_guards(only_reads: list[int] | None, seconds: int, rounds: int, port: 
     report(bench="guards-setup", configuration=config.name, viewer_rate_limit_per_hour=RATE_LIMIT, variants=VARIANTS)
     urls = {v: f"http://127.0.0.1:{port + 10 * i}/graphql" for i, v in enumerate(VARIANTS)}
     with ExitStack() as stack:
+        pids: dict[str, int] = {}
         for i, variant in enumerate(VARIANTS):
             off = ",".join(GUARDS) if variant == "none" else "" if variant == "all" else variant
             env = {**base, **config.nexes_env, "BENCH_GUARDS_OFF": off}
             cmd = [sys.executable, "-m", "uvicorn", "bench.guards:app_from_env", "--factory"]
             cmd += ["--port", str(port + 10 * i), "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
             cmd += ["--no-access-log", "--log-level", "warning"]
-            stack.enter_context(process(cmd, env, urls[variant], {"query": "{ __typename }"}, headers=auth))
+            server = stack.enter_context(process(cmd, env, urls[variant], {"query": "{ __typename }"}, headers=auth))
+            pids[variant] = server.pid
         for read in chosen:
-            _measure(read, urls, auth["Authorization"], seconds, rounds)
+            _measure(read, urls, pids, auth["Authorization"], seconds=seconds, rounds=rounds)
 
 
-def _measure(read: Any, urls: dict[str, str], authorization: str, seconds: int, rounds: int) -> None:
+def _measure(
+    read: Any, urls: dict[str, str], pids: dict[str, int], authorization: str, *, seconds: int, rounds: int
+) -> None:
     for url in urls.values():
         wrk(url, read.nexes, 2, authorization=authorization)  # warm
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in urls}
     for i in range(rounds):
         order = list(urls)[i % len(urls) :] + list(urls)[: i % len(urls)]
         for variant in order:
-            runs[variant].append(wrk(urls[variant], read.nexes, seconds, authorization=authorization))
+            cpu = cpu_seconds(pids[variant])
+            result = wrk(urls[variant], read.nexes, seconds, authorization=authorization)
+            cpu = cpu_seconds(pids[variant]) - cpu
+            runs[variant].append({**result, "cpu_us": cpu / max(1.0, result["rps"] * seconds) * 1e6})
     failed = {v: sum(r["gql_errors"] + r["non2xx"] + r["errors"] for r in rs) for v, rs in runs.items()}
     if any(failed.values()):
         raise RuntimeError(f"{read.name}: failed answers {failed}")
     rps = {v: statistics.median(r["rps"] for r in rs) for v, rs in runs.items()}
-    us = {v: 1e6 / r for v, r in rps.items()}
+    us = {v: statistics.median(r["cpu_us"] for r in rs) for v, rs in runs.items()}
     report(
         bench="guards",
         read=read.name,
-        rounds={v: [r["rps"] for r in rs] for v, rs in runs.items()},
+        rounds_rps={v: [r["rps"] for r in rs] for v, rs in runs.items()},
+        rounds_cpu_us={v: [round(r["cpu_us"]) for r in rs] for v, rs in runs.items()},
         median_rps={v: round(r, 1) for v, r in rps.items()},
-        us_per_request={v: round(u) for v, u in us.items()},
+        cpu_us_per_request={v: round(u) for v, u in us.items()},
         guard_cost_us={v: round(us["all"] - us[v]) for v in VARIANTS[1:]},
     )
     for variant in VARIANTS:
         label = "every guard on" if variant == "all" else "every guard off" if variant == "none" else f"{variant} off"
         saved = us["all"] - us[variant]
-        line = f"# {read.name} | {label} | {rps[variant]:.0f} req/s | {us[variant]:.0f} us/request"
+        line = f"# {read.name} | {label} | {rps[variant]:.0f} req/s | {us[variant]:.0f} us CPU/request"
         print(f"{line} | saves {saved:+.0f} us", flush=True)

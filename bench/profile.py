@@ -165,7 +165,7 @@ def bench_sampled(
     each part's share of py-spy's on-CPU samples (the innermost frame's file, PARTS above,
     `--nonblocking`, idle samples left out) splits it."""
     from bench.api import configurations, reads
-    from bench.run import ensure_wrk, process, wrk
+    from bench.run import cpu_seconds, ensure_wrk, process, wrk
 
     ensure_wrk()
     base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
@@ -189,9 +189,9 @@ def bench_sampled(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            cpu = _cpu_seconds(server.pid)
+            cpu = cpu_seconds(server.pid)
             result = wrk(url, read.nexes, seconds, authorization=auth["Authorization"])
-            cpu = _cpu_seconds(server.pid) - cpu
+            cpu = cpu_seconds(server.pid) - cpu
             spy.wait(timeout=60)
             served = result["rps"] * seconds
             shares = _shares(out.read_text())
@@ -207,12 +207,6 @@ def bench_sampled(
                 parts_share={k: round(v, 3) for k, v in shares.items()},
                 tool="py-spy record --nonblocking (sampling), the server under wrk -c50; CPU from /proc/<pid>/stat",
             )
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _shares(raw: str) -> dict[str, float]:

@@ -77,6 +77,12 @@ def ensure_wrk() -> None:
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(**figures: object) -> None:
     print(json.dumps(figures), flush=True)
 

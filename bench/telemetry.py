@@ -38,7 +38,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -56,6 +55,7 @@ from bench.run import (
     DB,
     bench_env,
     bench_seed,
+    cpu_seconds,
     ensure_wrk,
     process,
     report,
@@ -282,16 +282,11 @@ CPU_REQUESTS = 600
 
 def _cpu_per_request(client: httpx.Client, url: str, body: dict[str, Any], pid: int, requests: int) -> float:
     """µs of the server process's CPU (utime + stime) per request, `requests` sent one after another."""
-
-    def cpu_seconds() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    before = cpu_seconds()
+    before = cpu_seconds(pid)
     for _ in range(requests):
         answer = client.post(url, json=body)
         assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
-    return round((cpu_seconds() - before) / requests * 1e6, 1)
+    return round((cpu_seconds(pid) - before) / requests * 1e6, 1)
 
 
 SCRAPE_PORT, OPS_PORT = 18010, 18011
