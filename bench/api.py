@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
-from bench.run import DB, ROOT, bench_env, ensure_wrk, process, report, wrk
+from bench.run import DB, ROOT, bench_env, cpu_seconds, ensure_wrk, process, report, wrk
 from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.db.keyset import CursorCodec
@@ -279,9 +279,10 @@ def bench_api(
         peer_cmd = [str(PEER_DIR / "run"), config.peer_url, str(peer_port), "public"]
         peer_env = {k: v for k, v in bench_env().items() if not k.startswith("DATAPLAN_")} | config.peer_env
         with (
-            process(nexes_cmd, env, nexes_url, ready, cwd=checkout, headers=auth),
-            process(peer_cmd, peer_env, peer_url, ready),
+            process(nexes_cmd, env, nexes_url, ready, cwd=checkout, headers=auth) as nexes_server,
+            process(peer_cmd, peer_env, peer_url, ready) as peer_server,
         ):
+            pids = (nexes_server.pid, peer_server.pid)  # `run` execs node: the same process
             chosen = [
                 r
                 for i, r in enumerate(reads(settings.admin_url, str(settings.cursor_secret), peer_url), 1)
@@ -291,19 +292,32 @@ def bench_api(
                 mine, theirs = _check(nexes_url, read.nexes, auth), _check(peer_url, read.peer, {})
                 if read.nexes_data(mine) != read.peer_data(theirs):
                     raise RuntimeError(f"{read.name}: the servers' answers differ:\n{mine}\n{theirs}")
-                table.append(_measure(config.name, read, (nexes_url, peer_url), auth, seconds=seconds, rounds=rounds))
+                urls = (nexes_url, peer_url)
+                table.append(_measure(config.name, read, urls, pids, auth, seconds=seconds, rounds=rounds))
     for row in table:
+        cpu = row["median_cpu_us_per_request"]
         print(
             f"# {row['configuration'][:1]} | {row['read']} | Nexes {row['median_rps']['nexes']:.0f} "
             f"{row['rounds']['nexes']} | PostGraphile {row['median_rps']['postgraphile']:.0f} "
-            f"{row['rounds']['postgraphile']} | {row['ratio']:.2f}x",
+            f"{row['rounds']['postgraphile']} | {row['ratio']:.2f}x | CPU us/request Nexes "
+            f"{cpu['nexes']} PostGraphile {cpu['postgraphile']}",
             flush=True,
         )
 
 
 def _measure(
-    config: str, read: Read, urls: tuple[str, str], auth: dict[str, str], *, seconds: int, rounds: int
+    config: str,
+    read: Read,
+    urls: tuple[str, str],
+    pids: tuple[int, int],
+    auth: dict[str, str],
+    *,
+    seconds: int,
+    rounds: int,
 ) -> dict[str, Any]:
+    """Alternating wrk rounds of both servers; each round also gives the server's CPU per
+    request (utime + stime from /proc over the round, over the requests answered), which a
+    machine shared with other work moves far less than it moves throughput."""
     nexes_url, peer_url = urls
     authorization = auth["Authorization"]
     runs: dict[str, list[dict[str, float]]] = {"nexes": [], "postgraphile": []}
@@ -312,9 +326,15 @@ def _measure(
     wrk(peer_url, read.peer, 2)
     for i in range(rounds):
         # Alternate, and alternate who goes first, so drift of the shared machine hits both alike.
-        order = [("nexes", nexes_url, read.nexes, authorization), ("postgraphile", peer_url, read.peer, "")]
-        for name, url, body, authz in order if i % 2 == 0 else order[::-1]:
-            runs[name].append(wrk(url, body, seconds, authorization=authz))
+        order = [
+            ("nexes", nexes_url, read.nexes, authorization, pids[0]),
+            ("postgraphile", peer_url, read.peer, "", pids[1]),
+        ]
+        for name, url, body, authz, pid in order if i % 2 == 0 else order[::-1]:
+            cpu = cpu_seconds(pid)
+            result = wrk(url, body, seconds, authorization=authz)
+            cpu = cpu_seconds(pid) - cpu
+            runs[name].append({**result, "cpu_us": cpu / max(1.0, result["rps"] * seconds) * 1e6})
     failed = {name: sum(r["gql_errors"] + r["non2xx"] + r["errors"] for r in results) for name, results in runs.items()}
     if any(failed.values()):
         raise RuntimeError(f"{config}, {read.name}: failed answers {failed}; runs: {runs}")
@@ -327,6 +347,10 @@ def _measure(
         "median_rps": medians,
         "median_p50_ms": {name: statistics.median(r["p50_ms"] for r in results) for name, results in runs.items()},
         "ratio": round(medians["nexes"] / medians["postgraphile"], 2),
+        "rounds_cpu_us_per_request": {name: [round(r["cpu_us"]) for r in results] for name, results in runs.items()},
+        "median_cpu_us_per_request": {
+            name: round(statistics.median(r["cpu_us"] for r in results)) for name, results in runs.items()
+        },
         "nexes_query": read.nexes["query"],
         "postgraphile_query": read.peer["query"],
     }
