@@ -186,12 +186,14 @@ REAL_DOCUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("document", REAL_DOCUMENTS)
-async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, document: str) -> None:
-    stock = make_schema(None)
+async def stock_and_fast(seeded: Settings, document: str, variables: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The document run by the stock executor and by the app's own pipeline (cached parse and
+    validation, then the fast executor), against the real database."""
+    from nexes.execution.pipeline import Pipeline
+    from nexes.resolvers.context import Context
+
     async with client_for(seeded) as client:
         state = client.app.state  # type: ignore[attr-defined]
-        from nexes.resolvers.context import Context
 
         def context() -> Context:
             return Context(
@@ -202,11 +204,14 @@ async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, doc
                 viewer=ADMIN,
             )
 
-        from nexes.execution.pipeline import Pipeline
+        expected = await Pipeline(make_schema(None)).run(document, variables, None, context(), queries_only=True)
+        got = await state.pipeline.run(document, variables, None, context(), queries_only=True)
+    return expected, got
 
-        expected = await Pipeline(stock).run(document, None, None, context(), queries_only=True)
-        # The production path: cached parse and validation, then the fast executor.
-        got = await state.pipeline.run(document, None, None, context(), queries_only=True)
+
+@pytest.mark.parametrize("document", REAL_DOCUMENTS)
+async def test_fast_executor_matches_stock_on_the_real_api(seeded: Settings, document: str) -> None:
+    expected, got = await stock_and_fast(seeded, document)
     assert expected.errors is None and got.errors is None
     assert got.data == expected.data
 
@@ -226,24 +231,8 @@ BATCHED_DOCUMENTS = [
 
 @pytest.mark.parametrize("document", BATCHED_DOCUMENTS)
 async def test_batched_fields_match_the_stock_executor_data_errors_and_paths(seeded: Settings, document: str) -> None:
-    from nexes.execution.pipeline import Pipeline
-    from nexes.resolvers.context import Context
-
     variables = {"n": 2, "s": ["OPEN", "DRAFT"]} if "$n" in document else None
-    async with client_for(seeded) as client:
-        state = client.app.state  # type: ignore[attr-defined]
-
-        def context() -> Context:
-            return Context(
-                request_id="equivalence",
-                settings=state.settings,
-                router=state.router,
-                cursors=state.cursors,
-                viewer=ADMIN,
-            )
-
-        expected = await Pipeline(make_schema(None)).run(document, variables, None, context(), queries_only=True)
-        got = await state.pipeline.run(document, variables, None, context(), queries_only=True)
+    expected, got = await stock_and_fast(seeded, document, variables)
     assert got.data == expected.data
 
     def described(result: Any) -> list[tuple[str, Any, Any]]:
