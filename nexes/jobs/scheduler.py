@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import redis
@@ -52,10 +53,28 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     scheduler = BlockingScheduler(timezone="UTC")
     add_periodic_jobs(scheduler, settings)
 
+    held_at = time.monotonic()  # when the lock was last known to be ours
+
     def keep_lead() -> None:
-        if not lock.extend(LOCK_TTL, replace_ttl=True):
+        # Redis away (a restart) is survived while the lock may still be ours; once it may
+        # have expired, or another scheduler holds it (LockNotOwnedError: it expired during
+        # an outage and a standby took it), this one stops rather than lead beside the new
+        # leader and send every periodic job twice. Its supervisor starts it again, to wait.
+        nonlocal held_at
+        try:
+            held = bool(lock.extend(LOCK_TTL, replace_ttl=True))
+        except redis.exceptions.LockError:
+            held = False
+        except redis.exceptions.RedisError as exc:
+            if time.monotonic() - held_at < LOCK_TTL:
+                log.warning("scheduler could not renew its leadership (%s); retrying", type(exc).__name__)
+                return
+            held = False
+        if not held:
             log.error("scheduler lost leadership; stopping")
             stop.set()
+            return
+        held_at = time.monotonic()
 
     scheduler.add_job(keep_lead, "interval", seconds=LOCK_TTL / 3, id="leadership")
 
