@@ -15,8 +15,8 @@ import time
 from types import FrameType
 
 import redis
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 
 from nexes.settings import Settings
 
@@ -50,7 +50,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     else:
         return
     log.info("scheduler is the leader")
-    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler = BackgroundScheduler(timezone="UTC")
     add_periodic_jobs(scheduler, settings)
 
     held_at = time.monotonic()  # when the lock was last known to be ours
@@ -78,10 +78,14 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
 
     scheduler.add_job(keep_lead, "interval", seconds=LOCK_TTL / 3, id="leadership")
 
-    threading.Thread(target=lambda: (stop.wait(), scheduler.shutdown(wait=False)), daemon=True).start()
+    # The schedule runs on APScheduler's own thread; this one waits for the stop and shuts it
+    # down. (A BlockingScheduler stopped from another thread raced its start: a SIGTERM just
+    # after "leader" found it not running yet, or broke its first round of jobs.)
+    scheduler.start()
     try:
-        scheduler.start()
+        stop.wait()
     finally:
+        scheduler.shutdown(wait=False)
         with contextlib.suppress(redis.exceptions.LockError):  # expired or taken over
             lock.release()
 
