@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
 import signal
@@ -358,7 +359,11 @@ def run(opts: Options) -> None:
             states = [job(conn, j) for j in job_ids]
             count_after = conn.execute("SELECT count(*) FROM service_order").fetchone()
             result = outcome(conn, [p for p, _ in files], sods, delta, before)
-        errors = sum(1 for line in log.read_text(errors="replace").splitlines() if '"level":"ERROR"' in line)
+        errors = Counter(
+            json.loads(line).get("msg", "")[:120]
+            for line in log.read_text(errors="replace").splitlines()
+            if line.startswith("{") and '"level":"ERROR"' in line
+        )
     fields = ("status", "inserted", "updated", "unchanged", "failed", "message", "job_seconds")
     report(
         drill=f"import-{opts.drill}",
@@ -376,7 +381,7 @@ def run(opts: Options) -> None:
         lease_s=settings_module.load(env).import_lease_seconds,
         sweep_s=settings_module.load(env).import_sweep_seconds,
         loadavg_end=os.getloadavg(),
-        logged_errors=errors,
+        logged_errors=dict(errors),
         **result,
     )
 
