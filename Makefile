@@ -100,7 +100,7 @@ test-cluster: venv
 # The broker tests against RabbitMQ: tests/cluster/test_brokers.py (each on both brokers),
 # then every test of `make test` that runs Dramatiq workers, again with NEXES_BROKER_URL on
 # RabbitMQ (they send, empty and count through tests/support/brokers.py, on either broker).
-BROKER_TESTS := tests/test_import_e2e.py tests/test_import_crash.py tests/test_isolation.py tests/test_ops_workers.py \
+BROKER_TESTS := tests/test_import_e2e.py tests/test_import_crash.py tests/test_import_api.py tests/test_hostile_uploads.py tests/test_isolation.py tests/test_ops_workers.py \
 	tests/test_telemetry_e2e.py tests/test_search.py::test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval \
 	tests/test_search_paths.py::test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_sent_or_was_lost
 test-rabbitmq: venv

@@ -9,9 +9,11 @@ before it starts its workers (`empty`), and the tests run one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import orjson
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -56,3 +58,33 @@ def waiting(settings: Settings, queue: str) -> int:
         return int(broker.client.llen(f"{broker.namespace}:{queue}"))
     finally:
         broker.close()
+
+
+def take_message(broker: dramatiq.Broker, queue: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The first waiting message of `queue` that `match` accepts (its fields as Dramatiq
+    encodes them: actor_name, args, options...), taken off the broker so that no worker runs
+    it; the others stay. On RabbitMQ each is fetched unacknowledged and every one but the
+    taken one goes back when the channel closes; on Redis it is found and deleted."""
+    if isinstance(broker, RabbitmqBroker):
+        broker.get_queue_message_counts(queue)  # declares it: a fetch from a missing queue fails
+        channel = broker.connection.channel()
+        try:
+            while True:
+                method, _, body = channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    return None
+                message = dict(orjson.loads(body))
+                if match(message):
+                    channel.basic_ack(method.delivery_tag)
+                    return message
+        finally:
+            channel.close()
+    client = broker.client
+    namespace = broker.namespace
+    for message_id, raw in client.hgetall(f"{namespace}:{queue}.msgs").items():
+        message = dict(orjson.loads(raw))
+        if match(message):
+            client.hdel(f"{namespace}:{queue}.msgs", message_id)
+            client.lrem(f"{namespace}:{queue}", 0, message_id)
+            return message
+    return None
