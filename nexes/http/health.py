@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from typing import Any
@@ -156,9 +155,6 @@ class BrokerCheck:
             # The connection idles between rounds: heartbeats (answered in each round's
             # process_data_events) keep RabbitMQ from closing it, and end a silent one.
             self._params.heartbeat = 60
-            # pika logs each failed connect at ERROR, with the address, on every round the
-            # broker is down; the check's result already says it, as a code.
-            logging.getLogger("pika").setLevel(logging.CRITICAL)
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._lock = threading.Lock()
