@@ -11,7 +11,7 @@ TEST_DB ?= nexes_test
 DEMO_ORDERS ?= 100000
 GRAPHIQL := nexes/http/graphiql/static/vendor/graphiql.min.js
 
-.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore lint check-packaging bench lock seed migrate graphiql chromium spa
+.PHONY: venv up down run test test-dates test-cluster test-rabbitmq drills drill-typesense drill-replica drill-switchover drill-api-kill drill-rolling drill-restore drill-import-kill drill-broker-restart lint check-packaging bench lock seed migrate graphiql chromium spa
 
 venv: $(VENV)/.installed $(GRAPHIQL)
 
@@ -98,10 +98,14 @@ test-cluster: venv
 	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster
 
 # The broker tests against RabbitMQ: tests/cluster/test_brokers.py (each on both brokers),
-# and the end-to-end imports with NEXES_BROKER_URL on RabbitMQ.
+# then every test of `make test` that runs Dramatiq workers, again with NEXES_BROKER_URL on
+# RabbitMQ (they send, empty and count through tests/support/brokers.py, on either broker).
+BROKER_TESTS := tests/test_import_e2e.py tests/test_import_crash.py tests/test_import_api.py tests/test_hostile_uploads.py tests/test_isolation.py tests/test_ops_workers.py \
+	tests/test_telemetry_e2e.py tests/test_search.py::test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval \
+	tests/test_search_paths.py::test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_sent_or_was_lost
 test-rabbitmq: venv
 	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster/test_brokers.py \
-	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/test_import_e2e.py
+	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest $(BROKER_TESTS)
 
 # The date-sensitive tests on other days of the year, PostgreSQL under libfaketime
 # (infra/test-dates); a stack of its own per day. Not part of `make test`.
@@ -134,7 +138,20 @@ drill-restore: venv
 	export $(DRILL_TS) && $(STACK) down
 	export $(DRILL_PG) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.restore_drill --orders $(DRILL_ORDERS)
 
-drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense drill-restore
+# The job drills (bench/import_drills.py): a 200k-order import while the worker holding it
+# is SIGKILLed twice (drill-import-kill), or while the broker restarts (drill-broker-restart),
+# on a stack with one replica, one Typesense node and RabbitMQ (state in
+# NEXES_DRILL_STACK_DIR-jobs); DRILL_BROKER=redis (default) or rabbitmq picks the broker.
+DRILL_BROKER ?= redis
+DRILL_JOBS = $(call DRILL_STACK,jobs) NEXES_STACK_REPLICAS=1 NEXES_STACK_TYPESENSE_NODES=1 NEXES_STACK_BROKER=rabbitmq
+
+drill-import-kill drill-broker-restart: drill-%: venv
+	export $(DRILL_PG) && $(STACK) down
+	export $(DRILL_TS) && $(STACK) down
+	export $(DRILL_JOBS) && $(STACK) up && $(WITH_ENV) $(BIN)/python -m bench.import_drills \
+	  $(patsubst import-%,%,$*) --broker $(DRILL_BROKER) $(DRILL_ARGS)
+
+drills: drill-replica drill-switchover drill-api-kill drill-rolling drill-typesense drill-restore drill-import-kill drill-broker-restart
 
 lint: venv
 	$(BIN)/ruff check nexes tests bench infra/stack infra/test-dates

@@ -180,6 +180,11 @@ def logging_config(level: str, log_format: str = "json") -> dict[str, Any]:
             "apscheduler": {"level": "WARNING"},
             # A line per request to Typesense (and per OTLP export): the spans and metrics have them.
             "httpx": {"level": "WARNING"},
+            # RabbitMQ away: pika logs six ERROR lines (with the address) per failed connect,
+            # and Dramatiq's consumers retry every few seconds each (about 50 lines a second in
+            # the broker-restart drill); Dramatiq's own CRITICAL line per attempt and the
+            # health check's code say it already.
+            "pika": {"level": "CRITICAL"},
         },
     }
 

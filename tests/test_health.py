@@ -143,3 +143,23 @@ async def test_health_goes_by_the_monitors_last_round(seeded: Settings) -> None:
 async def _status(client: httpx.AsyncClient) -> str | None:
     status = (await client.get("/api/health")).json()["status"]
     return status if status == "ok" else None
+
+
+async def test_an_unreachable_amqp_broker_makes_health_degraded_not_down(seeded: Settings) -> None:
+    """NEXES_BROKER_URL on RabbitMQ that refuses (a port nothing listens on): the broker's
+    check says so in the detail, as a code, and the short form is "degraded" with 200, since
+    reads and mutations go on and an upload waits QUEUED for the broker. The Redis broker is
+    reported by the same check (its kind "redis"). RabbitMQ stopped for real: tests/cluster."""
+    port = free_port()
+    async with client_for(seeded) as admin:
+        detail = (await admin.get("/api/health/detail")).json()
+    assert detail["broker"]["kind"] == "redis" and detail["broker"]["reachable"] is True
+    broken = replace(seeded, broker_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", redis_timeout=0.5)
+    async with client_for(broken) as admin:
+        short = await admin.get("/api/health")
+        answer = await admin.get("/api/health/detail")
+    body: dict[str, Any] = answer.json()
+    assert body["broker"]["kind"] == "rabbitmq" and body["broker"]["reachable"] is False
+    assert body["broker"]["error"] == {"code": "CONNECTION_REFUSED", "reason": "connection refused"}
+    assert short.status_code == 200 and short.json() == {"status": "degraded"}
+    assert str(port) not in answer.text and "guest" not in answer.text

@@ -31,6 +31,7 @@ from nexes.imports.parse import COLUMNS
 from nexes.jobs import imports_runner as import_runner
 from nexes.settings import Settings, load
 from tests.conftest import client_for, error_codes
+from tests.support.brokers import empty, send, take_message
 from tests.support.databases import drop_database, own_database
 from tests.support.imports import CSRF, close_worker_pool, csv_bytes, job_key, job_row, line, store
 from tests.support.waits import wait_for
@@ -256,14 +257,10 @@ def jobs(settings: Settings) -> int:
 
 
 def forget(settings: Settings, job_id: int) -> None:
-    """Take the job's message off the Redis queue, so that no worker of another test runs it."""
+    """Take the job's message off the broker's queue, so that no worker of another test runs it."""
     from nexes.jobs import broker
 
-    client = broker.client
-    for message_id, raw in client.hgetall("dramatiq:imports.msgs").items():
-        if orjson.loads(raw)["args"] == [job_id]:
-            client.hdel("dramatiq:imports.msgs", message_id)
-            client.lrem("dramatiq:imports", 0, message_id)
+    take_message(broker, "imports", lambda m: m["args"] == [job_id])
 
 
 async def test_two_files_in_one_multipart_request_are_refused_and_leave_nothing(upload_db: Settings) -> None:
@@ -343,20 +340,17 @@ def test_the_caps_and_their_defaults_are_in_the_readme() -> None:
 
 
 def test_a_bad_file_is_attempted_once_by_a_real_worker(template_settings: Settings, tmp_path: Path) -> None:
-    """Through a real `nexes worker` (Dramatiq, Redis db 7) with the sweep's settings: the
-    job ends FAILED with BAD_FILE and is never claimed again."""
-    from nexes.jobs.runtime import make_broker
-
+    """Through a real `nexes worker` (Dramatiq: Redis db 7, or RabbitMQ) with the sweep's
+    settings: the job ends FAILED with BAD_FILE and is never claimed again."""
     name = "nexes_t_hostile_worker"
     settings = fresh(template_settings, name)
     data = rezip(xlsx(good_rows()), {}, {"xl/media/zeros.bin": bytes(50 << 20)})
     job = store(settings, data, "bomb.xlsx")
-    broker = make_broker(settings.redis_url, settings.redis_timeout)
+    empty(settings)
     worker = start_worker(app_worker_environ(name), tmp_path / "worker.log")
     try:
-        broker.enqueue(
-            dramatiq.Message(queue_name="imports", actor_name="run_import", args=(job,), kwargs={}, options={})
-        )
+        message = dramatiq.Message(queue_name="imports", actor_name="run_import", args=(job,), kwargs={}, options={})
+        send(settings, message)
         with psycopg.connect(settings.admin_url, autocommit=True) as db:
 
             def final() -> bool:
@@ -370,6 +364,6 @@ def test_a_bad_file_is_attempted_once_by_a_real_worker(template_settings: Settin
         assert attempts == 1
     finally:
         stop_worker(worker)
-        broker.client.flushdb()
+        empty(settings)
         close_worker_pool()
         drop_database(template_settings.admin_url, name)

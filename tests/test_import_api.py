@@ -29,6 +29,7 @@ from nexes.db.connect.conninfo import environ_for_database
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.brokers import take_message
 from tests.support.imports import CSRF, job_key
 
 BOUNDARY = "nexes-test-boundary-7f3a"
@@ -91,17 +92,10 @@ def stored(settings: Settings, key: int) -> tuple[dict[str, Any], bytes]:
 
 
 def queued_message(job_id: int) -> dict[str, Any] | None:
-    """The run_import message for `job_id` in the Redis queue (removed from it, to leave no trace)."""
+    """The run_import message for `job_id` on the API's broker (taken off it, to leave no trace)."""
     from nexes.jobs import broker
 
-    client = broker.client
-    for message_id, raw in client.hgetall("dramatiq:imports.msgs").items():
-        message = orjson.loads(raw)
-        if message["actor_name"] == "run_import" and message["args"] == [job_id]:
-            client.hdel("dramatiq:imports.msgs", message_id)
-            client.lrem("dramatiq:imports", 0, message_id)
-            return dict(message)
-    return None
+    return take_message(broker, "imports", lambda m: m["actor_name"] == "run_import" and m["args"] == [job_id])
 
 
 async def test_graphql_multipart_upload_stores_the_exact_bytes_and_queues_the_job(

@@ -5,8 +5,8 @@ scheduler's sweep. The result must equal a clean single run of the same file.
 Test settings that make recovery fast (production: 20 s lease, 10 s sweep, 5,000
 orders per chunk): NEXES_IMPORT_LEASE_SECONDS=2, NEXES_IMPORT_SWEEP_SECONDS=1 and
 NEXES_IMPORT_CHUNK_ORDERS=25 (many small checkpoints, so a kill lands mid-job).
-The workers, the scheduler and this test use a Redis database of their own (db 7),
-so no other worker on the machine can take these messages.
+The workers, the scheduler and this test use a Redis database of their own (db 7), and
+the broker NEXES_BROKER_URL names (Redis db 7, or RabbitMQ under `make test-rabbitmq`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from bench.gen_import import generate_csv
 from nexes.db.invariants import check_all
 from nexes.settings import Settings
+from tests.support.brokers import empty, send
 from tests.support.databases import drop_database
 from tests.support.processes import Processes
 from tests.support.workers import environ, fresh, job_state, store
@@ -98,8 +97,7 @@ def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
     databases: tuple[Settings, Settings], import_file: Path, tmp_path: Path
 ) -> None:
     crashed, clean = databases
-    redis.Redis.from_url(crashed.redis_url).flushdb()
-    broker = RedisBroker(url=crashed.redis_url)  # type: ignore[no-untyped-call]
+    empty(crashed)
 
     # The reference: the same file, one clean run, in a database seeded the same way.
     from nexes.jobs.imports_runner import run
@@ -125,7 +123,7 @@ def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
         procs.start_worker()
         from nexes.jobs.imports import run_import
 
-        broker.enqueue(run_import.message_with_options(args=(job_id,), nexes_request_id=request_id))
+        send(crashed, run_import.message_with_options(args=(job_id,), nexes_request_id=request_id))
         deadline = time.monotonic() + 600
         claimed_attempts = 0  # the job's claim count when it was last seen claimed (or killed)
         killed_at: float | None = None
@@ -152,7 +150,7 @@ def test_import_survives_repeated_sigkills_and_equals_a_clean_run(
         stop_sampling.set()
         sampler.join()
         procs.stop()
-        redis.Redis.from_url(crashed.redis_url).flushdb()
+        empty(crashed)
 
     logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
     assert status == "SUCCEEDED", (status, logs[-3000:])

@@ -1,6 +1,7 @@
 """Imports the way operators run them, every part real and in its own process: the API
 under uvicorn (`nexes serve`) and the CLI (`nexes import --wait`) store the file and
-enqueue it on Redis; a `dramatiq nexes.jobs` worker imports it into PostgreSQL."""
+enqueue it on the broker (Redis, or RabbitMQ under `make test-rabbitmq`); a `dramatiq
+nexes.jobs` worker imports it into PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
-import redis
 
 from bench.write_path import DRAMATIQ, start_process, stop_process
 from nexes import settings as settings_module
@@ -25,6 +25,7 @@ from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.support.auth import bearer_for
+from tests.support.brokers import empty
 from tests.support.databases import TEMPLATE_DB, drop_database, recreate_database
 from tests.support.processes import free_port
 
@@ -52,7 +53,7 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
     env = environ()
     settings = settings_module.load(env)
     seed(settings.admin_url, 50, defer=False)
-    redis.Redis.from_url(settings.redis_url).flushdb()
+    empty(settings)
     logs = tmp_path_factory.mktemp("e2e")
     port = free_port()
     worker = start_process(DRAMATIQ, env, logs / "worker")
@@ -73,7 +74,7 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
     finally:
         stop_process(api, timeout=30)
         stop_process(worker, timeout=30)
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        empty(settings)
         drop_database(template_settings.admin_url, DB)
 
 

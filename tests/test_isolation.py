@@ -10,12 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from bench.gen_import import generate_csv
 from nexes.settings import Settings
 from tests.conftest import client_for, gql
+from tests.support.brokers import empty, send
 from tests.support.databases import drop_database
 from tests.support.processes import Processes
 from tests.support.workers import environ, fresh, job_state, store
@@ -39,15 +38,14 @@ async def test_api_answers_while_workers_are_saturated_by_imports(busy_db: Setti
         files.append(path)
     env = environ("nexes_t_isolation")
     env["NEXES_IMPORT_CHUNK_ORDERS"] = "2000"
-    redis.Redis.from_url(busy_db.redis_url).flushdb()
-    broker = RedisBroker(url=busy_db.redis_url)  # type: ignore[no-untyped-call]
+    empty(busy_db)
     from nexes.jobs.imports import run_import
 
     jobs = [store(busy_db, path, f"load-{n}") for n, path in enumerate(files)]
     procs = Processes(env, tmp_path)
     procs.start_worker()
     for job_id in jobs:
-        broker.enqueue(run_import.message(job_id))
+        send(busy_db, run_import.message(job_id))
     latencies: list[float] = []
     failures: list[object] = []
     worker_busy_samples = 0
@@ -72,7 +70,7 @@ async def test_api_answers_while_workers_are_saturated_by_imports(busy_db: Setti
                     n += 1
     finally:
         procs.stop()
-        redis.Redis.from_url(busy_db.redis_url).flushdb()
+        empty(busy_db)
     assert failures == []
     assert worker_busy_samples >= 5, "the workers were really busy while the API was asked"
     assert len(latencies) >= 5

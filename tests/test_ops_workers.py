@@ -13,12 +13,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
-from dramatiq.brokers.redis import RedisBroker
 from psycopg import sql
 
 from nexes.db.partitions import PARTITIONED, next_quarter, partition_name, quarter_start
 from nexes.settings import Settings
+from tests.support.brokers import empty, send, waiting
 from tests.support.databases import drop_database
 from tests.support.waits import wait_for
 from tests.support.workers import app_worker_environ, environ, fresh, start_worker, stop_worker
@@ -29,7 +28,7 @@ DB = "nexes_t_ops_ddl"
 @pytest.fixture
 def ddl_db(template_settings: Settings) -> Iterator[Settings]:
     settings = fresh(template_settings, DB)
-    redis.Redis.from_url(settings.redis_url).flushdb()  # the workers' own Redis database
+    empty(settings)  # the workers' broker and their own Redis database
     yield settings
     from nexes.db.connect.worker import close_worker_pools
 
@@ -50,11 +49,6 @@ def existing(settings: Settings, names: list[str]) -> list[str]:
         return [n for n in names if conn.execute("SELECT to_regclass(%s)", [n]).fetchone() != (None,)]
 
 
-def queued(settings: Settings, queue: str) -> int:
-    """Messages of `queue` not yet acknowledged (waiting, or taken and running)."""
-    return int(redis.Redis.from_url(settings.redis_url).hlen(f"dramatiq:{queue}.msgs"))
-
-
 def test_only_the_worker_with_the_owner_url_runs_ddl_and_it_creates_the_partition(
     ddl_db: Settings, tmp_path: Path
 ) -> None:
@@ -64,16 +58,15 @@ def test_only_the_worker_with_the_owner_url_runs_ddl_and_it_creates_the_partitio
     with psycopg.connect(ddl_db.admin_url, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-    broker = RedisBroker(url=ddl_db.redis_url)  # type: ignore[no-untyped-call]
-    broker.enqueue(maintain_partitions.message())
-    broker.enqueue(sweep_imports.message())
+    send(ddl_db, maintain_partitions.message())
+    send(ddl_db, sweep_imports.message())
     assert maintain_partitions.queue_name == "ddl" and sweep_imports.queue_name == "maintenance"
 
     ordinary = start_worker(app_worker_environ(DB), tmp_path / "worker.log")
     try:
-        assert wait_for(lambda: queued(ddl_db, "maintenance") == 0, timeout=60), "the maintenance job was not run"
+        assert wait_for(lambda: waiting(ddl_db, "maintenance") == 0, timeout=60), "the maintenance job was not taken"
         time.sleep(2)  # a consumer of ddl would have taken its message by now
-        assert queued(ddl_db, "ddl") == 1
+        assert waiting(ddl_db, "ddl") == 1
         assert existing(ddl_db, names) == []
     finally:
         stop_worker(ordinary)
@@ -81,7 +74,7 @@ def test_only_the_worker_with_the_owner_url_runs_ddl_and_it_creates_the_partitio
     ddl = start_worker(environ(DB), tmp_path / "ddl-worker.log", "--ddl")
     try:
         assert wait_for(lambda: existing(ddl_db, names) == names, timeout=60), (tmp_path / "ddl-worker.log").read_text()
-        assert wait_for(lambda: queued(ddl_db, "ddl") == 0, timeout=10)
+        assert wait_for(lambda: waiting(ddl_db, "ddl") == 0, timeout=10)
     finally:
         stop_worker(ddl)
 

@@ -11,7 +11,7 @@ import psycopg
 
 from nexes.db import partitions
 from nexes.db.connect.conninfo import for_role
-from nexes.db.invariants import check_all
+from nexes.db.invariants import check_all, check_stock_ledger
 from nexes.db.reconcile import reconcile
 from nexes.db.seed import seed
 from nexes.settings import Settings
@@ -340,3 +340,36 @@ def test_missing_and_broken_customer_stat_cum_rows_are_found_and_restored(fresh_
     counts = [(f"{y} {c} customer {i}",) for y, c, i in (middle, last, step)]
     amounts = [(f"{y} {c} customer {i} amount",) for y, c, i in (middle, last)]
     assert sorted(fixed) == sorted(counts + amounts)
+
+
+def test_the_full_stock_checks_find_each_kind_of_ledger_drift_and_nothing_else(fresh_db: Settings) -> None:
+    """check_stock_ledger (what the drills run, every quarter at once, set-based): clean
+    seeded data passes; a movement left of a line that does not exist, with on_hand moved
+    alike, is found by movements_of_missing_lines alone; a line's quantity changed without
+    its movement, by line_movements_differ; on_hand moved alone, by on_hand_differs_from_ledger."""
+    seed(fresh_db.admin_url, 300, defer=False)
+    with psycopg.connect(fresh_db.admin_url, autocommit=True) as conn:
+        assert check_stock_ledger(conn) == []
+        order = conn.execute("SELECT sod_number FROM service_order ORDER BY id LIMIT 1").fetchone()
+        item = conn.execute("SELECT min(id) FROM stock_item").fetchone()
+        assert order is not None and item is not None
+        conn.execute(
+            "INSERT INTO stock_movement (stock_item_id, quantity, kind, sod_number, line_no, idempotency_key) "
+            "VALUES (%s, -4, 'CORRECTION', %s, 99, 'test:ghost-line')",
+            [item[0], order[0]],
+        )
+        conn.execute("UPDATE stock_item SET on_hand = on_hand - 4 WHERE id = %s", [item[0]])
+        ghost = check_stock_ledger(conn)
+        assert [v.check for v in ghost] == ["movements_of_missing_lines"]
+        assert ghost[0].samples == [f"{order[0]} line 99: ledger -4"]
+
+        conn.execute(
+            "UPDATE service_order_line SET quantity = quantity + 1 WHERE (order_id, line_no) = "
+            "(SELECT o.id, 1 FROM service_order AS o WHERE o.status <> 'CANCELLED' ORDER BY o.id DESC LIMIT 1)"
+        )
+        conn.execute("UPDATE stock_item SET on_hand = on_hand + 1 WHERE id = %s", [item[0]])
+        assert [v.check for v in check_stock_ledger(conn)] == [
+            "on_hand_differs_from_ledger",
+            "line_movements_differ",
+            "movements_of_missing_lines",
+        ]

@@ -16,13 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import httpx
 import orjson
 import psycopg
 import pytest
-import redis
 import typesense
-from dramatiq.brokers.redis import RedisBroker
 from typesense.exceptions import TypesenseClientError
 
 from nexes.db import search as search_db
@@ -33,6 +32,7 @@ from nexes.search.reindex import reindex
 from nexes.search.sync import drain
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.brokers import broker_for, empty
 from tests.support.imports import csv_bytes, line, store_async
 from tests.support.replicas import health_detail
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now, worker_pool
@@ -420,11 +420,11 @@ async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answ
 
 
 @pytest.fixture
-def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[RedisBroker]:
+def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[dramatiq.Broker]:
     """A real Dramatiq worker on this module's database and Redis db; yields a broker on the
-    same Redis db for the test process's sends."""
+    workers' one (Redis db, or RabbitMQ) for the test process's sends."""
     env = environ()
-    redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+    empty(search_db_settings)
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "nexes.jobs", "--processes", "1", "--threads", "4"],
@@ -433,21 +433,22 @@ def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[RedisBroker
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    broker = RedisBroker(url=env["NEXES_REDIS_URL"])  # type: ignore[no-untyped-call]
+    broker = broker_for(search_db_settings)
     try:
         yield broker
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-        redis.Redis.from_url(env["NEXES_REDIS_URL"]).flushdb()
+        broker.close()
+        empty(search_db_settings)
 
 
 async def test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval(
     search_db_settings: Settings,
     api: httpx.AsyncClient,
     db: psycopg.Connection,
-    worker: RedisBroker,
+    worker: dramatiq.Broker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from nexes.jobs.imports import run_import

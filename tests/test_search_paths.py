@@ -23,13 +23,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from nexes.search import engine
 from nexes.search.client import sync_client
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.brokers import broker_for, empty, waiting
 from tests.support.replicas import fast, replay_paused, wait_for_replica, wait_for_state
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now
 
@@ -379,9 +378,8 @@ async def test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_
     are the ones the real scheduler sends (sweep_search, every NEXES_SEARCH_SWEEP_SECONDS)."""
     from nexes.jobs.search import sweep_search, sync_search
 
-    queue = redis.Redis.from_url(paths_settings.redis_url)
-    queue.flushdb()
-    broker = RedisBroker(url=paths_settings.redis_url)  # type: ignore[no-untyped-call]
+    empty(paths_settings)
+    broker = broker_for(paths_settings)
     broker.declare_queue("search")
     monkeypatch.setattr(sync_search, "broker", broker)
     monkeypatch.setattr(sweep_search, "broker", broker)
@@ -394,14 +392,14 @@ async def test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_
         "UPDATE service_order SET description = 'Swept silent change', updated_at = clock_timestamp() WHERE id = %s",
         [silent],
     )
-    # Lost: a mutation sends its sync request; the message is deleted from Redis unread.
+    # Lost: a mutation sends its sync request; the message is deleted from the broker unread.
     body = await gql(api, UPDATE, {"sod": lost_sod, "description": "Swept lost change"})
     assert body["data"]["updateServiceOrder"]["errors"] == [], body
     deadline = time.monotonic() + 15
-    while not queue.keys("dramatiq:search*"):
-        assert time.monotonic() < deadline, "the mutation's sync request never reached Redis"
+    while not waiting(paths_settings, "search"):
+        assert time.monotonic() < deadline, "the mutation's sync request never reached the broker"
         await asyncio.sleep(0.05)
-    queue.flushdb()
+    empty(paths_settings)
     pending = {r[0] for r in db.execute("SELECT DISTINCT order_id FROM search_outbox")}
     assert {silent, lost} <= pending
     assert "Swept" not in indexed_description(paths_settings, silent) + indexed_description(paths_settings, lost)
@@ -417,7 +415,8 @@ async def test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_
     assert db.execute("SELECT count(*) FROM search_outbox WHERE order_id = ANY(%s)", [[silent, lost]]).fetchone() == (
         0,
     )
-    queue.flushdb()
+    broker.close()
+    empty(paths_settings)
 
 
 # --- 5. X-Nexes-Min-LSN --------------------------------------------------------------

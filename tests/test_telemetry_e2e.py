@@ -27,7 +27,6 @@ import httpx
 import orjson
 import psycopg
 import pytest
-import redis
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
 from bench.write_path import DRAMATIQ, start_process, stop_process
@@ -37,6 +36,7 @@ from nexes.db.imports_apply import CHECKPOINT
 from nexes.db.seed import seed
 from nexes.settings import Settings
 from tests.support.auth import bearer_for
+from tests.support.brokers import empty
 from tests.support.databases import TEMPLATE_DB, drop_database, environ_for, recreate_database
 from tests.support.imports import CSRF, csv_bytes, job_key, line
 from tests.support.otlp import Received, Receiver, otlp_receiver
@@ -97,7 +97,7 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
         env = environ(receiver.endpoint)
         settings = settings_module.load(env)
         seed(settings.admin_url, 20, defer=False)
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        empty(settings)
         metrics_port = free_port()
         worker_env = {
             **env,
@@ -117,7 +117,7 @@ def running(template_settings: Settings, tmp_path_factory: pytest.TempPathFactor
             stop_process(api, timeout=30)
             stop_process(scheduler, timeout=30)
             stop_process(worker, timeout=30)
-            redis.Redis.from_url(settings.redis_url).flushdb()
+            empty(settings)
             drop_database(template_settings.admin_url, DB)
 
 

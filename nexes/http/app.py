@@ -341,8 +341,9 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.pools = pools
     app.state.monitor = monitor
     app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
-    # Health reads the monitor's last round; Redis and search are probed in the same round.
+    # Health reads the monitor's last round; Redis, the broker and search are probed in the same round.
     monitor.add_check(health.RedisCheck(settings))
+    monitor.add_check(health.BrokerCheck(settings))  # Dramatiq's, Redis or RabbitMQ
     monitor.add_check(SearchCheck(settings, app.state.router, timeout=settings.typesense_timeout))
     monitor.add_check(OpsCheck(app.state.router, timeout=settings.replica_probe_timeout * 3))
     monitor.add_tick(lambda: record_pools(pools.all()))  # the pool gauges of /metrics, each round

@@ -11,11 +11,12 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import redis
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 
 from nexes.settings import Settings
 
@@ -49,20 +50,42 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     else:
         return
     log.info("scheduler is the leader")
-    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler = BackgroundScheduler(timezone="UTC")
     add_periodic_jobs(scheduler, settings)
 
+    held_at = time.monotonic()  # when the lock was last known to be ours
+
     def keep_lead() -> None:
-        if not lock.extend(LOCK_TTL, replace_ttl=True):
+        # Redis away (a restart) is survived while the lock may still be ours; once it may
+        # have expired, or another scheduler holds it (LockNotOwnedError: it expired during
+        # an outage and a standby took it), this one stops rather than lead beside the new
+        # leader and send every periodic job twice. Its supervisor starts it again, to wait.
+        nonlocal held_at
+        try:
+            held = bool(lock.extend(LOCK_TTL, replace_ttl=True))
+        except redis.exceptions.LockError:
+            held = False
+        except redis.exceptions.RedisError as exc:
+            if time.monotonic() - held_at < LOCK_TTL:
+                log.warning("scheduler could not renew its leadership (%s); retrying", type(exc).__name__)
+                return
+            held = False
+        if not held:
             log.error("scheduler lost leadership; stopping")
             stop.set()
+            return
+        held_at = time.monotonic()
 
     scheduler.add_job(keep_lead, "interval", seconds=LOCK_TTL / 3, id="leadership")
 
-    threading.Thread(target=lambda: (stop.wait(), scheduler.shutdown(wait=False)), daemon=True).start()
+    # The schedule runs on APScheduler's own thread; this one waits for the stop and shuts it
+    # down. (A BlockingScheduler stopped from another thread raced its start: a SIGTERM just
+    # after "leader" found it not running yet, or broke its first round of jobs.)
+    scheduler.start()
     try:
-        scheduler.start()
+        stop.wait()
     finally:
+        scheduler.shutdown(wait=False)
         with contextlib.suppress(redis.exceptions.LockError):  # expired or taken over
             lock.release()
 

@@ -1,7 +1,8 @@
 """Dramatiq on either broker (NEXES_BROKER_URL): Redis, and RabbitMQ started by the stack.
 Each test runs on both. A real worker process (`dramatiq nexes.jobs`) imports a stored
 file; SIGKILLed twice mid-import it still ends SUCCEEDED with every order once and the
-stock exact; a message queued while no worker runs survives a restart of the broker.
+stock exact; a message queued while no worker runs survives a restart of the broker; and
+/api/health reports the broker, with RabbitMQ stopped for real.
 
 Recovery is made fast as in tests/test_import_crash.py (2 s lease, 1 s sweep, 25 orders a
 chunk); the workers and this test use Redis db 7 for the scheduler's lock and rate limits.
@@ -9,22 +10,27 @@ chunk); the workers and this test use Redis db 7 for the scheduler's lock and ra
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 
 from bench.gen_import import generate_csv
 from nexes.db.invariants import check_all
-from nexes.jobs.runtime import make_broker
 from nexes.settings import Settings
+from tests.conftest import client_for
+from tests.support.brokers import empty, send
 from tests.support.databases import drop_database
 from tests.support.processes import Processes
+from tests.support.replicas import monitor_of
 from tests.support.stack import stack
-from tests.support.waits import wait_for
+from tests.support.waits import eventually, wait_for
 from tests.support.workers import environ, fresh, job_state, store
 
 ORDERS = 600
@@ -46,12 +52,13 @@ def broker_env(request: pytest.FixtureRequest, template_settings: Settings) -> I
     env = environ(db)
     if name == "rabbitmq":
         env["NEXES_BROKER_URL"] = request.getfixturevalue("rabbitmq")
-    settings = fresh(template_settings, db)
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    make_broker(env.get("NEXES_BROKER_URL") or settings.redis_url, 5.0).flush_all()
+    else:
+        env.pop("NEXES_BROKER_URL", None)
+    fresh(template_settings, db)
+    settings = settings_of(env)
+    empty(settings)
     yield name, env
-    make_broker(env.get("NEXES_BROKER_URL") or settings.redis_url, 5.0).flush_all()
-    redis.Redis.from_url(settings.redis_url).flushdb()
+    empty(settings)
     drop_database(template_settings.admin_url, db)
 
 
@@ -59,10 +66,7 @@ def enqueue(env: dict[str, str], job_id: int) -> None:
     """Send the import on the broker the environment names, as the API does."""
     from nexes.jobs.imports import run_import
 
-    url = env.get("NEXES_BROKER_URL") or env["NEXES_REDIS_URL"]
-    broker = make_broker(url, 5.0)
-    broker.enqueue(run_import.message_with_options(args=(job_id,), nexes_request_id=f"broker-{job_id}"))
-    broker.close()
+    send(settings_of(env), run_import.message_with_options(args=(job_id,), nexes_request_id=f"broker-{job_id}"))
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -141,3 +145,68 @@ def test_a_queued_import_survives_a_restart_of_the_broker(
     assert status == "SUCCEEDED"
     assert orders_once(settings) == (ORDERS, 0)
     assert invariants(settings) == []
+
+
+async def _short_status(client: httpx.AsyncClient) -> str | None:
+    status = (await client.get("/api/health")).json()["status"]
+    return status if status == "ok" else None
+
+
+async def test_health_reports_rabbitmq_and_is_degraded_not_down_while_it_is_stopped(
+    rabbitmq: str, seeded: Settings
+) -> None:
+    """The API's readiness names the broker whichever it is. RabbitMQ stopped for real: the
+    detail says unreachable (a code, no address) and the short form "degraded" with 200,
+    since reads and mutations go on (docs/operations.md, "The broker restarts"); started
+    again, "ok" once a round reaches it."""
+    settings = replace(seeded, broker_url=rabbitmq, redis_timeout=2.0)
+    async with client_for(settings) as admin:
+        monitor = monitor_of(admin)
+        await monitor.refresh()
+        detail = (await admin.get("/api/health/detail")).json()
+        assert detail["broker"]["kind"] == "rabbitmq" and detail["broker"]["reachable"] is True, detail["broker"]
+        assert detail["status"] == "ok", detail
+        stack("down", "rabbitmq")
+        try:
+            await monitor.refresh()
+            short = await admin.get("/api/health")
+            down = (await admin.get("/api/health/detail")).json()["broker"]
+        finally:
+            stack("up", "rabbitmq")
+        assert down["reachable"] is False
+        assert down["error"]["code"] in ("CONNECTION_REFUSED", "CONNECTION_LOST"), down
+        assert short.status_code == 200 and short.json() == {"status": "degraded"}
+
+        async def round_then_status() -> str | None:
+            await monitor.refresh()
+            return await _short_status(admin)
+
+        assert await eventually(round_then_status, 60, interval=1.0) == "ok"
+
+
+def test_the_scheduler_keeps_its_lead_through_a_restart_of_redis(settings: Settings) -> None:
+    """Redis (appendonly, fsync every second) stopped and started under a leading scheduler:
+    the lock comes back from the append-only file, the leader renews it and goes on; it
+    neither stops nor leaves the lead to a second scheduler."""
+    from nexes.jobs import scheduler
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.delete(scheduler.LOCK_NAME)
+    stop = threading.Event()
+    leader = threading.Thread(target=scheduler.run, args=(settings, stop), daemon=True)
+    leader.start()
+    try:
+        assert wait_for(lambda: client.get(scheduler.LOCK_NAME) is not None)
+        token = client.get(scheduler.LOCK_NAME)
+        time.sleep(1.2)  # the append-only file is written every second
+        stack("down", "redis")
+        stack("up", "redis")
+        assert client.get(scheduler.LOCK_NAME) == token
+        left = client.pttl(scheduler.LOCK_NAME)
+        renewed = wait_for(lambda: client.pttl(scheduler.LOCK_NAME) > left, timeout=scheduler.LOCK_TTL / 3 + 10)
+        assert renewed, "the leader did not renew its lock after the restart"
+        assert leader.is_alive() and client.get(scheduler.LOCK_NAME) == token
+    finally:
+        stop.set()
+        leader.join(timeout=20)
+        client.delete(scheduler.LOCK_NAME)

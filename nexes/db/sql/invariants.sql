@@ -25,27 +25,42 @@ WHERE s.on_hand <> coalesce(m.total, 0)
 LIMIT 20;
 
 -- name: line_movements_differ
--- Lines whose movements differ from what their order's status implies.
-SELECT o.sod_number || ' line ' || l.line_no || ': expected '
-       || CASE WHEN o.status = 'CANCELLED' THEN 0 ELSE -l.quantity END || ', ledger '
-       || coalesce(m.total, 0)
-FROM (SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive) AS l
-JOIN (SELECT * FROM service_order UNION ALL SELECT * FROM service_order_archive) AS o ON o.id = l.order_id AND o.created_at = l.created_at
-LEFT JOIN (SELECT sod_number, line_no, sum(quantity) AS total FROM stock_movement
-           WHERE sod_number IS NOT NULL GROUP BY 1, 2) AS m
-       ON m.sod_number = o.sod_number AND m.line_no = l.line_no
-WHERE coalesce(m.total, 0) <> CASE WHEN o.status = 'CANCELLED' THEN 0 ELSE -l.quantity END
+-- Lines whose movements differ from what their order's status implies. Set-based: the
+-- ledger aggregated per line once, hash-joined to every line (live and archived) and its
+-- order; the violations are materialized before the LIMIT, which otherwise makes the
+-- planner hope for early rows and pick a nested loop over the whole ledger per line (more
+-- than 7 minutes at 1M orders; this form about 10 s).
+WITH expected AS (
+    SELECT o.sod_number, l.line_no, CASE WHEN o.status = 'CANCELLED' THEN 0 ELSE -l.quantity END AS expected
+    FROM (SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive) AS l
+    JOIN (SELECT * FROM service_order UNION ALL SELECT * FROM service_order_archive) AS o
+      ON o.id = l.order_id AND o.created_at = l.created_at
+), ledger AS (
+    SELECT sod_number, line_no, sum(quantity) AS total FROM stock_movement
+    WHERE sod_number IS NOT NULL GROUP BY 1, 2
+), wrong AS MATERIALIZED (
+    SELECT e.sod_number, e.line_no, e.expected, coalesce(m.total, 0) AS total
+    FROM expected AS e LEFT JOIN ledger AS m USING (sod_number, line_no)
+    WHERE coalesce(m.total, 0) <> e.expected
+)
+SELECT sod_number || ' line ' || line_no || ': expected ' || expected || ', ledger ' || total FROM wrong
 LIMIT 20;
 
 -- name: movements_of_missing_lines
--- Movements of lines that no longer exist and do not sum to zero.
-SELECT m.sod_number || ' line ' || m.line_no || ': ledger ' || sum(m.quantity)
-FROM stock_movement AS m
-WHERE m.sod_number IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM (SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive) AS l JOIN service_order_key AS k ON k.id = l.order_id
-    WHERE k.sod_number = m.sod_number AND l.line_no = m.line_no)
-GROUP BY m.sod_number, m.line_no
-HAVING sum(m.quantity) <> 0
+-- Movements of lines that no longer exist and do not sum to zero. Set-based like the
+-- check above: the ledger per line once, anti-joined (hashed) to every line's SOD number.
+WITH ledger AS (
+    SELECT sod_number, line_no, sum(quantity) AS total FROM stock_movement
+    WHERE sod_number IS NOT NULL GROUP BY 1, 2 HAVING sum(quantity) <> 0
+), lines AS (
+    SELECT k.sod_number, l.line_no
+    FROM (SELECT * FROM service_order_line UNION ALL SELECT * FROM service_order_line_archive) AS l
+    JOIN service_order_key AS k ON k.id = l.order_id
+), wrong AS MATERIALIZED (
+    SELECT m.sod_number, m.line_no, m.total FROM ledger AS m
+    WHERE NOT EXISTS (SELECT 1 FROM lines WHERE lines.sod_number = m.sod_number AND lines.line_no = m.line_no)
+)
+SELECT sod_number || ' line ' || line_no || ': ledger ' || total FROM wrong
 LIMIT 20;
 
 -- name: dashboard_stat_differs
