@@ -247,7 +247,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             port=args.port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools, with a shutdown that drains idle keep-alive connections (rolling restarts).
+            http="nexes.http.draining:DrainingProtocol",
             timeout_graceful_shutdown=10,
             log_config=logging_config(settings.log_level, settings.log_format),
             access_log=settings.access_log,

@@ -12,6 +12,7 @@ timeout; only when every node has failed, or is skipped, does PostgreSQL answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import re
@@ -179,6 +180,13 @@ class SearchService:
     async def breaker_states(self) -> dict[str, str]:
         """Each node's breaker: closed, opened or half-opened."""
         return {name: str((await self.breakers.get_breaker(name)).context.state) for name in self.breaker_names}
+
+    async def warm(self) -> None:
+        """Connect to the nodes and read the collection's layout before the first search
+        (at a worker's start: a search must not pay for it); bounded by the search timeout."""
+        for client in self.clients:
+            with contextlib.suppress(*TYPESENSE_ERRORS):
+                await asyncio.wait_for(self._fields(client), self.settings.typesense_timeout)
 
     async def search(self, query: SearchQuery, router: Router) -> Found:
         async with self._slot(self.slots, "search", "search is busy with other searches; retry in a moment"):
