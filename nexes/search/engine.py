@@ -248,6 +248,9 @@ class SearchService:
                 return None
             left = deadline - loop.time()
             if left <= 0:
+                # The tries end at the deadline too (their own timeout): wait for them, so
+                # that their breakers have counted them before the fallback answers.
+                await asyncio.wait(running)
                 return None
             hedge = self.settings.search_hedge_seconds if untried else left
             done, _ = await asyncio.wait(running, timeout=min(left, hedge), return_when=asyncio.FIRST_COMPLETED)
