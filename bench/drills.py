@@ -351,6 +351,15 @@ def typesense_states() -> list[int | None]:
     return states
 
 
+def typesense_ready() -> bool:
+    """Every node answers /health ok (a node still loading its data answers 503)."""
+    for url in os.environ["NEXES_TYPESENSE_URLS"].split():
+        with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+            if json.loads(answer.read()).get("ok") is not True:
+                return False
+    return True
+
+
 def wait(predicate: Callable[[], bool], timeout: float) -> float | None:
     """Seconds until `predicate` held, or None."""
     started = time.monotonic()
@@ -468,6 +477,10 @@ def main() -> None:
 
     preflight()
     ensure_database(args.orders)
+    # A restarted Typesense loads its 1M documents from disk first (minutes on loaded cores),
+    # answering 503 meanwhile: measured then, every search would go to the fallback.
+    if wait(typesense_ready, 900) is None:
+        sys.exit("drills: Typesense is not ready after 15 minutes")
     env = drill_env()
     # Every client signs in as one user here: the per-user rate limit is raised for the run.
     env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
