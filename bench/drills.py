@@ -353,7 +353,7 @@ def typesense_states() -> list[int | None]:
 
 def typesense_ready() -> bool:
     """Every node answers /health ok (a node still loading its data answers 503)."""
-    for url in os.environ["NEXES_TYPESENSE_URLS"].split():
+    for url in (os.environ.get("NEXES_TYPESENSE_URLS") or os.environ["NEXES_TYPESENSE_URL"]).split():
         with urllib.request.urlopen(url + "/health", timeout=2) as answer:
             if json.loads(answer.read()).get("ok") is not True:
                 return False
