@@ -13,7 +13,7 @@ DRILL is one of:
 
 Each drill runs against the stack `infra/stack env` describes (make drill-NAME starts one
 with only the parts its fault needs), on a database of its own (`nexes_drill`, seeded once
-with --orders), through `nexes serve --workers 2`. Before anything it logs `free -m` and
+with --orders), through `nexes serve --workers 2`. Before anything it logs `free -m`, `uptime` and
 `df -h`, and stops when less than 2 GiB of memory is available.
 
 The load: first the mix's capacity is measured (closed loop, no think time, 15 s), then the
