@@ -173,6 +173,10 @@ class SearchService:
         self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
         self._layout: tuple[float, frozenset[str]] | None = None  # (read at, the collection's fields)
         self._tries: set[asyncio.Task[Found | None]] = set()  # each node's try, the hedges' losers too
+        # Hedges in flight at most: when every node is slow (their cores starved), each hedge
+        # is more work for them; a few outrun one slow node, more would add to the load.
+        self._hedges = 0
+        self._hedge_cap = max(1, settings.search_concurrency // 4)
 
     async def breaker_state(self) -> str:
         """closed while any node's breaker is closed, else half-opened while any is, else opened."""
@@ -230,7 +234,10 @@ class SearchService:
         try at a time gave the slow one all the time and sent 3% of searches to the
         fallback (bench/README.md "Failure drills"). Every try runs to its end or to the
         timeout, the losers too, in the background, so each node's breaker counts what
-        the node really did; a node whose breaker is open is skipped."""
+        the node really did; a node whose breaker is open is skipped. At most a quarter of
+        `search_concurrency` hedges run at once per process: on cores every node shares,
+        unbounded hedges doubled the work of the slow searches just when the cores were
+        starved (the Typesense drill's second round, bench/README.md)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.typesense_timeout
         count = len(self.clients)
@@ -238,11 +245,15 @@ class SearchService:
         untried = [(start + k) % count for k in range(count)]
         running: dict[asyncio.Task[Found | None], int] = {}
         while True:
-            if untried and (not running or loop.time() < deadline):
+            hedge = bool(running)  # another try while one runs: extra work for the cluster
+            if untried and loop.time() < deadline and (not hedge or self._hedges < self._hedge_cap):
                 index = untried.pop(0)
                 task = asyncio.create_task(self._on_node(index, query, paging, deadline))
                 self._tries.add(task)
                 task.add_done_callback(self._tries.discard)
+                if hedge:
+                    self._hedges += 1
+                    task.add_done_callback(self._hedge_done)
                 running[task] = index
             if not running:
                 return None
@@ -252,12 +263,15 @@ class SearchService:
                 # that their breakers have counted them before the fallback answers.
                 await asyncio.wait(running)
                 return None
-            hedge = self.settings.search_hedge_seconds if untried else left
-            done, _ = await asyncio.wait(running, timeout=min(left, hedge), return_when=asyncio.FIRST_COMPLETED)
+            wait = self.settings.search_hedge_seconds if untried else left
+            done, _ = await asyncio.wait(running, timeout=min(left, wait), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 del running[task]
                 if (found := task.result()) is not None:
                     return found
+
+    def _hedge_done(self, task: asyncio.Task[Found | None]) -> None:
+        self._hedges -= 1
 
     async def _on_node(
         self, index: int, query: SearchQuery, paging: tuple[int, int, int], deadline: float
