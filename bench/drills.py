@@ -313,11 +313,12 @@ def longest_write_gap(load: Load) -> float | None:
     return round(max((b - a for a, b in itertools.pairwise(done)), default=0.0), 2) if done else None
 
 
-def capacity(port: int, auth: str) -> float:
-    """Requests a second the mix gets with 64 clients back to back for 15 s."""
+def capacity(port: int, auth: str, mutations: float) -> float:
+    """Requests a second the drill's mix (its share of `mutations` included: they cost more
+    than reads) gets with 64 clients back to back for 15 s."""
     import uvloop
 
-    load = Load(port, auth, clients=64, interval=0.0)
+    load = Load(port, auth, clients=64, interval=0.0, mutations=mutations)
     uvloop.run(load.run(15))
     good = [s for s in load.samples if s[3] is None]
     return len(good) / 15
@@ -487,7 +488,8 @@ def main() -> None:
     report(step="rate_limit", NEXES_RATE_LIMIT_OPERATOR=env["NEXES_RATE_LIMIT_OPERATOR"])
     auth = token(env, ("operator",))
     with api_server(args.port, env) as api:
-        rps = capacity(args.port, auth)
+        mutations = 0.2 if args.drill == "switchover" else 0.0
+        rps = capacity(args.port, auth, mutations)
         target = rps * args.share
         interval = args.clients / target
         load_average = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -498,7 +500,7 @@ def main() -> None:
             clients=args.clients,
             load_average=load_average,
         )
-        load = Load(args.port, auth, args.clients, interval, mutations=0.2 if args.drill == "switchover" else 0.0)
+        load = Load(args.port, auth, args.clients, interval, mutations=mutations)
         facts: dict[str, Any] = {}
         counters = metrics()
         times: dict[str, float] = {}
