@@ -33,7 +33,8 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import replicas
-from bench.replicas import FIRST, Load, pct
+from bench.mix import FIRST
+from bench.replicas import Load, pct
 from bench.run import bench_env, process, report
 from bench.tokens import bearer
 from nexes import settings as settings_module

@@ -8,11 +8,12 @@ DRILL is one of:
     replica     SIGKILL one of 2 replicas, start it again
     switchover  `infra/stack switchover` while mutations run (each mutation's id checked after)
     api-kill    SIGKILL one API worker process; uvicorn's supervisor replaces it
-    rolling     SIGTERM each API worker in turn (a rolling restart)
+    rolling     a rolling restart: SIGHUP to `nexes serve`, which SIGTERMs each worker in turn
+                once its replacement serves
 
 Each drill runs against the stack `infra/stack env` describes (make drill-NAME starts one
 with only the parts its fault needs), on a database of its own (`nexes_drill`, seeded once
-with --orders), through `nexes serve --workers 2`. Before anything it logs `free -m` and
+with --orders), through `nexes serve --workers 2`. Before anything it logs `free -m`, `uptime` and
 `df -h`, and stops when less than 2 GiB of memory is available.
 
 The load: first the mix's capacity is measured (closed loop, no think time, 15 s), then the
@@ -32,7 +33,6 @@ import itertools
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -50,6 +50,7 @@ import orjson
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.mix import Closed, Conn, choose, read_body, remember_page
 from nexes import settings as settings_module
 from nexes.auth.tokens import mint
 from nexes.db.connect.conninfo import environ_for_database
@@ -59,10 +60,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
 STACK = str(ROOT / "infra" / "stack")
 DB = "nexes_drill"
-CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
-PAGE = "edges { node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { endCursor }"
-FIRST = "query { serviceOrders(first: 50) { " + PAGE + " } }"
-NEXT = "query($a: String) { serviceOrders(first: 50, after: $a) { " + PAGE + " } }"
 NODE = "query($id: ID!) { node(id: $id) { id ... on ServiceOrder { sodNumber status totalAmount lines { lineNo } } } }"
 SEARCH = "query($q: String!) { search(query: $q, first: 20) { engine found edges { node { sodNumber } } } }"
 CREATE = (
@@ -86,10 +83,12 @@ def drill_env() -> dict[str, str]:
 
 
 def preflight() -> None:
-    """free -m and df -h in the report; stop below 2 GiB of available memory."""
+    """free -m, df -h and uptime (the load average) in the report; stop below 2 GiB of
+    available memory."""
     free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
     disk = subprocess.run(["df", "-h", "/tmp", str(ROOT)], capture_output=True, text=True).stdout
-    report(step="preflight", free_m=free.splitlines(), df_h=disk.splitlines())
+    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    report(step="preflight", free_m=free.splitlines(), df_h=disk.splitlines(), uptime=up)
     available = int(free.splitlines()[1].split()[6])
     if available < MIN_AVAILABLE_MIB:
         sys.exit(f"drills: only {available} MiB of memory available (at least {MIN_AVAILABLE_MIB} needed)")
@@ -195,53 +194,6 @@ def metrics() -> dict[str, float]:
 # ---------------------------------------------------------------- the load
 
 
-class Closed(Exception):
-    """A kept-alive connection was closed before any byte of the answer came."""
-
-
-class Conn:
-    """One keep-alive HTTP/1.1 connection (raw asyncio streams: httpx costs several times
-    the CPU per request, on the 2 cores the API needs). A request whose reused connection
-    turns out closed, with not a byte of answer, is sent again once on a new one, as
-    browsers and proxies do: a worker that died or restarted closes its idle connections.
-    Such retries are counted (`reconnects`), and a request that fails again is an error."""
-
-    def __init__(self, port: int, auth: str) -> None:
-        self.port, self.auth = port, auth.encode()
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, body: bytes) -> tuple[int, bytes]:
-        reused = self.writer is not None
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        assert self.reader is not None
-        try:
-            self.writer.write(
-                b"POST /graphql HTTP/1.1\r\nhost: drill\r\ncontent-type: application/json\r\n"
-                b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (self.auth, len(body), body)
-            )
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
-            self.close()
-            partial = getattr(exc, "partial", b"")
-            if reused and not partial:
-                raise Closed from None
-            raise
-        length = CONTENT_LENGTH.search(head)
-        if length is None:
-            raise RuntimeError("no content-length")
-        payload = await self.reader.readexactly(int(length[1]))
-        if b"connection: close" in head.lower():
-            self.close()
-        return int(head[9:12]), payload
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
 @dataclass
 class Load:
     """Clients sending the mix, each every `interval` seconds (0: back to back)."""
@@ -255,6 +207,7 @@ class Load:
     samples: list[tuple[float, str, float, str | None]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     engines: Counter[str] = field(default_factory=Counter)
+    answered_by: list[tuple[float, str]] = field(default_factory=list)  # (at, engine) of each search
     reconnects: int = 0
     started: float = 0.0
     _seq: int = 0
@@ -269,23 +222,12 @@ class Load:
             customer = f"C{random.randint(1, 200):06d}"
             order = {"sodNumber": sod, "customerCode": customer, "status": "OPEN", "lines": [line]}
             return "create:" + sod, orjson.dumps({"query": CREATE, "variables": {"i": order}})
-        r = random.random()
-        kind = next(k for k, share in READS if r < share)
-        if kind == "next_page" and not state.get("cursor"):
-            kind = "first_page"
-        if kind == "node" and not state.get("ids"):
-            kind = "first_page"
-        if kind == "first_page":
-            return kind, orjson.dumps({"query": FIRST})
-        if kind == "next_page":
-            return kind, orjson.dumps({"query": NEXT, "variables": {"a": state["cursor"]}})
-        if kind == "node":
-            return kind, orjson.dumps({"query": NODE, "variables": {"id": random.choice(state["ids"])}})
+        kind = choose(READS, state)
         if state.get("sods") and random.random() < 0.5:
             term = random.choice(state["sods"]).rsplit("-", 1)[-1][-5:]
         else:
             term = random.choice(WORDS)
-        return kind, orjson.dumps({"query": SEARCH, "variables": {"q": term}})
+        return kind, read_body(kind, state, node=NODE, search=SEARCH, term=term)
 
     def outcome(self, kind: str, status: int, payload: bytes, state: dict[str, Any]) -> str | None:
         """None when the answer is good, else the error's kind."""
@@ -301,12 +243,10 @@ class Load:
                 return "user_error:" + str(payload_data["errors"][0]["code"])
             self.acked.append(kind.removeprefix("create:"))
         elif kind in ("first_page", "next_page"):
-            page = data["serviceOrders"]
-            state["cursor"] = page["pageInfo"]["endCursor"] if page["edges"] else None
-            state["ids"] = [e["node"]["id"] for e in page["edges"]] or state.get("ids")
-            state["sods"] = [e["node"]["sodNumber"] for e in page["edges"]] or state.get("sods")
+            remember_page(state, data["serviceOrders"])
         elif kind == "search":
             self.engines[data["search"]["engine"]] += 1
+            self.answered_by.append((time.monotonic() - self.started, data["search"]["engine"]))
         return None
 
     async def client(self, end: float) -> None:
@@ -362,6 +302,7 @@ def phases(load: Load, fault_at: float, recovered_at: float) -> dict[str, Any]:
             "p50_ms": pct(ms, 0.5),
             "p95_ms": pct(ms, 0.95),
             "p99_ms": pct(ms, 0.99),
+            "search_engines": dict(Counter(engine for at, engine in load.answered_by if start <= at < end)),
         }
     return out
 
@@ -372,11 +313,12 @@ def longest_write_gap(load: Load) -> float | None:
     return round(max((b - a for a, b in itertools.pairwise(done)), default=0.0), 2) if done else None
 
 
-def capacity(port: int, auth: str) -> float:
-    """Requests a second the mix gets with 64 clients back to back for 15 s."""
+def capacity(port: int, auth: str, mutations: float) -> float:
+    """Requests a second the drill's mix (its share of `mutations` included: they cost more
+    than reads) gets with 64 clients back to back for 15 s."""
     import uvloop
 
-    load = Load(port, auth, clients=64, interval=0.0)
+    load = Load(port, auth, clients=64, interval=0.0, mutations=mutations)
     uvloop.run(load.run(15))
     good = [s for s in load.samples if s[3] is None]
     return len(good) / 15
@@ -408,6 +350,15 @@ def typesense_states() -> list[int | None]:
         except OSError:
             states.append(None)
     return states
+
+
+def typesense_ready() -> bool:
+    """Every node answers /health ok (a node still loading its data answers 503)."""
+    for url in (os.environ.get("NEXES_TYPESENSE_URLS") or os.environ["NEXES_TYPESENSE_URL"]).split():
+        with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+            if json.loads(answer.read()).get("ok") is not True:
+                return False
+    return True
 
 
 def wait(predicate: Callable[[], bool], timeout: float) -> float | None:
@@ -467,17 +418,15 @@ def fault_api_kill(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
 
 
 def fault_rolling(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+    """A rolling restart as `nexes serve` does it (SIGHUP, `systemctl reload nexes-api`):
+    uvicorn starts a replacement, waits until it serves, then SIGTERMs an old worker, each
+    in turn. (SIGTERM sent to each worker by hand has the supervisor start a replacement
+    only once the old one has exited: the API serves on one worker, at twice its load, for
+    the 10-15 s a replacement takes to start on these cores: the api-kill drill's case.)"""
     original = api.workers()
-    for pid in original:
-        current = set(api.workers())
-        os.kill(pid, signal.SIGTERM)
-
-        def replaced(current: set[int] = current) -> bool:
-            return len(set(api.workers()) - current) == 1 and len(api.workers()) == 2
-
-        wait(replaced, 60)
+    os.kill(api.proc.pid, signal.SIGHUP)
     facts["restarted"] = len(original)
-    return lambda: not set(api.workers()) & set(original)
+    return lambda: not set(api.workers()) & set(original) and len(api.workers()) == len(original)
 
 
 # ---------------------------------------------------------------- after the drill
@@ -529,17 +478,29 @@ def main() -> None:
 
     preflight()
     ensure_database(args.orders)
+    # A restarted Typesense loads its 1M documents from disk first (minutes on loaded cores),
+    # answering 503 meanwhile: measured then, every search would go to the fallback.
+    if wait(typesense_ready, 900) is None:
+        sys.exit("drills: Typesense is not ready after 15 minutes")
     env = drill_env()
     # Every client signs in as one user here: the per-user rate limit is raised for the run.
     env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
     report(step="rate_limit", NEXES_RATE_LIMIT_OPERATOR=env["NEXES_RATE_LIMIT_OPERATOR"])
     auth = token(env, ("operator",))
     with api_server(args.port, env) as api:
-        rps = capacity(args.port, auth)
+        mutations = 0.2 if args.drill == "switchover" else 0.0
+        rps = capacity(args.port, auth, mutations)
         target = rps * args.share
         interval = args.clients / target
-        report(step="capacity", mix_rps=round(rps, 1), offered_rps=round(target, 1), clients=args.clients)
-        load = Load(args.port, auth, args.clients, interval, mutations=0.2 if args.drill == "switchover" else 0.0)
+        load_average = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        report(
+            step="capacity",
+            mix_rps=round(rps, 1),
+            offered_rps=round(target, 1),
+            clients=args.clients,
+            load_average=load_average,
+        )
+        load = Load(args.port, auth, args.clients, interval, mutations=mutations)
         facts: dict[str, Any] = {}
         counters = metrics()
         times: dict[str, float] = {}
@@ -565,6 +526,7 @@ def main() -> None:
         after = metrics()
         report(
             step=args.drill,
+            load_average=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
             orders=args.orders,
             clients=args.clients,
             offered_rps=round(target, 1),

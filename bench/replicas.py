@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import orjson
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.mix import Closed, Conn, choose, read_body, remember_page
 from bench.run import DB, bench_env, report
 from bench.samplers import descendants, status_kib
 from bench.tokens import bearer
@@ -52,9 +52,6 @@ REPLICA_SU = "postgresql://postgres@127.0.0.1:15431/postgres"
 BENCH_SU = f"postgresql://postgres@127.0.0.1:15430/{DB}"
 BUSY = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state <> 'idle' AND pid <> pg_backend_pid()"
 
-PAGE = "edges { node { id sodNumber status createdAt totalAmount customer { name } } } pageInfo { endCursor }"
-FIRST = "query { serviceOrders(first: 50) { " + PAGE + " } }"
-NEXT = "query($a: String) { serviceOrders(first: 50, after: $a) { " + PAGE + " } }"
 NODE = (
     "query($id: ID!) { node(id: $id) { id ... on ServiceOrder { sodNumber status createdAt totalAmount "
     "currency customer { name } lines { lineNo quantity unitPrice stockItem { sku } } } } }"
@@ -290,51 +287,6 @@ class DbSampler(threading.Thread):
 
 # --- the load generator ----------------------------------------------------------------
 
-CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
-
-
-class Closed(Exception):
-    """The server closed a kept-alive connection before answering."""
-
-
-class Conn:
-    """One keep-alive HTTP/1.1 connection; POSTs JSON, reads a Content-Length body."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, body: bytes) -> tuple[int, bytes]:
-        fresh = self.writer is None
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(
-            b"POST /graphql HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            b"authorization: %s\r\ncontent-length: %d\r\n\r\n%s" % (auth()["Authorization"].encode(), len(body), body)
-        )
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            self.close()
-            if not exc.partial and not fresh:
-                raise Closed from None
-            raise
-        length = CONTENT_LENGTH.search(head)
-        if length is None:
-            self.close()
-            raise RuntimeError(f"no content-length: {head[:200]!r}")
-        payload = await self.reader.readexactly(int(length[1]))
-        if b"\r\nconnection: close" in head.lower():
-            self.close()
-        return int(head[9:12]), payload
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
 
 class Load:
     """Closed-loop clients: request, think (uniform 0.5x..1.5x `think`), request again."""
@@ -351,20 +303,9 @@ class Load:
         self.connected = 0
 
     def body(self, state: dict[str, Any]) -> tuple[str, bytes]:
-        r = random.random()
-        kind = next(k for k, share in MIX if r < share)
-        if kind == "next_page" and not state.get("cursor"):
-            kind = "first_page"
-        if kind == "node" and not state.get("ids"):
-            kind = "first_page"
-        if kind == "first_page":
-            return kind, orjson.dumps({"query": FIRST})
-        if kind == "next_page":
-            return kind, orjson.dumps({"query": NEXT, "variables": {"a": state["cursor"]}})
-        if kind == "node":
-            return kind, orjson.dumps({"query": NODE, "variables": {"id": random.choice(state["ids"])}})
-        if kind == "search":
-            return kind, orjson.dumps({"query": SEARCH, "variables": {"q": self.search_term(state)}})
+        kind = choose(MIX, state)
+        if kind != "dashboard":
+            return kind, read_body(kind, state, node=NODE, search=SEARCH, term=self.search_term(state))
         first, last = self.days
         start = first + dt.timedelta(days=random.randrange((last - first).days - 30))
         span = {"f": start.isoformat(), "t": (start + dt.timedelta(days=random.choice((1, 7, 30)))).isoformat()}
@@ -396,22 +337,15 @@ class Load:
             return
         data = doc.get("data") or {}
         if kind in ("first_page", "next_page"):
-            page = data["serviceOrders"]
-            if not page["edges"]:
+            if not remember_page(state, data["serviceOrders"]):
                 self.errors["empty_page"] += 1
-                state["cursor"] = None
-                return
-            state["cursor"] = page["pageInfo"]["endCursor"]
-            state["ids"] = [e["node"]["id"] for e in page["edges"]]
-            state["sods"] = [e["node"]["sodNumber"] for e in page["edges"]]
-            state["names"] = [e["node"]["customer"]["name"] for e in page["edges"]]
         elif kind == "node" and data.get("node") is None:
             self.errors["node_null"] += 1
         elif kind == "search":
             self.engines[data["search"]["engine"]] += 1
 
     async def client(self, end: float) -> None:
-        conn = Conn("127.0.0.1", self.port)
+        conn = Conn(self.port, auth()["Authorization"])
         state: dict[str, Any] = {}
         await asyncio.sleep(random.uniform(0, self.think * 1.5))  # spread the arrivals
         loop = asyncio.get_running_loop()

@@ -82,6 +82,9 @@ class Settings:
     # ranked (`foundExact: false`): a word in a million of 10M orders takes 320 ms to rank
     # in full on two cores, which a mix of many users' searches cannot afford.
     search_cutoff_ms: int = 60
+    # A search that one Typesense node has not answered after this long is sent to the
+    # next node as well, and the first answer wins (several nodes only).
+    search_hedge_seconds: float = 0.3
     # Outbox rows a sync claims per transaction, and documents per Typesense import. A
     # 1M-row backlog drained in 75 s at 5,000 against 142 s at 1,000 (bench/README.md
     # "Search"); a quiet outbox makes small batches whatever this says.
@@ -274,6 +277,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             typesense_collection=config("NEXES_TYPESENSE_COLLECTION", default="service_orders"),
             typesense_timeout=max(0.05, _positive(config, "NEXES_TYPESENSE_TIMEOUT", 1.0, float)),
             search_cutoff_ms=max(1, int(_positive(config, "NEXES_SEARCH_CUTOFF_MS", 60, int))),
+            search_hedge_seconds=max(0.01, _positive(config, "NEXES_SEARCH_HEDGE_SECONDS", 0.3, float)),
             search_sync_batch=max(1, int(_positive(config, "NEXES_SEARCH_SYNC_BATCH", 5_000, int))),
             reindex_batch=max(1, int(_positive(config, "NEXES_REINDEX_BATCH", 20_000, int))),
             search_sweep_seconds=max(0.1, _positive(config, "NEXES_SEARCH_SWEEP_SECONDS", 2.0, float)),

@@ -12,11 +12,11 @@ import httpx
 import psycopg
 import pytest
 
-from nexes.db import partitions
+from nexes.db import order_write, partitions
 from nexes.db.invariants import check_all
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
-from tests.support.databases import own_database
+from tests.support.databases import own_database, superuser_url
 
 DB = "nexes_t_mutations"
 # The orders' day: in a live quarter on any date (the quarters reach 5 years back and 4 ahead);
@@ -393,4 +393,66 @@ async def test_an_order_dated_past_the_customer_totals_horizon_rolls_them_forwar
         [horizon],
     ).fetchone()
     assert db.execute("SELECT count(*) FROM customer_stat_cum WHERE year = %s", [horizon + 1]).fetchone() == expected
+    assert_invariants(db)
+
+
+HOT_BUCKET = "SELECT 1 FROM dashboard_stat WHERE day = %s AND status = 'OPEN' AND currency = 'EUR' FOR UPDATE"
+LOCK_WAITER = (
+    "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+    "AND usename = 'nexes_api'"
+)
+
+
+async def lock_waiter(db: psycopg.Connection) -> tuple[int, str]:
+    """The API's backend waiting for a row lock (10 s at most)."""
+    for _ in range(200):
+        row = db.execute(LOCK_WAITER).fetchone()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        await asyncio.sleep(0.05)
+    raise AssertionError("no API backend waited for the lock")
+
+
+async def test_a_create_locks_the_shared_rows_only_in_the_message_that_commits_it(
+    client: httpx.AsyncClient, db: psycopg.Connection, write_db: Settings
+) -> None:
+    # Every order of a day, status and currency updates one dashboard_stat row. Locked
+    # earlier, the row was held across the payload's reads and the COMMIT's round trip,
+    # each waiting for the API's busy event loop, and mutations queued on it for seconds
+    # (the switchover drill, bench/README.md): so it must be taken by the committing message.
+    await create(client, order_input("MUT-HOT-0"))  # the bucket's row exists
+    with psycopg.connect(write_db.admin_url) as blocker:
+        blocker.execute(HOT_BUCKET, [CREATED_DAY])
+        task = asyncio.create_task(create(client, order_input("MUT-HOT-1")))
+        _, query = await lock_waiter(db)
+        # The waiting message (its text cut at track_activity_query_size), past the request
+        # id's comment, is the start of the hot statements and their COMMIT.
+        message = query.split("*/", 1)[1].strip()
+        assert len(message) > 100 and order_write.APPLY_HOT_COMMIT_SCRIPT.strip().startswith(message), query
+        blocker.rollback()
+    result = await asyncio.wait_for(task, 30)
+    assert result["errors"] == [] and result["serviceOrder"]["sodNumber"] == "MUT-HOT-1"
+    assert_invariants(db)
+
+
+async def test_a_create_whose_committing_message_fails_leaves_nothing_behind(
+    client: httpx.AsyncClient, db: psycopg.Connection, write_db: Settings
+) -> None:
+    await create(client, order_input("MUT-HOT-2"))
+    stock = on_hand(db, "SKU-00001")
+    audited = db.execute("SELECT count(*) FROM audit_event").fetchone()
+    with psycopg.connect(write_db.admin_url) as blocker:
+        blocker.execute(HOT_BUCKET, [CREATED_DAY])
+        task = asyncio.create_task(gql(client, CREATE, {"input": order_input("MUT-HOT-3")}))
+        pid, _ = await lock_waiter(db)
+        with psycopg.connect(superuser_url(write_db.admin_url), autocommit=True) as su:
+            su.execute("SELECT pg_cancel_backend(%s)", [pid])  # the last message fails, the block is open
+        body = await asyncio.wait_for(task, 30)
+        blocker.rollback()
+    assert error_codes(body) == ["TIMEOUT"], body
+    assert db.execute("SELECT count(*) FROM service_order_key WHERE sod_number = 'MUT-HOT-3'").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM audit_event").fetchone() == audited
+    assert on_hand(db, "SKU-00001") == stock
+    # The connection went back to its pool usable: the next mutation commits.
+    assert (await create(client, order_input("MUT-HOT-3")))["errors"] == []
     assert_invariants(db)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,3 +126,46 @@ def test_one_ops_address_serves_the_series_of_every_worker(seeded: Settings) -> 
     # The shared directory goes with the server.
     assert not directory.exists()
     assert not os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # only `nexes serve`'s own environment had it
+
+
+LIVE = b"GET /api/health/live HTTP/1.1\r\nhost: t\r\n\r\n"
+
+
+def answer(sock: socket.socket) -> bytes:
+    """One HTTP answer's bytes (head and Content-Length body), or what came before EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: *(\d+)", head, re.I)[1])  # type: ignore[index]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_worker_that_shuts_down_answers_requests_on_its_open_connections(seeded: Settings) -> None:
+    # uvicorn's own shutdown closed idle keep-alive connections at once, and a connection
+    # accepted whose request was not read yet counted as idle: a request sent just then got
+    # a reset (the rolling-restart drill, bench/README.md). `nexes serve` drains instead.
+    with serve(seeded) as api:
+        port = int(api.public.rsplit(":", 1)[1])
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kept.sendall(LIVE)
+        assert answer(kept).startswith(b"HTTP/1.1 200")
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=10)  # accepted, no request yet
+        api.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # uvicorn checks for the signal every 0.1 s, then shuts down
+        assert api.proc.poll() is None, "the worker exited with connections open"
+        for sock in (kept, fresh):
+            sock.sendall(LIVE)
+            got = answer(sock)
+            assert got.startswith(b"HTTP/1.1 200") and b"connection: close" in got.lower(), got
+            sock.close()
+        # With its connections closed and no new ones accepted, the worker exits.
+        assert api.proc.wait(timeout=15) is not None

@@ -5,6 +5,7 @@ again finds what the first call made and changes nothing."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -130,11 +131,18 @@ async def current_lines(conn: AsyncConnection[Any], order_id: int, created_at: A
     return await cur.fetchall()
 
 
+def order_transaction(conn: AsyncConnection[Any]) -> AbstractAsyncContextManager[None]:
+    """The transaction of a mutation that stages orders: its hot rows (stats, stock) are
+    locked by the message that commits it (order_write.hot_rows_last)."""
+    return order_write.hot_rows_last(conn)
+
+
 async def stage(
     conn: AsyncConnection[Any], orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]], *, by: Actor, action: str
 ) -> list[tuple[Any, ...]]:
-    """Stage orders and lines (order_write.ORDER_COLUMNS / LINE_COLUMNS) and apply them; every
-    order inserted or updated gets its audit row (`action` by `by`), an unchanged one none."""
+    """Stage orders and lines (order_write.ORDER_COLUMNS / LINE_COLUMNS) and apply them but
+    the hot rows, which the caller's `order_transaction` applies as it commits; every order
+    inserted or updated gets its audit row (`action` by `by`), an unchanged one none."""
     await conn.execute(order_write.STAGE_SCRIPT)
     cur = conn.cursor()
     async with cur.copy(order_write.COPY_ORDERS) as copy:
@@ -143,7 +151,7 @@ async def stage(
     async with cur.copy(order_write.COPY_LINES) as copy:
         for line in lines:
             await copy.write_row(line)
-    results = await order_write.apply_async(conn)
+    results = await order_write.apply_cold_async(conn)
     await audit.record_orders(conn, by, action)
     return results
 

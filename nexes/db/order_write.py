@@ -27,9 +27,13 @@ joins between the small temp tables keep their hash joins.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, LiteralString
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 STAGE: list[LiteralString] = [
     """
@@ -364,6 +368,7 @@ LINE_COLUMNS = ("sod_number", "line_no", "stock_item_id", "quantity", "unit_pric
 APPLY_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY, *APPLY_HOT])
 APPLY_COLD_SCRIPT: LiteralString = ";\n".join([BOUNDS, *APPLY])
 APPLY_HOT_SCRIPT: LiteralString = ";\n".join(APPLY_HOT)
+APPLY_HOT_COMMIT_SCRIPT: LiteralString = ";\n".join([*APPLY_HOT, "COMMIT"])
 STAGE_SCRIPT: LiteralString = ";\n".join(STAGE)
 
 
@@ -373,12 +378,36 @@ def apply(conn: psycopg.Connection[Any]) -> None:
     conn.execute(APPLY_SCRIPT)
 
 
-async def apply_async(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-    """Apply what is staged; one result row per order:
+async def apply_cold_async(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Apply what is staged but the hot rows (in a `hot_rows_last` transaction, which
+    applies them as it commits); one result row per order:
     (sod_number, outcome, code, field, message, id, created_at)."""
-    await conn.execute(APPLY_SCRIPT)
+    await conn.execute(APPLY_COLD_SCRIPT)
     cur = await conn.execute(RESULTS)
     return await cur.fetchall()
+
+
+@asynccontextmanager
+async def hot_rows_last(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A transaction (on an autocommit connection) that ends with APPLY_HOT and its COMMIT
+    in one message, so the hot rows are held for the server's time alone.
+
+    Every order of the day, status and currency updates one dashboard_stat row, so
+    mutations queue on it; held across the round trips that followed (results, audit,
+    the payload's reads, COMMIT), each waiting for a busy API event loop, it made every
+    mutation hold it for 0.1-1 s and locked out the rest (the switchover drill, bench/
+    README.md). Whatever the block does runs before; an error rolls it all back."""
+    await conn.execute("BEGIN")
+    try:
+        yield
+        await conn.execute(APPLY_HOT_COMMIT_SCRIPT)
+    except BaseException:
+        # A statement of the script failed (the rest of it, COMMIT included, was skipped)
+        # or the block raised: roll back; a broken connection is the pool's to discard.
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
+        raise
 
 
 COPY_ORDERS: LiteralString = (

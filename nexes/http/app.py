@@ -46,6 +46,7 @@ from nexes.observability import (
     tracing_enabled,
     valid_request_id,
 )
+from nexes.search.engine import service_for
 from nexes.search.health import SearchCheck
 from nexes.settings import Settings
 
@@ -308,8 +309,12 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pools.open()
+        # uvicorn accepts only once this returns: a new worker (a rolling restart) takes
+        # requests with its connections made and its search client warm.
+        await pools.wait(settings.pool_timeout)
         await monitor.start()
         await verifier.start()
+        await service_for(settings).warm()
         # Start-up objects live forever: keep the collector from scanning them again.
         gc.collect()
         gc.freeze()

@@ -220,7 +220,7 @@ async def _create_order(info: Info, order: OrderIn) -> tuple[ServiceOrder | None
         return None, errors
 
     async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
-        async with conn.transaction():
+        async with db.order_transaction(conn):
             found: list[UserError] = []
             customer_id = await resolve_customer(conn, order, found)
             items = await resolve_skus(conn, numbered, found)
@@ -287,7 +287,7 @@ async def _update_order(
         return None, errors
 
     async def work(conn: AsyncConnection[Any]) -> ServiceOrder | None:
-        async with conn.transaction():
+        async with db.order_transaction(conn):
             # The key's lock first: what is read below cannot change before it is applied.
             if not await db.lock_order(conn, sod):
                 raise Rejected([user_error(Code.NOT_FOUND, f"no order has SOD number {sod!r}", "sodNumber")])

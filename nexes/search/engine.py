@@ -6,12 +6,14 @@ async support needs Tornado. There is one per Typesense node (NEXES_TYPESENSE_UR
 `search_breaker_failures` failures in a row a node's breaker opens and searches skip that
 node for `search_breaker_reset` seconds; then one search tries it again and closes it on
 success. A search that fails on one node goes on to the next within the same search
-timeout; only when every node has failed, or is skipped, does PostgreSQL answer.
+timeout, and one that a node is slow to answer is sent to the next as well (hedged);
+only when every node has failed, or is skipped, does PostgreSQL answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import re
@@ -170,6 +172,11 @@ class SearchService:
         self.slots = asyncio.Semaphore(settings.search_concurrency)
         self.fallback_slots = asyncio.Semaphore(settings.search_fallback_concurrency)
         self._layout: tuple[float, frozenset[str]] | None = None  # (read at, the collection's fields)
+        self._tries: set[asyncio.Task[Found | None]] = set()  # each node's try, the hedges' losers too
+        # Hedges in flight at most: when every node is slow (their cores starved), each hedge
+        # is more work for them; a few outrun one slow node, more would add to the load.
+        self._hedges = 0
+        self._hedge_cap = max(1, settings.search_concurrency // 4)
 
     async def breaker_state(self) -> str:
         """closed while any node's breaker is closed, else half-opened while any is, else opened."""
@@ -179,6 +186,13 @@ class SearchService:
     async def breaker_states(self) -> dict[str, str]:
         """Each node's breaker: closed, opened or half-opened."""
         return {name: str((await self.breakers.get_breaker(name)).context.state) for name in self.breaker_names}
+
+    async def warm(self) -> None:
+        """Connect to the nodes and read the collection's layout before the first search
+        (at a worker's start: a search must not pay for it); bounded by the search timeout."""
+        for client in self.clients:
+            with contextlib.suppress(*TYPESENSE_ERRORS):
+                await asyncio.wait_for(self._fields(client), self.settings.typesense_timeout)
 
     async def search(self, query: SearchQuery, router: Router) -> Found:
         async with self._slot(self.slots, "search", "search is busy with other searches; retry in a moment"):
@@ -209,35 +223,70 @@ class SearchService:
         return found
 
     async def _typesense_nodes(self, query: SearchQuery, paging: tuple[int, int, int]) -> Found | None:
-        """Typesense's answer from the first node that gives one, or None. Each node is tried
-        once, starting with the next in turn, all within the one search timeout. A dead node
-        refuses at once and costs nothing. A node that hangs takes what is left of this
-        search's time (an even share would cut short a slow but healthy node on loaded
-        cores: a 1M-document cluster on two busy cores answered in 300-600 ms, and a third
-        of a second sent most searches to the fallback); after `search_breaker_failures`
-        of those its breaker opens and searches skip it."""
-        deadline = time.monotonic() + self.settings.typesense_timeout
+        """Typesense's answer from the first node that gives one, or None, all within the
+        one search timeout. The search starts on the next node in turn. A node that fails
+        (a dead one refuses at once; one that restarts answers 503) hands it to the next
+        at once; one that has not answered after `search_hedge_seconds` gets company: the
+        same search on the next node, and the first answer wins (a hedged request). A
+        1M-document cluster on two loaded cores answered most searches in 100-400 ms and
+        some past the whole second, slow on one node at a time (the node that restarts
+        and catches up, the leader taking the writes held back during an election): one
+        try at a time gave the slow one all the time and sent 3% of searches to the
+        fallback (bench/README.md "Failure drills"). Every try runs to its end or to the
+        timeout, the losers too, in the background, so each node's breaker counts what
+        the node really did; a node whose breaker is open is skipped. At most a quarter of
+        `search_concurrency` hedges run at once per process: on cores every node shares,
+        unbounded hedges doubled the work of the slow searches just when the cores were
+        starved (the Typesense drill's second round, bench/README.md)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.typesense_timeout
         count = len(self.clients)
         start, self._next = self._next, (self._next + 1) % count
-        for tried in range(count):
-            index = (start + tried) % count
-            left = deadline - time.monotonic()
+        untried = [(start + k) % count for k in range(count)]
+        running: dict[asyncio.Task[Found | None], int] = {}
+        while True:
+            hedge = bool(running)  # another try while one runs: extra work for the cluster
+            if untried and loop.time() < deadline and (not hedge or self._hedges < self._hedge_cap):
+                index = untried.pop(0)
+                task = asyncio.create_task(self._on_node(index, query, paging, deadline))
+                self._tries.add(task)
+                task.add_done_callback(self._tries.discard)
+                if hedge:
+                    self._hedges += 1
+                    task.add_done_callback(self._hedge_done)
+                running[task] = index
+            if not running:
+                return None
+            left = deadline - loop.time()
             if left <= 0:
-                break
-            try:
-                async with await self.breakers.get_breaker(self.breaker_names[index]):
-                    return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), left)
-            except OpenedState:
-                continue
-            except TYPESENSE_ERRORS as exc:
-                log.warning(
-                    "search: Typesense node %d failed (%s: %s)%s",
-                    index + 1,
-                    type(exc).__name__,
-                    exc,
-                    "; trying the next node" if tried + 1 < count else "; answering from PostgreSQL",
-                )
-        return None
+                # The tries end at the deadline too (their own timeout): wait for them, so
+                # that their breakers have counted them before the fallback answers.
+                await asyncio.wait(running)
+                return None
+            wait = self.settings.search_hedge_seconds if untried else left
+            done, _ = await asyncio.wait(running, timeout=min(left, wait), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del running[task]
+                if (found := task.result()) is not None:
+                    return found
+
+    def _hedge_done(self, task: asyncio.Task[Found | None]) -> None:
+        self._hedges -= 1
+
+    async def _on_node(
+        self, index: int, query: SearchQuery, paging: tuple[int, int, int], deadline: float
+    ) -> Found | None:
+        """One try on node `index`, until `deadline`, through its breaker; None when the
+        node failed, timed out or is skipped (its breaker open)."""
+        try:
+            async with await self.breakers.get_breaker(self.breaker_names[index]):
+                left = deadline - asyncio.get_running_loop().time()
+                return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), max(left, 0.0))
+        except OpenedState:
+            return None
+        except TYPESENSE_ERRORS as exc:
+            log.warning("search: Typesense node %d failed (%s: %s)", index + 1, type(exc).__name__, exc)
+            return None
 
     async def _fields(self, client: AsyncClient) -> frozenset[str]:
         """The fields of the alias's collection: one made by an older schema lacks

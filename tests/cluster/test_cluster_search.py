@@ -138,3 +138,25 @@ async def test_a_sigkilled_node_sends_no_search_to_the_fallback_and_catches_up(
     assert delayed < 60
     detail = (await api.get("/api/health/detail")).json()
     assert detail["search"]["typesense"] in ("ok", "degraded")
+
+
+async def test_a_hung_node_is_outrun_by_the_next_and_sends_no_search_to_the_fallback(
+    cluster_settings: Settings, api: httpx.AsyncClient
+) -> None:
+    # SIGSTOP: the node's process stays, its sockets accept and nothing answers, as a node
+    # starved of CPU or stuck in a long pause does. Each search that starts on it is sent
+    # to the next node as well after NEXES_SEARCH_HEDGE_SECONDS, which answers, instead of
+    # waiting the whole NEXES_TYPESENSE_TIMEOUT for it and then asking the fallback.
+    assert wait_for(lambda: cluster_healthy(cluster_settings), timeout=90, interval=0.5)
+    follower = [raft_state(url) for url in cluster_settings.typesense_urls].index(4)
+    with psycopg.connect(cluster_settings.admin_url, autocommit=True) as conn:
+        _, sod, _, _ = pick(conn)
+    pid = pid_of(NODES[follower])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Searches start on each node in turn: the first three include one on the hung node.
+        engines = await searches(api, sod, 12)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert engines == ["TYPESENSE"] * 12
+    assert wait_for(lambda: cluster_healthy(cluster_settings), timeout=90, interval=0.5)

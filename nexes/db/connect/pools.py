@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from nexes.db.connect import session_tag
 from nexes.db.connect.conninfo import for_role
@@ -74,6 +75,14 @@ class Pools:
         # SERVICE_UNAVAILABLE (or another server) instead of a process that never starts.
         for pool in self.all():
             await pool.open(wait=False)
+
+    async def wait(self, timeout: float) -> None:
+        """Until the SPA's pools hold their connections, at most `timeout` seconds each: a
+        worker that starts (a rolling restart) takes traffic only once it can serve it
+        without making connections first. A server that is down only delays the start."""
+        for pool in (self.primary, *self.replicas):
+            with contextlib.suppress(PoolTimeout):
+                await pool.wait(timeout)
 
     async def close(self) -> None:
         for pool in self.all():
