@@ -11,7 +11,11 @@ Anything else takes graphql-core's own path, field by field: fields with resolve
 arguments, permissions or extensions; fields a field guard covers (hooks.FieldGuard);
 objects, lists and abstract types; and any leaf whose value is None or fails to
 serialize, so that nulls and errors (non-null propagation, messages, paths) are exactly
-the stock executor's. Tests compare the two on the same documents. It relies on
+the stock executor's. The one field with a resolver it takes off graphql-core's hands is a
+field with a batch under a compiled list (Customer.serviceOrders under a page of
+customers: compiled.Slot, `_fill`), resolved once for the whole list; should the batch
+fail, the list is completed again the stock way. Tests compare the two on the same
+documents. It relies on
 graphql-core internals (`execute_fields`, `execute_field`), so graphql-core and
 strawberry are pinned.
 """
