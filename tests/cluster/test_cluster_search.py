@@ -39,7 +39,12 @@ def cluster_settings(template_settings: Settings) -> Iterator[Settings]:
 
 @pytest.fixture
 async def api(cluster_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(cluster_settings) as client:
+    """An API whose search service is new (one per settings object and event loop): a
+    service the test before used holds that test's breakers, and one a kill left open for
+    NEXES_SEARCH_BREAKER_RESET seconds sent the next test's searches to the fallback (twice
+    in seven runs of `make test-cluster`). Each test starts from healthy nodes and a process
+    that has seen no fault."""
+    async with client_for(replace(cluster_settings)) as client:
         yield client
 
 
@@ -141,18 +146,8 @@ async def test_a_sigkilled_node_sends_no_search_to_the_fallback_and_catches_up(
     assert detail["search"]["typesense"] in ("ok", "degraded")
 
 
-@pytest.fixture
-async def fresh_api(cluster_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An API whose search service (one per settings object and event loop) is new: the kill
-    tests leave a node's breaker open for NEXES_SEARCH_BREAKER_RESET seconds in theirs, and
-    a search that meets two open breakers and the hung node has nowhere to go (seen once in
-    four runs of `make test-cluster`)."""
-    async with client_for(replace(cluster_settings)) as client:
-        yield client
-
-
 async def test_a_hung_node_is_outrun_by_the_next_and_sends_no_search_to_the_fallback(
-    cluster_settings: Settings, fresh_api: httpx.AsyncClient
+    cluster_settings: Settings, api: httpx.AsyncClient
 ) -> None:
     # SIGSTOP: the node's process stays, its sockets accept and nothing answers, as a node
     # starved of CPU or stuck in a long pause does. Each search that starts on it is sent
@@ -166,7 +161,7 @@ async def test_a_hung_node_is_outrun_by_the_next_and_sends_no_search_to_the_fall
     os.kill(pid, signal.SIGSTOP)
     try:
         # Searches start on each node in turn: the first three include one on the hung node.
-        engines = await searches(fresh_api, sod, 12)
+        engines = await searches(api, sod, 12)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert engines == ["TYPESENSE"] * 12
