@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from typesense.exceptions import TypesenseClientError
 from nexes.db import search as search_db
 from nexes.jobs import imports_runner as import_runner
 from nexes.search import collection, drift, engine
+from nexes.search import reindex as reindex_module
 from nexes.search.client import sync_client
 from nexes.search.reindex import reindex
 from nexes.search.sync import drain
@@ -34,7 +36,7 @@ from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
 from tests.support.brokers import broker_for, empty
 from tests.support.imports import csv_bytes, line, store_async
-from tests.support.replicas import health_detail
+from tests.support.replicas import health_detail, replay_paused
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now, worker_pool
 from tests.support.stack import ROOT, stack
 from tests.support.waits import eventually, wait_for
@@ -130,6 +132,27 @@ def test_reindex_fills_a_new_versioned_collection_swaps_the_alias_and_drops_the_
     assert report.documents == search_db.count_orders(db) and report.failed == 0
     assert no_drift(index_diff(search_db_settings, db))
     assert db.execute("SELECT outcome FROM search_reindex ORDER BY id DESC LIMIT 1").fetchone() == ("swapped",)
+
+
+def test_a_reindex_that_waits_too_long_for_the_replica_says_how_far_the_replica_got(
+    search_db_settings: Settings, ts: typesense.Client, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay paused on the real replica: the run's snapshot would miss what was committed
+    before it, so the reindex gives up after REPLAY_WAIT (shortened here) with what an
+    operator needs (what the replica received and replayed, that replay is paused), and the
+    alias stays on the collection it had."""
+    alias = search_db_settings.typesense_collection
+    before = collection.alias_target(ts, alias)
+    monkeypatch.setattr(reindex_module, "REPLAY_WAIT", 1.0)
+    with replay_paused(search_db_settings), pytest.raises(TimeoutError) as raised:
+        reindex(search_db_settings, ts, batch=300)
+    lsn = r"[0-9A-F]+/[0-9A-F]+"
+    assert re.search(
+        rf"has not replayed {lsn} after 1s: received up to {lsn}, replayed up to {lsn} \(replay paused\)",
+        str(raised.value),
+    ), raised.value
+    assert collection.alias_target(ts, alias) == before
+    assert db.execute("SELECT outcome FROM search_reindex ORDER BY id DESC LIMIT 1").fetchone() == ("abandoned",)
 
 
 async def test_health_shows_the_latest_reindex_and_its_progress(

@@ -148,6 +148,12 @@ FORGET_CHANGES = "DELETE FROM search_reindex_change WHERE reindex_id = %(run)s"
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
 # On a standby: has it replayed that far? On a primary (no replicas configured): yes.
 REPLAYED = "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn"
+# Why a standby is behind: WAL not arriving (received stands still), or not replayed
+# (received ahead: replay paused, or waiting out a recovery conflict).
+STANDBY_POSITION = (
+    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
+    "pg_is_wal_replay_paused(), pg_last_xact_replay_timestamp()::text"
+)
 REINDEX_DOCUMENTS = (
     "SELECT o.id, o.sod_number, c.name, c.code, o.description, o.status::text, o.currency, o.created_at, "
     "o.total_amount, o.updated_at FROM service_order AS o JOIN customer AS c ON c.id = o.customer_id"
@@ -227,6 +233,18 @@ def current_lsn(conn: psycopg.Connection[Any]) -> str:
 def replayed(conn: psycopg.Connection[Any], lsn: str) -> bool:
     row = conn.execute(REPLAYED, {"lsn": lsn}).fetchone()
     return bool(row and row[0])
+
+
+def standby_position(conn: psycopg.Connection[Any]) -> str:
+    """Where a standby stands, for an operator reading why it is behind."""
+    row = conn.execute(STANDBY_POSITION).fetchone()
+    if row is None:
+        return "unknown"
+    received, replayed_to, paused, last_replayed = row
+    return (
+        f"received up to {received}, replayed up to {replayed_to}"
+        f"{' (replay paused)' if paused else ''}, last transaction replayed at {last_replayed}"
+    )
 
 
 def estimate_orders(conn: psycopg.Connection[Any]) -> int:

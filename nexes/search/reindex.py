@@ -176,7 +176,8 @@ def _wait_for_replay(replica: psycopg.Connection[tuple[object, ...]], lsn: str) 
     deadline = time.monotonic() + REPLAY_WAIT
     while not search_db.replayed(replica, lsn):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the replica has not replayed {lsn} after {REPLAY_WAIT:.0f}s")
+            position = search_db.standby_position(replica)
+            raise TimeoutError(f"the replica has not replayed {lsn} after {REPLAY_WAIT:.0f}s: {position}")
         time.sleep(0.05)
 
 
