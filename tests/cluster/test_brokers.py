@@ -85,9 +85,14 @@ def orders_once(settings: Settings) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def finished(settings: Settings, job_id: int, timeout: float) -> str:
+def logs(log_dir: Path) -> str:
+    """The tail of each process's log, for a failure's message."""
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(log_dir.glob("*.log")))
+
+
+def finished(settings: Settings, job_id: int, timeout: float, log_dir: Path) -> str:
     done = wait_for(lambda: job_state(settings, job_id)[0] not in ("QUEUED", "RUNNING"), timeout=timeout, interval=0.2)
-    assert done, f"the import was still {job_state(settings, job_id)[0]} after {timeout:.0f}s"
+    assert done, f"the import was still {job_state(settings, job_id)} after {timeout:.0f}s\n{logs(log_dir)}"
     return job_state(settings, job_id)[0]
 
 
@@ -111,17 +116,16 @@ def test_an_import_ends_once_and_exact_through_two_worker_sigkills(
         while kills < 2:
             attempts = job_state(settings, job_id)[1]
             assert wait_for(lambda a=attempts: job_state(settings, job_id)[1] > a, timeout=90, interval=0.05), (
-                "no worker took the job up"
+                f"no worker took the job up after {kills} kill(s): {job_state(settings, job_id)}\n{logs(tmp_path)}"
             )
             time.sleep(0.3)  # into its work
             procs.kill_worker()
             kills += 1
             procs.start_worker()
-        status = finished(settings, job_id, 180)
+        status = finished(settings, job_id, 180, tmp_path)
     finally:
         procs.stop()
-    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
-    assert status == "SUCCEEDED", logs[-3000:]
+    assert status == "SUCCEEDED", logs(tmp_path)
     assert orders_once(settings) == (ORDERS, 0)
     assert invariants(settings) == []
 
@@ -139,10 +143,10 @@ def test_a_queued_import_survives_a_restart_of_the_broker(
     procs = Processes(env, tmp_path)
     try:
         procs.start_worker()
-        status = finished(settings, job_id, 180)
+        status = finished(settings, job_id, 180, tmp_path)
     finally:
         procs.stop()
-    assert status == "SUCCEEDED"
+    assert status == "SUCCEEDED", logs(tmp_path)
     assert orders_once(settings) == (ORDERS, 0)
     assert invariants(settings) == []
 
