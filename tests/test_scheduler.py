@@ -17,6 +17,7 @@ from nexes.db.connect.conninfo import environ_for_database
 from nexes.jobs import scheduler
 from nexes.settings import Settings
 from tests.support.processes import wait_for_log
+from tests.support.scheduler import leading_scheduler
 from tests.support.waits import wait_for
 
 
@@ -49,21 +50,11 @@ def test_a_leader_whose_lock_another_took_stops_instead_of_leading_beside_it(set
     """The lock expired while Redis was away and a standby took it (here: its key rewritten
     with another token, as the standby's acquire writes it): at its next renewal the old
     leader stops, so only one scheduler sends the periodic jobs."""
-    client = redis.Redis.from_url(settings.redis_url)
-    client.delete(scheduler.LOCK_NAME)
-    stop = threading.Event()
-    leader = threading.Thread(target=scheduler.run, args=(settings, stop), daemon=True)
-    leader.start()
-    try:
-        assert wait_for(lambda: client.get(scheduler.LOCK_NAME) is not None)
+    with leading_scheduler(settings) as (client, leader):
         client.set(scheduler.LOCK_NAME, b"another-scheduler", ex=int(scheduler.LOCK_TTL))
         leader.join(timeout=scheduler.LOCK_TTL / 3 + 10)  # its next renewal, every third of the TTL
         assert not leader.is_alive(), "the old leader still runs beside the new one"
         assert client.get(scheduler.LOCK_NAME) == b"another-scheduler"  # it did not release the other's lock
-    finally:
-        stop.set()
-        leader.join(timeout=20)
-        client.delete(scheduler.LOCK_NAME)
 
 
 def test_two_scheduler_processes_one_leads_and_the_other_takes_over_when_it_is_killed(

@@ -10,7 +10,6 @@ chunk); the workers and this test use Redis db 7 for the scheduler's lock and ra
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +18,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import redis
 
 from bench.gen_import import generate_csv
 from nexes.db.invariants import check_all
@@ -29,6 +27,7 @@ from tests.support.brokers import empty, send
 from tests.support.databases import drop_database
 from tests.support.processes import Processes
 from tests.support.replicas import monitor_of
+from tests.support.scheduler import leading_scheduler
 from tests.support.stack import stack
 from tests.support.waits import eventually, wait_for
 from tests.support.workers import environ, fresh, job_state, store
@@ -194,13 +193,7 @@ def test_the_scheduler_keeps_its_lead_through_a_restart_of_redis(settings: Setti
     neither stops nor leaves the lead to a second scheduler."""
     from nexes.jobs import scheduler
 
-    client = redis.Redis.from_url(settings.redis_url)
-    client.delete(scheduler.LOCK_NAME)
-    stop = threading.Event()
-    leader = threading.Thread(target=scheduler.run, args=(settings, stop), daemon=True)
-    leader.start()
-    try:
-        assert wait_for(lambda: client.get(scheduler.LOCK_NAME) is not None)
+    with leading_scheduler(settings) as (client, leader):
         token = client.get(scheduler.LOCK_NAME)
         time.sleep(1.2)  # the append-only file is written every second
         stack("down", "redis")
@@ -210,7 +203,3 @@ def test_the_scheduler_keeps_its_lead_through_a_restart_of_redis(settings: Setti
         renewed = wait_for(lambda: client.pttl(scheduler.LOCK_NAME) > left, timeout=scheduler.LOCK_TTL / 3 + 10)
         assert renewed, "the leader did not renew its lock after the restart"
         assert leader.is_alive() and client.get(scheduler.LOCK_NAME) == token
-    finally:
-        stop.set()
-        leader.join(timeout=20)
-        client.delete(scheduler.LOCK_NAME)
