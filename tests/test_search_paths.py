@@ -31,6 +31,7 @@ from tests.conftest import client_for, error_codes, gql
 from tests.support.brokers import broker_for, empty, waiting
 from tests.support.replicas import fast, replay_paused, wait_for_replica, wait_for_state
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now
+from tests.support.waits import eventually
 
 DB = "nexes_t_search_paths"
 REDIS_DB = 11
@@ -181,10 +182,24 @@ async def test_slow_or_erroring_typesense_falls_back_to_postgres_opens_the_break
             # Open: PostgreSQL answers without Typesense being asked.
             answered_by(await search(api, sod), "POSTGRES")
             assert fake.requests == asked and await service.breaker_state() == "opened"
-            # The fault is over: after the reset time one search tries Typesense and closes it.
+            # The fault is over: after the reset time a search tries Typesense and closes it.
+            # On a loaded machine the real server may miss this test's 0.5 s timeout once
+            # (seen with other sessions' drills on the two cores): the breaker then opens for
+            # another reset time and a later search closes it.
             fake.mode = "real"
             await asyncio.sleep(settings.search_breaker_reset + 0.3)
-            result = answered_by(await search(api, sod), "TYPESENSE")
+
+            async def by_typesense() -> dict[str, Any] | None:
+                body = await search(api, sod)
+                assert error_codes(body) == [], body
+                found: dict[str, Any] = body["data"]["search"]
+                if found["engine"] == "TYPESENSE":
+                    return found
+                await asyncio.sleep(settings.search_breaker_reset)
+                return None
+
+            result = await eventually(by_typesense, timeout=30)
+            assert result is not None, "Typesense answered again, but the breaker never closed"
             assert sod in [e["node"]["sodNumber"] for e in result["edges"]]
             assert fake.requests > asked and await service.breaker_state() == "closed"
 
