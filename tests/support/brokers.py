@@ -73,8 +73,24 @@ def wait_until_consuming(settings: Settings, message: dramatiq.Message[Any], tim
 def take_message(broker: dramatiq.Broker, queue: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     """The first waiting message of `queue` that `match` accepts (its fields as Dramatiq
     encodes them: actor_name, args, options...), taken off the broker so that no worker runs
-    it; the others stay. On RabbitMQ each is fetched unacknowledged and every one but the
-    taken one goes back when the channel closes; on Redis it is found and deleted."""
+    it; the others stay."""
+    found = _matching(broker, queue, match, take=True)
+    return found[0] if found else None
+
+
+def queued(broker: dramatiq.Broker, queue: str, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Every waiting message of `queue` that `match` accepts, left where it is."""
+    return _matching(broker, queue, match, take=False)
+
+
+def _matching(
+    broker: dramatiq.Broker, queue: str, match: Callable[[dict[str, Any]], bool], *, take: bool
+) -> list[dict[str, Any]]:
+    """The waiting messages of `queue` that `match` accepts; with `take`, only the first,
+    taken off the broker. On RabbitMQ each is fetched unacknowledged and every one but the
+    taken one goes back when the channel closes; on Redis the hash of messages is read (and
+    the taken one deleted)."""
+    found: list[dict[str, Any]] = []
     if isinstance(broker, RabbitmqBroker):
         broker.get_queue_message_counts(queue)  # declares it: a fetch from a missing queue fails
         channel = broker.connection.channel()
@@ -82,11 +98,13 @@ def take_message(broker: dramatiq.Broker, queue: str, match: Callable[[dict[str,
             while True:
                 method, _, body = channel.basic_get(queue, auto_ack=False)
                 if method is None:
-                    return None
+                    return found
                 message = dict(orjson.loads(body))
                 if match(message):
-                    channel.basic_ack(method.delivery_tag)
-                    return message
+                    found.append(message)
+                    if take:
+                        channel.basic_ack(method.delivery_tag)
+                        return found
         finally:
             channel.close()
     client = broker.client
@@ -94,7 +112,9 @@ def take_message(broker: dramatiq.Broker, queue: str, match: Callable[[dict[str,
     for message_id, raw in client.hgetall(f"{namespace}:{queue}.msgs").items():
         message = dict(orjson.loads(raw))
         if match(message):
-            client.hdel(f"{namespace}:{queue}.msgs", message_id)
-            client.lrem(f"{namespace}:{queue}", 0, message_id)
-            return message
-    return None
+            found.append(message)
+            if take:
+                client.hdel(f"{namespace}:{queue}.msgs", message_id)
+                client.lrem(f"{namespace}:{queue}", 0, message_id)
+                return found
+    return found
