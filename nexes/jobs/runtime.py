@@ -187,9 +187,12 @@ class SendingRabbitmqBroker(RabbitmqBroker):
     sending thread calls into it only to send: RabbitMQ closed a connection idle for three
     minutes ("missed heartbeats from client, timeout: 60s", an error in its log per
     connection), so the next send after a quiet spell failed and was sent again on a new
-    connection (and a test's queue reads on it failed). Without heartbeats RabbitMQ keeps it open; a dead
-    broker host or network still fails a send, by TCP: keepalives on the idle connection and
-    TCP_USER_TIMEOUT on the data a send writes. (Dramatiq's issue 321 suggests this split.)"""
+    connection (and a test's queue reads on it failed). Without heartbeats RabbitMQ keeps
+    it open; a dead broker host or network still fails a send, by TCP: keepalives on the
+    idle connection and TCP_USER_TIMEOUT on the data a send writes. What TCP cannot see is
+    a broker process that is frozen on a live host: a send to it waits for its confirm
+    (with heartbeats, pika gave up after a minute or more). (Dramatiq's issue 321 suggests
+    this split.)"""
 
     def __init__(self, *, url: str, timeout: float) -> None:
         super().__init__(url=url, confirm_delivery=True)

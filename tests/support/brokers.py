@@ -64,8 +64,8 @@ def waiting(settings: Settings, queue: str) -> int:
 def wait_until_consuming(settings: Settings, message: dramatiq.Message[Any], timeout: float = 60.0) -> None:
     """Until a worker has taken `message`, sent here, off its queue: the worker has booted
     and consumes that queue. A test that times what a worker does starts after this, not
-    while the worker boots (0.7 s on Redis, 1.0-1.7 s on RabbitMQ, which opens two
-    connections per consumer, on this machine when idle; several seconds on a loaded one)."""
+    while the worker boots: 1.2-1.9 s on Redis and 1.1-2.5 s on RabbitMQ (which opens two
+    connections per consumer) from its start, measured on this machine under other load."""
     send(settings, message)
     assert wait_for(lambda: waiting(settings, message.queue_name) == 0, timeout, 0.05), "no worker took the message"
 
