@@ -98,16 +98,17 @@ test-cluster: venv
 	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster
 
 # The broker tests against RabbitMQ: tests/cluster/test_brokers.py (each on both brokers),
-# then every test of `make test` that runs Dramatiq workers, again with NEXES_BROKER_URL on
-# RabbitMQ (they send, empty and count through tests/support/brokers.py, on either broker).
-# Not yet on RabbitMQ (they run on Redis in `make test`; both fail on RabbitMQ in a clean-clone
-# CI run, not investigated yet, issue 20's note): test_import_api's 50 MB upload grew the
-# process by 46.6 MB against its 20 MB bound, and test_search's mutations-and-imports test
-# took 8-10 s to reach search against its 5 s sync interval.
+# then every test of `make test` that runs Dramatiq workers or reads what was enqueued, again
+# with NEXES_BROKER_URL on RabbitMQ (they send, empty, count and take messages through
+# tests/support/brokers.py, on either broker).
 BROKER_TESTS := tests/test_import_e2e.py tests/test_import_crash.py tests/test_import_api.py tests/test_hostile_uploads.py tests/test_isolation.py tests/test_ops_workers.py \
 	tests/test_telemetry_e2e.py \
 	tests/test_search_paths.py::test_the_scheduled_sweep_indexes_changes_whose_sync_request_was_never_sent_or_was_lost \
-	--deselect tests/test_import_api.py::test_a_50_mb_upload_keeps_memory_flat
+	tests/test_search.py::test_mutations_and_imports_reach_search_through_the_worker_within_the_sync_interval \
+	tests/test_tracing.py::test_an_import_carries_the_trace_to_its_job_its_message_and_the_workers_logs_and_sql \
+	tests/test_audit.py::test_reconcile_and_reindex_write_their_row_when_sent \
+	tests/test_audit.py::test_an_upload_is_owned_by_its_uploader_and_accepted_under_its_request_id \
+	tests/test_mutations.py::test_reconcile_dashboard_needs_the_admin_role_and_enqueues_the_job
 test-rabbitmq: venv
 	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster/test_brokers.py \
 	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest $(BROKER_TESTS)

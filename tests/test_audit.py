@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import psycopg
 import pytest
 
@@ -23,6 +22,7 @@ from nexes.jobs import imports_runner
 from nexes.resolvers.ids import global_id
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.brokers import take_message
 from tests.support.databases import environ_for, own_database
 from tests.support.imports import CSRF, csv_bytes, job_key, line, store, store_async
 
@@ -234,9 +234,9 @@ async def test_reconcile_and_reindex_write_their_row_when_sent(audit_db: Setting
         ("reconcileDashboard", "Dashboard", "dashboard_stat"),
         ("reindexSearch", "SearchIndex", audit_db.typesense_collection),
     ]
-    # No worker runs here: take the two messages back off the queue.
-    for queue in ("maintenance", "search"):
-        broker.client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
+    # No worker runs here: take the two messages back off their queues.
+    assert take_message(broker, "maintenance", lambda m: m["actor_name"] == "reconcile_stats")
+    assert take_message(broker, "search", lambda m: m["actor_name"] == "reindex_search")
 
 
 # -- import jobs: two rows each, owners ------------------------------------------------------
@@ -486,10 +486,7 @@ async def test_an_upload_is_owned_by_its_uploader_and_accepted_under_its_request
     assert (row["actor"], row["action"], row["request_id"]) == ("paula", "import.accepted", "req-upload-paula")
     assert row["changes"]["filename"] == "mine.csv"
     # No worker runs here: take the message back off the queue.
-    for message_id, raw in broker.client.hgetall("dramatiq:imports.msgs").items():
-        if orjson.loads(raw)["args"] == [job_key(job)]:
-            broker.client.hdel("dramatiq:imports.msgs", message_id)
-            broker.client.lrem("dramatiq:imports", 0, message_id)
+    assert take_message(broker, "imports", lambda m: m["actor_name"] == "run_import" and m["args"] == [job_key(job)])
 
 
 def test_nexes_reconcile_says_what_it_corrected_as_the_cli_user(audit_db: Settings, db: psycopg.Connection) -> None:

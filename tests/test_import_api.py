@@ -1,7 +1,7 @@
 """The import API: uploads stored in chunks while they stream, jobs read and cancelled.
 
-No worker runs here, so every enqueued job stays QUEUED; the message itself is read
-back from the Redis queue.
+No worker runs here, so every enqueued job stays QUEUED; the message itself is taken
+back off the broker's queue (Redis, or RabbitMQ under `make test-rabbitmq`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from nexes.db import order_write, partitions
 from nexes.db.invariants import check_all
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
+from tests.support.brokers import queued, take_message
 from tests.support.databases import own_database, superuser_url
 
 DB = "nexes_t_mutations"
@@ -352,27 +353,25 @@ async def test_receive_stock_is_idempotent_by_reference(client: httpx.AsyncClien
 
 
 async def test_reconcile_dashboard_needs_the_admin_role_and_enqueues_the_job(write_db: Settings) -> None:
-    import redis
+    from nexes.jobs import broker
 
     query = "mutation { reconcileDashboard { queued errors { code } } }"
-    client = redis.Redis.from_url(write_db.redis_url)
-    queue = "dramatiq:maintenance"
-    before = client.llen(queue)
+
+    def reconcile(message: dict[str, Any]) -> bool:
+        return bool(message["actor_name"] == "reconcile_stats")
+
+    before = len(queued(broker, "maintenance", reconcile))
     async with client_for(write_db, roles=("operator", "analyst")) as c:
         refused = await gql(c, query)
         assert refused["_response"].status_code == 403 and "data" not in refused
         assert error_codes(refused) == ["FORBIDDEN"] and "admin" in refused["errors"][0]["message"]
-        assert client.llen(queue) == before
+        assert len(queued(broker, "maintenance", reconcile)) == before
     async with client_for(write_db, roles=("admin",)) as c:
         accepted = await gql(c, query)
         assert accepted["data"]["reconcileDashboard"] == {"queued": True, "errors": []}
-    messages = [
-        m for m in client.lrange(queue, 0, -1) if b"reconcile_stats" in (client.hget(f"{queue}.msgs", m) or b"")
-    ]
-    assert messages, "the reconcile_stats message is in the maintenance queue"
-    for message_id in messages:  # leave no work behind for a worker of another test
-        client.lrem(queue, 0, message_id)
-        client.hdel(f"{queue}.msgs", message_id)
+    assert len(queued(broker, "maintenance", reconcile)) == before + 1
+    while take_message(broker, "maintenance", reconcile):  # leave no work behind for a worker of another test
+        pass
 
 
 async def test_an_order_dated_past_the_customer_totals_horizon_rolls_them_forward(

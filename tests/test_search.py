@@ -34,7 +34,7 @@ from nexes.search.reindex import reindex
 from nexes.search.sync import drain
 from nexes.settings import Settings
 from tests.conftest import client_for, error_codes, gql
-from tests.support.brokers import broker_for, empty
+from tests.support.brokers import broker_for, empty, wait_until_consuming
 from tests.support.imports import csv_bytes, line, store_async
 from tests.support.replicas import health_detail, replay_paused
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now, worker_pool
@@ -444,8 +444,9 @@ async def test_reindex_under_load_misses_nothing_and_every_search_during_it_answ
 
 @pytest.fixture
 def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[dramatiq.Broker]:
-    """A real Dramatiq worker on this module's database and Redis db; yields a broker on the
-    workers' one (Redis db, or RabbitMQ) for the test process's sends."""
+    """A real Dramatiq worker on this module's database and Redis db, once it consumes (the
+    test times the sync, not the worker's boot); yields a broker on the workers' one (Redis
+    db, or RabbitMQ) for the test process's sends."""
     env = environ()
     empty(search_db_settings)
     log = (tmp_path / "worker.log").open("wb")
@@ -458,6 +459,9 @@ def worker(search_db_settings: Settings, tmp_path: Path) -> Iterator[dramatiq.Br
     )
     broker = broker_for(search_db_settings)
     try:
+        from nexes.jobs.search import sync_search
+
+        wait_until_consuming(search_db_settings, sync_search.message())
         yield broker
     finally:
         proc.terminate()
@@ -502,10 +506,20 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
     assert body["data"]["createServiceOrder"]["errors"] == [], body
     started = time.monotonic()
 
-    async def shows(q: str, sod: str, status: str | None = None) -> bool:
+    # Every check waits: on a Typesense cluster a follower applies a write about 0.5 s after
+    # the leader has it (410-510 ms on the 3-node stack of `make test-rabbitmq`), and the
+    # searches go to the nodes in turn, so the search after one that saw a write may not.
+    async def hits(q: str) -> list[dict[str, Any]] | None:
+        """The orders the search found; None when it failed."""
         found = await search(api, q)
-        edges = found["data"]["search"]["edges"] if found.get("data") else []
-        return any(e["node"]["sodNumber"] == sod and (status is None or e["node"]["status"] == status) for e in edges)
+        return [e["node"] for e in found["data"]["search"]["edges"]] if found.get("data") else None
+
+    async def shows(q: str, sod: str, status: str | None = None) -> bool:
+        return any(n["sodNumber"] == sod and status in (None, n["status"]) for n in await hits(q) or [])
+
+    async def gone(q: str, sod: str) -> bool:
+        found = await hits(q)
+        return found is not None and all(n["sodNumber"] != sod for n in found)
 
     assert await eventually(lambda: shows("000777", "SRCH-MUT-000777"))
     assert await eventually(lambda: shows("periscope", "SRCH-MUT-000777"))
@@ -514,7 +528,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
       input: {description: "Telescope alignment"}) { errors { code } } }"""
     assert (await gql(api, update))["data"]["updateServiceOrder"]["errors"] == []
     assert await eventually(lambda: shows("telescope", "SRCH-MUT-000777"))
-    assert not await shows("periscope", "SRCH-MUT-000777")
+    assert await eventually(lambda: gone("periscope", "SRCH-MUT-000777"))
     cancel = """mutation { cancelServiceOrder(sodNumber: "SRCH-MUT-000777") { errors { code } } }"""
     assert (await gql(api, cancel))["data"]["cancelServiceOrder"]["errors"] == []
     assert await eventually(lambda: shows("telescope", "SRCH-MUT-000777", "CANCELLED"))
@@ -527,7 +541,7 @@ async def test_mutations_and_imports_reach_search_through_the_worker_within_the_
     )
     run_import.send(job)
     assert await eventually(lambda: shows("sextant", "SRCH-IMP-000002"), timeout=30)
-    assert await shows("sextant", "SRCH-IMP-000001")
+    assert await eventually(lambda: shows("sextant", "SRCH-IMP-000001"))
     job = await store_async(
         search_db_settings,
         csv_bytes(

@@ -4,7 +4,7 @@ Spans are exported to `InMemorySpanExporter` (opentelemetry.sdk.trace.export.in_
 the SDK's own exporter, which keeps finished spans in memory behind the same batch processor
 that OTLP uses in production; it is not a mock of any service. PostgreSQL, PgBouncer and
 Redis are real; the worker is a real Dramatiq worker, run in this process on the real
-Redis broker.
+broker NEXES_BROKER_URL names (Redis, or RabbitMQ under `make test-rabbitmq`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from nexes import observability
 from nexes.db.connect.traced import SCOPE
 from nexes.http import app as app_module
 from nexes.settings import Settings
+from tests.support.brokers import queued
 from tests.support.databases import wait_until_database_served
 from tests.support.imports import CSRF, csv_bytes, job_key, line, wait_for_job
 
@@ -235,14 +236,6 @@ async def test_without_an_exporter_an_incoming_traceparent_is_only_continued(mon
     assert seen == [TRACEPARENT, None, None]
 
 
-def queued(queue: str, actor: str) -> list[dict[str, Any]]:
-    """The messages of `actor` waiting in `queue` on the real Redis broker (left in place)."""
-    from nexes.jobs import broker
-
-    raw = broker.client.hgetall(f"dramatiq:{queue}.msgs").values()
-    return [m for m in map(orjson.loads, raw) if m["actor_name"] == actor]
-
-
 async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_workers_logs_and_sql(
     app_client: httpx.AsyncClient,
     seeded: Settings,
@@ -271,7 +264,7 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     with psycopg.connect(seeded.admin_url, autocommit=True) as conn:
         row = conn.execute("SELECT trace_context, request_id FROM import_job WHERE id = %s", [job_id]).fetchone()
     assert row == ({"traceparent": sender}, "trace-import-1")
-    (message,) = [m for m in queued("imports", "run_import") if m["args"] == [job_id]]
+    (message,) = queued(broker, "imports", lambda m: m["actor_name"] == "run_import" and m["args"] == [job_id])
     (send,) = [s for s in finished(spans, TRACE_ID) if s.kind is SpanKind.PRODUCER and s.name == "run_import send"]
     assert send.parent is not None and traceparent_of(server) == f"00-{TRACE_ID}-{send.parent.span_id:016x}-01"
     assert message["options"]["nexes_traceparent"] == traceparent_of(send)
@@ -303,6 +296,6 @@ async def test_an_import_carries_the_trace_to_its_job_its_message_and_the_worker
     assert running["span_id"] == f"{consumer.context.span_id:016x}"
     assert running["actor"] == "run_import" and running["job_id"] == message["message_id"]
     # The search sync the worker asks for afterwards continues the same trace.
-    syncs = queued(sync_search.queue_name, "sync_search")
+    syncs = queued(broker, sync_search.queue_name, lambda m: m["actor_name"] == "sync_search")
     assert any(m["options"].get("nexes_traceparent", "").startswith(f"00-{TRACE_ID}-") for m in syncs)
     broker.flush(sync_search.queue_name)

@@ -8,11 +8,13 @@ once, from the environment.
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 from typing import Any
 
 import dramatiq
+import pika
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -176,6 +178,51 @@ def make_broker(url: str, timeout: float) -> RedisBroker | RabbitmqBroker:
     return made
 
 
+class SendingRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker whose sending connections (one per thread: the API's
+    executor threads, the scheduler, a worker's threads when an actor sends) have no AMQP
+    heartbeats; its consumers keep theirs.
+
+    pika's BlockingConnection sends heartbeats only while its thread calls into it, and a
+    sending thread calls into it only to send: RabbitMQ closed a connection idle for three
+    minutes ("missed heartbeats from client, timeout: 60s", an error in its log per
+    connection), so the next send after a quiet spell failed and was sent again on a new
+    connection (and a test's queue reads on it failed). Without heartbeats RabbitMQ keeps
+    it open; a dead broker host or network still fails a send, by TCP: keepalives on the
+    idle connection and TCP_USER_TIMEOUT on the data a send writes. What TCP cannot see is
+    a broker process that is frozen on a live host: a send to it waits for its confirm
+    (with heartbeats, pika gave up after a minute or more). (Dramatiq's issue 321 suggests
+    this split.)"""
+
+    def __init__(self, *, url: str, timeout: float) -> None:
+        super().__init__(url=url, confirm_delivery=True)
+        hosts = self.parameters if isinstance(self.parameters, list) else [self.parameters]  # url may name several
+        self.sending_parameters: list[pika.URLParameters] = []
+        for parameters in hosts:
+            sending = copy.copy(parameters)
+            sending.heartbeat = 0
+            sending.tcp_options = {
+                "TCP_KEEPIDLE": 30,
+                "TCP_KEEPINTVL": 10,
+                "TCP_KEEPCNT": 3,
+                "TCP_USER_TIMEOUT": int(max(timeout, 5.0) * 1000),
+            }
+            self.sending_parameters.append(sending)
+
+    # Dramatiq's own getter but for the parameters; its deleter as it is.
+    @property
+    def connection(self) -> pika.BlockingConnection:
+        connection = getattr(self.state, "connection", None)
+        if connection is None:
+            connection = self.state.connection = pika.BlockingConnection(parameters=self.sending_parameters)
+            self.connections.add(connection)
+        return connection
+
+    @connection.deleter
+    def connection(self) -> None:
+        RabbitmqBroker.connection.fdel(self)  # type: ignore[attr-defined]
+
+
 def rabbitmq_broker(url: str, timeout: float) -> RabbitmqBroker:
     """RabbitMQ with publisher confirms: an enqueue returns once the broker has the message
     (a durable queue, a persistent message), so an acknowledged import is never lost with a
@@ -184,7 +231,7 @@ def rabbitmq_broker(url: str, timeout: float) -> RabbitmqBroker:
     sep = "&" if "?" in url else "?"
     if "socket_timeout=" not in url:
         url += f"{sep}socket_timeout={timeout}&blocked_connection_timeout={max(timeout, 5.0)}"
-    return RabbitmqBroker(url=url, confirm_delivery=True)
+    return SendingRabbitmqBroker(url=url, timeout=timeout)
 
 
 broker = make_broker(settings.dramatiq_url, settings.redis_timeout)
