@@ -36,6 +36,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -55,6 +56,7 @@ from nexes import settings as settings_module
 from nexes.auth.tokens import mint
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.invariants import STOCK_LEDGER, check_stock_ledger
+from nexes.search.collection import QUERY_BY
 
 ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
@@ -374,7 +376,7 @@ def wait(predicate: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+def fault_typesense(api: Api, facts: dict[str, Any], rejoin_nice: int) -> Callable[[], bool]:
     states = typesense_states()
     leader = states.index(1)
     node = "typesense" if leader == 0 else f"typesense{leader + 1}"
@@ -382,8 +384,40 @@ def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
     facts["killed"] = f"{node} (the leader)"
     facts["election_s"] = wait(lambda: typesense_states().count(1) == 1, 60)
     time.sleep(10)
-    stack("up", "typesense")
+    facts["rejoin_nice"] = rejoin_nice
+    if rejoin_nice:
+        facts["rejoined_with"] = (
+            f"nice {rejoin_nice}: the restarted node loads and catches up on CPU the other two nodes and the API "
+            "leave it, as on a machine of its own; a property of running 3 nodes on 2 shared cores, not a "
+            "production setting"
+        )
+    restarted = time.monotonic()
+    url = os.environ["NEXES_TYPESENSE_URLS"].split()[leader]
+    stack_env = {**os.environ, "NEXES_STACK_TYPESENSE_NICE": str(rejoin_nice)}
+    subprocess.run([STACK, "up", "typesense"], check=True, capture_output=True, timeout=300, env=stack_env)
+
+    def catching_up() -> None:
+        """When the restarted node is healthy and answers a search itself (not 503 "Not
+        Ready or Lagging"): caught up. Watched while the load goes on, past the recovery."""
+        if wait(lambda: node_serves(url), 600) is not None:
+            facts["caught_up_s"] = round(time.monotonic() - restarted, 1)
+
+    facts["caught_up_s"] = None  # not within the run, unless the watcher says otherwise
+    threading.Thread(target=catching_up, daemon=True).start()
     return lambda: typesense_states().count(1) == 1 and None not in typesense_states()
+
+
+def node_serves(url: str) -> bool:
+    key = {"X-TYPESENSE-API-KEY": os.environ.get("NEXES_TYPESENSE_API_KEY", "")}
+    query = f"/collections/{DB}_service_orders/documents/search?q=boiler&query_by={QUERY_BY}&per_page=1"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/health"), timeout=2) as answer:
+            if json.loads(answer.read()).get("ok") is not True:
+                return False
+        with urllib.request.urlopen(urllib.request.Request(url + query, headers=key), timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def replica_servers(port: int, auth: str) -> list[dict[str, Any]]:
@@ -467,12 +501,18 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.7)
     parser.add_argument("--port", type=int, default=18070)
     parser.add_argument("--ops-port", type=int, default=19474)
+    parser.add_argument(
+        "--rejoin-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="typesense: restart the killed node at this niceness (its 3 nodes share this machine's cores)",
+    )
     args = parser.parse_args()
     args.seconds = args.seconds or (180.0 if args.drill == "typesense" else 90.0)
     global ops_listen
     ops_listen = f"127.0.0.1:{args.ops_port}"
-    import threading
-
     import uvloop
 
     preflight()
@@ -508,7 +548,7 @@ def main() -> None:
             time.sleep(args.fault_at)
             times["fault"] = time.monotonic() - load.started
             faults: dict[str, Callable[[], Callable[[], bool]]] = {
-                "typesense": lambda: fault_typesense(api, facts),
+                "typesense": lambda: fault_typesense(api, facts, args.rejoin_nice),
                 "replica": lambda: fault_replica(api, facts, token(env, ("admin",))),
                 "switchover": lambda: fault_switchover(api, facts),
                 "api-kill": lambda: fault_api_kill(api, facts),
