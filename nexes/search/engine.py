@@ -312,7 +312,8 @@ class SearchService:
         """The node's answer. Past `typesense_timeout`, a try whose search another node
         answered within it raises TimeoutError (the breaker counts it: this node is the
         slow one, hung or starved alone). One whose search no node has answered in time
-        waits on until `patience_at`, and then gives up without a failure counted: every
+        waits on until `patience_at`, and then gives up with no failure counted (the
+        breaker sees a try that ended, as purgatory knows no third outcome): every
         node slow at once is cores starved under them all (in the Typesense drill, a node
         catching up on the two cores the three share), not a node to leave out, and the
         pg_trgm fallback costs those cores far more than the wait."""
