@@ -547,6 +547,13 @@ def main() -> None:
     # Every client signs in as one user here: the per-user rate limit is raised for the run.
     env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
     report(step="rate_limit", NEXES_RATE_LIMIT_OPERATOR=env["NEXES_RATE_LIMIT_OPERATOR"])
+    searching = settings_module.load(env)
+    report(
+        step="search_settings",
+        NEXES_TYPESENSE_TIMEOUT=searching.typesense_timeout,
+        NEXES_SEARCH_HEDGE_SECONDS=searching.search_hedge_seconds,
+        NEXES_SEARCH_PATIENCE_SECONDS=searching.search_patience_seconds,
+    )
     auth = token(env, ("operator",))
     with api_server(args.port, env) as api:
         mutations = 0.2 if args.drill == "switchover" else 0.0
