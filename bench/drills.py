@@ -4,7 +4,8 @@
                                  [--clients N] [--share 0.7] [--port 18070] [--ops-port 19474]
 
 DRILL is one of:
-    typesense   SIGKILL the Typesense leader of a 3-node cluster, start it again
+    typesense   SIGKILL the Typesense leader of a 3-node cluster, start it again (at
+                --rejoin-nice); the load goes on until it has caught up, and 30 s more
     replica     SIGKILL one of 2 replicas, start it again
     switchover  `infra/stack switchover` while mutations run (each mutation's id checked after)
     api-kill    SIGKILL one API worker process; uvicorn's supervisor replaces it
@@ -36,6 +37,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -55,6 +57,7 @@ from nexes import settings as settings_module
 from nexes.auth.tokens import mint
 from nexes.db.connect.conninfo import environ_for_database
 from nexes.db.invariants import STOCK_LEDGER, check_stock_ledger
+from nexes.search.collection import QUERY_BY
 
 ROOT = Path(__file__).resolve().parent.parent
 NEXES = str(ROOT / ".venv" / "bin" / "nexes")
@@ -69,6 +72,7 @@ CREATE = (
 WORDS = ("boiler", "generator", "elevator", "ventilation", "warehouse", "kitchen", "inspection")
 READS = (("first_page", 0.2), ("next_page", 0.5), ("node", 0.8), ("search", 1.0))
 MIN_AVAILABLE_MIB = 2048
+CATCH_UP_LIMIT = 600.0  # seconds the Typesense drill's load waits for the restarted node
 
 
 ops_listen = "127.0.0.1:19474"  # where `nexes serve` serves /metrics (--ops-port)
@@ -210,6 +214,7 @@ class Load:
     answered_by: list[tuple[float, str]] = field(default_factory=list)  # (at, engine) of each search
     reconnects: int = 0
     started: float = 0.0
+    end: float = 0.0  # time.monotonic() when the clients stop; `extend` moves it later
     _seq: int = 0
 
     def body(self, state: dict[str, Any]) -> tuple[str, bytes]:
@@ -249,12 +254,12 @@ class Load:
             self.answered_by.append((time.monotonic() - self.started, data["search"]["engine"]))
         return None
 
-    async def client(self, end: float) -> None:
+    async def client(self) -> None:
         conn = Conn(self.port, self.auth)
         state: dict[str, Any] = {}
         loop = asyncio.get_running_loop()
         next_at = loop.time() + random.uniform(0, self.interval)
-        while loop.time() < end:
+        while time.monotonic() < self.end:
             if self.interval:
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
                 next_at += self.interval
@@ -277,8 +282,12 @@ class Load:
 
     async def run(self, seconds: float) -> None:
         self.started = time.monotonic()
-        end = asyncio.get_running_loop().time() + seconds
-        await asyncio.gather(*(self.client(end) for _ in range(self.clients)))
+        self.end = self.started + seconds
+        await asyncio.gather(*(self.client() for _ in range(self.clients)))
+
+    def extend(self, seconds: float) -> None:
+        """Run on until `seconds` from now at least (from the fault's thread)."""
+        self.end = max(self.end, time.monotonic() + seconds)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -288,10 +297,14 @@ def pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def phases(load: Load, fault_at: float, recovered_at: float) -> dict[str, Any]:
-    """Requests, errors by kind, and p50/p95/p99 before, during and after the fault."""
+def phases(load: Load, times: dict[str, float]) -> dict[str, Any]:
+    """Requests, errors by kind, and p50/p95/p99 before, during and after the fault (and,
+    in the Typesense drill, once the restarted node caught up: a part of "after")."""
     out: dict[str, Any] = {}
+    fault_at, recovered_at = times["fault"], times.get("recovered", times["fault"])
     windows = {"before": (0, fault_at), "during": (fault_at, recovered_at), "after": (recovered_at, 1e9)}
+    if "caught_up" in times:
+        windows["caught_up"] = (times["caught_up"], 1e9)
     for name, (start, end) in windows.items():
         inside = [s for s in load.samples if start <= s[0] < end]
         ms = [s[2] for s in inside if s[3] is None]
@@ -374,7 +387,10 @@ def wait(predicate: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
+def fault_typesense(facts: dict[str, Any], load: Load, times: dict[str, float], rejoin_nice: int) -> Callable[[], bool]:
+    """SIGKILL the leader, start it again 10 s after a new one was elected, and keep the load
+    on until the node has caught up (healthy and answering searches itself) and 30 s more,
+    CATCH_UP_LIMIT at most."""
     states = typesense_states()
     leader = states.index(1)
     node = "typesense" if leader == 0 else f"typesense{leader + 1}"
@@ -382,8 +398,46 @@ def fault_typesense(api: Api, facts: dict[str, Any]) -> Callable[[], bool]:
     facts["killed"] = f"{node} (the leader)"
     facts["election_s"] = wait(lambda: typesense_states().count(1) == 1, 60)
     time.sleep(10)
-    stack("up", "typesense")
+    facts["rejoin_nice"] = rejoin_nice
+    if rejoin_nice:
+        facts["rejoined_with"] = (
+            f"nice {rejoin_nice}: the restarted node loads and catches up on CPU the other two nodes and the API "
+            "leave it, as on a machine of its own; a property of running 3 nodes on 2 shared cores, not a "
+            "production setting"
+        )
+    restarted = time.monotonic()
+    url = os.environ["NEXES_TYPESENSE_URLS"].split()[leader]
+    stack_env = {**os.environ, "NEXES_STACK_TYPESENSE_NICE": str(rejoin_nice)}
+    subprocess.run([STACK, "up", "typesense"], check=True, capture_output=True, timeout=300, env=stack_env)
+
+    def catching_up() -> None:
+        """When the restarted node is healthy and answers a search itself (not 503 "Not
+        Ready or Lagging"): caught up. Watched while the load goes on, past the recovery."""
+        while time.monotonic() - restarted < CATCH_UP_LIMIT:
+            load.extend(35)
+            if node_serves(url):
+                facts["caught_up_s"] = round(time.monotonic() - restarted, 1)
+                times["caught_up"] = time.monotonic() - load.started
+                load.extend(30)
+                return
+            time.sleep(0.5)
+
+    facts["caught_up_s"] = None  # not within the run, unless the watcher says otherwise
+    threading.Thread(target=catching_up, daemon=True).start()
     return lambda: typesense_states().count(1) == 1 and None not in typesense_states()
+
+
+def node_serves(url: str) -> bool:
+    key = {"X-TYPESENSE-API-KEY": os.environ.get("NEXES_TYPESENSE_API_KEY", "")}
+    query = f"/collections/{DB}_service_orders/documents/search?q=boiler&query_by={QUERY_BY}&per_page=1"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/health"), timeout=2) as answer:
+            if json.loads(answer.read()).get("ok") is not True:
+                return False
+        with urllib.request.urlopen(urllib.request.Request(url + query, headers=key), timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def replica_servers(port: int, auth: str) -> list[dict[str, Any]]:
@@ -461,18 +515,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("drill", choices=("typesense", "replica", "switchover", "api-kill", "rolling"))
     parser.add_argument("--orders", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, help="default 90; 180 for typesense (a node rejoins slowly)")
+    parser.add_argument(
+        "--seconds", type=float, help="default 90; 180 for typesense (a node rejoins slowly; longer until it caught up)"
+    )
     parser.add_argument("--fault-at", type=float, default=30)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--share", type=float, default=0.7)
     parser.add_argument("--port", type=int, default=18070)
     parser.add_argument("--ops-port", type=int, default=19474)
+    parser.add_argument(
+        "--rejoin-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="typesense: restart the killed node at this niceness (its 3 nodes share this machine's cores)",
+    )
     args = parser.parse_args()
     args.seconds = args.seconds or (180.0 if args.drill == "typesense" else 90.0)
     global ops_listen
     ops_listen = f"127.0.0.1:{args.ops_port}"
-    import threading
-
     import uvloop
 
     preflight()
@@ -485,6 +547,13 @@ def main() -> None:
     # Every client signs in as one user here: the per-user rate limit is raised for the run.
     env["NEXES_RATE_LIMIT_OPERATOR"] = env["NEXES_RATE_LIMIT_VIEWER"] = "100000000"
     report(step="rate_limit", NEXES_RATE_LIMIT_OPERATOR=env["NEXES_RATE_LIMIT_OPERATOR"])
+    searching = settings_module.load(env)
+    report(
+        step="search_settings",
+        NEXES_TYPESENSE_TIMEOUT=searching.typesense_timeout,
+        NEXES_SEARCH_HEDGE_SECONDS=searching.search_hedge_seconds,
+        NEXES_SEARCH_PATIENCE_SECONDS=searching.search_patience_seconds,
+    )
     auth = token(env, ("operator",))
     with api_server(args.port, env) as api:
         mutations = 0.2 if args.drill == "switchover" else 0.0
@@ -508,7 +577,7 @@ def main() -> None:
             time.sleep(args.fault_at)
             times["fault"] = time.monotonic() - load.started
             faults: dict[str, Callable[[], Callable[[], bool]]] = {
-                "typesense": lambda: fault_typesense(api, facts),
+                "typesense": lambda: fault_typesense(facts, load, times, args.rejoin_nice),
                 "replica": lambda: fault_replica(api, facts, token(env, ("admin",))),
                 "switchover": lambda: fault_switchover(api, facts),
                 "api-kill": lambda: fault_api_kill(api, facts),
@@ -530,7 +599,7 @@ def main() -> None:
             clients=args.clients,
             offered_rps=round(target, 1),
             **facts,
-            phases=phases(load, times["fault"], times.get("recovered", times["fault"])),
+            phases=phases(load, times),
             search_engines=dict(load.engines),
             keepalive_reconnects=load.reconnects,
             longest_write_gap_s=longest_write_gap(load),

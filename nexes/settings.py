@@ -85,6 +85,11 @@ class Settings:
     # A search that one Typesense node has not answered after this long is sent to the
     # next node as well, and the first answer wins (several nodes only).
     search_hedge_seconds: float = 0.3
+    # With several Typesense nodes, a search no node has answered within the timeout waits
+    # on for an answer up to this long from its start (every node slow at once: cores
+    # starved), before the fallback; a node slower than another that answered in time is
+    # the failing one. Half the viewer's request deadline: the fallback keeps the other half.
+    search_patience_seconds: float = 5.0
     # Outbox rows a sync claims per transaction, and documents per Typesense import. A
     # 1M-row backlog drained in 75 s at 5,000 against 142 s at 1,000 (bench/README.md
     # "Search"); a quiet outbox makes small batches whatever this says.
@@ -278,6 +283,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             typesense_timeout=max(0.05, _positive(config, "NEXES_TYPESENSE_TIMEOUT", 1.0, float)),
             search_cutoff_ms=max(1, int(_positive(config, "NEXES_SEARCH_CUTOFF_MS", 60, int))),
             search_hedge_seconds=max(0.01, _positive(config, "NEXES_SEARCH_HEDGE_SECONDS", 0.3, float)),
+            search_patience_seconds=_positive(config, "NEXES_SEARCH_PATIENCE_SECONDS", 5.0, float),
             search_sync_batch=max(1, int(_positive(config, "NEXES_SEARCH_SYNC_BATCH", 5_000, int))),
             reindex_batch=max(1, int(_positive(config, "NEXES_REINDEX_BATCH", 20_000, int))),
             search_sweep_seconds=max(0.1, _positive(config, "NEXES_SEARCH_SWEEP_SECONDS", 2.0, float)),

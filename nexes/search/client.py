@@ -48,10 +48,11 @@ def sync_client(settings: Settings, *, timeout: float = 30.0, retries: int = 2) 
 
 
 def async_clients(settings: Settings) -> list[AsyncClient]:
-    """The API's clients, one per node, each with no retries and the search timeout: the
-    search service picks the node, with a circuit breaker per node, and a node that fails
-    sends the search to the next one rather than to PostgreSQL."""
-    return [
-        AsyncClient(client_config(settings, timeout=settings.typesense_timeout, retries=0, urls=(url,)))
-        for url in settings.typesense_urls
-    ]
+    """The API's clients, one per node, each with no retries: the search service picks the
+    node, with a circuit breaker per node, and a node that fails sends the search to the
+    next one rather than to PostgreSQL. Their timeout is the search timeout, or with several
+    nodes the patience, up to which the service may wait when every node is slow (it
+    bounds each try itself)."""
+    urls = settings.typesense_urls
+    timeout = max(settings.typesense_timeout, settings.search_patience_seconds if len(urls) > 1 else 0.0)
+    return [AsyncClient(client_config(settings, timeout=timeout, retries=0, urls=(url,))) for url in urls]

@@ -7,7 +7,10 @@ async support needs Tornado. There is one per Typesense node (NEXES_TYPESENSE_UR
 node for `search_breaker_reset` seconds; then one search tries it again and closes it on
 success. A search that fails on one node goes on to the next within the same search
 timeout, and one that a node is slow to answer is sent to the next as well (hedged);
-only when every node has failed, or is skipped, does PostgreSQL answer.
+one that no node answers within the timeout waits on up to `search_patience_seconds`
+(every node slow at once: their cores starved), and a timeout counts as a node's failure
+only when another node answered the search in time. Only when every node has failed, or
+is skipped, or the patience ran out, does PostgreSQL answer.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from nexes.db.connect.router import Router
 from nexes.errors import Code, NexesError, bad_input
 from nexes.search import collection
 from nexes.search.client import async_clients
-from nexes.search.metrics import BUSY, SEARCHES, TYPESENSE_LATENCY
+from nexes.search.metrics import BUSY, PATIENCE, SEARCHES, TYPESENSE_LATENCY
 from nexes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,6 +154,23 @@ def _paging(query: SearchQuery) -> tuple[int, int, int]:
     return 1, query.offset + query.size, query.offset
 
 
+@dataclass
+class _Attempt:
+    """One search's times on Typesense (loop time): new tries start until `slow_at`
+    (NEXES_TYPESENSE_TIMEOUT from the start); past it, tries wait on until `patience_at`
+    (NEXES_SEARCH_PATIENCE_SECONDS) while no node has answered by `slow_at` (`prompt`).
+    One node has no peer to be slower than: its patience is the timeout."""
+
+    slow_at: float
+    patience_at: float
+    prompt: bool = False  # a node answered within the timeout
+
+    @classmethod
+    def starting(cls, now: float, settings: Settings, *, several: bool) -> _Attempt:
+        slow_at = now + settings.typesense_timeout
+        return cls(slow_at, max(slow_at, now + settings.search_patience_seconds) if several else slow_at)
+
+
 class SearchService:
     """One per process and event loop: the async client and the breaker."""
 
@@ -223,32 +243,34 @@ class SearchService:
         return found
 
     async def _typesense_nodes(self, query: SearchQuery, paging: tuple[int, int, int]) -> Found | None:
-        """Typesense's answer from the first node that gives one, or None, all within the
-        one search timeout. The search starts on the next node in turn. A node that fails
-        (a dead one refuses at once; one that restarts answers 503) hands it to the next
-        at once; one that has not answered after `search_hedge_seconds` gets company: the
-        same search on the next node, and the first answer wins (a hedged request). A
-        1M-document cluster on two loaded cores answered most searches in 100-400 ms and
-        some past the whole second, slow on one node at a time (the node that restarts
-        and catches up, the leader taking the writes held back during an election): one
-        try at a time gave the slow one all the time and sent 3% of searches to the
-        fallback (bench/README.md "Failure drills"). Every try runs to its end or to the
-        timeout, the losers too, in the background, so each node's breaker counts what
-        the node really did; a node whose breaker is open is skipped. At most a quarter of
+        """Typesense's answer from the first node that gives one, or None. The search
+        starts on the next node in turn. A node that fails (a dead one refuses at once;
+        one that restarts answers 503) hands it to the next at once; one that has not
+        answered after `search_hedge_seconds` gets company: the same search on the next
+        node, and the first answer wins (a hedged request). A 1M-document cluster on two
+        loaded cores answered most searches in 100-400 ms and some past the whole second,
+        slow on one node at a time (the node that restarts and catches up, the leader
+        taking the writes held back during an election): one try at a time gave the slow
+        one all the time and sent 3% of searches to the fallback (bench/README.md
+        "Failure drills"). New tries start within `typesense_timeout`; past it a try
+        waits on only while no node has answered within it (`_Attempt`). Every try runs to
+        its end in the background, the losers too, so each node's breaker counts what the
+        node really did; a node whose breaker is open is skipped. At most a quarter of
         `search_concurrency` hedges run at once per process: on cores every node shares,
         unbounded hedges doubled the work of the slow searches just when the cores were
         starved (the Typesense drill's second round, bench/README.md)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.typesense_timeout
         count = len(self.clients)
+        attempt = _Attempt.starting(loop.time(), self.settings, several=count > 1)
         start, self._next = self._next, (self._next + 1) % count
         untried = [(start + k) % count for k in range(count)]
         running: dict[asyncio.Task[Found | None], int] = {}
         while True:
             hedge = bool(running)  # another try while one runs: extra work for the cluster
-            if untried and loop.time() < deadline and (not hedge or self._hedges < self._hedge_cap):
+            opening = untried and loop.time() < attempt.slow_at
+            if opening and (not hedge or self._hedges < self._hedge_cap):
                 index = untried.pop(0)
-                task = asyncio.create_task(self._on_node(index, query, paging, deadline))
+                task = asyncio.create_task(self._on_node(index, query, paging, attempt))
                 self._tries.add(task)
                 task.add_done_callback(self._tries.discard)
                 if hedge:
@@ -257,14 +279,11 @@ class SearchService:
                 running[task] = index
             if not running:
                 return None
-            left = deadline - loop.time()
-            if left <= 0:
-                # The tries end at the deadline too (their own timeout): wait for them, so
-                # that their breakers have counted them before the fallback answers.
-                await asyncio.wait(running)
-                return None
-            wait = self.settings.search_hedge_seconds if untried else left
-            done, _ = await asyncio.wait(running, timeout=min(left, wait), return_when=asyncio.FIRST_COMPLETED)
+            # Until the timeout, wake to hedge; past it, wait for the tries, which end by
+            # `patience_at` at the latest, so that their breakers have counted them before
+            # the fallback answers.
+            wait = min(self.settings.search_hedge_seconds, attempt.slow_at - loop.time()) if opening else None
+            done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 del running[task]
                 if (found := task.result()) is not None:
@@ -274,19 +293,47 @@ class SearchService:
         self._hedges -= 1
 
     async def _on_node(
-        self, index: int, query: SearchQuery, paging: tuple[int, int, int], deadline: float
+        self, index: int, query: SearchQuery, paging: tuple[int, int, int], attempt: _Attempt
     ) -> Found | None:
-        """One try on node `index`, until `deadline`, through its breaker; None when the
-        node failed, timed out or is skipped (its breaker open)."""
+        """One try on node `index` through its breaker; None when the node failed, timed
+        out, is skipped (its breaker open) or was starved with the others (not counted)."""
         try:
             async with await self.breakers.get_breaker(self.breaker_names[index]):
-                left = deadline - asyncio.get_running_loop().time()
-                return await asyncio.wait_for(self._typesense(self.clients[index], query, paging), max(left, 0.0))
+                return await self._timed(self.clients[index], query, paging, attempt)
         except OpenedState:
             return None
         except TYPESENSE_ERRORS as exc:
             log.warning("search: Typesense node %d failed (%s: %s)", index + 1, type(exc).__name__, exc)
             return None
+
+    async def _timed(
+        self, client: AsyncClient, query: SearchQuery, paging: tuple[int, int, int], attempt: _Attempt
+    ) -> Found | None:
+        """The node's answer. Past `typesense_timeout`, a try whose search another node
+        answered within it raises TimeoutError (the breaker counts it: this node is the
+        slow one, hung or starved alone). One whose search no node has answered in time
+        waits on until `patience_at`, and then gives up with no failure counted (the
+        breaker sees a try that ended, as purgatory knows no third outcome): every
+        node slow at once is cores starved under them all (in the Typesense drill, a node
+        catching up on the two cores the three share), not a node to leave out, and the
+        pg_trgm fallback costs those cores far more than the wait."""
+        loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(self._typesense(client, query, paging))
+        try:
+            done, _ = await asyncio.wait({work}, timeout=max(0.0, attempt.slow_at - loop.time()))
+            if not done and not attempt.prompt and attempt.patience_at > attempt.slow_at:
+                done, _ = await asyncio.wait({work}, timeout=max(0.0, attempt.patience_at - loop.time()))
+                if not done:
+                    PATIENCE.labels("expired").inc()
+                    return None
+                PATIENCE.labels("answered" if work.exception() is None else "failed").inc()
+            if not done:
+                raise TimeoutError(f"no answer within NEXES_TYPESENSE_TIMEOUT ({self.settings.typesense_timeout:g} s)")
+            found = work.result()
+            attempt.prompt = attempt.prompt or loop.time() <= attempt.slow_at
+            return found
+        finally:
+            work.cancel()
 
     async def _fields(self, client: AsyncClient) -> frozenset[str]:
         """The fields of the alias's collection: one made by an older schema lacks

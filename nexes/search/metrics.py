@@ -14,6 +14,12 @@ SEARCHES = Counter(
 TYPESENSE_LATENCY = Histogram(
     "nexes_typesense_request_duration_seconds", "Typesense searches, with their latency.", buckets=LATENCY_BUCKETS
 )
+PATIENCE = Counter(
+    "nexes_search_patience",
+    "Typesense tries that waited past NEXES_TYPESENSE_TIMEOUT because no node had answered within it "
+    "(every node slow: starved cores), by outcome: answered, failed, or expired at NEXES_SEARCH_PATIENCE_SECONDS.",
+    ["outcome"],
+)
 BUSY = Counter("nexes_search_refused", "Searches refused because every slot was taken, by bulkhead.", ["bulkhead"])
 
 

@@ -1,8 +1,11 @@
 """A 3-node Typesense raft cluster (NEXES_TYPESENSE_URLS): one node SIGKILLed, the leader
-included, sends no search to the pg_trgm fallback; the node catches up once started again."""
+included, sends no search to the pg_trgm fallback; the node catches up once started again.
+A hung node is outrun and its breaker opens; every node slow at once is waited for, and no
+breaker opens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +20,7 @@ import pytest
 import typesense
 
 from nexes.search.client import client_config, sync_client
+from nexes.search.engine import SearchService, service_for
 from nexes.settings import Settings
 from tests.conftest import client_for
 from tests.support.search import SEARCH, indexed_database, pick, search_environ, sync_now
@@ -162,7 +166,68 @@ async def test_a_hung_node_is_outrun_by_the_next_and_sends_no_search_to_the_fall
     try:
         # Searches start on each node in turn: the first three include one on the hung node.
         engines = await searches(api, sod, 12)
+        # Its tries run past NEXES_TYPESENSE_TIMEOUT while another node answered within it:
+        # each counts. Kept stopped until the last has timed out (resumed earlier, it would
+        # answer one and reset the count).
+        await asyncio.sleep(cluster_settings.typesense_timeout + 0.5)
+        breakers = await service_for(api.app.state.settings).breaker_states()  # type: ignore[attr-defined]
     finally:
         os.kill(pid, signal.SIGCONT)
     assert engines == ["TYPESENSE"] * 12
+    # Its breaker (2 failures, the module's setting) opened; the others' did not.
+    assert breakers.pop(f"typesense-{follower + 1}") == "opened"
+    assert set(breakers.values()) == {"closed"}
     assert wait_for(lambda: cluster_healthy(cluster_settings), timeout=90, interval=0.5)
+
+
+async def failures(service: SearchService) -> dict[str, tuple[str, int | None]]:
+    """Each node's breaker: its state and the failures it has counted."""
+    breakers = [(name, (await service.breakers.get_breaker(name)).context) for name in service.breaker_names]
+    return {name: (str(context.state), context.failure_count) for name, context in breakers}
+
+
+async def stopped_search(api: httpx.AsyncClient, text: str, seconds: float) -> tuple[str, float]:
+    """One search while every node is stopped (SIGSTOP) for `seconds`: its engine and time.
+    Every node slow at once, as when the cores they share are starved (the Typesense drill:
+    a node catching up on the two cores the three share); SIGSTOP stands in for the
+    starvation, which cannot be produced on demand. Stops shorter than Typesense's raft
+    election timeout leave the cluster as it was."""
+    pids = [pid_of(name) for name in NODES]
+    loop = asyncio.get_running_loop()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in pids:
+            loop.call_later(seconds, os.kill, pid, signal.SIGCONT)
+        started = time.monotonic()
+        (engine,) = await searches(api, text, 1)
+        return engine, time.monotonic() - started
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)  # at once, should the search have failed early
+
+
+@pytest.mark.parametrize("patience", [6.0, 0.8])
+async def test_every_node_slow_at_once_is_waited_for_up_to_the_patience_and_opens_no_breaker(
+    cluster_settings: Settings, patience: float
+) -> None:
+    # A timeout of 0.5 s and every node stopped for 1.5 s. Within NEXES_SEARCH_PATIENCE_SECONDS
+    # (6 s) Typesense answers once the nodes go on, past the timeout; with 0.8 s the fallback
+    # answers at the patience, before the nodes go on. Either way no node was slower than
+    # another: no breaker counts a failure.
+    settings = replace(cluster_settings, typesense_timeout=0.5, search_patience_seconds=patience)
+    assert wait_for(lambda: cluster_healthy(settings), timeout=90, interval=0.5)
+    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+        _, sod, _, _ = pick(conn)
+    async with client_for(settings) as api:
+        assert await searches(api, sod, 3) == ["TYPESENSE"] * 3  # connected, the layout read
+        service = service_for(settings)
+        before = await failures(service)
+        engine, elapsed = await stopped_search(api, sod, 1.5)
+        after = await failures(service)
+    if patience > 1.5:
+        assert (engine, elapsed >= 1.4) == ("TYPESENSE", True), elapsed
+    else:
+        assert (engine, patience - 0.1 <= elapsed < 1.5) == ("POSTGRES", True), elapsed
+    assert after == before, (before, after)
+    assert wait_for(lambda: cluster_healthy(settings), timeout=90, interval=0.5)
