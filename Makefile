@@ -108,8 +108,9 @@ BROKER_TESTS := tests/test_import_e2e.py tests/test_import_crash.py tests/test_i
 	tests/test_tracing.py::test_an_import_carries_the_trace_to_its_job_its_message_and_the_workers_logs_and_sql \
 	tests/test_audit.py::test_reconcile_and_reindex_write_their_row_when_sent \
 	tests/test_audit.py::test_an_upload_is_owned_by_its_uploader_and_accepted_under_its_request_id \
-	tests/test_mutations.py::test_reconcile_dashboard_needs_the_admin_role_and_enqueues_the_job
-test-rabbitmq: venv
+	tests/test_mutations.py::test_reconcile_dashboard_needs_the_admin_role_and_enqueues_the_job \
+	tests/test_spa_browser.py
+test-rabbitmq: venv chromium spa
 	export $(CLUSTER) && $(STACK) up && $(WITH_ENV) NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest tests/cluster/test_brokers.py \
 	  && $(WITH_ENV) NEXES_BROKER_URL="$$NEXES_RABBITMQ_URL" NEXES_TEST_DB=$(TEST_DB) $(BIN)/pytest $(BROKER_TESTS)
 
