@@ -17,6 +17,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import shutil
 import statistics
 import subprocess
 import sys
@@ -195,6 +196,8 @@ def bench_sampled(
             spy.wait(timeout=60)
             served = result["rps"] * seconds
             shares = _shares(out.read_text())
+            if os.environ.get("BENCH_PROFILE_KEEP"):  # the raw samples, for a look by function
+                shutil.copy(out, Path(os.environ["BENCH_PROFILE_KEEP"]) / f"{chosen.name[0]}-read{i}.txt")
             cpu_us = cpu / max(1.0, served) * 1e6
             report(
                 bench="profile-sampled",

@@ -62,7 +62,8 @@ from nexes.db.migrate import migrate
 from nexes.db.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
-DB = "nexes_bench"
+# NEXES_BENCH_DB: another database for the same benchmarks (one being seeded while another is measured).
+DB = os.environ.get("NEXES_BENCH_DB", "nexes_bench")
 
 
 def ensure_wrk() -> None:

@@ -179,6 +179,9 @@ class Settings:
     # it follows prepare: a comment when off, application_name when on.
     prepare: bool = False
     sql_tag: SqlTag = "comment"
+    # Issue 21: pages of orders whose selection is plain columns have PostgreSQL build each
+    # order's JSON (nexes.schema.rendered); off: Python builds every answer, as before.
+    render_sql: bool = True
     # GraphiQL (nexes.http.graphiql) in production: off by default; development always has it.
     graphiql: bool = False
     # The reference SPA's built files (examples/spa/dist), served at /app in development only.
@@ -349,6 +352,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             broker_url=_broker_url(config),
             monitor_connection_limit=max(1, int(_positive(config, "NEXES_MONITOR_CONNECTION_LIMIT", 5, int))),
             prepare=_on_off(config, "NEXES_PREPARE"),
+            render_sql=_on_off(config, "NEXES_RENDER_SQL", default=True),
             sql_tag=_sql_tag(config),
             graphiql=_on_off(config, "NEXES_GRAPHIQL"),
             spa_dir=config("NEXES_SPA_DIR", default=""),
@@ -370,8 +374,8 @@ def _broker_url(config: Config) -> str:
     return url
 
 
-def _on_off(config: Config, key: str) -> bool:
-    value = config(key, default="off").strip().lower()
+def _on_off(config: Config, key: str, default: bool = False) -> bool:
+    value = config(key, default="on" if default else "off").strip().lower()
     if value not in ("on", "off"):
         raise SettingsError(f"{key}={value!r}: must be 'on' or 'off'")
     return value == "on"

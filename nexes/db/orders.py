@@ -21,6 +21,7 @@ from psycopg.rows import args_row
 
 from nexes.db.connect.session_tag import GenericPlan
 from nexes.db.keyset import Keyset
+from nexes.db.rendering import Spec, rendered_column
 
 Direction = Literal["ASC", "DESC"]
 
@@ -56,6 +57,7 @@ class OrderRow(NamedTuple):
     updated_at: datetime
     customer_code: str | None = None  # with_customer pages only
     customer_name: str | None = None
+    rendered: str | None = None  # the order's JSON for a page's render spec (rendered_column)
 
 
 class LineRow(NamedTuple):
@@ -161,21 +163,27 @@ def _page_sql(
     after: Keyset | None,
     with_customer: bool,
     extra: sql.Composable | None,
+    render: Spec | None = None,
 ) -> sql.Composed:
     query = _bare_page_query(flt, sort, backward=backward, after=after, extra=extra)
-    if not with_customer:
+    if not with_customer and render is None:
         return query
     column, direction = SORTS[sort]
     if backward:
         direction = "ASC" if direction == "DESC" else "DESC"
+    order = sql.SQL("ORDER BY p.{col} {dir}, p.id {dir}").format(col=sql.Identifier(column), dir=sql.SQL(direction))
+    rendered = sql.SQL("") if render is None else sql.SQL(", {} AS rendered").format(rendered_column(render))
+    if not with_customer:
+        return sql.SQL(
+            "SELECT p.*, NULL::text AS customer_code, NULL::text AS customer_name{rendered} FROM ({page}) AS p {order}"
+        ).format(page=query, rendered=rendered, order=order)
     # LIMIT 1 keeps the lateral subquery from being flattened into a plain join, which the
     # planner served with a hash of the whole customer table (0.5 ms at 5k customers, and
     # growing with them): this way it is one primary-key probe per row of the page.
     return sql.SQL(
-        "SELECT p.*, c.code AS customer_code, c.name AS customer_name FROM ({page}) AS p "
-        "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = p.customer_id LIMIT 1) AS c "
-        "ORDER BY p.{col} {dir}, p.id {dir}"
-    ).format(page=query, col=sql.Identifier(column), dir=sql.SQL(direction))
+        "SELECT p.*, c.code AS customer_code, c.name AS customer_name{rendered} FROM ({page}) AS p "
+        "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = p.customer_id LIMIT 1) AS c {order}"
+    ).format(page=query, rendered=rendered, order=order)
 
 
 def _bare_page_query(
@@ -225,9 +233,19 @@ class PageShape(NamedTuple):
     has_to: bool
     has_prefix: bool
     statuses: int
+    render: Spec | None = None
 
     @classmethod
-    def of(cls, flt: OrderFilter, sort: str, *, backward: bool, after: Keyset | None, with_customer: bool) -> PageShape:
+    def of(
+        cls,
+        flt: OrderFilter,
+        sort: str,
+        *,
+        backward: bool,
+        after: Keyset | None,
+        with_customer: bool,
+        render: Spec | None = None,
+    ) -> PageShape:
         return cls(
             sort,
             backward,
@@ -239,6 +257,7 @@ class PageShape(NamedTuple):
             flt.created_to is not None,
             bool(flt.sod_number_prefix),
             len(set(flt.statuses)),
+            render,
         )
 
 
@@ -261,7 +280,13 @@ def page_sql_text(shape: PageShape) -> bytes:
     PostgreSQL took to run it. Built by `_page_sql` from a stand-in filter of that shape."""
     stand_in, after = _stand_in(shape)
     query = _page_sql(
-        stand_in, shape.sort, backward=shape.backward, after=after, with_customer=shape.with_customer, extra=None
+        stand_in,
+        shape.sort,
+        backward=shape.backward,
+        after=after,
+        with_customer=shape.with_customer,
+        extra=None,
+        render=shape.render,
     )
     return query.as_bytes(None) if shape.has_prefix else GenericPlan(query.as_bytes(None))
 
@@ -277,6 +302,7 @@ def customer_pages_sql_text(shape: PageShape) -> bytes:
         after=after,
         with_customer=shape.with_customer,
         extra=sql.SQL("o.customer_id = batch.cid"),
+        render=shape.render,
     )
     query = sql.SQL(
         "SELECT p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({}) AS p"
@@ -325,14 +351,18 @@ async def orders_page(
     after: Keyset | None,
     limit: int,
     with_customer: bool = False,
+    render: Spec | None = None,
 ) -> list[OrderRow]:
-    """One keyset page of orders, in the requested order (backward pages are re-reversed).
+    """One keyset page of orders, in the requested order (backward pages are re-reversed);
+    with `render`, each row also carries its JSON for that selection (`rendered_column`).
 
     Rows of the window come first in the scan order, so a window that yields `limit`
     rows yields exactly the page the whole range would.
     """
     narrow = windowed(flt, sort, backward=backward, after=after)
-    page = partial(_page, conn, sort=sort, backward=backward, after=after, limit=limit, with_customer=with_customer)
+    page = partial(
+        _page, conn, sort=sort, backward=backward, after=after, limit=limit, with_customer=with_customer, render=render
+    )
     rows = await page(narrow) if narrow else []
     if len(rows) < limit:
         rows = await page(flt)
@@ -350,8 +380,9 @@ async def _page(
     after: Keyset | None,
     limit: int,
     with_customer: bool,
+    render: Spec | None,
 ) -> list[OrderRow]:
-    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer)
+    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer, render=render)
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
         await cur.execute(page_sql_text(shape), page_params(flt, after=after, limit=limit))
         return await cur.fetchall()
@@ -367,13 +398,14 @@ async def orders_pages_by_customer(
     after: Keyset | None,
     limit: int,
     with_customer: bool,
+    render: Spec | None = None,
 ) -> dict[int, list[OrderRow]]:
     """The same page of orders for each of several customers, in one statement (a LATERAL
     page per customer, each served by the customer's own index range)."""
     flt = replace(flt, customer_id=None)
     params = page_params(flt, after=after, limit=limit)
     params["customer_ids"] = list(customer_ids)
-    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer)
+    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer, render=render)
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
         await cur.execute(customer_pages_sql_text(shape), params)
         rows = await cur.fetchall()

@@ -49,6 +49,8 @@ from graphql import (
 from graphql.pyutils import Undefined
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
+from nexes.db.rendering import MAX_NAME, RENDERABLE, Spec, intern, nodes_of
+from nexes.schema.rendered import Rendered
 from nexes.schema.types import BATCH
 
 Completer = Callable[[Any], Any]
@@ -197,6 +199,16 @@ class _Builder:
         fn = self.name("obj")
         self.object_types.add(type_.name)
         body: list[str] = []
+        # An object PostgreSQL rendered for this very selection (nexes.schema.rendered) is
+        # its JSON; it is a subclass, so only objects of another class look for it.
+        spec = self.render_spec(type_, grouped) if type_.name in RENDERABLE else None
+        rendered = []
+        if spec is not None:
+            same, made, nodes = self.name("spec", spec), self.name("Rendered", Rendered), nodes_of(spec)
+            rendered = [
+                f"        if o.__dict__.get('_rendered_spec') is {same}:",
+                f"            return {made}(o.__dict__['_rendered_json'], {nodes})",
+            ]
         is_type_of = type_.is_type_of
         if is_type_of is not None:
             definition = getattr(type_, "extensions", {}).get("strawberry-definition")
@@ -205,6 +217,7 @@ class _Builder:
             if origin is not None:
                 cls = self.name("cls", origin)
                 body.append(f"    if o.__class__ is not {cls} or TCA in o.__dict__:")
+                body += rendered
                 body.append(f"        if {check}(o, None) is not True: raise ValueError")
             else:
                 body.append(f"    if {check}(o, None) is not True: raise ValueError")
@@ -230,6 +243,37 @@ class _Builder:
             items.append(f"{key}: r{i}")
         self.lines += [f"def {fn}(o):", *body, f"    d = {{{', '.join(items)}}}", *slots, "    return d", ""]
         return fn
+
+    def render_spec(self, type_: GraphQLObjectType, grouped: dict[str, Any]) -> Spec | None:
+        """The spec of this selection when PostgreSQL can render all of it (the same one
+        nexes.resolvers.selection.node_render_spec finds in the document), else None."""
+        fields = RENDERABLE[type_.name]
+        out: list[tuple[str, str, Spec | None]] = []
+        for response_name, field_details in grouped.items():
+            node = field_details[0].node
+            name = node.name.value
+            if (
+                len(field_details) != 1
+                or name not in fields
+                or node.arguments
+                or node.directives
+                or len(response_name.encode()) > MAX_NAME
+            ):
+                return None
+            inner = fields[name]
+            if inner is None:
+                out.append((response_name, name, None))
+                continue
+            field_type = type_.fields[name].type
+            named = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
+            if not isinstance(named, GraphQLObjectType) or named.name != inner:
+                return None
+            sub_grouped, defers = self.collect(named, field_details)
+            sub = None if defers else self.render_spec(named, sub_grouped)
+            if sub is None:
+                return None
+            out.append((response_name, name, sub))
+        return intern(tuple(out)) if out else None
 
     def batch_slot(self, type_: GraphQLObjectType, field_details: Any) -> str | None:
         """The name of the Slot for a field with a batch (nexes.schema.types.BATCH) and no

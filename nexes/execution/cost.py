@@ -43,6 +43,7 @@ from graphql import (
 from nexes.auth.ratelimit import RateLimited, most_generous
 from nexes.errors import Code, NexesError
 from nexes.resolvers.context import Context
+from nexes.schema.rendered import Rendered
 
 DEFAULT_PAGE = 20  # a connection without first/last (nexes.resolvers.pagination)
 LIST_GUESS = 10  # items of a list whose size no argument gives (an order's lines)
@@ -220,7 +221,8 @@ def count_nodes(data: Any) -> int:
 
     Plain loops and exact type checks: this runs on every answer, and a generator per
     object with isinstance checks cost about 3x as much on a 50-order page. Answers are
-    built of plain dicts and lists (graphql-core's executor and the compiled one)."""
+    built of plain dicts and lists (graphql-core's executor and the compiled one), and of
+    Rendered values (nexes.schema.rendered)."""
     kind = type(data)
     if kind is dict:
         total = 1
@@ -234,6 +236,8 @@ def count_nodes(data: Any) -> int:
         kind = type(value)
         if kind is dict or kind is list:
             total += count_nodes(value)
+        elif kind is Rendered:  # JSON made by PostgreSQL: its objects are counted once, when made
+            total += value.nodes
     return total
 
 

@@ -23,6 +23,7 @@ from nexes.errors import HTTP_STATUS, Code, NexesError
 from nexes.http import headers
 from nexes.http.response_size import TooLarge, dumps_within
 from nexes.observability import request_id_var
+from nexes.schema.rendered import default
 
 log = logging.getLogger(__name__)
 Payload = dict[str, Any]
@@ -189,7 +190,7 @@ def json_response(payload: Any, status: int = 200, media_type: str = JSON, max_b
 def _dumps(payload: Any, status: int, media_type: str, max_bytes: int) -> tuple[bytes, int]:
     """The body and status of `payload`, written in parts under `max_bytes` when given."""
     if not max_bytes:
-        return orjson.dumps(payload), status
+        return orjson.dumps(payload, default=default), status
     try:
         return dumps_within(payload, max_bytes), status
     except TooLarge:

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from nexes.schema.rendered import default
+
 CHUNK = 64  # list items per orjson call
 
 
@@ -48,7 +50,7 @@ class _Writer:
         elif isinstance(value, dict) and _holds_list(value):
             self._object(value)
         else:  # a scalar, or an object of objects and scalars (one row): at once
-            self.write(orjson.dumps(value))
+            self.write(orjson.dumps(value, default=default))
 
     def _object(self, value: dict[str, Any]) -> None:
         separator = b"{"
@@ -68,7 +70,7 @@ class _Writer:
             self.write(b"]")
             return
         for start in range(0, len(value), CHUNK):
-            chunk = orjson.dumps(value[start : start + CHUNK])
+            chunk = orjson.dumps(value[start : start + CHUNK], default=default)
             # Chunks join into one array: "[a,b" + ",c,d" + ... + "]".
             first, last = start == 0, start + CHUNK >= len(value)
             self.write((b"" if first else b",") + chunk[0 if first else 1 : len(chunk) if last else -1])

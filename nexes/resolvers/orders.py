@@ -18,11 +18,13 @@ from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
 from nexes.db.keyset import Keyset
 from nexes.db.orders import LineRow, OrderFilter, OrderRow
+from nexes.db.rendering import Spec
 from nexes.errors import bad_input
 from nexes.resolvers.context import Context, Info
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
-from nexes.resolvers.selection import selected_paths
+from nexes.resolvers.selection import node_render_spec, selected_paths
+from nexes.schema.rendered import Prerendered
 from nexes.schema.types import (
     STATUS_BY_NAME,
     Customer,
@@ -94,6 +96,36 @@ def to_order(row: OrderRow, customer: Customer | None, lines: list[ServiceOrderL
     )
 
 
+class RenderedOrder(ServiceOrder, Prerendered):
+    """A ServiceOrder whose JSON its page's statement built for the selection `spec`
+    (nexes.schema.rendered): a completer compiled for that selection puts the JSON into the
+    answer as it is. Whatever reads one of its attributes instead (graphql-core's own path,
+    a completer for another selection) gets the whole order, built from its row then, with
+    the customer the page joined and no lines (a rendered page never selects lines)."""
+
+    def __init__(self, row: OrderRow, spec: Spec) -> None:  # not the dataclass's: built on first use
+        self.__dict__.update(_rendered_json=row.rendered, _rendered_spec=spec, _row=row)
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__
+        if name.startswith("__") or "_row" not in state:
+            raise AttributeError(name)
+        row = state.pop("_row")
+        customer = _joined_customer(row) if row.customer_name is not None else None
+        state.update(to_order(row, customer, []).__dict__)
+        return getattr(self, name)
+
+
+def _joined_customer(r: OrderRow) -> Customer:
+    return Customer(
+        id=strawberry.ID(global_id("Customer", r.customer_id)),
+        code=r.customer_code or "",
+        name=r.customer_name or "",
+        row_id=r.customer_id,
+        orders_of=customer_orders,
+    )
+
+
 async def hydrate(
     conn: AsyncConnection[Any],
     rows: Sequence[OrderRow],
@@ -102,21 +134,23 @@ async def hydrate(
     lines: bool,
     archived: bool,
     line_rows: Sequence[LineRow] | None = None,
+    render: Spec | None = None,
 ) -> list[ServiceOrder]:
     """Orders as GraphQL objects, with customers and lines in one batched statement each
-    (`line_rows`: the lines, read already)."""
+    (`line_rows`: the lines, read already); a row the page rendered for `render` becomes a
+    RenderedOrder, and only the rest are built here."""
+    if render is not None and not lines:
+        if all(r.rendered is not None for r in rows):
+            return [RenderedOrder(r, render) for r in rows]
+        return [
+            RenderedOrder(r, render)
+            if r.rendered is not None
+            else to_order(r, _joined_customer(r) if customers else None, [])
+            for r in rows
+        ]
     by_customer: dict[int, Customer] = {}
     if customers and rows and rows[0].customer_name is not None:  # joined into the page query
-        by_customer = {
-            r.customer_id: Customer(
-                id=strawberry.ID(global_id("Customer", r.customer_id)),
-                code=r.customer_code or "",
-                name=r.customer_name or "",
-                row_id=r.customer_id,
-                orders_of=customer_orders,
-            )
-            for r in rows
-        }
+        by_customer = {r.customer_id: _joined_customer(r) for r in rows}
     elif customers and rows:
         found = await catalog.customers_by_id(conn, {r.customer_id for r in rows})
         by_customer = {c.id: to_customer(c) for c in found}
@@ -190,6 +224,7 @@ class PageSpec:
     limit: int
     want_customer: bool
     want_lines: bool
+    render: Spec | None = None  # the nodes' selection, when PostgreSQL renders them
 
 
 Keyed = list[tuple[OrderRow, ServiceOrder]]
@@ -204,6 +239,7 @@ async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
         after=spec.after,
         limit=spec.limit,
         with_customer=spec.want_customer,
+        render=spec.render,
     )
     return await with_nodes(conn, rows, spec)
 
@@ -211,7 +247,12 @@ async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
 async def with_nodes(conn: AsyncConnection[Any], rows: list[OrderRow], spec: PageSpec) -> Keyed:
     """Each row with its GraphQL object, related rows batched as the spec selects them."""
     nodes = await hydrate(
-        conn, rows, customers=spec.want_customer, lines=spec.want_lines, archived=spec.flt.include_archived
+        conn,
+        rows,
+        customers=spec.want_customer,
+        lines=spec.want_lines,
+        archived=spec.flt.include_archived,
+        render=spec.render,
     )
     return list(zip(rows, nodes, strict=True))
 
@@ -228,6 +269,7 @@ async def fetch_customers_pages(conn: AsyncConnection[Any], spec: PageSpec, cust
         after=spec.after,
         limit=spec.limit,
         with_customer=spec.want_customer,
+        render=spec.render,
     )
     keyed = await with_nodes(conn, [row for group in grouped.values() for row in group], spec)
     by_id = {row.id: node for row, node in keyed}
@@ -279,6 +321,7 @@ class _Page:
         field = orders_db.SORTS[sort][0]
         after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
         paths = selected_paths(info)
+        want_lines = "edges.node.lines" in paths
         spec = PageSpec(
             flt,
             sort,
@@ -286,7 +329,8 @@ class _Page:
             after,
             request.limit + 1,
             want_customer="edges.node.customer" in paths,
-            want_lines="edges.node.lines" in paths,
+            want_lines=want_lines,
+            render=node_render_spec(info) if ctx.settings.render_sql and not want_lines else None,
         )
         page_cursors = "pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths
         return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors)

@@ -7,6 +7,8 @@ from typing import Any
 from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 from strawberry import Info
 
+from nexes.db.rendering import MAX_NAME, RENDERABLE, Spec, intern
+
 
 def selected_paths(info: Info[Any, Any]) -> frozenset[str]:
     """Dotted paths of every field selected below this one, through fragments.
@@ -35,3 +37,59 @@ def selected_paths(info: Info[Any, Any]) -> frozenset[str]:
         if node.selection_set is not None:
             walk(node.selection_set, "", frozenset())
     return frozenset(found)
+
+
+def node_render_spec(info: Info[Any, Any]) -> Spec | None:
+    """What PostgreSQL may render of a connection's `edges { node { ... } }` (nexes.schema.rendered):
+    the node's fields when all are plain fields of RENDERABLE, selected without fragments,
+    directives or arguments, each response name once; else None. The compiled completer
+    derives the same spec from the same selection (nexes.execution.compiled) and uses a
+    rendered object only when the two are the same spec."""
+    nodes = info._raw_info.field_nodes
+    if len(nodes) != 1:
+        return None
+    edges = _only(nodes[0].selection_set, "edges")
+    node = _only(edges.selection_set, "node") if edges is not None else None
+    return _spec("ServiceOrder", node.selection_set) if node is not None else None
+
+
+def _only(selection_set: SelectionSetNode | None, name: str) -> FieldNode | None:
+    """The one field `name` of a selection set of plain fields (no fragments or directives), else None."""
+    if selection_set is None:
+        return None
+    found = None
+    for sel in selection_set.selections:
+        if not isinstance(sel, FieldNode) or sel.directives:
+            return None
+        if sel.name.value == name:
+            if found is not None:
+                return None
+            found = sel
+    return found
+
+
+def _spec(type_name: str, selection_set: SelectionSetNode | None) -> Spec | None:
+    if selection_set is None:
+        return None
+    fields = RENDERABLE[type_name]
+    out: list[tuple[str, str, Spec | None]] = []
+    keys: set[str] = set()
+    for sel in selection_set.selections:
+        if not isinstance(sel, FieldNode) or sel.directives or sel.arguments:
+            return None
+        name = sel.name.value
+        key = sel.alias.value if sel.alias is not None else name
+        if name not in fields or key in keys or len(key.encode()) > MAX_NAME:
+            return None
+        keys.add(key)
+        inner = fields[name]
+        if inner is None:
+            if sel.selection_set is not None:
+                return None
+            out.append((key, name, None))
+        else:
+            sub = _spec(inner, sel.selection_set)
+            if sub is None:
+                return None
+            out.append((key, name, sub))
+    return intern(tuple(out)) if out else None

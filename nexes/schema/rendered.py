@@ -1,0 +1,66 @@
+"""Objects whose JSON PostgreSQL built: the selection they were built for, and their output.
+
+Why: on a page of orders, Python spent more per row (a row tuple, a Strawberry object, a
+global id, an ISO timestamp, the completed dict, its count and its serialisation, about
+15 µs) than PostgreSQL spent finding the row. For a selection of plain columns only
+(nexes.db.rendering.RENDERABLE), the page's statement also builds each order's JSON
+(`rendered_column` there), and the compiled completer (nexes.execution.compiled) puts that
+JSON into the answer as it is, through `Rendered` and orjson's Fragment.
+
+Who: any caller whose selection under a connection's `edges { node { ... } }` is plain
+fields of RENDERABLE, with no fragment, directive or argument
+(nexes.resolvers.selection.node_render_spec); the
+field guards and the cost limit apply as before (a guarded field is never compiled, so
+never rendered). Cost: one scalar subquery per row in the page's statement. Reveals: the
+same fields, byte for byte the same values once parsed, as the objects they stand for;
+tests compare the two on hostile text (tests/test_rendered.py).
+
+The object a resolver returns for a rendered row (`Prerendered`) is still a full
+ServiceOrder: anything that reads its attributes (graphql-core's own path, a completer
+compiled for another selection) gets the hydrated object, built on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class Prerendered:
+    """Marks an object that carries its own JSON: `_rendered_json` for the selection
+    `_rendered_spec` (both set by its maker)."""
+
+    __slots__ = ()
+
+
+class Rendered:
+    """A completed value whose JSON is already made: what the compiled completer puts into
+    the answer in place of the dict it would have built. `nodes` is its count of objects."""
+
+    __slots__ = ("json", "nodes")
+
+    def __init__(self, json: str, nodes: int) -> None:
+        self.json = json
+        self.nodes = nodes
+
+    def __repr__(self) -> str:
+        return f"Rendered({self.json!r})"
+
+
+def default(value: Any) -> Any:
+    """orjson's `default`: a Rendered value as its JSON, unchanged."""
+    if value.__class__ is Rendered:
+        return orjson.Fragment(value.json)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def plain(value: Any) -> Any:
+    """An answer with its Rendered values parsed: the plain data a client would read."""
+    if value.__class__ is Rendered:
+        return orjson.loads(value.json)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

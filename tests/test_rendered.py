@@ -1,0 +1,195 @@
+"""Orders whose JSON PostgreSQL builds (nexes.schema.rendered, NEXES_RENDER_SQL).
+
+Who may use it: anyone whose selection under `edges { node }` is plain fields; guards and
+cost apply as before. What it may cost: one expression per row in the page's statement.
+What it may reveal: exactly what Python's answer holds. Every test here compares the app
+with rendering on against the app with it off (Python builds every answer), on the real
+database and replica, including text and timestamps chosen to break a JSON writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from nexes.auth.identity import ADMIN_VIEWER as ADMIN
+from nexes.resolvers.ids import global_id
+from nexes.schema.rendered import Rendered, plain
+from nexes.settings import Settings
+from tests.conftest import client_for
+from tests.support.databases import own_database
+from tests.support.replicas import wait_for_replica
+
+DB = "nexes_t_rendered"
+# Text a JSON writer must escape or keep as it is: quotes, backslashes, every control
+# character class, a brace, markup, non-BMP characters, U+2028/U+2029, a lone combining mark.
+HOSTILE_NAME = 'Q"uote\\back\nline\ttab\x01\x1f\x7f {brace} </script> \u2028\u2029 \U0001f6e0 \u0301 Zürich'
+HOSTILE_DESCRIPTION = '\\"\\u0000 \r\n\b\f \u2211 \U0001d518 ' + "x" * 1500
+ORDER_FIELDS = "id sodNumber status createdAt updatedAt totalAmount currency description __typename"
+CUSTOMER_FIELDS = "id code name __typename"
+
+DOCUMENTS = [
+    # the benchmark's reads 1, 3 and 5
+    "{ serviceOrders(first: 50) { edges { node { id sodNumber status createdAt totalAmount customer { name } } } } }",
+    "{ serviceOrders(first: 50, filter: {status: [OPEN]}) { edges { node { id sodNumber customer { name } } } } }",
+    "{ customers(first: 20) { edges { node { id name serviceOrders(first: 10) "
+    "{ edges { node { id sodNumber status createdAt totalAmount } } } } } } }",
+    # every field, aliases, __typename, cursors, pageInfo and the count beside the nodes
+    f"{{ serviceOrders(first: 30) {{ totalCount edges {{ cursor node {{ {ORDER_FIELDS} "
+    f"customer {{ {CUSTOMER_FIELDS} }} }} }} pageInfo {{ hasNextPage startCursor endCursor }} }} }}",
+    "{ serviceOrders(first: 7, orderBy: TOTAL_AMOUNT_DESC) { edges { node { a: totalAmount b: id c: __typename "
+    "k: customer { x: name y: code } } } } }",
+    "{ serviceOrders(last: 5, filter: {status: [OPEN, DRAFT, IN_PROGRESS]}) "
+    "{ edges { node { sodNumber updatedAt } } } }",
+    "{ serviceOrders(first: 5, orderBy: UPDATED_AT_DESC) { edges { node { updatedAt description } } } }",
+    "{ customers(first: 3) { edges { node { serviceOrders(first: 4, orderBy: CREATED_AT_ASC) "
+    "{ edges { cursor node { createdAt customer { id name serviceOrders(first: 1) { edges { node { id } } } } } } "
+    "} } } } }",
+    # not rendered (a fragment, lines, a directive, the same name twice): answered by Python
+    "{ serviceOrders(first: 5) { edges { node { ...O } } } } fragment O on ServiceOrder { id sodNumber }",
+    "{ serviceOrders(first: 5) { edges { node { id lines { lineNo quantity unitPrice } } } } }",
+    "{ serviceOrders(first: 5) { edges { node { id sodNumber @include(if: true) } } } }",
+    "{ serviceOrders(first: 5) { edges { node { id id } } } }",
+]
+RENDERED = set(range(8))  # the indexes of DOCUMENTS the database renders
+
+
+@pytest.fixture(scope="module")
+def db(template_settings: Settings) -> Iterator[Settings]:
+    """A database of this module's own, seeded small, with one customer and two orders of
+    hostile text, and an order created at a whole second (isoformat prints .000000)."""
+    with own_database(template_settings, DB, orders=300) as settings:
+        with psycopg.connect(settings.admin_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE customer SET name = %s WHERE id = (SELECT customer_id FROM service_order "
+                "GROUP BY customer_id HAVING count(*) >= 3 ORDER BY customer_id LIMIT 1)",
+                [HOSTILE_NAME],
+            )
+            conn.execute(
+                "UPDATE service_order SET description = %s WHERE id IN (SELECT o.id FROM service_order AS o "
+                "JOIN customer AS c ON c.id = o.customer_id WHERE c.name = %s ORDER BY o.created_at DESC LIMIT 2)",
+                [HOSTILE_DESCRIPTION, HOSTILE_NAME],
+            )
+            conn.execute(
+                "UPDATE service_order SET updated_at = date_trunc('second', "
+                "(SELECT max(updated_at) FROM service_order)) + interval '1 second' "
+                "WHERE id = (SELECT max(id) FROM service_order)"
+            )
+        wait_for_replica(settings, timeout=120)
+        yield settings
+
+
+async def answers(
+    settings: Settings, document: str, variables: dict[str, Any] | None = None
+) -> dict[bool, tuple[int, Any, Any]]:
+    """The status, data and actualNodes of the document with rendering on and off."""
+    out = {}
+    for render in (True, False):
+        async with client_for(replace(settings, render_sql=render)) as client:
+            response = await client.post("/graphql", json={"query": document, "variables": variables})
+            body = response.json()
+        out[render] = (response.status_code, body.get("data"), body["extensions"]["cost"]["actualNodes"])
+    return out
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+async def test_rendered_answers_are_python_answers(db: Settings, document: str) -> None:
+    got = await answers(db, document)
+    assert got[True] == got[False]
+    status, data, nodes = got[True]
+    assert status == 200 and data is not None and nodes > 0
+
+
+async def test_hostile_text_comes_back_exactly_as_stored(db: Settings) -> None:
+    with psycopg.connect(db.admin_url) as conn:
+        (row_id,) = conn.execute("SELECT id FROM customer WHERE name = %s", [HOSTILE_NAME]).fetchone() or (0,)
+    async with client_for(db) as client:
+        customer = global_id("Customer", row_id)
+        query = (
+            "query($c: ID!) { serviceOrders(first: 3, filter: {customerId: $c}) "
+            f"{{ edges {{ node {{ {ORDER_FIELDS} customer {{ {CUSTOMER_FIELDS} }} }} }} }} }}"
+        )
+        body = (await client.post("/graphql", json={"query": query, "variables": {"c": customer}})).json()
+    nodes = [e["node"] for e in body["data"]["serviceOrders"]["edges"]]
+    assert [n["customer"]["name"] for n in nodes] == [HOSTILE_NAME] * 3
+    assert [n["description"] for n in nodes][:2] == [HOSTILE_DESCRIPTION] * 2
+    got = await answers(db, query, {"c": customer})
+    assert got[True] == got[False]
+
+
+async def test_a_whole_second_keeps_its_six_zeros(db: Settings) -> None:
+    got = await answers(db, "{ serviceOrders(first: 1, orderBy: UPDATED_AT_DESC) { edges { node { updatedAt } } } }")
+    assert got[True] == got[False]
+    ((_, data, _),) = [got[True]]
+    assert data["serviceOrders"]["edges"][0]["node"]["updatedAt"].endswith(".000000+00:00")
+
+
+@pytest.mark.parametrize("zone, offset", [("Asia/Kolkata", "+05:30"), ("America/St_Johns", ("-03:30", "-02:30"))])
+async def test_timestamps_follow_the_session_time_zone_as_psycopg_reads_them(
+    db: Settings, monkeypatch: pytest.MonkeyPatch, zone: str, offset: Any
+) -> None:
+    # PGTZ: libpq sends it as the session's TimeZone (PgBouncer passes it on).
+    monkeypatch.setenv("PGTZ", zone)
+    got = await answers(db, "{ serviceOrders(first: 20) { edges { node { createdAt updatedAt } } } }")
+    assert got[True] == got[False]
+    stamps = [e["node"]["createdAt"] for e in got[True][1]["serviceOrders"]["edges"]]
+    assert stamps and all(s.endswith(offset) for s in stamps)
+
+
+@pytest.mark.parametrize(
+    "zone, stamp, expected",
+    [
+        ("UTC", "2025-06-01 10:00:00.5+00", True),
+        ("Europe/Amsterdam", "1800-01-01 00:00:00+00", False),  # local mean time: +00:19:32
+        ("UTC", "0001-01-01 00:00:00+00", False),  # -05:00 elsewhere: year 0, which Python lacks
+        ("UTC", "9999-12-31 12:00:00+00", False),
+        ("UTC", "infinity", False),
+    ],
+)
+def test_rows_python_would_print_otherwise_are_left_to_python(
+    db: Settings, zone: str, stamp: str, expected: bool
+) -> None:
+    with psycopg.connect(db.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
+        query = sql.SQL("SELECT {} FROM (SELECT %s::timestamptz AS created_at) AS p").format(
+            printable(sql.SQL("p.created_at"))
+        )
+        assert conn.execute(query, [stamp]).fetchone() == (expected,)
+
+
+async def test_the_fast_executor_uses_the_rendered_json_and_the_stock_one_the_objects(db: Settings) -> None:
+    from nexes.execution.pipeline import Pipeline
+    from nexes.execution.schema import make_schema
+    from nexes.resolvers.context import Context
+
+    async with client_for(db) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+
+        def context(render: bool) -> Context:
+            settings = replace(state.settings, render_sql=render)
+            return Context(request_id="r", settings=settings, router=state.router, cursors=state.cursors, viewer=ADMIN)
+
+        for i, document in enumerate(DOCUMENTS):
+            fast = await state.pipeline.run(document, None, None, context(True), queries_only=True)
+            # graphql-core's own executor on the same rendered objects: it reads their attributes
+            stock = await Pipeline(make_schema(None)).run(document, None, None, context(True), queries_only=True)
+            python = await state.pipeline.run(document, None, None, context(False), queries_only=True)
+            assert fast.errors is None and stock.errors is None and python.errors is None
+            assert plain(fast.data) == stock.data == python.data
+            assert (count_rendered(fast.data) > 0) == (i in RENDERED), document
+            assert count_rendered(stock.data) == count_rendered(python.data) == 0
+
+
+def count_rendered(value: Any) -> int:
+    if isinstance(value, Rendered):
+        return 1
+    if isinstance(value, dict):
+        return sum(count_rendered(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_rendered(v) for v in value)
+    return 0
