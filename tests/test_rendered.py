@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from nexes.auth.identity import ADMIN_VIEWER as ADMIN
+from nexes.db.rendering import printable
 from nexes.resolvers.ids import global_id
 from nexes.schema.rendered import Rendered, plain
 from nexes.settings import Settings
