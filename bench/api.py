@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
-from bench.run import DB, ROOT, bench_env, cpu_seconds, ensure_wrk, process, report, wrk
+from bench.run import DB, ROOT, bench_env, cpu_by_command, cpu_seconds, ensure_wrk, process, report, wrk
 from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.db.keyset import CursorCodec
@@ -331,10 +331,19 @@ def _measure(
             ("postgraphile", peer_url, read.peer, "", pids[1]),
         ]
         for name, url, body, authz, pid in order if i % 2 == 0 else order[::-1]:
-            cpu = cpu_seconds(pid)
+            cpu, machine = cpu_seconds(pid), cpu_by_command()
             result = wrk(url, body, seconds, authorization=authz)
-            cpu = cpu_seconds(pid) - cpu
-            runs[name].append({**result, "cpu_us": cpu / max(1.0, result["rps"] * seconds) * 1e6})
+            cpu, after = cpu_seconds(pid) - cpu, cpu_by_command()
+            served = max(1.0, result["rps"] * seconds)
+            others = {k: (v - machine.get(k, 0.0)) / served * 1e6 for k, v in after.items()}
+            runs[name].append(
+                {
+                    **result,
+                    "cpu_us": cpu / served * 1e6,
+                    # The rest of the machine per request: the database, the pooler, the load generator.
+                    "others_us": {k: round(v) for k, v in sorted(others.items(), key=lambda kv: -kv[1]) if v >= 20},
+                }
+            )
     failed = {name: sum(r["gql_errors"] + r["non2xx"] + r["errors"] for r in results) for name, results in runs.items()}
     if any(failed.values()):
         raise RuntimeError(f"{config}, {read.name}: failed answers {failed}; runs: {runs}")
@@ -350,6 +359,9 @@ def _measure(
         "rounds_cpu_us_per_request": {name: [round(r["cpu_us"]) for r in results] for name, results in runs.items()},
         "median_cpu_us_per_request": {
             name: round(statistics.median(r["cpu_us"] for r in results)) for name, results in runs.items()
+        },
+        "rounds_machine_cpu_us_per_request": {
+            name: [r["others_us"] for r in results] for name, results in runs.items()
         },
         "nexes_query": read.nexes["query"],
         "postgraphile_query": read.peer["query"],

@@ -84,6 +84,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_command() -> dict[str, float]:
+    """utime + stime of every process on the machine, summed by command name (/proc/<pid>/stat):
+    where a round's CPU went besides the server (postgres, pgbouncer, wrk, redis-server)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone since the listing
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(")")
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def report(**figures: object) -> None:
     print(json.dumps(figures), flush=True)
 

@@ -9,6 +9,9 @@ fields (nexes.execution.compiled); a rendered value is used only where the two a
 
 from __future__ import annotations
 
+import base64
+
+import orjson
 from psycopg import sql
 
 # Response name, field name, sub-selection (for an object field), per selected field.
@@ -56,10 +59,18 @@ def nodes_of(spec: Spec) -> int:
 #   psycopg hands it to Python: the offset as +HH:MM (TZH:TZM);
 # - a Decimal is format(value, "f"): the digits of numeric's own text;
 # - a Status is its name, which is the enum's text.
-def _global_id(type_name: str, key: sql.Composable) -> sql.Composed:
-    return sql.SQL("rtrim(translate(encode(convert_to({} || {}::text, 'UTF8'), 'base64'), '+/', '-_'), '=')").format(
-        sql.Literal(f"{type_name}:"), key
+def _global_id(type_name: str, key: sql.Composable) -> list[str | sql.Composable]:
+    """base64url("Type:key"): the whole groups of three bytes of "Type:" are encoded here,
+    once, and only the rest with the key by PostgreSQL (half the cost per row). The rest is
+    ASCII digits and at most two characters of a type name, so its cast to bytea reads no
+    escape."""
+    prefix = f"{type_name}:".encode()
+    whole = len(prefix) // 3 * 3
+    constant = base64.urlsafe_b64encode(prefix[:whole]).decode()
+    rest = sql.SQL("rtrim(translate(encode(({} || {}::text)::bytea, 'base64'), '+/', '-_'), '=')").format(
+        sql.Literal(prefix[whole:].decode()), key
     )
+    return [constant, rest]
 
 
 def _timestamp(column: sql.Composable) -> sql.Composed:
@@ -77,9 +88,9 @@ def printable(column: sql.Composable) -> sql.Composed:
     ).format(c=column)
 
 
-_FIELDS: dict[str, dict[str, sql.Composable]] = {
+# Each a value, or a global id's tokens (constant text and the value's).
+_FIELDS: dict[str, dict[str, sql.Composable | list[str | sql.Composable]]] = {
     "ServiceOrder": {
-        "__typename": sql.Literal("ServiceOrder"),
         "id": _global_id("ServiceOrder", sql.SQL("p.id")),
         "sodNumber": sql.SQL("p.sod_number"),
         "status": sql.SQL("p.status::text"),
@@ -90,40 +101,67 @@ _FIELDS: dict[str, dict[str, sql.Composable]] = {
         "description": sql.SQL("p.description"),
     },
     "Customer": {
-        "__typename": sql.Literal("Customer"),
         "id": _global_id("Customer", sql.SQL("p.customer_id")),
         "code": sql.SQL("c.code"),
         "name": sql.SQL("c.name"),
     },
 }
+# Values whose text needs no JSON escaping (base64url, digits and signs, an enum's name):
+# quoted as they are, which costs less than to_json().
+_PLAIN_TEXT = {"id", "status", "createdAt", "updatedAt", "totalAmount"}
 _CHECKS: dict[str, sql.Composable] = {
     "createdAt": printable(sql.SQL("p.created_at")),
     "updatedAt": printable(sql.SQL("p.updated_at")),
 }
 
 
-# The subqueries' aliases (r$, x$) are not GraphQL names, so no response name, which becomes
-# a column of theirs, can shadow them.
 def rendered_column(spec: Spec) -> sql.Composed:
-    """The order's JSON for `spec` as text (row_to_json: compact, its keys in the selection's
-    order), or NULL for a row `printable` refuses."""
+    """The order's JSON for `spec` as text, or NULL for a row `printable` refuses.
+
+    The text is concatenated: constant keys, and each value through to_json(), which
+    escapes it as JSON (or in quotes as it is, for _PLAIN_TEXT). row_to_json over a
+    subquery printed the same, but planning its subplans doubled the page's planning time
+    (1.0 -> 1.9 ms for 20 customers' pages), and json_build_object prints spaces (`{"a" : 1, "b" : 2}`). A NULL value makes the whole
+    text NULL, so a row the schema would refuse (a null in a non-null field) is left to
+    Python, which reports it as it always did."""
     checks = [_CHECKS[field] for _, field, _ in spec if field in _CHECKS]
-    value = sql.SQL("(SELECT row_to_json(r$)::text FROM ({}) AS r$)").format(_object("ServiceOrder", spec))
+    pieces: list[sql.Composable] = []
+    text = ""
+    for token in _tokens("ServiceOrder", spec):
+        if isinstance(token, str):
+            text += token
+            continue
+        if text:
+            pieces.append(sql.Literal(text))
+            text = ""
+        pieces.append(token)
+    if text:
+        pieces.append(sql.Literal(text))
+    value = sql.SQL("({})").format(sql.SQL(" || ").join(pieces))
     if not checks:
         return value
     return sql.SQL("CASE WHEN {} THEN {} END").format(sql.SQL(" AND ").join(checks), value)
 
 
-def _object(type_name: str, spec: Spec) -> sql.Composed:
-    columns = []
-    for response_name, field, sub in spec:
-        fields = RENDERABLE[type_name]
+def _tokens(type_name: str, spec: Spec) -> list[str | sql.Composable]:
+    """One object's JSON: constant text (str) and values (SQL giving JSON text), `{` to `}`."""
+    fields = RENDERABLE[type_name]
+    out: list[str | sql.Composable] = ["{"]
+    for i, (response_name, field, sub) in enumerate(spec):
         if field not in fields or len(response_name.encode()) > MAX_NAME or (sub is None) != (fields[field] is None):
             raise ValueError(f"{type_name}.{field} as {response_name!r} cannot be rendered")
+        out.append(("," if i else "") + orjson.dumps(response_name).decode() + ":")
         inner = fields[field]
-        if inner is None or sub is None:
-            expression: sql.Composable = _FIELDS[type_name][field]
+        if field == "__typename":
+            out.append(orjson.dumps(type_name).decode())
+        elif inner is None or sub is None:
+            value = _FIELDS[type_name][field]
+            if field in _PLAIN_TEXT:
+                out += ['"', *(value if isinstance(value, list) else [value]), '"']
+            else:
+                assert not isinstance(value, list)
+                out.append(sql.SQL("to_json({})::text").format(value))
         else:
-            expression = sql.SQL("(SELECT row_to_json(x$) FROM ({}) AS x$)").format(_object(inner, sub))
-        columns.append(sql.SQL("{} AS {}").format(expression, sql.Identifier(response_name)))
-    return sql.SQL("SELECT {}").format(sql.SQL(", ").join(columns))
+            out += _tokens(inner, sub)
+    out.append("}")
+    return out
