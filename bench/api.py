@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
-from bench.run import DB, ROOT, bench_env, cpu_by_command, cpu_seconds, ensure_wrk, process, report, wrk
+from bench.run import DB, ROOT, bench_env, cpu_by_process, cpu_seconds, cpu_since, ensure_wrk, process, report, wrk
 from bench.tokens import bearer
 from nexes import settings as settings_module
 from nexes.db.keyset import CursorCodec
@@ -331,11 +331,11 @@ def _measure(
             ("postgraphile", peer_url, read.peer, "", pids[1]),
         ]
         for name, url, body, authz, pid in order if i % 2 == 0 else order[::-1]:
-            cpu, machine = cpu_seconds(pid), cpu_by_command()
+            cpu, machine = cpu_seconds(pid), cpu_by_process()
             result = wrk(url, body, seconds, authorization=authz)
-            cpu, after = cpu_seconds(pid) - cpu, cpu_by_command()
+            cpu, used = cpu_seconds(pid) - cpu, cpu_since(machine)
             served = max(1.0, result["rps"] * seconds)
-            others = {k: (v - machine.get(k, 0.0)) / served * 1e6 for k, v in after.items()}
+            others = {k: v / served * 1e6 for k, v in used.items()}
             runs[name].append(
                 {
                     **result,

@@ -84,10 +84,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_by_command() -> dict[str, float]:
-    """utime + stime of every process on the machine, summed by command name (/proc/<pid>/stat):
-    where a round's CPU went besides the server (postgres, pgbouncer, wrk, redis-server)."""
-    out: dict[str, float] = {}
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """utime + stime of every process on the machine (/proc/<pid>/stat), with its command name."""
+    out: dict[int, tuple[str, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -96,7 +95,20 @@ def cpu_by_command() -> dict[str, float]:
             continue
         name, _, rest = text.partition(" (")[2].rpartition(")")
         fields = rest.split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_since(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used since `before` (cpu_by_process), by command name: where a round's CPU
+    went besides the server (postgres, pgbouncer, redis-server). Per process, so that one
+    that ended in between (a pooled connection closed when idle) takes nothing away; what
+    such a process used in the round is lost, and so is the load generator's (it exits)."""
+    out: dict[str, float] = {}
+    for pid, (name, cpu) in cpu_by_process().items():
+        was = before.get(pid)
+        used = cpu - (was[1] if was is not None and was[0] == name else 0.0)
+        out[name] = out.get(name, 0.0) + used
     return out
 
 

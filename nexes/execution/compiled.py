@@ -50,7 +50,7 @@ from graphql.pyutils import Undefined
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
 from nexes.db.rendering import MAX_NAME, RENDERABLE, Spec, intern, nodes_of
-from nexes.schema.rendered import Rendered
+from nexes.schema.rendered import Rendered, RenderedEdges
 from nexes.schema.types import BATCH
 
 Completer = Callable[[Any], Any]
@@ -61,6 +61,7 @@ Guarded = Callable[[str, str], bool]
 Collect = Callable[[GraphQLObjectType, Any], tuple[dict[str, Any], bool]]
 
 CACHE_LIMIT = 10_000
+EDGE = "ServiceOrderEdge"  # the edges whose nodes PostgreSQL may render (RenderedEdges)
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
@@ -143,15 +144,28 @@ class _Builder:
     def nonnull(self, type_: GraphQLOutputType, details: Any, src: str, dst: str, indent: str) -> list[str]:
         if isinstance(type_, GraphQLList):
             item = type_.of_type
+            rendered = None
             if isinstance(item, GraphQLNonNull) and isinstance(item.of_type, GraphQLObjectType):
                 fn = self.object(item.of_type, details)  # it refuses None itself
                 call = f"[{fn}(x) for x in {src}]"
+                rendered = self.edges_spec(item.of_type, details)
             else:
                 fn = self.function(item, details)
                 call = f"[{fn}(x) for x in {src}]"
+            if rendered is None:
+                return [
+                    f"{indent}if {src}.__class__ is not list and {src}.__class__ is not tuple: raise ValueError",
+                    f"{indent}{dst} = {call}",
+                ]
+            # A page's edges PostgreSQL rendered for this very selection: one JSON array.
+            (_, _, node_spec) = rendered[0]
+            assert node_spec is not None
+            edges, same = self.name("RenderedEdges", RenderedEdges), self.name("spec", rendered)
             return [
-                f"{indent}if {src}.__class__ is not list and {src}.__class__ is not tuple: raise ValueError",
-                f"{indent}{dst} = {call}",
+                f"{indent}if {src}.__class__ is {edges} and {src}.spec is {same}:",
+                f"{indent}    {dst} = {src}.rendered({1 + nodes_of(node_spec)})",
+                f"{indent}elif {src}.__class__ is not list and {src}.__class__ is not tuple: raise ValueError",
+                f"{indent}else: {dst} = {call}",
             ]
         if is_leaf_type(type_):
             return self.leaf(type_, src, dst, indent)
@@ -243,6 +257,27 @@ class _Builder:
             items.append(f"{key}: r{i}")
         self.lines += [f"def {fn}(o):", *body, f"    d = {{{', '.join(items)}}}", *slots, "    return d", ""]
         return fn
+
+    def edges_spec(self, type_: GraphQLObjectType, details: Any) -> Spec | None:
+        """((node's response name, "node", node's spec),) for a list of ServiceOrderEdge that
+        selects its node alone, rendered whole (nexes.resolvers.selection.edges_render_spec
+        finds the same in the document); else None."""
+        if type_.name != EDGE:
+            return None
+        grouped, defers = self.collect(type_, details)
+        if defers or len(grouped) != 1:
+            return None
+        ((key, field_details),) = grouped.items()
+        node = field_details[0].node
+        if len(field_details) != 1 or node.name.value != "node" or node.arguments or node.directives:
+            return None
+        node_type = type_.fields["node"].type
+        named = node_type.of_type if isinstance(node_type, GraphQLNonNull) else node_type
+        if not isinstance(named, GraphQLObjectType) or named.name not in RENDERABLE or len(key.encode()) > MAX_NAME:
+            return None
+        node_grouped, node_defers = self.collect(named, field_details)
+        spec = None if node_defers else self.render_spec(named, node_grouped)
+        return None if spec is None else intern(((key, "node", spec),))
 
     def render_spec(self, type_: GraphQLObjectType, grouped: dict[str, Any]) -> Spec | None:
         """The spec of this selection when PostgreSQL can render all of it (the same one

@@ -23,8 +23,9 @@ from nexes.errors import bad_input
 from nexes.resolvers.context import Context, Info
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
-from nexes.resolvers.selection import node_render_spec, selected_paths
-from nexes.schema.rendered import Prerendered
+from nexes.resolvers.selection import edges_render_spec, node_render_spec, selected_paths
+from nexes.schema.connections import Edge
+from nexes.schema.rendered import Prerendered, RenderedEdges
 from nexes.schema.types import (
     STATUS_BY_NAME,
     Customer,
@@ -321,6 +322,7 @@ class _Page:
     spec: PageSpec
     edge_cursors: bool
     page_cursors: bool
+    edges_spec: Spec | None  # the edges' selection, when it is their rendered node alone
 
     @classmethod
     def of(cls, info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest) -> _Page:
@@ -330,6 +332,7 @@ class _Page:
         after = ctx.cursors.decode(request.cursor, sort, SORT_KIND[field]) if request.cursor is not None else None
         paths = selected_paths(info)
         want_lines = "edges.node.lines" in paths
+        render = node_render_spec(info) if ctx.settings.render_sql and not want_lines else None
         spec = PageSpec(
             flt,
             sort,
@@ -338,15 +341,23 @@ class _Page:
             request.limit + 1,
             want_customer="edges.node.customer" in paths,
             want_lines=want_lines,
-            render=node_render_spec(info) if ctx.settings.render_sql and not want_lines else None,
+            render=render,
         )
         page_cursors = "pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths
-        return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors)
+        edges_spec = edges_render_spec(info, render) if render is not None else None
+        return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors, edges_spec)
 
     def connection(self, keyed: Keyed, flt: OrderFilter, customer_id: int | None = None) -> ServiceOrderConnection:
         """The page's connection; its totalCount counts `flt` (for one customer's page, that
         customer's orders), when selected."""
-        ctx, sort, field = self.ctx, self.sort, self.field
+        ctx, sort, field, edges_spec = self.ctx, self.sort, self.field, self.edges_spec
+        edges_of = None
+        if edges_spec is not None and all(row.rendered is not None for row, _ in keyed):
+
+            def edges_of(pairs: Sequence[tuple[OrderRow, ServiceOrder]]) -> RenderedEdges:
+                texts = [row.rendered for row, _ in pairs]
+                return RenderedEdges(texts, edges_spec, lambda: [Edge(cursor="", node=node) for _, node in pairs])  # type: ignore[arg-type]
+
         edges, page_info = build_page(
             keyed,
             self.request,
@@ -354,6 +365,7 @@ class _Page:
             cursor=lambda pair: ctx.cursors.encode(sort, getattr(pair[0], field), pair[0].id),
             edge_cursors=self.edge_cursors,
             page_cursors=self.page_cursors,
+            edges_of=edges_of,
         )
         return ServiceOrderConnection(
             edges=edges,

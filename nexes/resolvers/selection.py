@@ -53,6 +53,20 @@ def node_render_spec(info: Info[Any, Any]) -> Spec | None:
     return _spec("ServiceOrder", node.selection_set) if node is not None else None
 
 
+def edges_render_spec(info: Info[Any, Any], node: Spec) -> Spec | None:
+    """((the node's response name, "node", `node`),) when the connection's edges select their
+    node and nothing else, so that PostgreSQL's JSON makes the whole list; else None."""
+    edges = _only(info._raw_info.field_nodes[0].selection_set, "edges")
+    selections = edges.selection_set.selections if edges is not None and edges.selection_set is not None else ()
+    if len(selections) != 1:
+        return None
+    (sel,) = selections
+    if not isinstance(sel, FieldNode) or sel.name.value != "node" or sel.directives or sel.arguments:
+        return None
+    key = sel.alias.value if sel.alias is not None else "node"
+    return intern(((key, "node", node),)) if len(key.encode()) <= MAX_NAME else None
+
+
 def _only(selection_set: SelectionSetNode | None, name: str) -> FieldNode | None:
     """The one field `name` of a selection set of plain fields (no fragments or directives), else None."""
     if selection_set is None:

@@ -22,9 +22,12 @@ compiled for another selection) gets the hydrated object, built on first use.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+
+from nexes.db.rendering import Spec
 
 
 class Prerendered:
@@ -64,3 +67,35 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+class RenderedEdges:
+    """A page's edges when their selection is `{ node { ... } }` and PostgreSQL rendered every
+    node: the compiled completer writes them as one JSON array (`rendered`), with no Edge
+    object, completion call or count per row. Anything else that iterates them (graphql-core's
+    own path, a completer for another selection) gets the Edge objects, made then by `make`.
+
+    `spec` is the edges' selection: ((node's response name, "node", node's spec),)."""
+
+    __slots__ = ("_items", "make", "spec", "texts")
+
+    def __init__(self, texts: list[str], spec: Spec, make: Callable[[], list[Any]]) -> None:
+        self.texts = texts
+        self.spec = spec
+        self.make = make
+        self._items: list[Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._items is None:
+            self._items = self.make()
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def rendered(self, nodes_per_edge: int) -> Rendered:
+        """The edges' JSON array: each `{"<node>":<the node's JSON>}`."""
+        if not self.texts:
+            return Rendered("[]", 0)
+        head = "{" + orjson.dumps(self.spec[0][0]).decode() + ":"
+        return Rendered("[" + head + ("}," + head).join(self.texts) + "}]", nodes_per_edge * len(self.texts))
