@@ -72,6 +72,8 @@ class LineRow(NamedTuple):
 
 
 ORDER_ROW = args_row(OrderRow)
+# What a rendered page's row holds besides its JSON (and its sort value): see _page_sql.
+KEPT = {"id", "customer_id"}
 LINE_ROW = args_row(LineRow)
 
 
@@ -172,18 +174,28 @@ def _page_sql(
     if backward:
         direction = "ASC" if direction == "DESC" else "DESC"
     order = sql.SQL("ORDER BY p.{col} {dir}, p.id {dir}").format(col=sql.Identifier(column), dir=sql.SQL(direction))
-    rendered = sql.SQL("") if render is None else sql.SQL(", {} AS rendered").format(rendered_column(render))
-    if not with_customer:
-        return sql.SQL(
-            "SELECT p.*, NULL::text AS customer_code, NULL::text AS customer_name{rendered} FROM ({page}) AS p {order}"
-        ).format(page=query, rendered=rendered, order=order)
+    if render is not None:
+        # The JSON carries every selected value: the row keeps only what paging needs (its
+        # id, its customer's, its sort value), a third of the bytes to send and to read.
+        columns = sql.SQL(", ").join(
+            sql.SQL("p.{}").format(sql.Identifier(name)) if name in KEPT or name == column else sql.SQL("NULL")
+            for name in OrderRow._fields[:-1]
+        )
+        customer = "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = p.customer_id LIMIT 1) AS c"
+        return sql.SQL("SELECT {columns}, {rendered} AS rendered FROM ({page}) AS p {customer} {order}").format(
+            columns=columns,
+            rendered=rendered_column(render),
+            page=query,
+            customer=sql.SQL(customer if with_customer else ""),
+            order=order,
+        )
     # LIMIT 1 keeps the lateral subquery from being flattened into a plain join, which the
     # planner served with a hash of the whole customer table (0.5 ms at 5k customers, and
     # growing with them): this way it is one primary-key probe per row of the page.
     return sql.SQL(
-        "SELECT p.*, c.code AS customer_code, c.name AS customer_name{rendered} FROM ({page}) AS p "
+        "SELECT p.*, c.code AS customer_code, c.name AS customer_name FROM ({page}) AS p "
         "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = p.customer_id LIMIT 1) AS c {order}"
-    ).format(page=query, rendered=rendered, order=order)
+    ).format(page=query, order=order)
 
 
 def _bare_page_query(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import strawberry
 from psycopg import AsyncConnection
 
@@ -97,12 +98,28 @@ def to_order(row: OrderRow, customer: Customer | None, lines: list[ServiceOrderL
     )
 
 
+# A rendered field's attribute and how its JSON value reads back into it (RenderedOrder).
+_READ_BACK: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "id": ("id", strawberry.ID),
+    "sodNumber": ("sod_number", str),
+    "status": ("status", STATUS_BY_NAME.__getitem__),
+    "createdAt": ("created_at", datetime.fromisoformat),
+    "updatedAt": ("updated_at", datetime.fromisoformat),
+    "totalAmount": ("total_amount", Decimal),
+    "currency": ("currency", str),
+    "description": ("description", str),
+    "code": ("code", str),
+    "name": ("name", str),
+}
+
+
 class RenderedOrder(ServiceOrder, Prerendered):
     """A ServiceOrder whose JSON its page's statement built for the selection `spec`
     (nexes.schema.rendered): a completer compiled for that selection puts the JSON into the
     answer as it is. Whatever reads one of its attributes instead (graphql-core's own path,
-    a completer for another selection) gets the whole order, built from its row then, with
-    the customer the page joined and no lines (a rendered page never selects lines)."""
+    a completer for another selection) gets the order read back from that JSON then: the
+    selected fields, exactly as printed (the row holds no more, see nexes.db.orders._page_sql),
+    and None for the others, which that selection never reads."""
 
     def __init__(self, row: OrderRow, spec: Spec) -> None:  # not the dataclass's: built on first use
         self.__dict__.update(_rendered_json=row.rendered, _rendered_spec=spec, _row=row)
@@ -111,9 +128,22 @@ class RenderedOrder(ServiceOrder, Prerendered):
         state = self.__dict__
         if name.startswith("__") or "_row" not in state:
             raise AttributeError(name)
-        row = state.pop("_row")
-        customer = _joined_customer(row) if row.customer_name is not None else None
-        state.update(to_order(row, customer, []).__dict__)
+        row: OrderRow = state.pop("_row")
+        values = orjson.loads(state["_rendered_json"])
+        order: dict[str, Any] = dict.fromkeys(f.name for f in fields(ServiceOrder))
+        order["lines"] = []
+        for key, field, sub in state["_rendered_spec"]:
+            if field == "customer" and sub is not None:
+                customer: dict[str, Any] = dict.fromkeys(("id", "code", "name"))
+                for inner_key, inner, _ in sub:
+                    if inner != "__typename":
+                        attr, read = _READ_BACK[inner]
+                        customer[attr] = read(values[key][inner_key])
+                order["customer"] = Customer(**customer, row_id=row.customer_id, orders_of=customer_orders)
+            elif field != "__typename":
+                attr, read = _READ_BACK[field]
+                order[attr] = read(values[key])
+        state.update(order)
         return getattr(self, name)
 
 
@@ -143,10 +173,14 @@ async def hydrate(
     if render is not None and not lines:
         if all(r.rendered is not None for r in rows):
             return [RenderedOrder(r, render) for r in rows]
+        # A row the page did not render (rendering.printable) holds no more than its keys:
+        # read those orders whole, as an unrendered page would have.
+        whole = {r.id: r for r in await orders_db.orders_by_id(conn, [r.id for r in rows if r.rendered is None])}
         return [
             RenderedOrder(r, render)
             if r.rendered is not None
-            else to_order(r, _joined_customer(r) if customers else None, [])
+            # (an order gone in between keeps its partial row: the stock path reports its nulls)
+            else to_order(whole.get(r.id, r), _joined_customer(whole.get(r.id, r)) if customers else None, [])
             for r in rows
         ]
     by_customer: dict[int, Customer] = {}
