@@ -260,9 +260,11 @@ class PageSpec:
     want_customer: bool
     want_lines: bool
     render: Spec | None = None  # the nodes' selection, when PostgreSQL renders them
+    # The edges are rendered whole (RenderedEdges): a fully rendered page needs no node objects.
+    whole_edges: bool = False
 
 
-Keyed = list[tuple[OrderRow, ServiceOrder]]
+Keyed = list[tuple[OrderRow, ServiceOrder | None]]  # None: see with_nodes
 
 
 async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
@@ -280,7 +282,10 @@ async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
 
 
 async def with_nodes(conn: AsyncConnection[Any], rows: list[OrderRow], spec: PageSpec) -> Keyed:
-    """Each row with its GraphQL object, related rows batched as the spec selects them."""
+    """Each row with its GraphQL object, related rows batched as the spec selects them; None
+    for every row of a page whose edges are rendered whole (RenderedEdges makes them if asked)."""
+    if spec.whole_edges and spec.render is not None and all(r.rendered is not None for r in rows):
+        return [(r, None) for r in rows]
     nodes = await hydrate(
         conn,
         rows,
@@ -379,6 +384,7 @@ class _Page:
         )
         page_cursors = "pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths
         edges_spec = edges_render_spec(info, render) if render is not None else None
+        spec = replace(spec, whole_edges=edges_spec is not None)
         return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors, edges_spec)
 
     def connection(self, keyed: Keyed, flt: OrderFilter, customer_id: int | None = None) -> ServiceOrderConnection:
@@ -387,10 +393,14 @@ class _Page:
         ctx, sort, field, edges_spec = self.ctx, self.sort, self.field, self.edges_spec
         edges_of = None
         if edges_spec is not None and all(row.rendered is not None for row, _ in keyed):
+            node_spec = edges_spec[0][2]
+            assert node_spec is not None
 
-            def edges_of(pairs: Sequence[tuple[OrderRow, ServiceOrder]]) -> RenderedEdges:
-                texts = [row.rendered for row, _ in pairs]
-                return RenderedEdges(texts, edges_spec, lambda: [Edge(cursor="", node=node) for _, node in pairs])  # type: ignore[arg-type]
+            def edges_of(pairs: Sequence[tuple[OrderRow, ServiceOrder | None]]) -> RenderedEdges:
+                def make() -> list[Edge[ServiceOrder]]:
+                    return [Edge(cursor="", node=node or RenderedOrder(row, node_spec)) for row, node in pairs]
+
+                return RenderedEdges([row.rendered for row, _ in pairs], edges_spec, make)  # type: ignore[misc]
 
         edges, page_info = build_page(
             keyed,
