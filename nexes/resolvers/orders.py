@@ -174,13 +174,13 @@ async def hydrate(
         if all(r.rendered is not None for r in rows):
             return [RenderedOrder(r, render) for r in rows]
         # A row the page did not render (rendering.printable) holds no more than its keys:
-        # read those orders whole, as an unrendered page would have.
+        # read those orders whole, as an unrendered page would have (live or archived: an
+        # order is never deleted, so each is found).
         whole = {r.id: r for r in await orders_db.orders_by_id(conn, [r.id for r in rows if r.rendered is None])}
         return [
             RenderedOrder(r, render)
             if r.rendered is not None
-            # (an order gone in between keeps its partial row: the stock path reports its nulls)
-            else to_order(whole.get(r.id, r), _joined_customer(whole.get(r.id, r)) if customers else None, [])
+            else to_order(whole[r.id], _joined_customer(whole[r.id]) if customers else None, [])
             for r in rows
         ]
     by_customer: dict[int, Customer] = {}
