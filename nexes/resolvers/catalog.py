@@ -15,6 +15,7 @@ from nexes.resolvers.context import Info
 from nexes.resolvers.ids import global_id
 from nexes.resolvers.orders import to_customer
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
+from nexes.resolvers.selection import selected_paths
 from nexes.schema.connections import Edge, PageInfo
 from nexes.schema.types import CustomerConnection, CustomerFilter, StockItem, StockItemConnection, StockItemFilter
 
@@ -53,7 +54,15 @@ async def _connection(
         return await catalog.page(conn, table, flt, after=keyset, backward=request.backward, limit=request.limit + 1)
 
     rows = await ctx.router.read(work) if request.limit else []
-    edges, page_info = build_page(rows, request, node=node, cursor=lambda r: ctx.cursors.encode(order, r.name, r.id))
+    paths = selected_paths(info)  # a cursor is an HMAC: signed only when asked for
+    edges, page_info = build_page(
+        rows,
+        request,
+        node=node,
+        cursor=lambda r: ctx.cursors.encode(order, r.name, r.id),
+        edge_cursors="edges.cursor" in paths,
+        page_cursors="pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths,
+    )
 
     async def counter() -> tuple[int, bool]:
         return await ctx.router.read(lambda conn: catalog.count(conn, table, flt, cap=ctx.settings.count_cap))
