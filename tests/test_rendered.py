@@ -63,7 +63,7 @@ WHOLE_LISTS = {0, 1, 2, 4, 5, 6, 7}  # ... of which edges with nothing but their
 
 
 @pytest.fixture(scope="module")
-def db(template_settings: Settings) -> Iterator[Settings]:
+def rendered_db(template_settings: Settings) -> Iterator[Settings]:
     """A database of this module's own, seeded small, with one customer and two orders of
     hostile text, and an order created at a whole second (isoformat prints .000000)."""
     with own_database(template_settings, DB, orders=300) as settings:
@@ -101,17 +101,17 @@ async def answers(
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
-async def test_rendered_answers_are_python_answers(db: Settings, document: str) -> None:
-    got = await answers(db, document)
+async def test_rendered_answers_are_python_answers(rendered_db: Settings, document: str) -> None:
+    got = await answers(rendered_db, document)
     assert got[True] == got[False]
     status, data, nodes = got[True]
     assert status == 200 and data is not None and nodes > 0
 
 
-async def test_hostile_text_comes_back_exactly_as_stored(db: Settings) -> None:
-    with psycopg.connect(db.admin_url) as conn:
+async def test_hostile_text_comes_back_exactly_as_stored(rendered_db: Settings) -> None:
+    with psycopg.connect(rendered_db.admin_url) as conn:
         (row_id,) = conn.execute("SELECT id FROM customer WHERE name = %s", [HOSTILE_NAME]).fetchone() or (0,)
-    async with client_for(db) as client:
+    async with client_for(rendered_db) as client:
         customer = global_id("Customer", row_id)
         query = (
             "query($c: ID!) { serviceOrders(first: 3, filter: {customerId: $c}) "
@@ -121,12 +121,14 @@ async def test_hostile_text_comes_back_exactly_as_stored(db: Settings) -> None:
     nodes = [e["node"] for e in body["data"]["serviceOrders"]["edges"]]
     assert [n["customer"]["name"] for n in nodes] == [HOSTILE_NAME] * 3
     assert [n["description"] for n in nodes][:2] == [HOSTILE_DESCRIPTION] * 2
-    got = await answers(db, query, {"c": customer})
+    got = await answers(rendered_db, query, {"c": customer})
     assert got[True] == got[False]
 
 
-async def test_a_whole_second_keeps_its_six_zeros(db: Settings) -> None:
-    got = await answers(db, "{ serviceOrders(first: 1, orderBy: UPDATED_AT_DESC) { edges { node { updatedAt } } } }")
+async def test_a_whole_second_keeps_its_six_zeros(rendered_db: Settings) -> None:
+    got = await answers(
+        rendered_db, "{ serviceOrders(first: 1, orderBy: UPDATED_AT_DESC) { edges { node { updatedAt } } } }"
+    )
     assert got[True] == got[False]
     ((_, data, _),) = [got[True]]
     assert data["serviceOrders"]["edges"][0]["node"]["updatedAt"].endswith(".000000+00:00")
@@ -134,11 +136,11 @@ async def test_a_whole_second_keeps_its_six_zeros(db: Settings) -> None:
 
 @pytest.mark.parametrize("zone, offset", [("Asia/Kolkata", "+05:30"), ("America/St_Johns", ("-03:30", "-02:30"))])
 async def test_timestamps_follow_the_session_time_zone_as_psycopg_reads_them(
-    db: Settings, monkeypatch: pytest.MonkeyPatch, zone: str, offset: Any
+    rendered_db: Settings, monkeypatch: pytest.MonkeyPatch, zone: str, offset: Any
 ) -> None:
     # PGTZ: libpq sends it as the session's TimeZone (PgBouncer passes it on).
     monkeypatch.setenv("PGTZ", zone)
-    got = await answers(db, "{ serviceOrders(first: 20) { edges { node { createdAt updatedAt } } } }")
+    got = await answers(rendered_db, "{ serviceOrders(first: 20) { edges { node { createdAt updatedAt } } } }")
     assert got[True] == got[False]
     stamps = [e["node"]["createdAt"] for e in got[True][1]["serviceOrders"]["edges"]]
     assert stamps and all(s.endswith(offset) for s in stamps)
@@ -155,9 +157,9 @@ async def test_timestamps_follow_the_session_time_zone_as_psycopg_reads_them(
     ],
 )
 def test_rows_python_would_print_otherwise_are_left_to_python(
-    db: Settings, zone: str, stamp: str, expected: bool
+    rendered_db: Settings, zone: str, stamp: str, expected: bool
 ) -> None:
-    with psycopg.connect(db.admin_url, autocommit=True) as conn:
+    with psycopg.connect(rendered_db.admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
         query = sql.SQL("SELECT {} FROM (SELECT %s::timestamptz AS created_at) AS p").format(
             printable(sql.SQL("p.created_at"))
@@ -165,12 +167,12 @@ def test_rows_python_would_print_otherwise_are_left_to_python(
         assert conn.execute(query, [stamp]).fetchone() == (expected,)
 
 
-async def test_the_fast_executor_uses_the_rendered_json_and_the_stock_one_the_objects(db: Settings) -> None:
+async def test_the_fast_executor_uses_the_rendered_json_and_the_stock_one_the_objects(rendered_db: Settings) -> None:
     from nexes.execution.pipeline import Pipeline
     from nexes.execution.schema import make_schema
     from nexes.resolvers.context import Context
 
-    async with client_for(db) as client:
+    async with client_for(rendered_db) as client:
         state = client.app.state  # type: ignore[attr-defined]
 
         def context(render: bool) -> Context:
@@ -201,7 +203,7 @@ def count_rendered(value: Any, lists: bool = False) -> int:
     return 0
 
 
-async def test_a_row_the_page_did_not_render_is_read_whole(db: Settings) -> None:
+async def test_a_row_the_page_did_not_render_is_read_whole(rendered_db: Settings) -> None:
     # The database leaves a row unrendered only for a timestamp Python would print otherwise
     # (test above), which no partition of this database can hold: a real rendered page with
     # one row's JSON cleared stands in for it.
@@ -211,7 +213,7 @@ async def test_a_row_the_page_did_not_render_is_read_whole(db: Settings) -> None
 
     spec = intern((("sodNumber", "sodNumber", None), ("customer", "customer", (("name", "name", None),))))
     page = partial(orders_db.orders_page, flt=orders_db.OrderFilter(), sort="CREATED_AT_DESC", backward=False)
-    async with client_for(db) as client:
+    async with client_for(rendered_db) as client:
         router = client.app.state.router  # type: ignore[attr-defined]
 
         async def read(conn: Any) -> tuple[list[Any], list[Any]]:
