@@ -26,7 +26,7 @@ from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
 from nexes.resolvers.selection import edges_render_spec, node_render_spec, selected_paths
 from nexes.schema.connections import Edge
-from nexes.schema.rendered import Prerendered, RenderedEdges
+from nexes.schema.rendered import RenderedEdges
 from nexes.schema.types import (
     STATUS_BY_NAME,
     Customer,
@@ -113,7 +113,7 @@ _READ_BACK: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-class RenderedOrder(ServiceOrder, Prerendered):
+class RenderedOrder(ServiceOrder):
     """A ServiceOrder whose JSON its page's statement built for the selection `spec`
     (nexes.schema.rendered): a completer compiled for that selection puts the JSON into the
     answer as it is. Whatever reads one of its attributes instead (graphql-core's own path,
