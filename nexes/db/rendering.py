@@ -33,7 +33,8 @@ RENDERABLE: dict[str, dict[str, str | None]] = {
     },
     "Customer": {"__typename": None, "id": None, "code": None, "name": None},
 }
-# A response name becomes a column alias, and PostgreSQL cuts identifiers at 63 bytes.
+# A longer response name is left to Python: the same bound as a column alias has (63 bytes),
+# so that no selection grows a statement's text without end.
 MAX_NAME = 63
 
 _interned: dict[Spec, Spec] = {}
