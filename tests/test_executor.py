@@ -15,10 +15,10 @@ from strawberry.schema.config import StrawberryConfig
 from nexes.auth.identity import ADMIN_VIEWER as ADMIN
 from nexes.execution.executor import FastExecutor, _completers, _plans
 from nexes.execution.schema import make_schema
-from nexes.schema.rendered import plain
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.settings import Settings
 from tests.conftest import client_for
+from tests.support.rendered import plain
 
 
 @strawberry.enum

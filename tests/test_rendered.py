@@ -21,10 +21,11 @@ from psycopg import sql
 from nexes.auth.identity import ADMIN_VIEWER as ADMIN
 from nexes.db.rendering import printable
 from nexes.resolvers.ids import global_id
-from nexes.schema.rendered import Rendered, plain
+from nexes.schema.rendered import Rendered
 from nexes.settings import Settings
 from tests.conftest import client_for
 from tests.support.databases import own_database
+from tests.support.rendered import plain
 from tests.support.replicas import wait_for_replica
 
 DB = "nexes_t_rendered"

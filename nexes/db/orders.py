@@ -176,7 +176,8 @@ def _page_sql(
     order = sql.SQL("ORDER BY p.{col} {dir}, p.id {dir}").format(col=sql.Identifier(column), dir=sql.SQL(direction))
     if render is not None:
         # The JSON carries every selected value: the row keeps only what paging needs (its
-        # id, its customer's, its sort value), a third of the bytes to send and to read.
+        # id, its customer's, its sort value): read 5's 220 rows carried 68.3 KB of values
+        # with every column, 44.5 KB so (the JSON alone is most of it).
         columns = sql.SQL(", ").join(
             sql.SQL("p.{}").format(sql.Identifier(name)) if name in KEPT or name == column else sql.SQL("NULL")
             for name in OrderRow._fields[:-1]

@@ -36,6 +36,8 @@ RENDERABLE: dict[str, dict[str, str | None]] = {
 # A longer response name is left to Python: the same bound as a column alias has (63 bytes),
 # so that no selection grows a statement's text without end.
 MAX_NAME = 63
+# The type a rendered value is: its JSON holds the others (RENDERABLE's object fields).
+ROOT = "ServiceOrder"
 
 _interned: dict[Spec, Spec] = {}
 
@@ -45,6 +47,15 @@ def intern(spec: Spec) -> Spec:
     if len(_interned) > 10_000:
         _interned.clear()
     return _interned.setdefault(spec, spec)
+
+
+def renderable(type_name: str, field: str, response_name: str, arguments: object, directives: object) -> bool:
+    """Whether a selected field (its type's name, the field's name, its response name and
+    the AST node's arguments and directives) may be printed by PostgreSQL: one test for the
+    resolver's reading of the document and the compiled completer's of its grouped fields."""
+    return (
+        field in RENDERABLE[type_name] and not arguments and not directives and len(response_name.encode()) <= MAX_NAME
+    )
 
 
 def nodes_of(spec: Spec) -> int:
@@ -129,7 +140,7 @@ def rendered_column(spec: Spec) -> sql.Composed:
     checks = [_CHECKS[field] for _, field, _ in spec if field in _CHECKS]
     pieces: list[sql.Composable] = []
     text = ""
-    for token in _tokens("ServiceOrder", spec):
+    for token in _tokens(ROOT, spec):
         if isinstance(token, str):
             text += token
             continue

@@ -49,7 +49,7 @@ from graphql import (
 from graphql.pyutils import Undefined
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
-from nexes.db.rendering import MAX_NAME, RENDERABLE, Spec, intern, nodes_of
+from nexes.db.rendering import MAX_NAME, RENDERABLE, ROOT, Spec, intern, nodes_of, renderable
 from nexes.schema.rendered import Rendered, RenderedEdges
 from nexes.schema.types import BATCH
 
@@ -215,7 +215,7 @@ class _Builder:
         body: list[str] = []
         # An object PostgreSQL rendered for this very selection (nexes.schema.rendered) is
         # its JSON; it is a subclass, so only objects of another class look for it.
-        spec = self.render_spec(type_, grouped) if type_.name in RENDERABLE else None
+        spec = self.render_spec(type_, grouped) if type_.name == ROOT else None
         rendered = []
         if spec is not None:
             same, made, nodes = self.name("spec", spec), self.name("Rendered", Rendered), nodes_of(spec)
@@ -273,7 +273,7 @@ class _Builder:
             return None
         node_type = type_.fields["node"].type
         named = node_type.of_type if isinstance(node_type, GraphQLNonNull) else node_type
-        if not isinstance(named, GraphQLObjectType) or named.name not in RENDERABLE or len(key.encode()) > MAX_NAME:
+        if not isinstance(named, GraphQLObjectType) or named.name != ROOT or len(key.encode()) > MAX_NAME:
             return None
         node_grouped, node_defers = self.collect(named, field_details)
         spec = None if node_defers else self.render_spec(named, node_grouped)
@@ -287,12 +287,8 @@ class _Builder:
         for response_name, field_details in grouped.items():
             node = field_details[0].node
             name = node.name.value
-            if (
-                len(field_details) != 1
-                or name not in fields
-                or node.arguments
-                or node.directives
-                or len(response_name.encode()) > MAX_NAME
+            if len(field_details) != 1 or not renderable(
+                type_.name, name, response_name, node.arguments, node.directives
             ):
                 return None
             inner = fields[name]

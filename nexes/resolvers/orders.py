@@ -392,7 +392,9 @@ class _Page:
         customer's orders), when selected."""
         ctx, sort, field, edges_spec = self.ctx, self.sort, self.field, self.edges_spec
         edges_of = None
-        if edges_spec is not None and all(row.rendered is not None for row, _ in keyed):
+        # with_nodes left the nodes out (None) exactly when it found every row rendered for
+        # edges rendered whole; an empty page is one array too.
+        if edges_spec is not None and (not keyed or keyed[0][1] is None):
             node_spec = edges_spec[0][2]
             assert node_spec is not None
 

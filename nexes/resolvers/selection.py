@@ -7,7 +7,7 @@ from typing import Any
 from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 from strawberry import Info
 
-from nexes.db.rendering import MAX_NAME, RENDERABLE, Spec, intern
+from nexes.db.rendering import MAX_NAME, RENDERABLE, ROOT, Spec, intern, renderable
 
 
 def selected_paths(info: Info[Any, Any]) -> frozenset[str]:
@@ -50,7 +50,7 @@ def node_render_spec(info: Info[Any, Any]) -> Spec | None:
         return None
     edges = _only(nodes[0].selection_set, "edges")
     node = _only(edges.selection_set, "node") if edges is not None else None
-    return _spec("ServiceOrder", node.selection_set) if node is not None else None
+    return _spec(ROOT, node.selection_set) if node is not None else None
 
 
 def edges_render_spec(info: Info[Any, Any], node: Spec) -> Spec | None:
@@ -89,11 +89,11 @@ def _spec(type_name: str, selection_set: SelectionSetNode | None) -> Spec | None
     out: list[tuple[str, str, Spec | None]] = []
     keys: set[str] = set()
     for sel in selection_set.selections:
-        if not isinstance(sel, FieldNode) or sel.directives or sel.arguments:
+        if not isinstance(sel, FieldNode):
             return None
         name = sel.name.value
         key = sel.alias.value if sel.alias is not None else name
-        if name not in fields or key in keys or len(key.encode()) > MAX_NAME:
+        if key in keys or not renderable(type_name, name, key, sel.arguments, sel.directives):
             return None
         keys.add(key)
         inner = fields[name]

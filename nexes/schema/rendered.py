@@ -53,17 +53,6 @@ def default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def plain(value: Any) -> Any:
-    """An answer with its Rendered values parsed: the plain data a client would read."""
-    if value.__class__ is Rendered:
-        return orjson.loads(value.json)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 class RenderedEdges:
     """A page's edges when their selection is `{ node { ... } }` and PostgreSQL rendered every
     node: the compiled completer writes them as one JSON array (`rendered`), with no Edge
