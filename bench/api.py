@@ -340,7 +340,8 @@ def _measure(
                 {
                     **result,
                     "cpu_us": cpu / served * 1e6,
-                    # The rest of the machine per request: the database, the pooler, the load generator.
+                    # The rest of the machine per request: the database, the pooler (not the load
+                    # generator: wrk has exited when it is read).
                     "others_us": {k: round(v) for k, v in sorted(others.items(), key=lambda kv: -kv[1]) if v >= 20},
                 }
             )

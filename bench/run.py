@@ -78,24 +78,26 @@ def ensure_wrk() -> None:
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 
 
+def _stat(text: str) -> tuple[str, float]:
+    """A /proc/<pid>/stat line's command name and utime + stime in seconds (fields 14 and 15)."""
+    name, _, rest = text.partition(" (")[2].rpartition(")")
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process, in seconds."""
+    return _stat(Path(f"/proc/{pid}/stat").read_text())[1]
 
 
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """utime + stime of every process on the machine (/proc/<pid>/stat), with its command name."""
     out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            text = stat.read_text()
+            out[int(stat.parent.name)] = _stat(stat.read_text())
         except OSError:  # gone since the listing
             continue
-        name, _, rest = text.partition(" (")[2].rpartition(")")
-        fields = rest.split()
-        out[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
