@@ -258,3 +258,115 @@ async def test_charges_of_one_turn_share_one_round_trip_and_each_stays_atomic(se
     assert answers[:40] == [99] * 40  # each subject its own window
     # the tight subject's ten charges of one point against five: exactly five pass, in order
     assert answers[40:] == [4, 3, 2, 1, 0, None, None, None, None, None]
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_far_from_the_limit_charges_answer_at_once_and_reach_redis_summed_in_one_round_trip(
+    seeded: Settings,
+) -> None:
+    import asyncio
+
+    from nexes.auth.ratelimit import SETTLE_SECONDS, RateLimiter
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    try:
+        first = await limiter.charge(who, 100_000, 1)  # this process has no figure yet: Redis'
+        trips = _sample("nexes_rate_limit_round_trips_total")
+        settled = _sample("nexes_rate_limit_settled_points_total")
+        answers = [(await limiter.charge(who, 100_000, 2)).remaining for _ in range(100)]
+        assert _sample("nexes_rate_limit_round_trips_total") == trips  # none of them waited for Redis
+        await asyncio.sleep(SETTLE_SECONDS * 6)
+        trips_after = _sample("nexes_rate_limit_round_trips_total")
+        settled_after = _sample("nexes_rate_limit_settled_points_total")
+        item = limiter._item(100_000)
+        library = await limiter._shared.get_window_stats(item, "graphql", who)  # the library's own reading
+        after = await limiter.charge(who, 100_000, 1)
+    finally:
+        await limiter.close()
+    assert first.remaining == 99_999
+    assert answers == [99_999 - 2 * n for n in range(1, 101)]  # exact within one process
+    assert trips_after == trips + 1  # the 100 charges, summed
+    assert settled_after == settled + 200
+    assert library.remaining == 99_999 - 200
+    assert after.remaining == 99_999 - 201
+
+
+async def test_near_the_limit_each_charge_waits_for_redis_and_is_refused_exactly(seeded: Settings) -> None:
+    from nexes.auth.ratelimit import RateLimiter, margin
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    hourly = 10_000
+    assert margin(hourly) == 1_000
+    try:
+        await limiter.charge(who, hourly, hourly - 1_010)  # 1,010 left
+        trips = _sample("nexes_rate_limit_round_trips_total")
+        at_once = await limiter.charge(who, hourly, 5)  # 1,005 left: still past the margin
+        assert _sample("nexes_rate_limit_round_trips_total") == trips
+        exact = await limiter.charge(who, hourly, 10)  # would leave 995: Redis decides
+        assert _sample("nexes_rate_limit_round_trips_total") > trips
+        last = await limiter.charge(who, hourly, 995)
+        with pytest.raises(RateLimited) as refused:
+            await limiter.charge(who, hourly, 1)
+    finally:
+        await limiter.close()
+    assert (at_once.remaining, exact.remaining, last.remaining) == (1_005, 995, 0)
+    assert refused.value.budget.remaining == 0
+
+
+async def test_another_process_sees_the_settled_charges_and_a_stale_figure_is_asked_again(seeded: Settings) -> None:
+    from nexes.auth.ratelimit import RateLimiter
+
+    one = RateLimiter(seeded.redis_url, timeout=2.0)
+    two = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    try:
+        await one.charge(who, 100_000, 1)
+        await two.charge(who, 100_000, 1)  # two's figure: 99,998
+        for _ in range(50):
+            await one.charge(who, 100_000, 1)
+        await one.settle()
+        two._known[(who, 100_000)].at -= 60  # as if two had not heard from Redis for a minute
+        seen = await two.charge(who, 100_000, 1)
+    finally:
+        await one.close()
+        await two.close()
+    assert seen.remaining == 100_000 - 53
+
+
+async def test_settled_charges_stay_counted_in_the_process_when_redis_goes_away(seeded: Settings) -> None:
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    from nexes.auth.ratelimit import RateLimiter
+
+    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
+    who = subject()
+    try:
+        await limiter.charge(who, 100_000, 1)
+        for _ in range(10):
+            await limiter.charge(who, 100_000, 3)
+        # The fault: Redis gone between the charges and their settle. The stack's Redis serves
+        # every test, so the limiter's storage is pointed at a port nothing listens on instead.
+        real = limiter._shared
+        limiter._shared = SlidingWindowCounterRateLimiter(
+            storage_from_string(
+                CLOSED_REDIS.replace("redis://", "async+redis://"), implementation="redispy", socket_timeout=0.5
+            )
+        )
+        before = _sample("nexes_rate_limit_fallback_total")
+        await limiter.settle()
+        kept = await limiter._local.get_window_stats(limiter._item(100_000), "graphql", who)
+        assert _sample("nexes_rate_limit_fallback_total") == before + 1
+        assert kept.remaining == 100_000 - 30  # the 30 points, in the process's own limiter
+        assert (who, 100_000) not in limiter._known  # the next charge asks Redis (and falls back)
+        next_one = await limiter.charge(who, 100_000, 1)
+        assert next_one.remaining == 100_000 - 31
+        assert _sample("nexes_rate_limit_fallback_total") == before + 2
+        limiter._shared = real
+    finally:
+        await limiter.close()
