@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -46,6 +47,15 @@ PEER_DIR = ROOT / "bench" / "peers" / "postgraphile"
 # The viewer's hourly points (a page costs 1-3): high enough that no round is refused, and
 # still checked on every request.
 RATE_LIMIT = 100_000_000
+# The Nexes server's settings in every read benchmark: the peer's pool size, the raised rate
+# limit, and no access log, since PostGraphile's server logs no request either (uvicorn's
+# access log, a line per request through logging, was 5% of read 6's samples, 2026-12-07);
+# BENCH_ACCESS_LOG=true measures with it.
+SERVER_ENV = {
+    "NEXES_API_POOL_SIZE": "20",
+    "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT),
+    "NEXES_ACCESS_LOG": os.environ.get("BENCH_ACCESS_LOG", "false"),
+}
 ORDER_FIELDS = "sodNumber status createdAt totalAmount"
 PEER_ORDER = "orderBy: [CREATED_AT_DESC, ROW_ID_DESC]"
 Body = dict[str, Any]
@@ -259,11 +269,18 @@ def bench_api(
     working directory first on sys.path), to compare two versions of the code against the
     same peer and database, e.g. a `git worktree` of an older commit."""
     ensure_wrk()
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    base = {**bench_env(), **SERVER_ENV}
     settings = settings_module.load(base)
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         conn.execute((PEER_DIR / "peer.sql").read_text())
-    report(bench="api-setup", viewer_rate_limit_per_hour=RATE_LIMIT, nexes_pool=20, peer_pool=20, wrk_connections=50)
+    report(
+        bench="api-setup",
+        viewer_rate_limit_per_hour=RATE_LIMIT,
+        nexes_pool=20,
+        peer_pool=20,
+        wrk_connections=50,
+        nexes_access_log=SERVER_ENV["NEXES_ACCESS_LOG"],
+    )
     auth = bearer(base, "viewer")
     nexes_port, peer_port = ports
     nexes_url = f"http://127.0.0.1:{nexes_port}/graphql"
@@ -377,7 +394,7 @@ def bench_sql_tag(seconds: int, rounds: int = 3, *, port: int = 18000) -> None:
     at once by three processes and measured in alternating rounds."""
     bench_statement_tags()
     ensure_wrk()
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    base = {**bench_env(), **SERVER_ENV}
     settings = settings_module.load(base)
     auth = bearer(base, "viewer")
     body = reads(settings.admin_url, str(settings.cursor_secret), None)[0].nexes

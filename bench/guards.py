@@ -39,7 +39,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.api import RATE_LIMIT, configurations, reads
+from bench.api import RATE_LIMIT, SERVER_ENV, configurations, reads
 from bench.run import bench_env, cpu_seconds, ensure_wrk, process, report, wrk
 from bench.tokens import bearer
 from nexes import settings as settings_module
@@ -98,7 +98,7 @@ def app_from_env() -> Starlette:
 
 def bench_guards(only_reads: list[int] | None, seconds: int, rounds: int, port: int = 15800) -> None:
     ensure_wrk()
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    base = {**bench_env(), **SERVER_ENV}
     config = next(c for c in configurations(base) if c.name.startswith("A"))
     settings = settings_module.load(base)
     auth = bearer(base, "viewer")

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.api import RATE_LIMIT, configurations, reads
+from bench.api import SERVER_ENV, configurations, reads
 from bench.run import bench_env, report
 from bench.tokens import bearer
 from nexes import settings as settings_module
@@ -142,7 +142,7 @@ async def _profile(env: dict[str, str], bodies: dict[str, dict[str, Any]], reque
 
 
 def bench_profile(only_reads: list[int] | None, requests: int, config: str = "B") -> None:
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    base = {**bench_env(), **SERVER_ENV}
     chosen = next(c for c in configurations(base) if c.name.startswith(config))
     env = {**base, **chosen.nexes_env}
     settings = settings_module.load(env)
@@ -169,7 +169,7 @@ def bench_sampled(
     from bench.run import cpu_seconds, ensure_wrk, process, wrk
 
     ensure_wrk()
-    base = {**bench_env(), "NEXES_API_POOL_SIZE": "20", "NEXES_RATE_LIMIT_VIEWER": str(RATE_LIMIT)}
+    base = {**bench_env(), **SERVER_ENV}
     chosen = next(c for c in configurations(base) if c.name.startswith(config))
     env = {**base, **chosen.nexes_env, "NEXES_OPS_LISTEN": f"127.0.0.1:{port + 2}"}
     settings = settings_module.load(env)

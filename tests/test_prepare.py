@@ -201,3 +201,62 @@ async def test_prepared_keyset_pages_run_their_generic_plan(seeded: Settings) ->
     assert pages, plans
     generic, custom = pages[0]
     assert generic >= 5 and custom == 0  # every run since it was prepared
+
+
+async def test_the_dashboard_an_order_with_its_lines_and_customers_by_id_run_their_generic_plans(
+    seeded: Settings,
+) -> None:
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    dashboard = '{ dashboard(from: "2020-01-01", to: "2030-12-31") { totalCount } }'
+    node_query = "query($id: ID!) { node(id: $id) { ... on ServiceOrder { sodNumber lines { lineNo } } } }"
+    async with client_for(settings, roles=("viewer",)) as client:
+        page = await gql(client, "{ serviceOrders(first: 1) { edges { node { id } } } }")
+        order = page["data"]["serviceOrders"]["edges"][0]["node"]["id"]
+        for i in range(8):
+            headers = {"x-request-id": f"generic-reads-{os.getpid()}-{i}"}
+            assert "errors" not in await gql(client, dashboard, **headers)
+            assert "errors" not in await gql(client, node_query, {"id": order}, **headers)
+        plans = {text: (generic, custom) for text, generic, custom in await _plans(client)}
+
+    def plans_of(fragment: str) -> tuple[int, int]:
+        (found,) = [counts for text, counts in plans.items() if fragment in text]
+        return found
+
+    assert plans_of("FROM dashboard_stat_month")[1] == 0 and plans_of("FROM dashboard_stat_month")[0] >= 3
+    assert plans_of("FROM service_order_key WHERE id")[1] == 0
+    lines = plans_of("FROM service_order_line WHERE")
+    assert lines[1] == 0 and lines[0] >= 3
+    # The order's own statement shares the lines' pipeline, queued before them: custom plans.
+    assert plans_of("CROSS JOIN LATERAL")[0] == 0
+
+
+async def test_a_statement_after_a_generic_one_in_a_pipeline_gets_custom_plans_again(seeded: Settings) -> None:
+    from nexes.db.connect.conninfo import for_role
+    from nexes.db.connect.session_tag import GenericPlan, NamedCursor
+    from nexes.observability import request_id_var
+
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    token = request_id_var.set(f"after-generic-{os.getpid()}")
+    first = GenericPlan(b"SELECT id FROM customer WHERE id = %(id)s")
+    second = b"SELECT count(*) FROM customer WHERE name > %(name)s"
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            for_role(settings.replica_urls[0], settings, "nexes_api"),
+            autocommit=True,
+            prepare_threshold=0,
+            cursor_factory=NamedCursor,
+        ) as conn:
+            for i in range(5):  # under auto, PostgreSQL's first five plans are custom ones
+                async with conn.pipeline():
+                    await conn.cursor().execute(first, {"id": i})
+                    await conn.cursor().execute(second, {"name": f"name {i}"})
+            cur = await psycopg.AsyncCursor(conn).execute(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            )
+            plans = {text: (generic, custom) for text, generic, custom in await cur.fetchall()}
+    finally:
+        request_id_var.reset(token)
+    (after,) = [counts for text, counts in plans.items() if "count(*) FROM customer" in text]
+    (generic,) = [counts for text, counts in plans.items() if "SELECT id FROM customer" in text]
+    assert generic[1] == 0 and generic[0] >= 5
+    assert after == (0, 5)  # plan_cache_mode back to auto, in the same transaction

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import class_row
 
+from nexes.db.connect.session_tag import GenericPlan
 from nexes.db.keyset import Keyset
 
 R = TypeVar("R")
@@ -51,13 +52,18 @@ CUSTOMERS = Table("customer", "id, code, name", "code", CustomerRow)
 STOCK_ITEMS = Table("stock_item", "id, sku, name, on_hand", "sku", StockItemRow)
 
 
-async def _by_id(conn: AsyncConnection[Any], table: Table, ids: Collection[int]) -> list[Any]:
+@lru_cache(maxsize=4)
+def _by_id_text(table: Table) -> GenericPlan:
     query = sql.SQL("SELECT {cols} FROM {table} WHERE id = ANY(%(ids)s)").format(
         cols=sql.SQL(table.columns), table=sql.Identifier(table.name)
     )
+    return GenericPlan(query.as_bytes(None))  # the primary key's index, whatever the ids
+
+
+async def _by_id(conn: AsyncConnection[Any], table: Table, ids: Collection[int]) -> list[Any]:
     cur: AsyncCursor[Any]
     async with conn.cursor(row_factory=class_row(table.row)) as cur:
-        await cur.execute(query, {"ids": list(ids)})
+        await cur.execute(_by_id_text(table), {"ids": list(ids)})
         return await cur.fetchall()
 
 
@@ -99,7 +105,9 @@ def _page_text(table: Table, flt: CatalogFilter, has_after: bool, backward: bool
         where=sql.SQL(" AND ").join(conds) if conds else sql.SQL("true"),
         dir=sql.SQL("DESC" if backward else "ASC"),
     )
-    return query.as_bytes(None)
+    # By the (name, id) index whatever the bounds, but for ILIKE's trigram search, whose plan
+    # depends on the pattern.
+    return query.as_bytes(None) if flt.name_contains else GenericPlan(query.as_bytes(None))
 
 
 async def page(

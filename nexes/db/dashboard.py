@@ -10,6 +10,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
+from nexes.db.connect.session_tag import GenericPlan
+
 
 @dataclass(frozen=True, slots=True)
 class StatRow:
@@ -20,6 +22,9 @@ class StatRow:
 
 
 # Whole months come from the monthly rollup, the days at either edge from dashboard_stat.
+# Two small tables by their indexes, whatever the days: with its generic plan (prepared,
+# NEXES_PREPARE=on) it plans in 0.01 ms and runs in 0.16, against 0.24 and 0.22 planned
+# for its values each time (EXPLAIN ANALYZE at 10M orders).
 BY_STATUS = """
 SELECT status::text AS status, currency::text AS currency, sum(order_count)::bigint AS order_count,
        sum(total_amount) AS total_amount
@@ -35,6 +40,7 @@ GROUP BY status, currency
 HAVING sum(order_count) <> 0
 ORDER BY status, currency
 """
+BY_STATUS_QUERY = GenericPlan(BY_STATUS.encode())
 FAR_PAST, FAR_FUTURE = date(1900, 1, 1), date(9000, 12, 31)
 
 
@@ -60,5 +66,5 @@ async def stats_by_status(conn: AsyncConnection[Any], day_from: date | None, day
     month_lo, month_hi = month_span(day_from, day_to)
     params = {"day_from": day_from, "day_to": day_to, "month_lo": month_lo, "month_hi": month_hi}
     async with conn.cursor(row_factory=class_row(StatRow)) as cur:
-        await cur.execute(BY_STATUS, params)
+        await cur.execute(BY_STATUS_QUERY, params)
         return await cur.fetchall()

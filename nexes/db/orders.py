@@ -439,8 +439,9 @@ async def orders_pages_by_customer(
 # every partition, live and archived (30 ms of planning for one order at 1M orders, a
 # hundred times its execution): the key table gives (id, created_at), then the orders are
 # read with their created_at as values, which prunes the partitions when planning.
-KEYS_BY_ID = "SELECT id, created_at FROM service_order_key WHERE id = ANY(%(ids)s)"
-KEYS_BY_SOD = "SELECT id, created_at FROM service_order_key WHERE sod_number = %(sod)s"
+# Unique indexes, whatever the values: generic plans (when prepared, NEXES_PREPARE=on).
+KEYS_BY_ID = GenericPlan(b"SELECT id, created_at FROM service_order_key WHERE id = ANY(%(ids)s)")
+KEYS_BY_SOD = GenericPlan(b"SELECT id, created_at FROM service_order_key WHERE sod_number = %(sod)s")
 # With each order's customer, as a page's (see _page_sql for the LATERAL's LIMIT 1).
 ORDERS_AT = sql.SQL(
     "SELECT {cols}, c.code AS customer_code, c.name AS customer_name FROM {src} AS o "
@@ -489,7 +490,7 @@ async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> Or
     return rows[0] if rows else None
 
 
-LINES = """
+LINES_TEXT = """
 SELECT l.order_id, l.line_no, l.quantity, l.unit_price, s.id AS stock_item_id, s.sku, s.name, s.on_hand
 FROM (SELECT * FROM service_order_line WHERE order_id = ANY(%(ids)s) AND created_at BETWEEN %(lo)s AND %(hi)s
       UNION ALL
@@ -498,6 +499,9 @@ FROM (SELECT * FROM service_order_line WHERE order_id = ANY(%(ids)s) AND created
 JOIN stock_item AS s ON s.id = l.stock_item_id
 ORDER BY l.order_id, l.line_no
 """
+# Its generic plan prunes the partitions when it runs: 0.04 ms to plan and 0.09 to run,
+# against 0.24 and 0.03 planned for its values each time (one order's lines at 10M orders).
+LINES = GenericPlan(LINES_TEXT.encode())
 
 
 async def lines_of(conn: AsyncConnection[Any], orders: Sequence[OrderRow], *, archived: bool) -> list[LineRow]:

@@ -44,6 +44,8 @@ SET_NAME_AND_TRACE = "SELECT set_config('application_name', %s, true), set_confi
 # For a GenericPlan statement on a preparing connection, in the same statement (values are
 # bound: the texts stay two).
 SET_GENERIC = ", set_config('plan_cache_mode', 'force_generic_plan', true)"
+# Any other statement in a transaction or pipeline the caller opened, behind one that set it.
+SET_AUTO = ", set_config('plan_cache_mode', 'auto', true)"
 
 
 class GenericPlan(bytes):
@@ -66,15 +68,15 @@ _IDLE, _INTRANS = pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS
 PREPARE_THRESHOLD = 5
 
 
-def tag_statement(base: str, *, generic: bool = False) -> tuple[str, list[str]] | None:
+def tag_statement(base: str, *, generic: bool | None = False) -> tuple[str, list[str]] | None:
     """The set_config statement and its values for the current request or job, or None outside
-    one; `generic`: with plan_cache_mode = force_generic_plan too."""
+    one; `generic`: with plan_cache_mode = force_generic_plan too (None: back to auto)."""
     request_id = valid_request_id(request_id_var.get())
     if request_id is None:
         return None
     name = f"{request_id} {base}"
     traceparent = current_traceparent()
-    extra = SET_GENERIC if generic else ""
+    extra = SET_GENERIC if generic else SET_AUTO if generic is None else ""
     if traceparent is None or not TRACEPARENT.fullmatch(traceparent):
         return SET_NAME + extra, [name]
     return SET_NAME_AND_TRACE + extra, [name, traceparent]
@@ -88,8 +90,17 @@ class NamedCursor(TaggedCursor[Row]):
     async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
         tag = None
-        if conn._pipeline is not None or conn.pgconn.transaction_status in (_IDLE, _INTRANS):
-            generic = isinstance(query, GenericPlan) and conn.prepare_threshold is not None
+        status = conn.pgconn.transaction_status
+        if conn._pipeline is not None or status in (_IDLE, _INTRANS):
+            generic: bool | None = False
+            if conn.prepare_threshold is not None:
+                # A generic plan for a GenericPlan statement; for any other in the caller's
+                # transaction or pipeline, custom plans again (an earlier statement there may
+                # have asked for generic ones).
+                if isinstance(query, GenericPlan):
+                    generic = True
+                elif conn._pipeline is not None or status == _INTRANS:
+                    generic = None
             tag = tag_statement(conn.info.parameter_status("application_name") or "", generic=generic)
         if tag is None:
             return await super().execute(query, params, **kwargs)
