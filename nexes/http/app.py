@@ -147,7 +147,10 @@ class RequestContextMiddleware:
                 return await receive()
             wait = budget if upload else deadline - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+                # asyncio.timeout, not wait_for: no task of its own around each receive (wait_for
+                # made one per body message, 3% of a cached page's CPU).
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
             except TimeoutError:
                 raise _too_slow(upload, budget) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
