@@ -50,6 +50,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -225,107 +226,161 @@ def wrk(
     return {k: float(v) for k, v in (pair.split("=") for pair in match[1].split())}
 
 
-async def _latencies(samples: int) -> None:
-    """Median and p99 of pages in process: raw keyset SQL against the same page through GraphQL."""
-    from nexes.db import orders as orders_db
-    from nexes.db.keyset import Keyset
-    from nexes.db.orders import OrderFilter
+class KeepAlive:
+    """A minimal HTTP/1.1 client on one keep-alive connection: a POST's bytes written, the
+    answer read by its Content-Length. The GraphQL page's latency is then the server's and
+    the loopback's; httpx's in-process client alone cost about as much as the server's own
+    work for a page (both figures are reported)."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port = port
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> bytes:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{self.head}"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])  # type: ignore[index]
+        answer = await self.reader.readexactly(length)
+        if status != b"200":
+            raise RuntimeError(f"HTTP {status.decode()}: {answer[:300]!r}")
+        return answer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _latencies(samples: int, port: int = 18040) -> None:
+    """Median and p99 of pages: raw keyset SQL against the same page through GraphQL, over
+    HTTP to a served Nexes (`nexes serve`, one process, no access log) and in process."""
     from nexes.http.app import create_app
 
     settings = settings_module.load(bench_env())
     app = create_app(settings)
+    auth = bearer(bench_env())
+    server_env = {**bench_env(), "NEXES_ACCESS_LOG": "false", "NEXES_OPS_LISTEN": f"127.0.0.1:{port + 2}"}
+    server_cmd = [sys.executable, "-m", "nexes.cli", "serve", "--port", str(port), "--workers", "1"]
+    served = process(
+        server_cmd, server_env, f"http://127.0.0.1:{port}/graphql", {"query": "{ __typename }"}, headers=auth
+    )
     page = (
         "edges { cursor node { id sodNumber status createdAt totalAmount customer { name } } } "
         "pageInfo { endCursor startCursor }"
     )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://bench", headers=bearer(bench_env())
-        ) as client:
-            conn = await psycopg.AsyncConnection.connect(
-                psycopg.conninfo.make_conninfo(settings.replica_urls[0], user="nexes_api"),
-                autocommit=True,
-                prepare_threshold=None,
-            )
-            async with conn:
-                deepest = "SELECT created_at, id FROM service_order ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1"
-                # Row 9,000,000 of 10M; 90% of the way down a smaller database (as bench/api.py).
-                count = (await (await conn.execute("SELECT count(*) FROM service_order")).fetchone() or (0,))[0]
-                depth = min(9_000_000, count * 9 // 10)
-                row = await (await conn.execute(deepest, [depth])).fetchone()
-                deep = Keyset(row[0], row[1]) if row else None
-                customer = (
-                    await (
-                        await conn.execute("SELECT customer_id FROM service_order ORDER BY created_at DESC LIMIT 1")
-                    ).fetchone()
-                    or (0,)
-                )[0]
-                deep_cursor = app.state.cursors.encode("CREATED_AT_DESC", deep.value, deep.id) if deep else None
-                from nexes.resolvers.ids import global_id
+    with served:
+        async with app.router.lifespan_context(app):
+            await _page_latencies(app, settings, page, samples, http=KeepAlive(port, auth), auth=auth)
 
-                cases = {
-                    "first page": (
-                        OrderFilter(),
-                        None,
-                        False,
-                        "{ serviceOrders(first: 50) { PAGE } }".replace("PAGE", page),
-                        {},
+
+async def _page_latencies(
+    app: Any, settings: settings_module.Settings, page: str, samples: int, *, http: KeepAlive, auth: dict[str, str]
+) -> None:
+    from nexes.db import orders as orders_db
+    from nexes.db.keyset import Keyset
+    from nexes.db.orders import OrderFilter
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=auth) as client:
+        conn = await psycopg.AsyncConnection.connect(
+            psycopg.conninfo.make_conninfo(settings.replica_urls[0], user="nexes_api"),
+            autocommit=True,
+            prepare_threshold=None,
+        )
+        async with conn:
+            deepest = "SELECT created_at, id FROM service_order ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1"
+            # Row 9,000,000 of 10M; 90% of the way down a smaller database (as bench/api.py).
+            count = (await (await conn.execute("SELECT count(*) FROM service_order")).fetchone() or (0,))[0]
+            depth = min(9_000_000, count * 9 // 10)
+            row = await (await conn.execute(deepest, [depth])).fetchone()
+            deep = Keyset(row[0], row[1]) if row else None
+            customer = (
+                await (
+                    await conn.execute("SELECT customer_id FROM service_order ORDER BY created_at DESC LIMIT 1")
+                ).fetchone()
+                or (0,)
+            )[0]
+            deep_cursor = app.state.cursors.encode("CREATED_AT_DESC", deep.value, deep.id) if deep else None
+            from nexes.resolvers.ids import global_id
+
+            cases = {
+                "first page": (
+                    OrderFilter(),
+                    None,
+                    False,
+                    "{ serviceOrders(first: 50) { PAGE } }".replace("PAGE", page),
+                    {},
+                ),
+                f"page past row {depth:,}": (
+                    OrderFilter(),
+                    deep,
+                    False,
+                    "query($a: String) { serviceOrders(first: 50, after: $a) { PAGE } }".replace("PAGE", page),
+                    {"a": deep_cursor},
+                ),
+                "status-filtered page": (
+                    OrderFilter(statuses=("OPEN", "IN_PROGRESS")),
+                    None,
+                    False,
+                    "{ serviceOrders(first: 50, filter: {status: [OPEN, IN_PROGRESS]}) { PAGE } }".replace(
+                        "PAGE", page
                     ),
-                    f"page past row {depth:,}": (
-                        OrderFilter(),
-                        deep,
-                        False,
-                        "query($a: String) { serviceOrders(first: 50, after: $a) { PAGE } }".replace("PAGE", page),
-                        {"a": deep_cursor},
+                    {},
+                ),
+                "last/before page": (
+                    OrderFilter(),
+                    deep,
+                    True,
+                    "query($b: String) { serviceOrders(last: 50, before: $b) { PAGE } }".replace("PAGE", page),
+                    {"b": deep_cursor},
+                ),
+                "customer page": (
+                    OrderFilter(customer_id=customer),
+                    None,
+                    False,
+                    "query($c: ID) { serviceOrders(first: 50, filter: {customerId: $c}) { PAGE } }".replace(
+                        "PAGE", page
                     ),
-                    "status-filtered page": (
-                        OrderFilter(statuses=("OPEN", "IN_PROGRESS")),
-                        None,
-                        False,
-                        "{ serviceOrders(first: 50, filter: {status: [OPEN, IN_PROGRESS]}) { PAGE } }".replace(
-                            "PAGE", page
-                        ),
-                        {},
-                    ),
-                    "last/before page": (
-                        OrderFilter(),
-                        deep,
-                        True,
-                        "query($b: String) { serviceOrders(last: 50, before: $b) { PAGE } }".replace("PAGE", page),
-                        {"b": deep_cursor},
-                    ),
-                    "customer page": (
-                        OrderFilter(customer_id=customer),
-                        None,
-                        False,
-                        "query($c: ID) { serviceOrders(first: 50, filter: {customerId: $c}) { PAGE } }".replace(
-                            "PAGE", page
-                        ),
-                        {"c": global_id("Customer", customer)},
-                    ),
-                }
-                for name, (flt, after, backward, query, variables) in cases.items():
-                    sql_ms, gql_ms = [], []
-                    for _ in range(samples):
-                        started = time.perf_counter()
-                        await orders_db.orders_page(
-                            conn, flt, "CREATED_AT_DESC", backward=backward, after=after, limit=51, with_customer=True
-                        )
-                        sql_ms.append((time.perf_counter() - started) * 1000)
-                        started = time.perf_counter()
-                        response = await client.post("/graphql", json={"query": query, "variables": variables})
-                        gql_ms.append((time.perf_counter() - started) * 1000)
-                        assert "errors" not in response.json(), response.text
-                    report(
-                        bench="page-latency",
-                        page=name,
-                        sql_median_ms=round(statistics.median(sql_ms), 2),
-                        sql_p99_ms=round(_p99(sql_ms), 2),
-                        graphql_median_ms=round(statistics.median(gql_ms), 2),
-                        graphql_p99_ms=round(_p99(gql_ms), 2),
-                        graphql_over_sql=round(statistics.median(gql_ms) / statistics.median(sql_ms), 1),
+                    {"c": global_id("Customer", customer)},
+                ),
+            }
+            for name, (flt, after, backward, query, variables) in cases.items():
+                sql_ms, gql_ms, in_process_ms = [], [], []
+                body = json.dumps({"query": query, "variables": variables}).encode()
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    await orders_db.orders_page(
+                        conn, flt, "CREATED_AT_DESC", backward=backward, after=after, limit=51, with_customer=True
                     )
+                    sql_ms.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    answer = await http.post("/graphql", body)
+                    gql_ms.append((time.perf_counter() - started) * 1000)
+                    assert b'"errors"' not in answer and answer.count(b'"node"') == 50, answer[:500]
+                    started = time.perf_counter()
+                    response = await client.post("/graphql", json={"query": query, "variables": variables})
+                    in_process_ms.append((time.perf_counter() - started) * 1000)
+                    assert "errors" not in response.json(), response.text
+                report(
+                    bench="page-latency",
+                    page=name,
+                    sql_median_ms=round(statistics.median(sql_ms), 2),
+                    sql_p99_ms=round(_p99(sql_ms), 2),
+                    graphql_median_ms=round(statistics.median(gql_ms), 2),
+                    graphql_p99_ms=round(_p99(gql_ms), 2),
+                    graphql_over_sql=round(statistics.median(gql_ms) / statistics.median(sql_ms), 1),
+                    graphql_in_process_httpx_median_ms=round(statistics.median(in_process_ms), 2),
+                )
+        http.close()
 
 
 def _p99(values: list[float]) -> float:
