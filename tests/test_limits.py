@@ -218,6 +218,7 @@ def _shapes() -> list[Any]:
         {"data": {"a": [], "b": {}, "c": [None, row, None]}},
         *({"data": {"list": [row] * n}} for n in (1, 63, 64, 65, 128, 129)),
         {"data": {"customers": nested, "more": [nested, None, nested]}, "extensions": {"cost": {"requested": 3}}},
+        {"data": {"customers": nested}, "extensions": {"cost": {"requested": 3, "actualNodes": 4}}},
     ]
 
 
@@ -237,6 +238,32 @@ def test_past_the_cap_the_writer_stops_without_writing_the_rest() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, peak  # the cap and one chunk of 64 rows, not the 24 MB
+
+
+def test_an_answer_of_at_most_one_chunk_of_objects_is_one_orjson_call_and_still_capped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nexes.http import response_size
+
+    calls = []
+
+    class Counting:  # orjson itself, each dumps call counted
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def dumps(*args: Any, **kwargs: Any) -> bytes:
+            calls.append(1)
+            return orjson.dumps(*args, **kwargs)
+
+    monkeypatch.setattr(response_size, "orjson", Counting)
+    statuses = [{"status": s, "amounts": [{"currency": "EUR", "amount": "1.00"}]} for s in ("OPEN", "DONE")]
+    small = {"data": {"dashboard": {"statuses": statuses}}, "extensions": {"cost": {"actualNodes": 5}}}
+    assert dumps_within(small, 10_000) == orjson.dumps(small) and len(calls) == 1
+    with pytest.raises(TooLarge):
+        dumps_within(small, 50)
+    calls.clear()
+    larger = {**small, "extensions": {"cost": {"actualNodes": response_size.CHUNK + 1}}}
+    assert dumps_within(larger, 10_000) == orjson.dumps(larger) and len(calls) > 1  # walked, in parts
 
 
 async def test_an_answer_past_the_cap_is_response_too_large_and_one_below_it_is_whole(seeded: Settings) -> None:

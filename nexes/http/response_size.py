@@ -15,6 +15,11 @@ before: by the cost limit (nexes.execution.cost) and the deadline.
 
 A GraphQL list's items share one selection, so the first item says whether the others
 hold lists (abstract types may differ: then a chunk may be larger, never unbounded).
+
+An answer that holds no more objects than one chunk of list items (`extensions.cost.
+actualNodes`, counted before it is written) is written in one orjson call: it can grow no
+further past the cap than one chunk would. The dashboard and an order with its lines are
+such answers; walking them object by object cost 50 us of a 500 us request (issue 21).
 """
 
 from __future__ import annotations
@@ -90,6 +95,22 @@ def _holds_list(value: Any) -> bool:
 def dumps_within(payload: Any, limit: int) -> bytes:
     """`payload` as JSON, written in parts; TooLarge once it passes `limit` bytes
     (nexes.http.errors answers RESPONSE_TOO_LARGE instead)."""
+    nodes = _counted_nodes(payload)
+    if nodes is not None and nodes <= CHUNK:
+        body = orjson.dumps(payload, default=default)
+        if len(body) > limit:
+            raise TooLarge
+        return body
     writer = _Writer(limit)
     writer.value(payload)
     return b"".join(writer.parts)
+
+
+def _counted_nodes(payload: Any) -> int | None:
+    """The objects under the answer's `data`, as its cost report counted them (None: not counted)."""
+    if not isinstance(payload, dict):
+        return None
+    extensions = payload.get("extensions")
+    cost = extensions.get("cost") if isinstance(extensions, dict) else None
+    nodes = cost.get("actualNodes") if isinstance(cost, dict) else None
+    return nodes if type(nodes) is int else None
