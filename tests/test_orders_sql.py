@@ -1,4 +1,5 @@
-"""Keyset page SQL: the text cached per shape is the text composed per request."""
+"""Keyset page SQL: the text cached per shape is the text composed per request; the
+statements' array literals (nexes.db.arrays) on the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import itertools
 import re
 from datetime import UTC, datetime
 
+import psycopg
+import pytest
+from psycopg import sql
+
 from nexes.db.keyset import Keyset
 from nexes.db.orders import SORTS, OrderFilter, PageShape, page_query, page_sql_text
+from nexes.settings import Settings
+from tests.support.databases import superuser_url
 
 FILTERS = [
     OrderFilter(),
@@ -30,3 +37,29 @@ def test_cached_page_sql_equals_the_composed_sql_and_its_parameters_fill_it() ->
         cached = page_sql_text(PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer))
         assert cached == query.as_bytes(None)
         assert set(re.findall(rb"%\((\w+)\)s", cached)) == {name.encode() for name in params}
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Amsterdam", "Asia/Kolkata", "Pacific/Chatham"])
+def test_array_literals_read_back_as_the_same_ids_and_instants_in_any_session_zone(
+    settings: Settings, zone: str
+) -> None:
+    from nexes.db.arrays import bigint_array, timestamptz_array
+
+    instants = [
+        "1850-03-01 12:34:56.789012+00",  # local mean time: an offset with seconds
+        "2026-12-07 07:00:00+00",
+        "1900-01-01 00:00:00.000001+00",
+        "9999-12-30 23:59:59.999999+00",  # the last day psycopg reads in every zone
+    ]
+    with psycopg.connect(superuser_url(settings.replica_admin_urls[0]), autocommit=True) as conn:
+        conn.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
+        stamps = [row[0] for row in conn.execute("SELECT unnest(%s::timestamptz[])", [instants]).fetchall()]
+        ids = [0, 1, 999_999_999_999_999_999]
+        same = conn.execute(
+            "SELECT %(lit)s::timestamptz[] = %(typed)s::timestamptz[], %(ids)s::bigint[] = %(typed_ids)s::bigint[]",
+            {"lit": timestamptz_array(stamps), "typed": stamps, "ids": bigint_array(ids), "typed_ids": ids},
+        ).fetchone()
+        assert conn.execute("SELECT cardinality(%s::bigint[])", [bigint_array([])]).fetchone() == (0,)
+    assert same == (True, True)
+    with pytest.raises(ValueError, match="aware"):
+        timestamptz_array([datetime(2026, 12, 7)])  # the naive datetime it refuses

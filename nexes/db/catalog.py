@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import class_row
 
+from nexes.db.arrays import bigint_array
 from nexes.db.connect.session_tag import GenericPlan
 from nexes.db.keyset import Keyset
 
@@ -54,7 +55,7 @@ STOCK_ITEMS = Table("stock_item", "id, sku, name, on_hand", "sku", StockItemRow)
 
 @lru_cache(maxsize=4)
 def _by_id_text(table: Table) -> GenericPlan:
-    query = sql.SQL("SELECT {cols} FROM {table} WHERE id = ANY(%(ids)s)").format(
+    query = sql.SQL("SELECT {cols} FROM {table} WHERE id = ANY(%(ids)s::bigint[])").format(
         cols=sql.SQL(table.columns), table=sql.Identifier(table.name)
     )
     return GenericPlan(query.as_bytes(None))  # the primary key's index, whatever the ids
@@ -63,7 +64,7 @@ def _by_id_text(table: Table) -> GenericPlan:
 async def _by_id(conn: AsyncConnection[Any], table: Table, ids: Collection[int]) -> list[Any]:
     cur: AsyncCursor[Any]
     async with conn.cursor(row_factory=class_row(table.row)) as cur:
-        await cur.execute(_by_id_text(table), {"ids": list(ids)})
+        await cur.execute(_by_id_text(table), {"ids": bigint_array(ids)})
         return await cur.fetchall()
 
 

@@ -19,6 +19,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.errors import QueryCanceled
 from psycopg.rows import args_row
 
+from nexes.db.arrays import bigint_array, timestamptz_array
 from nexes.db.connect.session_tag import GenericPlan
 from nexes.db.keyset import Keyset
 from nexes.db.rendering import Spec, rendered_column
@@ -417,7 +418,7 @@ async def orders_pages_by_customer(
     page per customer, each served by the customer's own index range)."""
     flt = replace(flt, customer_id=None)
     params = page_params(flt, after=after, limit=limit)
-    params["customer_ids"] = list(customer_ids)
+    params["customer_ids"] = bigint_array(customer_ids)
     shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer, render=render)
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
         await cur.execute(customer_pages_sql_text(shape), params)
@@ -440,20 +441,20 @@ async def orders_pages_by_customer(
 # hundred times its execution): the key table gives (id, created_at), then the orders are
 # read with their created_at as values, which prunes the partitions when planning.
 # Unique indexes, whatever the values: generic plans (when prepared, NEXES_PREPARE=on).
-KEYS_BY_ID = GenericPlan(b"SELECT id, created_at FROM service_order_key WHERE id = ANY(%(ids)s)")
+KEYS_BY_ID = GenericPlan(b"SELECT id, created_at FROM service_order_key WHERE id = ANY(%(ids)s::bigint[])")
 KEYS_BY_SOD = GenericPlan(b"SELECT id, created_at FROM service_order_key WHERE sod_number = %(sod)s")
 # With each order's customer, as a page's (see _page_sql for the LATERAL's LIMIT 1).
 ORDERS_AT = sql.SQL(
     "SELECT {cols}, c.code AS customer_code, c.name AS customer_name FROM {src} AS o "
     "CROSS JOIN LATERAL (SELECT code, name FROM customer WHERE id = o.customer_id LIMIT 1) AS c "
-    "WHERE o.id = ANY(%(ids)s) AND o.created_at = ANY(%(ats)s)"
+    "WHERE o.id = ANY(%(ids)s::bigint[]) AND o.created_at = ANY(%(ats)s::timestamptz[])"
 ).format(cols=COLUMNS, src=LIVE_AND_ARCHIVED)
 
 
 async def _orders_at(conn: AsyncConnection[Any], keys: list[tuple[int, datetime]]) -> list[OrderRow]:
     if not keys:
         return []
-    params = {"ids": [k[0] for k in keys], "ats": [k[1] for k in keys]}
+    params = {"ids": bigint_array(k[0] for k in keys), "ats": timestamptz_array(k[1] for k in keys)}
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
         await cur.execute(ORDERS_AT, params)
         return await cur.fetchall()
@@ -461,7 +462,7 @@ async def _orders_at(conn: AsyncConnection[Any], keys: list[tuple[int, datetime]
 
 async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
     """Orders by id, live or archived, with their customers: the key table names the partitions to read."""
-    cur = await conn.execute(KEYS_BY_ID, {"ids": list(ids)})
+    cur = await conn.execute(KEYS_BY_ID, {"ids": bigint_array(ids)})
     return await _orders_at(conn, await cur.fetchall())
 
 
@@ -471,14 +472,15 @@ async def orders_with_lines_by_id(
     """Orders by id, live or archived, with their customers, and all their lines: two round
     trips, the key table's, then the orders' and the lines' statements in one pipeline
     (both need only what the keys give)."""
-    cur = await conn.execute(KEYS_BY_ID, {"ids": list(ids)})
+    cur = await conn.execute(KEYS_BY_ID, {"ids": bigint_array(ids)})
     keys: list[tuple[int, datetime]] = await cur.fetchall()
     if not keys:
         return [], []
     ids_found, ats = [k[0] for k in keys], [k[1] for k in keys]
-    span = {"ids": ids_found, "lo": min(ats), "hi": max(ats), "archived": True}
+    span = {"ids": bigint_array(ids_found), "lo": min(ats), "hi": max(ats), "archived": True}
     async with conn.pipeline():
-        orders = await conn.cursor(row_factory=ORDER_ROW).execute(ORDERS_AT, {"ids": ids_found, "ats": ats})
+        at_keys = {"ids": span["ids"], "ats": timestamptz_array(ats)}
+        orders = await conn.cursor(row_factory=ORDER_ROW).execute(ORDERS_AT, at_keys)
         lines = await conn.cursor(row_factory=LINE_ROW).execute(LINES, span)
     return await orders.fetchall(), await lines.fetchall()
 
@@ -492,10 +494,10 @@ async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> Or
 
 LINES_TEXT = """
 SELECT l.order_id, l.line_no, l.quantity, l.unit_price, s.id AS stock_item_id, s.sku, s.name, s.on_hand
-FROM (SELECT * FROM service_order_line WHERE order_id = ANY(%(ids)s) AND created_at BETWEEN %(lo)s AND %(hi)s
+FROM (SELECT * FROM service_order_line WHERE order_id = ANY(%(ids)s::bigint[]) AND created_at BETWEEN %(lo)s AND %(hi)s
       UNION ALL
       SELECT * FROM service_order_line_archive
-      WHERE %(archived)s AND order_id = ANY(%(ids)s) AND created_at BETWEEN %(lo)s AND %(hi)s) AS l
+      WHERE %(archived)s AND order_id = ANY(%(ids)s::bigint[]) AND created_at BETWEEN %(lo)s AND %(hi)s) AS l
 JOIN stock_item AS s ON s.id = l.stock_item_id
 ORDER BY l.order_id, l.line_no
 """
@@ -512,7 +514,7 @@ async def lines_of(conn: AsyncConnection[Any], orders: Sequence[OrderRow], *, ar
     if not orders:
         return []
     params = {
-        "ids": [o.id for o in orders],
+        "ids": bigint_array(o.id for o in orders),
         "lo": min(o.created_at for o in orders),
         "hi": max(o.created_at for o in orders),
         "archived": archived,
