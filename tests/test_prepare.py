@@ -260,3 +260,54 @@ async def test_a_statement_after_a_generic_one_in_a_pipeline_gets_custom_plans_a
     (generic,) = [counts for text, counts in plans.items() if "SELECT id FROM customer" in text]
     assert generic[1] == 0 and generic[0] >= 5
     assert after == (0, 5)  # plan_cache_mode back to auto, in the same transaction
+
+
+async def _named_connection(seeded: Settings) -> psycopg.AsyncConnection[Any]:
+    """A preparing connection to the replica with the application_name cursor, as the SPA's pools make."""
+    from nexes.db.connect.conninfo import for_role
+    from nexes.db.connect.session_tag import NamedCursor
+
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    return await psycopg.AsyncConnection.connect(
+        for_role(settings.replica_urls[0], settings, "nexes_api", application_name="nexes-test"),
+        autocommit=True,
+        prepare_threshold=0,
+        cursor_factory=NamedCursor,
+    )
+
+
+async def test_a_failing_statement_behind_its_tag_raises_its_own_error_and_the_connection_goes_on(
+    seeded: Settings,
+) -> None:
+    from nexes.observability import request_id_var
+
+    token = request_id_var.set(f"failing-{os.getpid()}")
+    try:
+        async with await _named_connection(seeded) as conn:
+            for _ in range(3):  # unprepared, being prepared, prepared
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    await conn.cursor().execute("SELECT 1 / %(zero)s::int", {"zero": 0})
+                cur = await conn.cursor().execute("SELECT current_setting('application_name'), %(x)s::int", {"x": 7})
+                assert await cur.fetchall() == [(f"failing-{os.getpid()} nexes-test", 7)]
+            assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        request_id_var.reset(token)
+
+
+async def test_a_statement_behind_its_tag_cancelled_where_it_waits_stops_on_the_server(seeded: Settings) -> None:
+    from nexes.observability import request_id_var
+
+    token = request_id_var.set(f"cancelled-{os.getpid()}")
+    try:
+        async with await _named_connection(seeded) as conn:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await conn.cursor().execute("SELECT pg_sleep(%(s)s)", {"s": 30})
+            assert time.monotonic() - started < 10  # psycopg's cancel reached the server
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            cur = await conn.cursor().execute("SELECT %(x)s::int", {"x": 1})
+            assert await cur.fetchall() == [(1,)]
+    finally:
+        request_id_var.reset(token)
