@@ -311,3 +311,36 @@ async def test_a_statement_behind_its_tag_cancelled_where_it_waits_stops_on_the_
             assert await cur.fetchall() == [(1,)]
     finally:
         request_id_var.reset(token)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["named-direct", "comment-pgbouncer"])
+async def test_statements_together_answer_each_cursor_and_the_first_error_stops_them(
+    seeded: Settings, direct: bool
+) -> None:
+    from nexes.db.connect.conninfo import for_role
+    from nexes.db.connect.session_tag import NamedCursor, together
+    from nexes.db.connect.tagged import TaggedCursor
+    from nexes.observability import request_id_var
+
+    settings = _settings(seeded, direct=direct, NEXES_PREPARE="on" if direct else "off")
+    token = request_id_var.set(f"together-{os.getpid()}")
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            for_role(settings.replica_urls[0], settings, "nexes_api", application_name="nexes-test"),
+            autocommit=True,
+            prepare_threshold=0 if direct else None,
+            cursor_factory=NamedCursor if direct else TaggedCursor,
+        ) as conn:
+            for _ in range(3):  # unprepared, being prepared, prepared (direct)
+                one, two = conn.cursor(), conn.cursor()
+                await together(conn, [(one, "SELECT %(a)s::int", {"a": 1}), (two, "SELECT %(b)s::text", {"b": "two"})])
+                assert (await one.fetchall(), await two.fetchall()) == ([(1,)], [("two",)])
+                first, second = conn.cursor(), conn.cursor()
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    await together(conn, [(first, "SELECT 1 / %(z)s::int", {"z": 0}), (second, "SELECT 2", None)])
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+            after = await conn.cursor().execute("SELECT %(x)s::int", {"x": 3})
+            assert await after.fetchall() == [(3,)]
+    finally:
+        request_id_var.reset(token)

@@ -20,7 +20,7 @@ from psycopg.errors import QueryCanceled
 from psycopg.rows import args_row
 
 from nexes.db.arrays import bigint_array, timestamptz_array
-from nexes.db.connect.session_tag import GenericPlan
+from nexes.db.connect.session_tag import GenericPlan, together
 from nexes.db.keyset import Keyset
 from nexes.db.rendering import Spec, rendered_column
 
@@ -478,10 +478,10 @@ async def orders_with_lines_by_id(
         return [], []
     ids_found, ats = [k[0] for k in keys], [k[1] for k in keys]
     span = {"ids": bigint_array(ids_found), "lo": min(ats), "hi": max(ats), "archived": True}
-    async with conn.pipeline():
-        at_keys = {"ids": span["ids"], "ats": timestamptz_array(ats)}
-        orders = await conn.cursor(row_factory=ORDER_ROW).execute(ORDERS_AT, at_keys)
-        lines = await conn.cursor(row_factory=LINE_ROW).execute(LINES, span)
+    orders = conn.cursor(row_factory=ORDER_ROW)
+    lines = conn.cursor(row_factory=LINE_ROW)
+    at_keys = {"ids": span["ids"], "ats": timestamptz_array(ats)}
+    await together(conn, [(orders, ORDERS_AT, at_keys), (lines, LINES, span)])
     return await orders.fetchall(), await lines.fetchall()
 
 

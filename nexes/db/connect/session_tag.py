@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
-from psycopg import AsyncCursor, pq
+from psycopg import AsyncConnection, AsyncCursor, pq
 from psycopg import errors as e
 from psycopg._preparing import Prepare
 from psycopg._queries import PostgresQuery
@@ -99,16 +100,7 @@ class NamedCursor(TaggedCursor[Row]):
         tag = None
         status = conn.pgconn.transaction_status
         if conn._pipeline is not None or status in (_IDLE, _INTRANS):
-            generic: bool | None = False
-            if conn.prepare_threshold is not None:
-                # A generic plan for a GenericPlan statement; for any other in the caller's
-                # transaction or pipeline, custom plans again (an earlier statement there may
-                # have asked for generic ones).
-                if isinstance(query, GenericPlan):
-                    generic = True
-                elif conn._pipeline is not None or status == _INTRANS:
-                    generic = None
-            tag = tag_statement(conn.info.parameter_status("application_name") or "", generic=generic)
+            tag = _tag_for(conn, query, in_caller_transaction=conn._pipeline is not None or status == _INTRANS)
         if tag is None:
             return await super().execute(query, params, **kwargs)
         if conn._pipeline is not None:
@@ -116,88 +108,142 @@ class NamedCursor(TaggedCursor[Row]):
             # transaction); timed by the caller, which waits for the results.
             await AsyncCursor(conn).execute(*tag)
             return await super().execute(query, params, **kwargs)
-        # Not TaggedCursor.execute, nor the instrumentor's traced execute behind it: in a
-        # pipeline they return before the server answers, so their span and Server-Timing
-        # figure would time only the sending. The statement's span is the hand-made one
-        # COPY uses (nexes.db.connect.tagged), around the whole pipeline.
-        started = time.perf_counter()
-        try:
-            with copy_span(query, self):
-                if kwargs:  # prepare= or binary=: psycopg's own pipeline, which takes them
+        if kwargs:  # prepare= or binary=: psycopg's own pipeline, which takes them
+            started = time.perf_counter()
+            try:
+                with copy_span(query, self):
                     async with conn.pipeline():
                         await AsyncCursor(conn).execute(*tag)  # a plain cursor: not counted as a statement
                         await AsyncCursor.execute(self, cast(Any, query), params, **kwargs)
-                else:
-                    try:
-                        async with conn.lock:
-                            await conn.wait(self._tagged_gen(query, params, *tag))
-                    except e._NO_TRACEBACK as ex:
-                        raise ex.with_traceback(None) from None
-        finally:
-            record_sql(time.perf_counter() - started)
+            finally:
+                record_sql(time.perf_counter() - started)
+            return self
+        await together(conn, [(self, query, params)])
         return self
 
-    def _tagged_gen(self, query: Query, params: Params | None, tag_query: str, tag_params: list[str]) -> PQGen[None]:
-        """The tag and the statement in one libpq pipeline, then its Sync: what psycopg's
-        pipeline does for these two, without its queues and a turn of the event loop per
-        command (under load its machinery cost 85 us of CPU a statement, against 60 us for
-        the statement alone: issue 21's configuration B). Both are prepared as psycopg
-        would (its cache of prepared statements, by text); only the statement's results
-        reach the cursor. psycopg's own generators wait, as for any statement."""
-        yield from self._start_query(query)
-        pgq = self._convert_query(query, params)
-        tag = PostgresQuery(self._tx)
-        tag.convert(tag_query, tag_params)
-        pgconn = self._pgconn
-        pgconn.enter_pipeline_mode()
-        try:
-            steps = [self._queue(tag, TEXT), self._queue(pgq, self.format)]
-            pgconn.pipeline_sync()
-            yield from send(pgconn)
-            groups: list[list[PGresult]] = []
-            while not groups or not groups[-1] or groups[-1][0].status != _SYNC:
-                groups.append((yield from fetch_many(pgconn)))
-        finally:
-            # Left only once its Sync is read; else (a broken connection) the pool discards it.
-            with contextlib.suppress(e.Error):
-                if pgconn.pipeline_status != pq.PipelineStatus.OFF and not pgconn.is_busy():
-                    pgconn.exit_pipeline_mode()
-        self._query = pgq
-        tagged, results = (self._answered(step, groups) for step in steps)
-        for result in tagged:
-            if result.status == _FATAL:
-                raise e.error_from_result(result, encoding=self._encoding)
-        self._check_results(results)
-        self._set_results(results)
-        self._last_query = query
-        yield from self._conn._prepared.maintain_gen(self._conn)
 
-    def _queue(self, query: PostgresQuery, result_format: pq.Format) -> tuple[PostgresQuery, Prepare, bytes]:
-        """`query` sent into the open pipeline: prepared first when psycopg's cache says so."""
-        pgconn = self._pgconn
-        prep, name = self._conn._prepared.get(query, None)
-        if prep is Prepare.NO:
-            pgconn.send_query_params(query.query, query.params, query.types, query.formats, result_format)
-            return query, prep, name
-        if prep is Prepare.SHOULD:
-            pgconn.send_prepare(name, query.query, param_types=query.types)
-        pgconn.send_query_prepared(name, query.params, param_formats=query.formats, result_format=result_format)
-        return query, prep, name
+def _tag_for(conn: AsyncConnection[Any], query: Query, *, in_caller_transaction: bool) -> tuple[str, list[str]] | None:
+    """The set_config to send before `query` on `conn`: a generic plan for a GenericPlan
+    statement on a preparing connection; for any other sharing a transaction with others,
+    custom plans again (an earlier statement there may have asked for generic ones)."""
+    generic: bool | None = False
+    if conn.prepare_threshold is not None:
+        if isinstance(query, GenericPlan):
+            generic = True
+        elif in_caller_transaction:
+            generic = None
+    return tag_statement(conn.info.parameter_status("application_name") or "", generic=generic)
 
-    def _answered(self, step: tuple[PostgresQuery, Prepare, bytes], groups: list[list[PGresult]]) -> list[PGresult]:
-        """The results of one queued query, taken from the front of `groups` (its Parse's
-        first, when it was prepared), and psycopg's cache of prepared statements told."""
-        query, prep, name = step
-        if prep is Prepare.SHOULD:
-            parsed = groups.pop(0)
-            if parsed and parsed[0].status == _FATAL:
-                raise e.error_from_result(parsed[0], encoding=self._encoding)
-        results = groups.pop(0)
-        prepared = self._conn._prepared
-        key = prepared.maybe_add_to_cache(query, prep, name)
-        if key is not None:
-            prepared.validate(key, prep, name, results)
-        return results
+
+Statement = tuple[AsyncCursor[Any], Query, Params | None]
+
+
+async def together(conn: AsyncConnection[Any], statements: Sequence[Statement]) -> None:
+    """Run `statements` (each on its cursor, of `conn`) in one round trip: one libpq pipeline
+    and one Sync, so one implicit transaction under autocommit (or the caller's). Each
+    cursor gets its own statement's results, as after its execute; the first error is raised.
+
+    On the application_name cursors (NamedCursor), each statement goes behind the set_config
+    of its request (`_tag_for`); the others carry their comment in their text.
+
+    What psycopg's pipeline does for a few statements, without its queues and a turn of the
+    event loop per command: under load its machinery cost 85 us of CPU a statement, against
+    60 us for the statement alone (issue 21). Statements are prepared as psycopg would (its
+    cache of prepared statements, by text), and psycopg's own generators do the waiting.
+
+    Not TaggedCursor.execute, nor the instrumentor's traced execute behind it: one span (the
+    hand-made one COPY uses, nexes.db.connect.tagged) covers the round trip, whose time is
+    the first statement's for Server-Timing (each statement is counted)."""
+    if conn._pipeline is not None or conn.pgconn.transaction_status not in (_IDLE, _INTRANS):
+        for cursor, query, params in statements:  # nothing to gain: one at a time
+            await cursor.execute(cast(Any, query), params)
+        return
+    started = time.perf_counter()
+    try:
+        with copy_span(statements[0][1], statements[0][0]):
+            async with conn.lock:
+                await conn.wait(_together_gen(conn, statements))
+    except e._NO_TRACEBACK as ex:
+        raise ex.with_traceback(None) from None
+    finally:
+        record_sql(time.perf_counter() - started)
+        for _ in statements[1:]:
+            record_sql(0.0)
+
+
+_Queued = tuple[AsyncCursor[Any] | None, Query, PostgresQuery, Prepare, bytes]
+
+
+def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -> PQGen[None]:
+    shared = len(statements) > 1 or conn.pgconn.transaction_status == _INTRANS
+    converted = []
+    for cursor, query, params in statements:
+        yield from cursor._start_query(query)
+        tag = _tag_for(conn, query, in_caller_transaction=shared) if isinstance(cursor, NamedCursor) else None
+        tag_query = None
+        if tag is not None:
+            tag_query = PostgresQuery(cursor._tx)
+            tag_query.convert(*tag)
+        converted.append((cursor, query, tag_query, cursor._convert_query(query, params)))
+    pgconn = conn.pgconn
+    pgconn.enter_pipeline_mode()
+    groups: list[list[PGresult]] = []
+    try:
+        queued: list[_Queued] = []
+        for cursor, query, tag_query, pgq in converted:
+            if tag_query is not None:
+                queued.append((None, query, tag_query, *_queue(conn, tag_query, TEXT)))
+            queued.append((cursor, query, pgq, *_queue(conn, pgq, cursor.format)))
+        pgconn.pipeline_sync()
+        yield from send(pgconn)
+        while not groups or not groups[-1] or groups[-1][0].status != _SYNC:
+            groups.append((yield from fetch_many(pgconn)))
+    finally:
+        # Left only once its Sync is read; else (a broken connection) the pool discards it.
+        with contextlib.suppress(e.Error):
+            if pgconn.pipeline_status != pq.PipelineStatus.OFF and not pgconn.is_busy():
+                pgconn.exit_pipeline_mode()
+    for owner, query, pgq, prep, name in queued:
+        results = _answered(conn, pgq, prep, name, groups)
+        if owner is None:  # a tag
+            for result in results:
+                if result.status == _FATAL:
+                    raise e.error_from_result(result, encoding=conn.info.encoding)
+            continue
+        owner._query = pgq
+        owner._check_results(results)
+        owner._set_results(results)
+        owner._last_query = query
+    yield from conn._prepared.maintain_gen(conn)
+
+
+def _queue(conn: AsyncConnection[Any], query: PostgresQuery, result_format: pq.Format) -> tuple[Prepare, bytes]:
+    """`query` sent into the open pipeline: prepared first when psycopg's cache says so."""
+    pgconn = conn.pgconn
+    prep, name = conn._prepared.get(query, None)
+    if prep is Prepare.NO:
+        pgconn.send_query_params(query.query, query.params, query.types, query.formats, result_format)
+        return prep, name
+    if prep is Prepare.SHOULD:
+        pgconn.send_prepare(name, query.query, param_types=query.types)
+    pgconn.send_query_prepared(name, query.params, param_formats=query.formats, result_format=result_format)
+    return prep, name
+
+
+def _answered(
+    conn: AsyncConnection[Any], query: PostgresQuery, prep: Prepare, name: bytes, groups: list[list[PGresult]]
+) -> list[PGresult]:
+    """The results of one queued query, taken from the front of `groups` (its Parse's first,
+    when it was prepared), and psycopg's cache of prepared statements told."""
+    if prep is Prepare.SHOULD:
+        parsed = groups.pop(0)
+        if parsed and parsed[0].status == _FATAL:
+            raise e.error_from_result(parsed[0], encoding=conn.info.encoding)
+    results = groups.pop(0)
+    key = conn._prepared.maybe_add_to_cache(query, prep, name)
+    if key is not None:
+        conn._prepared.validate(key, prep, name, results)
+    return results
 
 
 class NamedCommentedCursor(NamedCursor[Row]):
