@@ -171,7 +171,8 @@ async def together(conn: AsyncConnection[Any], statements: Sequence[Statement]) 
             record_sql(0.0)
 
 
-_Queued = tuple[AsyncCursor[Any] | None, Query, PostgresQuery, Prepare, bytes]
+_Prepared = tuple[Prepare, bytes, Any]  # psycopg's decision, the statement's name, its cache key
+_Queued = tuple[AsyncCursor[Any] | None, Query, PostgresQuery, _Prepared]
 
 
 def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -> PQGen[None]:
@@ -192,8 +193,8 @@ def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -
         queued: list[_Queued] = []
         for cursor, query, tag_query, pgq in converted:
             if tag_query is not None:
-                queued.append((None, query, tag_query, *_queue(conn, tag_query, TEXT)))
-            queued.append((cursor, query, pgq, *_queue(conn, pgq, cursor.format)))
+                queued.append((None, query, tag_query, _queue(conn, tag_query, TEXT)))
+            queued.append((cursor, query, pgq, _queue(conn, pgq, cursor.format)))
         pgconn.pipeline_sync()
         yield from send(pgconn)
         while not groups or not groups[-1] or groups[-1][0].status != _SYNC:
@@ -203,8 +204,8 @@ def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -
         with contextlib.suppress(e.Error):
             if pgconn.pipeline_status != pq.PipelineStatus.OFF and not pgconn.is_busy():
                 pgconn.exit_pipeline_mode()
-    for owner, query, pgq, prep, name in queued:
-        results = _answered(conn, pgq, prep, name, groups)
+    for owner, query, pgq, prepared in queued:
+        results = _answered(conn, prepared, groups)
         if owner is None:  # a tag
             for result in results:
                 if result.status == _FATAL:
@@ -217,30 +218,32 @@ def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -
     yield from conn._prepared.maintain_gen(conn)
 
 
-def _queue(conn: AsyncConnection[Any], query: PostgresQuery, result_format: pq.Format) -> tuple[Prepare, bytes]:
-    """`query` sent into the open pipeline: prepared first when psycopg's cache says so."""
+def _queue(conn: AsyncConnection[Any], query: PostgresQuery, result_format: pq.Format) -> _Prepared:
+    """`query` sent into the open pipeline: prepared first when psycopg's cache says so. The
+    cache learns of it now, as in psycopg's pipeline, so that the same text later in the
+    pipeline (two tags) is not prepared twice; it checks the results once they come."""
     pgconn = conn.pgconn
     prep, name = conn._prepared.get(query, None)
     if prep is Prepare.NO:
         pgconn.send_query_params(query.query, query.params, query.types, query.formats, result_format)
-        return prep, name
-    if prep is Prepare.SHOULD:
-        pgconn.send_prepare(name, query.query, param_types=query.types)
-    pgconn.send_query_prepared(name, query.params, param_formats=query.formats, result_format=result_format)
-    return prep, name
+    else:
+        if prep is Prepare.SHOULD:
+            pgconn.send_prepare(name, query.query, param_types=query.types)
+        pgconn.send_query_prepared(name, query.params, param_formats=query.formats, result_format=result_format)
+    return prep, name, conn._prepared.maybe_add_to_cache(query, prep, name)
 
 
-def _answered(
-    conn: AsyncConnection[Any], query: PostgresQuery, prep: Prepare, name: bytes, groups: list[list[PGresult]]
-) -> list[PGresult]:
+def _answered(conn: AsyncConnection[Any], prepared: _Prepared, groups: list[list[PGresult]]) -> list[PGresult]:
     """The results of one queued query, taken from the front of `groups` (its Parse's first,
-    when it was prepared), and psycopg's cache of prepared statements told."""
+    when it was prepared); a failed Parse is raised, and forgotten by psycopg's cache."""
+    prep, name, key = prepared
     if prep is Prepare.SHOULD:
         parsed = groups.pop(0)
         if parsed and parsed[0].status == _FATAL:
+            if key is not None:
+                conn._prepared.validate(key, prep, name, parsed)
             raise e.error_from_result(parsed[0], encoding=conn.info.encoding)
     results = groups.pop(0)
-    key = conn._prepared.maybe_add_to_cache(query, prep, name)
     if key is not None:
         conn._prepared.validate(key, prep, name, results)
     return results
