@@ -342,5 +342,11 @@ async def test_statements_together_answer_each_cursor_and_the_first_error_stops_
             assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
             after = await conn.cursor().execute("SELECT %(x)s::int", {"x": 3})
             assert await after.fetchall() == [(3,)]
+            tags = await psycopg.AsyncCursor(conn).execute(
+                "SELECT count(*), count(DISTINCT statement) FROM pg_prepared_statements "
+                "WHERE starts_with(statement, 'SELECT set_config')"
+            )
+            # Two statements in a pipeline have the same tag text: it is prepared once.
+            assert await tags.fetchall() == ([(2, 2)] if direct else [(0, 0)])
     finally:
         request_id_var.reset(token)
