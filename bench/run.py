@@ -409,6 +409,7 @@ def main() -> None:
             "profile",
             "sql-tag",
             "guards",
+            "layers",
             "all",
         ],
         default="all",
@@ -456,10 +457,21 @@ def main() -> None:
         )
     elif args.what == "pages":
         asyncio.run(_latencies(200))
-    elif args.what in ("auth", "bulkhead", "tracing", "scrape", "api-telemetry", "profile", "sql-tag", "guards"):
-        from bench import api, auth, bulkhead, guards, profile, telemetry  # they import this module's helpers
+    elif args.what in (
+        "auth",
+        "bulkhead",
+        "tracing",
+        "scrape",
+        "api-telemetry",
+        "profile",
+        "sql-tag",
+        "guards",
+        "layers",
+    ):
+        from bench import api, auth, bulkhead, guards, layers, profile, telemetry  # they import this module's helpers
 
         chosen = {
+            "layers": lambda: layers.bench_layers(args.reads, (args.configs or ["A"])[0], args.requests),
             "auth": auth.main,
             "bulkhead": lambda: bulkhead.bench_bulkhead(args.seconds),
             "tracing": telemetry.bench_tracing,

@@ -170,7 +170,8 @@ class RateLimiter:
                 known.pending += points
                 self._settle_soon()
             left = known.left()
-            return Budget(hourly, left, hourly - left, known.reset)
+            # The reset Redis last gave (when the window next frees points), never in the past.
+            return Budget(hourly, left, hourly - left, max(known.reset, int(time.time()) + 1))
         item = self._item(hourly)
         # Charges made here and not yet settled go with this one, so that Redis decides on all of them.
         earlier = 0
@@ -239,13 +240,17 @@ class RateLimiter:
                 await self._answer(self._item(hourly), subject, known.sending, next(results), next(results))
                 for (subject, hourly), known in due
             ]
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # Redis down (or an answer not understood): kept here
             FALLBACKS.inc()
             log.warning("rate limit kept in this process: Redis did not answer (%s)", type(exc).__name__)
             for (subject, hourly), known in due:
                 await self._local.hit(self._item(hourly), RESOURCE, subject, cost=known.sending)
                 self._known.pop((subject, hourly), None)
             return
+        except BaseException:  # cancelled on the way (the app closing): sent by the next settle
+            for _, known in due:
+                known.pending, known.sending = known.pending + known.sending, 0
+            raise
         now = time.monotonic()
         for ((subject, _), known), (acquired, stats) in zip(due, answers, strict=True):
             SETTLED.inc(known.sending)
