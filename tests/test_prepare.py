@@ -350,3 +350,44 @@ async def test_statements_together_answer_each_cursor_and_the_first_error_stops_
             assert await tags.fetchall() == ([(2, 2)] if direct else [(0, 0)])
     finally:
         request_id_var.reset(token)
+
+
+async def test_statements_behind_their_tags_in_a_caller_transaction_commit_or_roll_back_whole(
+    seeded: Settings,
+) -> None:
+    from nexes.db.connect.conninfo import for_role
+    from nexes.db.connect.session_tag import NamedCursor, together
+    from nexes.observability import request_id_var
+
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    token = request_id_var.set(f"in-transaction-{os.getpid()}")
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            for_role(settings.primary_url, settings, "nexes_api", application_name="nexes-test"),
+            autocommit=True,
+            prepare_threshold=0,
+            cursor_factory=NamedCursor,
+        ) as conn:
+            await psycopg.AsyncCursor(conn).execute("CREATE TEMPORARY TABLE written (n int PRIMARY KEY)")
+            async with conn.transaction():
+                await conn.cursor().execute("INSERT INTO written VALUES (%(n)s)", {"n": 1})
+                one, two = conn.cursor(), conn.cursor()
+                await together(
+                    conn,
+                    [
+                        (one, "INSERT INTO written VALUES (%(n)s)", {"n": 2}),
+                        (two, "SELECT count(*) FROM written", None),
+                    ],
+                )
+                assert await two.fetchall() == [(2,)]  # the insert before it, in the same transaction
+                name = await (await conn.cursor().execute("SELECT current_setting('application_name')")).fetchone()
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                async with conn.transaction():
+                    await conn.cursor().execute("INSERT INTO written VALUES (%(n)s)", {"n": 3})
+                    await conn.cursor().execute("INSERT INTO written VALUES (%(n)s)", {"n": 1})
+            kept = await (await psycopg.AsyncCursor(conn).execute("SELECT n FROM written ORDER BY n")).fetchall()
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        request_id_var.reset(token)
+    assert kept == [(1,), (2,)]  # the first transaction whole, nothing of the second
+    assert name == (f"in-transaction-{os.getpid()} nexes-test",)

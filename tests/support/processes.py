@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -84,8 +85,32 @@ def wait_for_log(log: Path, text: str, timeout: float = 20.0) -> bool:
     return wait_for(lambda: logged(log, text), timeout)
 
 
+_HANDED_OUT: set[int] = set()
+LOWEST_PORT = 20_000  # above the stacks' ports (15430..., 16430...)
+
+
 def free_port() -> int:
-    """A TCP port free on loopback now (the OS picks it), for a server a test starts."""
+    """A TCP port free on loopback now, for a server a test starts.
+
+    Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+    default): a port the OS picks from that range can be taken by any outgoing connection
+    (a worker's to PostgreSQL or Redis) between this check and the server's bind, which
+    once failed CI with "address already in use". Each port is handed out once per run."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        ephemeral_low = int(ranges.read().split()[0])
+    for _ in range(500):
+        if ephemeral_low <= LOWEST_PORT + 100:
+            break  # no room below the ephemeral range: let the OS pick
+        port = random.randrange(LOWEST_PORT, ephemeral_low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -132,7 +132,10 @@ def _tag_for(conn: AsyncConnection[Any], query: Query, *, in_caller_transaction:
             generic = True
         elif in_caller_transaction:
             generic = None
-    return tag_statement(conn.info.parameter_status("application_name") or "", generic=generic)
+    # The pool's own name (no spaces): in a transaction, the server reports the tagged name
+    # set by the statement before, "<request id> <pool's name>", whose last word it is.
+    base = (conn.info.parameter_status("application_name") or "").rsplit(" ", 1)[-1]
+    return tag_statement(base, generic=generic)
 
 
 Statement = tuple[AsyncCursor[Any], Query, Params | None]
