@@ -54,6 +54,8 @@ from nexes.errors import Code, NexesError
 from nexes.resolvers.context import Context
 
 T = TypeVar("T")
+# A direct plan's run: (context, variables, signal) -> its result, or None for the stock path.
+DirectRun = Callable[[Context, "dict[str, Any] | None", "DeadlineSignal"], Awaitable[ExecutionResult | None]]
 # Once aborted, how long the cancelled work may take to unwind (its server-side cancels
 # included) before the answer goes without the partial result.
 UNWIND_SECONDS = 2.0
@@ -146,12 +148,20 @@ async def execute_within(
     variables: dict[str, Any] | None,
     operation_name: str | None,
     executor: Any,
+    direct: DirectRun | None = None,
 ) -> ExecutionResult:
     """graphql-core's execute, aborted at the caller's deadline: then the partial result
-    (data where the schema allows, TIMEOUT at every path that did not finish)."""
+    (data where the schema allows, TIMEOUT at every path that did not finish).
+
+    `direct` (nexes.execution.direct's plan for this document) runs it first; when it gives
+    None, graphql-core runs the operation."""
     deadline = deadline_for(context)
     timer = asyncio.get_running_loop().call_at(deadline.signal.when, deadline.expire)
     try:
+        if direct is not None:
+            answered = await direct(context, variables, deadline.signal)
+            if answered is not None:
+                return answered
         result = execute(
             schema,
             document,

@@ -32,7 +32,8 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from nexes.errors import NexesError
 from nexes.execution.cost import charge
 from nexes.execution.deadline import execute_within
-from nexes.execution.executor import HookedExecutor
+from nexes.execution.direct import DirectPlans
+from nexes.execution.executor import FastExecutor, HookedExecutor
 from nexes.execution.hooks import Hooks
 from nexes.execution.permissions import FIELD_GUARDS, require_roles
 from nexes.execution.text_cache import TextCache
@@ -77,6 +78,9 @@ class Pipeline:
         named: type = schema.execution_context_class
         executor: type[HookedExecutor] = named if issubclass(named, HookedExecutor) else HookedExecutor
         self._executor = executor.with_guards(hooks.field_guards)
+        # Cached queries without graphql-core's per-request executor (nexes.execution.direct),
+        # with the fast executor only: the stock one is the tests' reference.
+        self._direct = DirectPlans(self._executor) if issubclass(self._executor, FastExecutor) else None
         self._rules = (*specified_rules, *hooks.document_rules)
         self._parsed = TextCache(_parse, CACHE_SIZE, cache_bytes)
         self._validation_errors = TextCache(self._validate, CACHE_SIZE, cache_bytes)
@@ -118,7 +122,18 @@ class Pipeline:
         if dry_run:
             return ExecutionResult(data=None, errors=None)
         # Aborted at the caller's deadline: TIMEOUT where it did not finish (nexes.execution.deadline).
-        result = await execute_within(self._schema, document, context, variables, operation_name, self._executor)
+        plan = None
+        if self._direct is not None:
+            plan = self._direct.get(self._schema, document, operation, operation_name, context, variables)
+        result = await execute_within(
+            self._schema,
+            document,
+            context,
+            variables,
+            operation_name,
+            self._executor,
+            None if plan is None else plan.run,
+        )
         for mask in hooks.result_masks:
             result = mask(result, context)
         return result
