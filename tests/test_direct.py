@@ -77,7 +77,18 @@ DIRECT = [
     ),
     ("{ __typename t: __typename }", None),
     ('{ serviceOrder(sodNumber: "NO-SUCH-ORDER") { id } }', None),
+    # an interface: each runtime type completed by its own compiled completer
+    (
+        "query($a: ID!, $b: ID!, $c: ID!) { a: node(id: $a) { id ... on ServiceOrder { sodNumber status lines { lineNo quantity unitPrice } } } b: node(id: $b) { __typename ... on Customer { code name } } c: node(id: $c) { id } }",  # noqa: E501
+        {"a": "@order", "b": "@customer", "c": "U2VydmljZU9yZGVyOjk5OTk5OTk5OQ"},
+    ),
+    # a field filled by batches under a list (Customer.serviceOrders, compiled.Slot)
+    (
+        "{ customers(first: 6) { edges { node { name serviceOrders(first: 3) { edges { cursor node { id sodNumber status createdAt totalAmount } } pageInfo { hasNextPage endCursor } } } } } }",  # noqa: E501
+        None,
+    ),
     # errors from resolvers, located at their fields
+    ('{ node(id: "not-a-global-id") { id } }', None),
     ('{ dashboard(from: "2024-12-31", to: "2024-01-01") { totalCount } }', None),  # non-null: no data
     ("{ serviceOrders(first: 500) { edges { node { id } } } }", None),
     (  # a nullable field's error: null there, its siblings answered
@@ -92,21 +103,43 @@ DIRECT = [
 
 # (document, variables): graphql-core's executor runs these (see the module doc of direct).
 STOCK = [
-    ("query($id: ID!) { node(id: $id) { id } }", {"id": "U2VydmljZU9yZGVyOjE"}),  # an abstract type
     ("{ serviceOrders(first: 3) { edges { node { id } } totalCount } }", None),  # a resolver below the root
-    ("{ customers(first: 2) { edges { node { name serviceOrders(first: 1) { edges { node { id } } } } } } }", None),
+    ('{ nodes(ids: ["U2VydmljZU9yZGVyOjE"]) { id } }', None),  # a list of an abstract type
     ("query($y: Boolean!) { customers(first: 1) { edges { node { name @include(if: $y) } } } }", {"y": True}),
     ("{ ...Q } fragment Q on Query { customers(first: 1) { edges { node { name } } } }", None),
     # variables that do not coerce: the stock path reports them
+    # a batch that fails: completed again the stock way, its errors per customer with their paths
+    (
+        '{ customers(first: 3) { edges { node { serviceOrders(first: 2, after: "not-a-cursor") { edges { node { id } } } } } } }',  # noqa: E501
+        None,
+    ),
+    ("{ customers(first: 3) { edges { node { serviceOrders(first: 500) { edges { node { id } } } } } } }", None),
     ("query($f: Date!) { dashboard(from: $f) { totalCount } }", {"f": "not-a-date"}),
     ("query($f: Date!) { dashboard(from: $f) { totalCount } }", {}),
 ]
+
+
+async def _ids(seeded: Settings, variables: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`variables` with "@order" and "@customer" replaced by a seeded order's and customer's ids."""
+    if not variables or not any(v in ("@order", "@customer") for v in variables.values()):
+        return variables
+    async with client_for(seeded) as client:
+        body = await gql(
+            client,
+            "{ o: serviceOrders(first: 1) { edges { node { id } } } c: customers(first: 1) { edges { node { id } } } }",
+        )
+    ids = {
+        "@order": body["data"]["o"]["edges"][0]["node"]["id"],
+        "@customer": body["data"]["c"]["edges"][0]["node"]["id"],
+    }
+    return {k: ids[v] if v in ("@order", "@customer") else v for k, v in variables.items()}
 
 
 @pytest.mark.parametrize(("document", "variables"), DIRECT)
 async def test_direct_queries_match_the_stock_executor_without_graphql_core(
     seeded: Settings, document: str, variables: dict[str, Any] | None
 ) -> None:
+    variables = await _ids(seeded, variables)
     with graphql_core_runs() as ran:
         expected, got = await stock_and_app(seeded, document, variables)
     assert ran == [""]  # the stock reference only; the app's pipeline ran it directly

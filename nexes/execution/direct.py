@@ -16,16 +16,20 @@ use). A request then:
   `GraphQLResolveInfo`, and the field's own resolver (Strawberry's, which converts the
   arguments and runs permissions-free resolvers the same way), awaited under the request's
   deadline (`DeadlineSignal.bound`, as the fast executor's `with_abort_signal`);
-- completes each value with the compiled completer.
+- completes each value with the compiled completer: for an interface or a union (node), the
+  completer of the type its `resolve_type` names; for a selection that fills fields by batch
+  (compiled.Slot: customers with their orders), with an executor built for the request,
+  whose batches the fast executor runs (`FastExecutor._run`).
 
 What it does not take (the stock path, nexes.execution.executor, runs them): mutations and
 subscriptions; any directive, root fragment or deferred selection; a root field without its
 own resolver, or with permissions, extensions or a field guard; a selection the completer
-cannot compile or that fills fields by batch (compiled.Slot). At run time: variables that do
-not coerce (the stock path reports them) and a value the completer refuses (a null in a
-non-null place, a wrong type): the whole operation then runs again the stock way, which
-reports exactly what went wrong where. A query's resolvers only read, so running one twice
-is safe; it costs the read again, on what is a bug's path.
+cannot compile (a resolver below the root, such as totalCount; a list of an abstract type).
+At run time: variables that do not coerce (the stock path reports them), a value the
+completer refuses (a null in a non-null place, a wrong type, a type it did not compile) and
+a batch that fails: the whole operation then runs again the stock way, which reports exactly
+what went wrong where. A query's resolvers only read, so running one twice is safe; it
+costs the read again, on an error's path.
 
 A resolver's error is reported as graphql-core reports it: located at the field with its
 path; a nullable field is null, a non-null one nulls the whole data.
@@ -53,6 +57,7 @@ from graphql import (
     GraphQLSchema,
     OperationDefinitionNode,
     OperationType,
+    is_abstract_type,
     located_error,
 )
 from graphql.execution.collect_fields import collect_fields
@@ -97,16 +102,25 @@ class RootField:
     field_def: Any  # GraphQLField
     resolve: Callable[..., Any] | None  # None: __typename
     has_args: bool
-    completer: Completer | None
+    completer: Completer | None  # None: __typename, or an abstract type (by_type)
     path: Path
     non_null: bool
+    # An interface or union: the completer of each possible type that compiles, by name.
+    by_type: dict[str, Completer] | None = None
+    batched: bool = False  # the completer leaves fields to batches (compiled.Slot)
+
+
+def _refuse() -> Any:
+    raise Fallback
 
 
 @dataclass(frozen=True, slots=True)
 class DirectPlan:
     schema: GraphQLSchema
+    executor: type[FastExecutor]
     document: DocumentNode  # held: the plan is found by the document's id
     operation: OperationDefinitionNode
+    operation_name: str | None
     root_type: GraphQLObjectType
     fragments: dict[str, Any]  # name -> FragmentDefinitionNode, as GraphQLResolveInfo has them
     fields: tuple[RootField, ...]
@@ -125,9 +139,11 @@ class DirectPlan:
         resolving = [f for f in self.fields if f.resolve is not None]
         try:
             if len(resolving) == 1:
-                answers = [await self._field(resolving[0], context, coerced, signal)]
+                answers = [await self._field(resolving[0], context, variables, coerced, signal)]
             else:
-                answers = await gather_with_cancel(*(self._field(f, context, coerced, signal) for f in resolving))
+                answers = await gather_with_cancel(
+                    *(self._field(f, context, variables, coerced, signal) for f in resolving)
+                )
         except Fallback:
             return None
         by_key = dict(zip((f.key for f in resolving), answers, strict=True))
@@ -144,7 +160,12 @@ class DirectPlan:
         return ExecutionResult(data=data, errors=errors or None)
 
     async def _field(
-        self, field: RootField, context: Any, coerced: Any, signal: DeadlineSignal
+        self,
+        field: RootField,
+        context: Any,
+        variables: dict[str, Any] | None,
+        coerced: Any,
+        signal: DeadlineSignal,
     ) -> tuple[Any, GraphQLError | None]:
         """(completed value, None), or (None, the located error) when its resolver failed."""
         info = GraphQLResolveInfo(
@@ -163,7 +184,7 @@ class DirectPlan:
             signal,
             _HELPERS,
         )
-        assert field.resolve is not None and field.completer is not None
+        assert field.resolve is not None
         try:
             args = get_argument_values(field.field_def, field.nodes[0], coerced) if field.has_args else {}
             value = field.resolve(None, info, **args)
@@ -172,9 +193,45 @@ class DirectPlan:
         except Exception as raw_error:
             return None, located_error(raw_error, field.nodes, field.path.as_list())
         try:
-            return field.completer(value), None
+            if field.by_type is not None:
+                return self._abstract(field, value, info), None
+            assert field.completer is not None
+            if not field.batched:
+                return field.completer(value), None
+            # Batches need an executor (its _fill and _batch): built for this request only.
+            built = self.executor.build(
+                self.schema,
+                self.document,
+                None,
+                context,
+                variables,
+                self.operation_name,
+                is_awaitable=_IS_AWAITABLE,
+                abort_signal=signal,
+            )
+            if isinstance(built, list):
+                raise Fallback
+            completed = cast(FastExecutor, built)._run(field.completer, value, _refuse)
+            return (await completed if _IS_AWAITABLE(completed) else completed), None
         except Exception:
             raise Fallback from None
+
+    def _abstract(self, field: RootField, value: Any, info: GraphQLResolveInfo[Any]) -> Any:
+        """An interface's or union's value, completed for its runtime type (its resolve_type,
+        as graphql-core asks it); anything unusual raises for the stock path."""
+        assert field.by_type is not None
+        if value is None:
+            if field.non_null:
+                raise Fallback
+            return None
+        abstract = _named(field.field_def.type)
+        name = abstract.resolve_type(value, info, abstract)
+        completer = field.by_type.get(name) if isinstance(name, str) else None
+        if completer is None:
+            if _IS_AWAITABLE(name):
+                name.close()  # never awaited: the stock path resolves it
+            raise Fallback
+        return completer(value)
 
 
 class DirectPlans:
@@ -206,7 +263,7 @@ class DirectPlans:
             )
             if isinstance(built, list):
                 return None  # this request's variables: not the document's fault; the stock path reports them
-            plan = _plan(cast(FastExecutor, built), schema, document, operation)
+            plan = _plan(cast(FastExecutor, built), schema, document, operation, operation_name)
         if len(self._plans) >= self.limit:
             self._plans.clear()
         self._plans[key] = (document, plan)
@@ -217,7 +274,11 @@ class DirectPlans:
 
 
 def _plan(
-    executor: FastExecutor, schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode
+    executor: FastExecutor,
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+    operation_name: str | None,
 ) -> DirectPlan | None:
     if any(not isinstance(s, FieldNode) or s.directives for s in operation.selection_set.selections):
         return None
@@ -236,17 +297,32 @@ def _plan(
         if name == _TYPENAME:
             fields.append(RootField(key, nodes, None, None, False, None, path, True))
             continue
-        field = _root_field(executor, root_type, key, details, nodes, path)
+        field = _root_field(executor, schema, root_type, key, details, nodes, path)
         if field is None:
             return None
         fields.append(field)
     if not fields:
         return None
-    return DirectPlan(schema, document, operation, root_type, executor.fragment_definitions, tuple(fields))
+    return DirectPlan(
+        schema,
+        type(executor),
+        document,
+        operation,
+        operation_name,
+        root_type,
+        executor.fragment_definitions,
+        tuple(fields),
+    )
 
 
 def _root_field(
-    executor: FastExecutor, root_type: GraphQLObjectType, key: str, details: Any, nodes: list[FieldNode], path: Path
+    executor: FastExecutor,
+    schema: GraphQLSchema,
+    root_type: GraphQLObjectType,
+    key: str,
+    details: Any,
+    nodes: list[FieldNode],
+    path: Path,
 ) -> RootField | None:
     name = nodes[0].name.value
     field_def = root_type.fields.get(name)
@@ -258,12 +334,31 @@ def _root_field(
     if executor.is_guarded(root_type.name, name) or not no_directives(nodes, executor.fragments):
         return None
     return_type: GraphQLOutputType = field_def.type
-    completer = executor._completer(return_type, details)
-    if completer is None or getattr(completer, "namespace", None) is not None:
-        return None  # not compiled, or filled by batches (the fast executor's _fill)
     has_args = bool(field_def.args) or any(node.arguments for node in nodes)
-    return RootField(key, nodes, field_def, field_def.resolve, has_args, completer, path, _non_null(return_type))
+    non_null = isinstance(return_type, GraphQLNonNull)
+    named = _named(return_type)
+    if is_abstract_type(named):
+        by_type = _by_type(executor, schema, named, details)
+        completer = None
+    else:
+        by_type = None
+        completer = executor._completer(return_type, details)
+    if not by_type and completer is None:
+        return None
+    batched = getattr(completer, "namespace", None) is not None
+    return RootField(key, nodes, field_def, field_def.resolve, has_args, completer, path, non_null, by_type, batched)
 
 
-def _non_null(type_: GraphQLOutputType) -> bool:
-    return isinstance(type_, GraphQLNonNull)
+def _by_type(executor: FastExecutor, schema: GraphQLSchema, abstract: Any, details: Any) -> dict[str, Completer]:
+    """The completers of an abstract type's possible types for this selection, where they
+    compile without batches."""
+    by_type = {}
+    for possible in schema.get_possible_types(abstract):
+        completer = executor._completer(possible, details)
+        if completer is not None and getattr(completer, "namespace", None) is None:
+            by_type[possible.name] = completer
+    return by_type
+
+
+def _named(type_: Any) -> Any:
+    return type_.of_type if isinstance(type_, GraphQLNonNull) else type_
