@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -264,32 +266,37 @@ def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def test_far_from_the_limit_charges_answer_at_once_and_reach_redis_summed_in_one_round_trip(
-    seeded: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import asyncio
-
+@pytest.fixture
+async def limiter(seeded: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """A rate limiter on the stack's Redis whose last figure stays fresh for a minute: a
+    stalled test machine does not turn its fast answers into Redis' own."""
     from nexes.auth import ratelimit
-    from nexes.auth.ratelimit import SETTLE_SECONDS, RateLimiter
 
-    monkeypatch.setattr(ratelimit, "FRESH_SECONDS", 60.0)  # a stalled test machine keeps the figure fresh
-
-    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
-    who = subject()
+    monkeypatch.setattr(ratelimit, "FRESH_SECONDS", 60.0)
+    limiter = ratelimit.RateLimiter(seeded.redis_url, timeout=2.0)
     try:
-        first = await limiter.charge(who, 100_000, 1)  # this process has no figure yet: Redis'
-        trips = _sample("nexes_rate_limit_round_trips_total")
-        settled = _sample("nexes_rate_limit_settled_points_total")
-        answers = [(await limiter.charge(who, 100_000, 2)).remaining for _ in range(100)]
-        assert _sample("nexes_rate_limit_round_trips_total") == trips  # none of them waited for Redis
-        await asyncio.sleep(SETTLE_SECONDS * 6)
-        trips_after = _sample("nexes_rate_limit_round_trips_total")
-        settled_after = _sample("nexes_rate_limit_settled_points_total")
-        item = limiter._item(100_000)
-        library = await limiter._shared.get_window_stats(item, "graphql", who)  # the library's own reading
-        after = await limiter.charge(who, 100_000, 1)
+        yield limiter
     finally:
         await limiter.close()
+
+
+async def test_far_from_the_limit_charges_answer_at_once_and_reach_redis_summed_in_one_round_trip(limiter: Any) -> None:
+    import asyncio
+
+    from nexes.auth.ratelimit import SETTLE_SECONDS
+
+    who = subject()
+    first = await limiter.charge(who, 100_000, 1)  # this process has no figure yet: Redis'
+    trips = _sample("nexes_rate_limit_round_trips_total")
+    settled = _sample("nexes_rate_limit_settled_points_total")
+    answers = [(await limiter.charge(who, 100_000, 2)).remaining for _ in range(100)]
+    assert _sample("nexes_rate_limit_round_trips_total") == trips  # none of them waited for Redis
+    await asyncio.sleep(SETTLE_SECONDS * 6)
+    trips_after = _sample("nexes_rate_limit_round_trips_total")
+    settled_after = _sample("nexes_rate_limit_settled_points_total")
+    item = limiter._item(100_000)
+    library = await limiter._shared.get_window_stats(item, "graphql", who)  # the library's own reading
+    after = await limiter.charge(who, 100_000, 1)
     assert first.remaining == 99_999
     assert answers == [99_999 - 2 * n for n in range(1, 101)]  # exact within one process
     assert trips_after == trips + 1  # the 100 charges, summed
@@ -298,30 +305,21 @@ async def test_far_from_the_limit_charges_answer_at_once_and_reach_redis_summed_
     assert after.remaining == 99_999 - 201
 
 
-async def test_near_the_limit_each_charge_waits_for_redis_and_is_refused_exactly(
-    seeded: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from nexes.auth import ratelimit
-    from nexes.auth.ratelimit import RateLimiter, margin
+async def test_near_the_limit_each_charge_waits_for_redis_and_is_refused_exactly(limiter: Any) -> None:
+    from nexes.auth.ratelimit import margin
 
-    monkeypatch.setattr(ratelimit, "FRESH_SECONDS", 60.0)  # a stalled test machine keeps the figure fresh
-
-    limiter = RateLimiter(seeded.redis_url, timeout=2.0)
     who = subject()
     hourly = 10_000
     assert margin(hourly) == 1_000
-    try:
-        await limiter.charge(who, hourly, hourly - 1_010)  # 1,010 left
-        trips = _sample("nexes_rate_limit_round_trips_total")
-        at_once = await limiter.charge(who, hourly, 5)  # 1,005 left: still past the margin
-        assert _sample("nexes_rate_limit_round_trips_total") == trips
-        exact = await limiter.charge(who, hourly, 10)  # would leave 995: Redis decides
-        assert _sample("nexes_rate_limit_round_trips_total") > trips
-        last = await limiter.charge(who, hourly, 995)
-        with pytest.raises(RateLimited) as refused:
-            await limiter.charge(who, hourly, 1)
-    finally:
-        await limiter.close()
+    await limiter.charge(who, hourly, hourly - 1_010)  # 1,010 left
+    trips = _sample("nexes_rate_limit_round_trips_total")
+    at_once = await limiter.charge(who, hourly, 5)  # 1,005 left: still past the margin
+    assert _sample("nexes_rate_limit_round_trips_total") == trips
+    exact = await limiter.charge(who, hourly, 10)  # would leave 995: Redis decides
+    assert _sample("nexes_rate_limit_round_trips_total") > trips
+    last = await limiter.charge(who, hourly, 995)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.charge(who, hourly, 1)
     assert (at_once.remaining, exact.remaining, last.remaining) == (1_005, 995, 0)
     assert refused.value.budget.remaining == 0
 

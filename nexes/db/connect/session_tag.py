@@ -118,7 +118,7 @@ class NamedCursor(TaggedCursor[Row]):
             finally:
                 record_sql(time.perf_counter() - started)
             return self
-        await together(conn, [(self, query, params)])
+        await together(conn, [(self, query, params)], tags=[tag])
         return self
 
 
@@ -141,13 +141,27 @@ def _tag_for(conn: AsyncConnection[Any], query: Query, *, in_caller_transaction:
 Statement = tuple[AsyncCursor[Any], Query, Params | None]
 
 
-async def together(conn: AsyncConnection[Any], statements: Sequence[Statement]) -> None:
+def _cursor_tag(
+    conn: AsyncConnection[Any], cursor: AsyncCursor[Any], query: Query, shared: bool
+) -> tuple[str, list[str]] | None:
+    """The tag before `query` on `cursor`: an application_name cursor's, else none (the
+    others carry their comment in their text)."""
+    return _tag_for(conn, query, in_caller_transaction=shared) if isinstance(cursor, NamedCursor) else None
+
+
+async def together(
+    conn: AsyncConnection[Any],
+    statements: Sequence[Statement],
+    *,
+    tags: Sequence[tuple[str, list[str]] | None] | None = None,
+) -> None:
     """Run `statements` (each on its cursor, of `conn`) in one round trip: one libpq pipeline
     and one Sync, so one implicit transaction under autocommit (or the caller's). Each
     cursor gets its own statement's results, as after its execute; the first error is raised.
 
     On the application_name cursors (NamedCursor), each statement goes behind the set_config
-    of its request (`_tag_for`); the others carry their comment in their text.
+    of its request (`_tag_for`, or `tags`, one per statement, when the caller made them
+    already); the others carry their comment in their text.
 
     What psycopg's pipeline does for a few statements, without its queues and a turn of the
     event loop per command: under load its machinery cost 85 us of CPU a statement, against
@@ -165,7 +179,7 @@ async def together(conn: AsyncConnection[Any], statements: Sequence[Statement]) 
     try:
         with copy_span(statements[0][1], statements[0][0]):
             async with conn.lock:
-                await conn.wait(_together_gen(conn, statements))
+                await conn.wait(_together_gen(conn, statements, tags))
     except e._NO_TRACEBACK as ex:
         raise ex.with_traceback(None) from None
     finally:
@@ -178,12 +192,16 @@ _Prepared = tuple[Prepare, bytes, Any]  # psycopg's decision, the statement's na
 _Queued = tuple[AsyncCursor[Any] | None, Query, PostgresQuery, _Prepared]
 
 
-def _together_gen(conn: AsyncConnection[Any], statements: Sequence[Statement]) -> PQGen[None]:
+def _together_gen(
+    conn: AsyncConnection[Any],
+    statements: Sequence[Statement],
+    tags: Sequence[tuple[str, list[str]] | None] | None,
+) -> PQGen[None]:
     shared = len(statements) > 1 or conn.pgconn.transaction_status == _INTRANS
     converted = []
-    for cursor, query, params in statements:
+    for i, (cursor, query, params) in enumerate(statements):
         yield from cursor._start_query(query)
-        tag = _tag_for(conn, query, in_caller_transaction=shared) if isinstance(cursor, NamedCursor) else None
+        tag = tags[i] if tags is not None else _cursor_tag(conn, cursor, query, shared)
         tag_query = None
         if tag is not None:
             tag_query = PostgresQuery(cursor._tx)
