@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -12,12 +11,11 @@ import pytest
 import strawberry
 from strawberry.schema.config import StrawberryConfig
 
-from nexes.auth.identity import ADMIN_VIEWER as ADMIN
 from nexes.execution.executor import FastExecutor, _completers, _plans
-from nexes.execution.schema import make_schema
 from nexes.schema.scalars import SCALAR_MAP
 from nexes.settings import Settings
 from tests.conftest import client_for
+from tests.support.equivalence import stock_and_fast
 from tests.support.rendered import plain
 
 
@@ -186,31 +184,6 @@ REAL_DOCUMENTS = [
     "{ customers(first: 5) { edges { node { name serviceOrders(first: 2) { edges { node { sodNumber } } } } } } }",
     '{ dashboard(from: "2024-01-01", to: "2024-12-31") { totalCount statuses { status count amounts { currency amount } } } }',  # noqa: E501
 ]
-
-
-async def stock_and_fast(seeded: Settings, document: str, variables: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """The document run by the stock executor and by the app's own pipeline (cached parse and
-    validation, then the fast executor, with pages rendered by PostgreSQL), against the real
-    database."""
-    from nexes.execution.pipeline import Pipeline
-    from nexes.resolvers.context import Context
-
-    async with client_for(seeded) as client:
-        state = client.app.state  # type: ignore[attr-defined]
-
-        def context(render: bool = True) -> Context:
-            return Context(
-                request_id="equivalence",
-                # the reference: Python builds every answer (no JSON made by PostgreSQL)
-                settings=replace(state.settings, render_sql=render),
-                router=state.router,
-                cursors=state.cursors,
-                viewer=ADMIN,
-            )
-
-        expected = await Pipeline(make_schema(None)).run(document, variables, None, context(False), queries_only=True)
-        got = await state.pipeline.run(document, variables, None, context(), queries_only=True)
-    return expected, got
 
 
 @pytest.mark.parametrize("document", REAL_DOCUMENTS)
