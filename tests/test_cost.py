@@ -344,10 +344,18 @@ async def test_another_process_sees_the_settled_charges_and_a_stale_figure_is_as
     assert seen.remaining == 100_000 - 53
 
 
-async def test_settled_charges_stay_counted_in_the_process_when_redis_goes_away(seeded: Settings) -> None:
+def _shared_at(url: str, socket_timeout: float) -> Any:
+    """The limits library's shared limiter on another Redis URL (a fault's stand-in: see each test)."""
     from limits.aio.strategies import SlidingWindowCounterRateLimiter
     from limits.storage import storage_from_string
 
+    storage = url.replace("redis://", "async+redis://", 1)
+    return SlidingWindowCounterRateLimiter(
+        storage_from_string(storage, implementation="redispy", socket_timeout=socket_timeout)
+    )
+
+
+async def test_settled_charges_stay_counted_in_the_process_when_redis_goes_away(seeded: Settings) -> None:
     from nexes.auth.ratelimit import RateLimiter
 
     limiter = RateLimiter(seeded.redis_url, timeout=2.0)
@@ -359,11 +367,7 @@ async def test_settled_charges_stay_counted_in_the_process_when_redis_goes_away(
         # The fault: Redis gone between the charges and their settle. The stack's Redis serves
         # every test, so the limiter's storage is pointed at a port nothing listens on instead.
         real = limiter._shared
-        limiter._shared = SlidingWindowCounterRateLimiter(
-            storage_from_string(
-                CLOSED_REDIS.replace("redis://", "async+redis://"), implementation="redispy", socket_timeout=0.5
-            )
-        )
+        limiter._shared = _shared_at(CLOSED_REDIS, socket_timeout=0.5)
         before = _sample("nexes_rate_limit_fallback_total")
         await limiter.settle()
         kept = await limiter._local.get_window_stats(limiter._item(100_000), "graphql", who)
@@ -380,9 +384,6 @@ async def test_settled_charges_stay_counted_in_the_process_when_redis_goes_away(
 
 async def test_a_settle_cancelled_on_its_way_leaves_its_points_for_the_next_one(seeded: Settings) -> None:
     import asyncio
-
-    from limits.aio.strategies import SlidingWindowCounterRateLimiter
-    from limits.storage import storage_from_string
 
     from nexes.auth.ratelimit import RateLimiter
 
@@ -402,9 +403,7 @@ async def test_a_settle_cancelled_on_its_way_leaves_its_points_for_the_next_one(
         for _ in range(5):
             await limiter.charge(who, 100_000, 2)
         real = limiter._shared
-        limiter._shared = SlidingWindowCounterRateLimiter(
-            storage_from_string(f"async+redis://127.0.0.1:{port}/0", implementation="redispy", socket_timeout=30)
-        )
+        limiter._shared = _shared_at(f"redis://127.0.0.1:{port}/0", socket_timeout=30)
         on_its_way = asyncio.create_task(limiter.settle())
         await asyncio.sleep(0.3)  # sent, and waiting for the answer
         assert not on_its_way.done()
