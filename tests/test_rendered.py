@@ -228,3 +228,141 @@ async def test_a_row_the_page_did_not_render_is_read_whole(rendered_db: Settings
     # every one reads as the unrendered page's order, the RenderedOrders from their JSON
     assert [(n.sod_number, n.customer.name) for n in nodes] == [(r.sod_number, r.customer_name) for r in whole]
     assert (nodes[2].status.value, nodes[2].total_amount) == (whole[2].status, whole[2].total_amount)
+
+
+# Packed pages (nexes.db.orders.packed_sql): edges that select their node alone, with no
+# cursor, come from PostgreSQL as one row per page.
+PACKED_PAGES = [
+    (
+        "query($c: String) { serviceOrders(first: 4, after: $c) { pageInfo { hasNextPage hasPreviousPage } "
+        "edges { node { id sodNumber } } } }",
+        "endCursor",
+    ),
+    (
+        "query($c: String) { serviceOrders(last: 4, before: $c) { pageInfo { hasNextPage hasPreviousPage } "
+        "edges { node { id createdAt } } } }",
+        "startCursor",
+    ),
+    (
+        "query($c: String) { serviceOrders(last: 2, before: $c, filter: {status: [OPEN, DRAFT]}) "
+        "{ pageInfo { hasNextPage hasPreviousPage } edges { node { sodNumber status } } } }",
+        "startCursor",
+    ),
+]
+
+
+@pytest.fixture
+def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What each call of the packed readers returned (None: PostgreSQL left a row unrendered)."""
+    from nexes.db import orders as orders_db
+
+    calls: list[Any] = []
+    for name in ("orders_page_packed", "orders_pages_packed_by_customer"):
+        real = getattr(orders_db, name)
+
+        async def spy(*args: Any, real: Any = real, **kwargs: Any) -> Any:
+            calls.append(result := await real(*args, **kwargs))
+            return result
+
+        monkeypatch.setattr(orders_db, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("document, cursor", PACKED_PAGES)
+async def test_packed_pages_page_through_as_python_does(
+    rendered_db: Settings, packed_calls: list[Any], document: str, cursor: str
+) -> None:
+    """Every page of the way, forward and backward, to the end of the orders: the same
+    orders, and the same hasNextPage and hasPreviousPage, as Python's rows give."""
+    from nexes.db.orders import Packed
+
+    # Python's own run of the same pages (rendering off) gives the cursors to page on with.
+    walker = document.replace("pageInfo {", f"pageInfo {{ {cursor}")
+    at, pages = None, 0
+    async with (
+        client_for(rendered_db) as packing,
+        client_for(replace(rendered_db, render_sql=False)) as python,
+    ):
+
+        async def data(client: Any, query: str) -> Any:
+            response = await client.post("/graphql", json={"query": query, "variables": {"c": at}})
+            assert response.status_code == 200 and "errors" not in response.json()
+            return response.json()["data"]["serviceOrders"]
+
+        while True:
+            got, walked = await data(packing, document), await data(python, walker)
+            assert got == await data(python, document)
+            assert got["edges"] == walked["edges"] and got["edges"]
+            pages += 1
+            info = walked["pageInfo"]
+            if not (info["hasPreviousPage"] if cursor == "startCursor" else info["hasNextPage"]):
+                break
+            at = info[cursor]
+    assert pages >= 3  # several pages, then the last (full or not)
+    packed = [c for c in packed_calls if isinstance(c, Packed)]
+    assert len(packed) == pages and len(packed_calls) == pages  # each page was packed, once
+    assert got["pageInfo"] == (
+        {"hasNextPage": False, "hasPreviousPage": True}
+        if cursor == "endCursor"
+        else {"hasNextPage": True, "hasPreviousPage": False}
+    )
+
+
+async def test_empty_and_zero_packed_pages(rendered_db: Settings, packed_calls: list[Any]) -> None:
+    for document in (
+        "{ serviceOrders(first: 0) { pageInfo { hasNextPage } edges { node { id } } } }",
+        '{ serviceOrders(first: 5, filter: {sodNumberPrefix: "NO-SUCH-"}) '
+        "{ pageInfo { hasNextPage hasPreviousPage } edges { node { id } } } }",
+        '{ customers(first: 4) { edges { node { serviceOrders(first: 2, filter: {sodNumberPrefix: "NO-SUCH-"}) '
+        "{ pageInfo { hasNextPage } edges { node { id } } } } } } }",
+    ):
+        got = await answers(rendered_db, document)
+        assert got[True] == got[False] and got[True][0] == 200
+    # first: 0 reads nothing; the two empty pages were packed (two customers' pages: one statement)
+    assert [(c.rows, c.edges) if hasattr(c, "rows") else sorted(set(c.values())) for c in packed_calls] == [
+        (0, ""),
+        [(0, "")],
+    ]
+
+
+async def test_a_packed_page_with_an_unrendered_row_is_read_row_by_row(
+    rendered_db: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL leaves a row unrendered only for a timestamp Python would print otherwise,
+    # which no partition of this database can hold (test_rows_python_would_print_otherwise_
+    # are_left_to_python): readers that report such a row (None) stand in for it here.
+    from nexes.db import orders as orders_db
+
+    asked: list[str] = []
+
+    async def unrendered(*args: Any, **kwargs: Any) -> None:
+        asked.append(kwargs["head"])
+
+    monkeypatch.setattr(orders_db, "orders_page_packed", unrendered)
+    monkeypatch.setattr(orders_db, "orders_pages_packed_by_customer", unrendered)
+    for document in (DOCUMENTS[0], DOCUMENTS[2]):
+        got = await answers(rendered_db, document)
+        assert got[True] == got[False] and got[True][0] == 200
+    assert asked == ['{"node":', '{"node":']
+
+
+def test_packed_sql_leaves_out_the_extra_row_and_reports_an_unrendered_one(rendered_db: Settings) -> None:
+    from nexes.db.orders import packed_sql
+
+    rows = "(1, 10, '{\"n\":1}'), (2, 20, '{\"n\":2}'), (3, 30, '{\"n\":3}'), (4, 40, LAST)"
+    page = "SELECT * FROM (VALUES ROWS) AS v (id, created_at, rendered) ORDER BY created_at DIR, id DIR LIMIT %(limit)s"
+    with psycopg.connect(rendered_db.admin_url) as conn:
+
+        def packed(backward: bool, limit: int, last: str = "'{\"n\":4}'") -> tuple[Any, ...]:
+            direction = "ASC" if backward else "DESC"
+            inner = sql.SQL(page.replace("ROWS", rows.replace("LAST", last)).replace("DIR", direction))
+            query = packed_sql(inner, "CREATED_AT_DESC", backward=backward, head='{"x":')
+            return conn.execute(query, {"limit": limit}).fetchone()  # type: ignore[return-value]
+
+        # a page of 2 reads 3 rows: the third only says there is more
+        assert packed(False, 3) == (3, True, '{"x":{"n":4}},{"x":{"n":3}}')
+        # backward: read from the oldest, shown newest first, the extra row (the third oldest) left out
+        assert packed(True, 3) == (3, True, '{"x":{"n":2}},{"x":{"n":1}}')
+        assert packed(False, 9) == (4, True, '{"x":{"n":4}},{"x":{"n":3}},{"x":{"n":2}},{"x":{"n":1}}')
+        assert packed(False, 3, last="NULL") == (3, False, '{"x":{"n":3}}')
+        assert packed(False, 1) == (1, True, "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -23,10 +23,10 @@ from nexes.db.rendering import Spec
 from nexes.errors import bad_input
 from nexes.resolvers.context import Context, Info
 from nexes.resolvers.ids import global_id, parse_global_id
-from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_request
+from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_info, page_request
 from nexes.resolvers.selection import edges_render_spec, node_render_spec, selected_paths
-from nexes.schema.connections import Edge
-from nexes.schema.rendered import RenderedEdges
+from nexes.schema.connections import Edge, PageInfo
+from nexes.schema.rendered import RenderedEdges, edge_head
 from nexes.schema.types import (
     STATUS_BY_NAME,
     Customer,
@@ -121,14 +121,14 @@ class RenderedOrder(ServiceOrder):
     selected fields, exactly as printed (the row holds no more, see nexes.db.orders._page_sql),
     and None for the others, which that selection never reads."""
 
-    def __init__(self, row: OrderRow, spec: Spec) -> None:  # not the dataclass's: built on first use
-        self.__dict__.update(_rendered_json=row.rendered, _rendered_spec=spec, _row=row)
+    def __init__(self, rendered: str, spec: Spec, customer_id: int) -> None:  # not the dataclass's: built on first use
+        self.__dict__.update(_rendered_json=rendered, _rendered_spec=spec, _customer_id=customer_id)
 
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__
-        if name.startswith("__") or "_row" not in state:
+        if name.startswith("__") or "_customer_id" not in state:
             raise AttributeError(name)
-        row: OrderRow = state.pop("_row")
+        customer_id: int = state.pop("_customer_id")
         values = orjson.loads(state["_rendered_json"])
         order: dict[str, Any] = dict.fromkeys(f.name for f in fields(ServiceOrder))
         order["lines"] = []
@@ -139,12 +139,17 @@ class RenderedOrder(ServiceOrder):
                     if inner != "__typename":
                         attr, read = _READ_BACK[inner]
                         customer[attr] = read(values[key][inner_key])
-                order["customer"] = Customer(**customer, row_id=row.customer_id, orders_of=customer_orders)
+                order["customer"] = Customer(**customer, row_id=customer_id, orders_of=customer_orders)
             elif field != "__typename":
                 attr, read = _READ_BACK[field]
                 order[attr] = read(values[key])
         state.update(order)
         return getattr(self, name)
+
+
+def _rendered_order(row: OrderRow, spec: Spec) -> RenderedOrder:
+    assert row.rendered is not None  # the callers take rendered rows only
+    return RenderedOrder(row.rendered, spec, row.customer_id)
 
 
 def _joined_customer(r: OrderRow) -> Customer:
@@ -172,13 +177,13 @@ async def hydrate(
     RenderedOrder, and only the rest are built here."""
     if render is not None and not lines:
         if all(r.rendered is not None for r in rows):
-            return [RenderedOrder(r, render) for r in rows]
+            return [_rendered_order(r, render) for r in rows]
         # A row the page did not render (rendering.printable) holds no more than its keys:
         # read those orders whole, as an unrendered page would have (live or archived: an
         # order is never deleted, so each is found).
         whole = {r.id: r for r in await orders_db.orders_by_id(conn, [r.id for r in rows if r.rendered is None])}
         return [
-            RenderedOrder(r, render)
+            RenderedOrder(r.rendered, render, r.customer_id)
             if r.rendered is not None
             else to_order(whole[r.id], _joined_customer(whole[r.id]) if customers else None, [])
             for r in rows
@@ -262,12 +267,29 @@ class PageSpec:
     render: Spec | None = None  # the nodes' selection, when PostgreSQL renders them
     # The edges are rendered whole (RenderedEdges): a fully rendered page needs no node objects.
     whole_edges: bool = False
+    # Whole edges and no cursor: the page comes packed, one row (orders_db.packed_sql), its
+    # edges' head this (rendered.edge_head).
+    packed: str | None = None
 
 
 Keyed = list[tuple[OrderRow, ServiceOrder | None]]  # None: see with_nodes
 
 
-async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed:
+async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed | orders_db.Packed:
+    if spec.packed is not None and spec.render is not None:
+        packed = await orders_db.orders_page_packed(
+            conn,
+            spec.flt,
+            spec.sort,
+            backward=spec.backward,
+            after=spec.after,
+            limit=spec.limit,
+            with_customer=spec.want_customer,
+            render=spec.render,
+            head=spec.packed,
+        )
+        if packed is not None:
+            return packed
     rows = await orders_db.orders_page(
         conn,
         spec.flt,
@@ -297,9 +319,26 @@ async def with_nodes(conn: AsyncConnection[Any], rows: list[OrderRow], spec: Pag
     return list(zip(rows, nodes, strict=True))
 
 
-async def fetch_customers_pages(conn: AsyncConnection[Any], spec: PageSpec, customer_ids: Sequence[int]) -> list[Keyed]:
+async def fetch_customers_pages(
+    conn: AsyncConnection[Any], spec: PageSpec, customer_ids: Sequence[int]
+) -> list[Keyed | orders_db.Packed]:
     """The page of each customer, for Customer.serviceOrders under a list of customers:
     one statement for all the pages, one for all their lines."""
+    if spec.packed is not None and spec.render is not None:
+        packed = await orders_db.orders_pages_packed_by_customer(
+            conn,
+            customer_ids,
+            spec.flt,
+            spec.sort,
+            backward=spec.backward,
+            after=spec.after,
+            limit=spec.limit,
+            with_customer=spec.want_customer,
+            render=spec.render,
+            head=spec.packed,
+        )
+        if packed is not None:
+            return [packed[cid] for cid in customer_ids]
     grouped = await orders_db.orders_pages_by_customer(
         conn,
         customer_ids,
@@ -321,7 +360,7 @@ async def connection(
 ) -> ServiceOrderConnection:
     """Query.serviceOrders: one page of orders."""
     page = _Page.of(info, flt, order, request)
-    keyed: Keyed = []
+    keyed: Keyed | orders_db.Packed = []
     if request.limit:
         keyed = await info.context.router.read(lambda conn: fetch_page(conn, page.spec))
     return page.connection(keyed, flt)
@@ -335,8 +374,9 @@ async def customers_connections(
     per page shape, so customers resolved apart (under another connection, one by one) still
     load together."""
     page = _Page.of(info, flt, order, request)
+    keyeds: Sequence[Keyed | orders_db.Packed]
     if not request.limit:
-        keyeds: list[Keyed] = [[] for _ in customer_ids]
+        keyeds = [[] for _ in customer_ids]
     elif len(customer_ids) > 1:
         # The DataLoader's futures, gather and callbacks cost 10% of a page of 20 customers'
         # orders, to batch what is batched already. Its one other service, reading a repeated
@@ -384,13 +424,25 @@ class _Page:
         )
         page_cursors = "pageInfo.startCursor" in paths or "pageInfo.endCursor" in paths
         edges_spec = edges_render_spec(info, render) if render is not None else None
-        spec = replace(spec, whole_edges=edges_spec is not None)
+        # Whole edges select no edge cursor; with no page cursor either, no row's keys are needed.
+        packed = edge_head(edges_spec) if edges_spec is not None and not page_cursors else None
+        spec = replace(spec, whole_edges=edges_spec is not None, packed=packed)
         return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors, edges_spec)
 
-    def connection(self, keyed: Keyed, flt: OrderFilter, customer_id: int | None = None) -> ServiceOrderConnection:
+    def connection(
+        self, keyed: Keyed | orders_db.Packed, flt: OrderFilter, customer_id: int | None = None
+    ) -> ServiceOrderConnection:
         """The page's connection; its totalCount counts `flt` (for one customer's page, that
         customer's orders), when selected."""
         ctx, sort, field, edges_spec = self.ctx, self.sort, self.field, self.edges_spec
+
+        def counter() -> Coroutine[Any, Any, tuple[int, bool]]:
+            return _count(ctx, flt if customer_id is None else replace(flt, customer_id=customer_id))
+
+        if isinstance(keyed, orders_db.Packed):
+            assert edges_spec is not None
+            edges, page_info = self.packed(keyed, edges_spec, flt.customer_id if customer_id is None else customer_id)
+            return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=counter)
         edges_of = None
         # with_nodes left the nodes out (None) exactly when it found every row rendered for
         # edges rendered whole; an empty page is one array too.
@@ -400,7 +452,7 @@ class _Page:
 
             def edges_of(pairs: Sequence[tuple[OrderRow, ServiceOrder | None]]) -> RenderedEdges:
                 def make() -> list[Edge[ServiceOrder]]:
-                    return [Edge(cursor="", node=node or RenderedOrder(row, node_spec)) for row, node in pairs]
+                    return [Edge(cursor="", node=node or _rendered_order(row, node_spec)) for row, node in pairs]
 
                 return RenderedEdges([row.rendered for row, _ in pairs], edges_spec, make)  # type: ignore[misc]
 
@@ -413,11 +465,28 @@ class _Page:
             page_cursors=self.page_cursors,
             edges_of=edges_of,
         )
-        return ServiceOrderConnection(
-            edges=edges,
-            page_info=page_info,
-            _counter=lambda: _count(ctx, flt if customer_id is None else replace(flt, customer_id=customer_id)),
-        )
+        return ServiceOrderConnection(edges=edges, page_info=page_info, _counter=counter)
+
+    def packed(
+        self, packed: orders_db.Packed, edges_spec: Spec, customer_id: int | None
+    ) -> tuple[list[Edge[ServiceOrder]], PageInfo]:
+        """A packed page's edges (RenderedEdges, standing in for the list) and page info (it
+        has no cursor to give)."""
+        ((key, _, node_spec),) = edges_spec
+        assert node_spec is not None
+        count = min(packed.rows, self.request.limit)
+
+        def make() -> list[Edge[ServiceOrder]]:
+            # Each node's JSON again, for a RenderedOrder. Its customer's row id is only read by
+            # Customer.serviceOrders, which no rendered selection holds (RENDERABLE): 0 when
+            # the page is not one customer's.
+            edges = orjson.loads("[" + packed.edges + "]")
+            of = customer_id or 0
+            return [Edge(cursor="", node=RenderedOrder(orjson.dumps(e[key]).decode(), node_spec, of)) for e in edges]
+
+        edges = RenderedEdges.of_packed(packed.edges, count, edges_spec, make)
+        info = page_info(self.request, more=packed.rows > self.request.limit, start=None, end=None)
+        return edges, info  # type: ignore[return-value]
 
 
 async def service_orders(

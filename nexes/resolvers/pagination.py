@@ -73,10 +73,20 @@ def build_page(
         if edges_of is not None
         else [Edge(cursor=cursor(r) if edge_cursors else "", node=node(r)) for r in rows]
     )
-    info = PageInfo(
-        has_next_page=more if not request.backward else request.cursor is not None,
-        has_previous_page=more if request.backward else request.cursor is not None,
-        start_cursor=cursor(rows[0]) if rows and page_cursors else None,
-        end_cursor=cursor(rows[-1]) if rows and page_cursors else None,
+    info = page_info(
+        request,
+        more=more,
+        start=cursor(rows[0]) if rows and page_cursors else None,
+        end=cursor(rows[-1]) if rows and page_cursors else None,
     )
     return edges, info
+
+
+def page_info(request: PageRequest, *, more: bool, start: str | None, end: str | None) -> PageInfo:
+    """A page's PageInfo: `more`, whether rows lie past it in the direction it was read."""
+    return PageInfo(
+        has_next_page=more if not request.backward else request.cursor is not None,
+        has_previous_page=more if request.backward else request.cursor is not None,
+        start_cursor=start,
+        end_cursor=end,
+    )

@@ -61,13 +61,23 @@ class RenderedEdges:
 
     `spec` is the edges' selection: ((node's response name, "node", node's spec),)."""
 
-    __slots__ = ("_items", "make", "spec", "texts")
+    __slots__ = ("_items", "count", "make", "packed", "spec", "texts")
 
     def __init__(self, texts: list[str], spec: Spec, make: Callable[[], list[Any]]) -> None:
         self.texts = texts
         self.spec = spec
         self.make = make
+        self.packed: str | None = None
+        self.count = len(texts)
         self._items: list[Any] | None = None
+
+    @classmethod
+    def of_packed(cls, edges: str, count: int, spec: Spec, make: Callable[[], list[Any]]) -> RenderedEdges:
+        """Edges PostgreSQL also joined (nexes.db.orders.packed_sql): `count` edge objects,
+        each `edge_head(spec)`, its node's JSON and `}`, comma-separated."""
+        made = cls([], spec, make)
+        made.packed, made.count = edges, count
+        return made
 
     def __iter__(self) -> Iterator[Any]:
         if self._items is None:
@@ -75,11 +85,18 @@ class RenderedEdges:
         return iter(self._items)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self.count
 
     def rendered(self, nodes_per_edge: int) -> Rendered:
         """The edges' JSON array: each `{"<node>":<the node's JSON>}`."""
+        if self.packed is not None:
+            return Rendered("[" + self.packed + "]", nodes_per_edge * self.count)
         if not self.texts:
             return Rendered("[]", 0)
-        head = "{" + orjson.dumps(self.spec[0][0]).decode() + ":"
+        head = edge_head(self.spec)
         return Rendered("[" + head + ("}," + head).join(self.texts) + "}]", nodes_per_edge * len(self.texts))
+
+
+def edge_head(spec: Spec) -> str:
+    """The start of one edge's JSON object for the edges' selection `spec`, up to its node's JSON."""
+    return "{" + orjson.dumps(spec[0][0]).decode() + ":"
