@@ -295,6 +295,43 @@ async def test_a_failing_statement_behind_its_tag_raises_its_own_error_and_the_c
         request_id_var.reset(token)
 
 
+async def test_connection_execute_sends_its_tag_in_nexes_pipeline_and_only_explicit_options_in_psycopgs(
+    seeded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AsyncConnection.execute passes prepare=None: that default takes the one round trip
+    of `together`, as a cursor's execute does; psycopg's own pipeline (a turn of the event
+    loop per command) only takes an explicit prepare= or binary=."""
+    from nexes.db.connect import session_tag
+    from nexes.observability import request_id_var
+
+    ways: list[str] = []
+    real_together, real_pipeline = session_tag.together, psycopg.AsyncConnection.pipeline
+
+    async def together(*args: Any, **kwargs: Any) -> None:
+        ways.append("together")
+        await real_together(*args, **kwargs)
+
+    def pipeline(self: Any) -> Any:
+        ways.append("psycopg")
+        return real_pipeline(self)
+
+    monkeypatch.setattr(session_tag, "together", together)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", pipeline)
+    token = request_id_var.set(f"execute-{os.getpid()}")
+    try:
+        async with await _named_connection(seeded) as conn:
+            query = "SELECT current_setting('application_name'), %(x)s::int"
+            cur = await conn.execute(query, {"x": 1})
+            assert await cur.fetchall() == [(f"execute-{os.getpid()} nexes-test", 1)]
+            cur = await conn.cursor().execute(query, {"x": 2}, prepare=True)
+            assert await cur.fetchall() == [(f"execute-{os.getpid()} nexes-test", 2)]
+            cur = await conn.cursor().execute(query, {"x": 3}, binary=True)
+            assert await cur.fetchall() == [(f"execute-{os.getpid()} nexes-test", 3)]
+    finally:
+        request_id_var.reset(token)
+    assert ways == ["together", "psycopg", "psycopg"]
+
+
 async def test_a_statement_behind_its_tag_cancelled_where_it_waits_stops_on_the_server(seeded: Settings) -> None:
     from nexes.observability import request_id_var
 

@@ -108,7 +108,10 @@ class NamedCursor(TaggedCursor[Row]):
             # transaction); timed by the caller, which waits for the results.
             await AsyncCursor(conn).execute(*tag)
             return await super().execute(query, params, **kwargs)
-        if kwargs:  # prepare= or binary=: psycopg's own pipeline, which takes them
+        # prepare= or binary= given: psycopg's own pipeline, which takes them. Not for their
+        # defaults: AsyncConnection.execute passes prepare=None, and that one round trip in
+        # psycopg's pipeline cost 18% of a page's CPU (bench/README.md, "Sixth session").
+        if kwargs.get("prepare") is not None or kwargs.get("binary") is not None:
             started = time.perf_counter()
             try:
                 with copy_span(query, self):
