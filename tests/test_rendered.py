@@ -248,6 +248,13 @@ PACKED_PAGES = [
         "{ pageInfo { hasNextPage hasPreviousPage } edges { node { sodNumber status } } } }",
         "startCursor",
     ),
+    # no pageInfo, or not the flag the extra row answers: no extra row is read
+    ("query($c: String) { serviceOrders(first: 4, after: $c) { edges { node { id sodNumber } } } }", "endCursor"),
+    (
+        "query($c: String) { serviceOrders(last: 3, before: $c) { pageInfo { hasNextPage } "
+        "edges { node { createdAt } } } }",
+        "startCursor",
+    ),
 ]
 
 
@@ -277,7 +284,9 @@ async def test_packed_pages_page_through_as_python_does(
     from nexes.db.orders import Packed
 
     # Python's own run of the same pages (rendering off) gives the cursors to page on with.
-    walker = document.replace("pageInfo {", f"pageInfo {{ {cursor}")
+    walker = document.replace("edges {", f"pageInfo {{ hasNextPage hasPreviousPage {cursor} }} edges {{", 1)
+    size = int(document.partition("first: " if cursor == "endCursor" else "last: ")[2].partition(",")[0])
+    extra = ("hasNextPage" if cursor == "endCursor" else "hasPreviousPage") in document
     at, pages = None, 0
     async with (
         client_for(rendered_db) as packing,
@@ -293,6 +302,7 @@ async def test_packed_pages_page_through_as_python_does(
             got, walked = await data(packing, document), await data(python, walker)
             assert got == await data(python, document)
             assert got["edges"] == walked["edges"] and got["edges"]
+            assert packed_calls[-1].rows <= size + extra  # the page's rows, and one more only when asked
             pages += 1
             info = walked["pageInfo"]
             if not (info["hasPreviousPage"] if cursor == "startCursor" else info["hasNextPage"]):
@@ -301,11 +311,9 @@ async def test_packed_pages_page_through_as_python_does(
     assert pages >= 3  # several pages, then the last (full or not)
     packed = [c for c in packed_calls if isinstance(c, Packed)]
     assert len(packed) == pages and len(packed_calls) == pages  # each page was packed, once
-    assert got["pageInfo"] == (
-        {"hasNextPage": False, "hasPreviousPage": True}
-        if cursor == "endCursor"
-        else {"hasNextPage": True, "hasPreviousPage": False}
-    )
+    assert walked["pageInfo"]["hasNextPage" if cursor == "endCursor" else "hasPreviousPage"] is False
+    if extra:  # the extra row was read on every page but the last, to answer the flag
+        assert [c.rows for c in packed] == [size + 1] * (pages - 1) + [packed[-1].rows]
 
 
 async def test_empty_and_zero_packed_pages(rendered_db: Settings, packed_calls: list[Any]) -> None:
@@ -353,11 +361,12 @@ def test_packed_sql_leaves_out_the_extra_row_and_reports_an_unrendered_one(rende
     page = "SELECT * FROM (VALUES ROWS) AS v (id, created_at, rendered) ORDER BY created_at DIR, id DIR LIMIT %(limit)s"
     with psycopg.connect(rendered_db.admin_url) as conn:
 
-        def packed(backward: bool, limit: int, last: str = "'{\"n\":4}'") -> tuple[Any, ...]:
+        def packed(backward: bool, limit: int, last: str = "'{\"n\":4}'", extra: bool = True) -> tuple[Any, ...]:
             direction = "ASC" if backward else "DESC"
             inner = sql.SQL(page.replace("ROWS", rows.replace("LAST", last)).replace("DIR", direction))
             query = packed_sql(inner, "CREATED_AT_DESC", backward=backward, head='{"x":')
-            return conn.execute(query, {"limit": limit}).fetchone()  # type: ignore[return-value]
+            shown = limit - 1 if extra else limit
+            return conn.execute(query, {"limit": limit, "shown": shown}).fetchone()  # type: ignore[return-value]
 
         # a page of 2 reads 3 rows: the third only says there is more
         assert packed(False, 3) == (3, True, '{"x":{"n":4}},{"x":{"n":3}}')
@@ -366,3 +375,6 @@ def test_packed_sql_leaves_out_the_extra_row_and_reports_an_unrendered_one(rende
         assert packed(False, 9) == (4, True, '{"x":{"n":4}},{"x":{"n":3}},{"x":{"n":2}},{"x":{"n":1}}')
         assert packed(False, 3, last="NULL") == (3, False, '{"x":{"n":3}}')
         assert packed(False, 1) == (1, True, "")
+        # no extra row read: every row read is shown
+        assert packed(False, 2, extra=False) == (2, True, '{"x":{"n":4}},{"x":{"n":3}}')
+        assert packed(True, 2, extra=False) == (2, True, '{"x":{"n":2}},{"x":{"n":1}}')

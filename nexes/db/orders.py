@@ -203,7 +203,7 @@ def _page_sql(
 def packed_sql(page: sql.Composable, sort: str, *, backward: bool, head: str) -> sql.Composed:
     """A rendered page (`_page_sql` with `render`) as one row: how many rows it read, whether
     PostgreSQL rendered them all, and its edges' JSON objects (`head`, the node's JSON, `}`),
-    comma-separated in the page's order, without the extra row that only says there is more.
+    comma-separated in the page's order, without any extra row read only to tell there is more.
 
     Why: read row by row, a page's rows cost Python more than the JSON they carry (psycopg's
     loaders and a tuple per row, the grouping and sorting of customers' pages): 20
@@ -211,12 +211,12 @@ def packed_sql(page: sql.Composable, sort: str, *, backward: bool, head: str) ->
     (bench/README.md, "Sixth session on issue 21"). An array of the page's JSON in its
     order, sliced, costs PostgreSQL less than an ordered aggregate over a row number."""
     column, direction = SORTS[sort]
-    # The page is shown in the sort's order. Read forward, the extra row is its last; read
-    # backward (from the other end), its first.
+    # The page shows %(shown)s rows in the sort's order. Read forward, an extra row is its
+    # last; read backward (from the other end), its first.
     if backward:
-        window = sql.SQL("greatest(cardinality(x.a) - %(limit)s + 2, 1):cardinality(x.a)")
+        window = sql.SQL("greatest(cardinality(x.a) - %(shown)s + 1, 1):cardinality(x.a)")
     else:
-        window = sql.SQL("1:%(limit)s - 1")
+        window = sql.SQL("1:%(shown)s")
     return sql.SQL(
         "SELECT cardinality(x.a) AS n, array_position(x.a, NULL) IS NULL AS whole, "
         "coalesce({head} || nullif(array_to_string(x.a[{window}], {between}), '') || {close}, '') AS edges "
@@ -442,6 +442,7 @@ async def orders_page_packed(
     backward: bool,
     after: Keyset | None,
     limit: int,
+    shown: int,
     with_customer: bool,
     render: Spec,
     head: str,
@@ -454,7 +455,9 @@ async def orders_page_packed(
         shape = PageShape.of(
             each, sort, backward=backward, after=after, with_customer=with_customer, render=render, packed=head
         )
-        cur = await conn.execute(page_sql_text(shape), page_params(each, after=after, limit=limit))
+        params = page_params(each, after=after, limit=limit)
+        params["shown"] = shown
+        cur = await conn.execute(page_sql_text(shape), params)
         rows, whole, edges = await cur.fetchone()  # type: ignore[misc]
         if not whole:
             return None
@@ -524,6 +527,7 @@ async def orders_pages_packed_by_customer(
     backward: bool,
     after: Keyset | None,
     limit: int,
+    shown: int,
     with_customer: bool,
     render: Spec,
     head: str,
@@ -533,6 +537,7 @@ async def orders_pages_packed_by_customer(
     flt = replace(flt, customer_id=None)
     params = page_params(flt, after=after, limit=limit)
     params["customer_ids"] = bigint_array(customer_ids)
+    params["shown"] = shown
     shape = PageShape.of(
         flt, sort, backward=backward, after=after, with_customer=with_customer, render=render, packed=head
     )
