@@ -427,8 +427,8 @@ async def orders_page(
 
 
 class Packed(NamedTuple):
-    """A page packed by PostgreSQL (packed_sql): the rows it read (the page's limit, its size
-    and one more, says there is more), and its edges' JSON objects, comma-separated."""
+    """A page packed by PostgreSQL (packed_sql): the rows it read (more than the page shows:
+    there is more), and the JSON objects of the edges it shows, comma-separated."""
 
     rows: int
     edges: str
