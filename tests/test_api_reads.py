@@ -97,6 +97,73 @@ async def test_service_order_by_sod_number_and_node_agree(app_client: httpx.Asyn
     assert customer["data"]["node"]["code"]
 
 
+NODE = "query($id: ID!) { node(id: $id) { id ... on ServiceOrder { sodNumber createdAt lines { lineNo quantity } } } }"
+
+
+def _database(settings: Settings) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(settings.replica_urls[0])["dbname"])
+
+
+async def _first_order(client: httpx.AsyncClient) -> dict[str, str]:
+    page = await gql(client, "{ serviceOrders(first: 1) { edges { node { id sodNumber createdAt } } } }")
+    node: dict[str, str] = page["data"]["serviceOrders"]["edges"][0]["node"]
+    return node
+
+
+async def test_an_order_read_again_by_id_skips_the_key_table(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    from nexes.db.key_hints import ORDER_KEYS
+
+    order = await _first_order(app_client)
+    ORDER_KEYS.clear()
+    first = await gql(app_client, NODE, {"id": order["id"]})
+    again = await gql(app_client, NODE, {"id": order["id"]})
+    # The key table, then the order and its lines; then the order and its lines alone.
+    assert (statements(first["_response"]), statements(again["_response"])) == (3, 2)
+    assert first["data"] == again["data"] and again["data"]["node"]["sodNumber"] == order["sodNumber"]
+    assert again["data"]["node"]["lines"]
+    by_sod = await gql(
+        app_client, "query($s: String!) { serviceOrder(sodNumber: $s) { id } }", {"s": order["sodNumber"]}
+    )
+    assert by_sod["data"]["serviceOrder"]["id"] == order["id"]
+
+
+async def test_a_wrong_remembered_key_costs_a_round_trip_not_a_wrong_answer(
+    app_client: httpx.AsyncClient, seeded: Settings
+) -> None:
+    # A stand-in for a database restored to before the order (the one way a remembered key
+    # can go wrong, nexes/db/key_hints.py): the key is remembered with another instant.
+    from nexes.db.key_hints import ORDER_KEYS
+    from nexes.resolvers.ids import decode_any_global_id
+
+    order = await _first_order(app_client)
+    decoded = decode_any_global_id(order["id"])
+    assert decoded is not None
+    order_id = int(decoded[1])
+    truth = await gql(app_client, NODE, {"id": order["id"]})
+    ORDER_KEYS.clear()
+    wrong = dt.datetime.fromisoformat(order["createdAt"]) + dt.timedelta(microseconds=1)
+    ORDER_KEYS.remember(_database(seeded), [(order_id, wrong)])
+    body = await gql(app_client, NODE, {"id": order["id"]})
+    assert "errors" not in body and body["data"] == truth["data"]
+    # The wrong key's pipeline, the key table, the right key's pipeline.
+    assert statements(body["_response"]) == 5
+    assert ORDER_KEYS.keys_of(_database(seeded), [order_id]) == [
+        (order_id, dt.datetime.fromisoformat(order["createdAt"]))
+    ]
+    assert statements((await gql(app_client, NODE, {"id": order["id"]}))["_response"]) == 2
+
+
+async def test_a_remembered_key_of_no_order_answers_null(app_client: httpx.AsyncClient, seeded: Settings) -> None:
+    from nexes.db.key_hints import ORDER_KEYS
+    from nexes.resolvers.ids import global_id
+
+    missing = 9_000_000_000_000
+    ORDER_KEYS.remember(_database(seeded), [(missing, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))])
+    body = await gql(app_client, NODE, {"id": global_id("ServiceOrder", missing)})
+    assert "errors" not in body and body["data"] == {"node": None}
+    assert ORDER_KEYS.keys_of(_database(seeded), [missing]) is None
+
+
 async def test_nested_customer_orders_take_fixed_statements_and_match_sql(
     app_client: httpx.AsyncClient, seeded: Settings
 ) -> None:

@@ -63,3 +63,19 @@ def test_array_literals_read_back_as_the_same_ids_and_instants_in_any_session_zo
     assert same == (True, True)
     with pytest.raises(ValueError, match="aware"):
         timestamptz_array([datetime(2026, 12, 7)])  # the naive datetime it refuses
+
+
+def test_remembered_order_keys_are_bounded_answer_whole_and_keep_the_most_recently_used() -> None:
+    from nexes.db.key_hints import KeyHints
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    hints = KeyHints(size=3)
+    hints.remember("db", [(1, at), (2, at), (3, at)])
+    assert hints.keys_of("db", [1]) == [(1, at)]  # 1 is now the most recently used
+    hints.remember("db", [(4, at)])
+    assert len(hints) == 3 and hints.keys_of("db", [2]) is None  # the least recently used went
+    assert hints.keys_of("db", [1, 3, 4, 1]) == [(1, at), (3, at), (4, at)]
+    assert hints.keys_of("db", [1, 5]) is None  # one unknown id: none, the key table answers
+    assert hints.keys_of("other", [1]) is None  # another database knows nothing of these
+    hints.forget("db", [1, 99])
+    assert hints.keys_of("db", [1]) is None and len(hints) == 2

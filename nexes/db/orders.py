@@ -8,12 +8,12 @@ skip-scan `status = ANY(...)` in index order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache, partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from psycopg import AsyncConnection, sql
 from psycopg.errors import QueryCanceled
@@ -21,6 +21,7 @@ from psycopg.rows import args_row
 
 from nexes.db.arrays import bigint_array, timestamptz_array
 from nexes.db.connect.session_tag import GenericPlan, together
+from nexes.db.key_hints import ORDER_KEYS
 from nexes.db.keyset import Keyset
 from nexes.db.rendering import Spec, rendered_column
 
@@ -574,29 +575,62 @@ async def _orders_at(conn: AsyncConnection[Any], keys: list[tuple[int, datetime]
         return await cur.fetchall()
 
 
-async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
-    """Orders by id, live or archived, with their customers: the key table names the partitions to read."""
+# What a read of orders at their keys gives: the orders first, then anything read with them.
+_Read = TypeVar("_Read", bound=tuple[list[Any], ...])
+
+
+async def _keys_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[tuple[int, datetime]]:
+    """(id, created_at) of the orders that exist among `ids`, from the key table, remembered."""
     cur = await conn.execute(KEYS_BY_ID, {"ids": bigint_array(ids)})
-    return await _orders_at(conn, await cur.fetchall())
+    keys: list[tuple[int, datetime]] = await cur.fetchall()
+    ORDER_KEYS.remember(conn.info.dbname, keys)
+    return keys
+
+
+async def _by_keys(
+    conn: AsyncConnection[Any], ids: Sequence[int], read: Callable[[list[tuple[int, datetime]]], Awaitable[_Read]]
+) -> _Read:
+    """`read` of the orders `ids` at their keys: the remembered keys when every id has one
+    (one round trip fewer; key_hints says why that is safe), else the key table's. Remembered
+    keys that find fewer orders than they name are forgotten, and the key table asked."""
+    database = conn.info.dbname
+    hinted = ORDER_KEYS.keys_of(database, ids)
+    if hinted is not None:
+        found = await read(hinted)
+        if len(found[0]) == len(hinted):
+            return found
+        ORDER_KEYS.forget(database, (k[0] for k in hinted))
+    return await read(await _keys_by_id(conn, ids))
+
+
+async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[OrderRow]:
+    """Orders by id, live or archived, with their customers: their keys name the partitions to read."""
+
+    async def read(keys: list[tuple[int, datetime]]) -> tuple[list[OrderRow]]:
+        return (await _orders_at(conn, keys),)
+
+    return (await _by_keys(conn, ids, read))[0]
 
 
 async def orders_with_lines_by_id(
     conn: AsyncConnection[Any], ids: Sequence[int]
 ) -> tuple[list[OrderRow], list[LineRow]]:
-    """Orders by id, live or archived, with their customers, and all their lines: two round
-    trips, the key table's, then the orders' and the lines' statements in one pipeline
-    (both need only what the keys give)."""
-    cur = await conn.execute(KEYS_BY_ID, {"ids": bigint_array(ids)})
-    keys: list[tuple[int, datetime]] = await cur.fetchall()
-    if not keys:
-        return [], []
-    ids_found, ats = [k[0] for k in keys], [k[1] for k in keys]
-    span = {"ids": bigint_array(ids_found), "lo": min(ats), "hi": max(ats), "archived": True}
-    orders = conn.cursor(row_factory=ORDER_ROW)
-    lines = conn.cursor(row_factory=LINE_ROW)
-    at_keys = {"ids": span["ids"], "ats": timestamptz_array(ats)}
-    await together(conn, [(orders, ORDERS_AT, at_keys), (lines, LINES, span)])
-    return await orders.fetchall(), await lines.fetchall()
+    """Orders by id, live or archived, with their customers, and all their lines: the
+    orders' and the lines' statements in one pipeline (both need only what the keys give),
+    after the key table's round trip unless every key is remembered."""
+
+    async def read(keys: list[tuple[int, datetime]]) -> tuple[list[OrderRow], list[LineRow]]:
+        if not keys:
+            return [], []
+        ids_found, ats = [k[0] for k in keys], [k[1] for k in keys]
+        span = {"ids": bigint_array(ids_found), "lo": min(ats), "hi": max(ats), "archived": True}
+        orders = conn.cursor(row_factory=ORDER_ROW)
+        lines = conn.cursor(row_factory=LINE_ROW)
+        at_keys = {"ids": span["ids"], "ats": timestamptz_array(ats)}
+        await together(conn, [(orders, ORDERS_AT, at_keys), (lines, LINES, span)])
+        return await orders.fetchall(), await lines.fetchall()
+
+    return await _by_keys(conn, ids, read)
 
 
 async def order_by_sod_number(conn: AsyncConnection[Any], sod_number: str) -> OrderRow | None:
