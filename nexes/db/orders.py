@@ -485,6 +485,28 @@ async def _page(
         return await cur.fetchall()
 
 
+def _customer_pages(
+    customer_ids: Sequence[int],
+    flt: OrderFilter,
+    sort: str,
+    *,
+    backward: bool,
+    after: Keyset | None,
+    limit: int,
+    with_customer: bool,
+    render: Spec | None,
+    packed: str | None,
+) -> tuple[bytes, dict[str, Any]]:
+    """The statement and parameters of several customers' pages, row by row or packed."""
+    flt = replace(flt, customer_id=None)
+    params = page_params(flt, after=after, limit=limit)
+    params["customer_ids"] = bigint_array(customer_ids)
+    shape = PageShape.of(
+        flt, sort, backward=backward, after=after, with_customer=with_customer, render=render, packed=packed
+    )
+    return customer_pages_sql_text(shape), params
+
+
 async def orders_pages_by_customer(
     conn: AsyncConnection[Any],
     customer_ids: Sequence[int],
@@ -499,12 +521,19 @@ async def orders_pages_by_customer(
 ) -> dict[int, list[OrderRow]]:
     """The same page of orders for each of several customers, in one statement (a LATERAL
     page per customer, each served by the customer's own index range)."""
-    flt = replace(flt, customer_id=None)
-    params = page_params(flt, after=after, limit=limit)
-    params["customer_ids"] = bigint_array(customer_ids)
-    shape = PageShape.of(flt, sort, backward=backward, after=after, with_customer=with_customer, render=render)
+    query, params = _customer_pages(
+        customer_ids,
+        flt,
+        sort,
+        backward=backward,
+        after=after,
+        limit=limit,
+        with_customer=with_customer,
+        render=render,
+        packed=None,
+    )
     async with conn.cursor(row_factory=ORDER_ROW) as cur:
-        await cur.execute(customer_pages_sql_text(shape), params)
+        await cur.execute(query, params)
         rows = await cur.fetchall()
     column, direction = SORTS[sort]
     descending = (direction == "DESC") != backward
@@ -535,14 +564,19 @@ async def orders_pages_packed_by_customer(
 ) -> dict[int, Packed] | None:
     """`orders_pages_by_customer` packed (packed_sql): one row per customer. None when
     PostgreSQL left a row unrendered (rendering.printable): the caller reads row by row."""
-    flt = replace(flt, customer_id=None)
-    params = page_params(flt, after=after, limit=limit)
-    params["customer_ids"] = bigint_array(customer_ids)
-    params["shown"] = shown
-    shape = PageShape.of(
-        flt, sort, backward=backward, after=after, with_customer=with_customer, render=render, packed=head
+    query, params = _customer_pages(
+        customer_ids,
+        flt,
+        sort,
+        backward=backward,
+        after=after,
+        limit=limit,
+        with_customer=with_customer,
+        render=render,
+        packed=head,
     )
-    cur = await conn.execute(customer_pages_sql_text(shape), params)
+    params["shown"] = shown
+    cur = await conn.execute(query, params)
     packed: dict[int, Packed] = {}
     for cid, rows, whole, edges in await cur.fetchall():
         if not whole:
