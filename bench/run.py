@@ -10,6 +10,9 @@
                                              in process, or with --py-spy the real server sampled under wrk
     python -m bench.run guards [--reads 1 5] [--seconds S] [--rounds R]
                                              what each guard costs: one server per guard taken out (bench/guards.py)
+    python -m bench.run floor [--seconds S] [--rounds R] [--configs A B]
+                                             read 6 from a bare ASGI app on the same stack (the floor),
+                                             beside Nexes and PostGraphile (bench/floor.py)
     python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
                                              read 1 with the request id as comment, application_name or both
     python -m bench.run import [--orders N] [--py-spy EXE]
@@ -388,7 +391,18 @@ def _p99(values: list[float]) -> float:
 
 
 # The benchmarks of the modules that import this one's helpers (dispatched in main).
-BENCH_MODULES = ("auth", "bulkhead", "tracing", "scrape", "api-telemetry", "profile", "sql-tag", "guards", "layers")
+BENCH_MODULES = (
+    "auth",
+    "bulkhead",
+    "tracing",
+    "scrape",
+    "api-telemetry",
+    "profile",
+    "sql-tag",
+    "guards",
+    "layers",
+    "floor",
+)
 
 
 def main() -> None:
@@ -454,7 +468,16 @@ def main() -> None:
     elif args.what == "pages":
         asyncio.run(_latencies(200))
     elif args.what in BENCH_MODULES:
-        from bench import api, auth, bulkhead, guards, layers, profile, telemetry  # they import this module's helpers
+        from bench import (  # they import this module's helpers
+            api,
+            auth,
+            bulkhead,
+            floor,
+            guards,
+            layers,
+            profile,
+            telemetry,
+        )
 
         chosen = {
             "layers": lambda: layers.bench_layers(args.reads, (args.configs or ["A"])[0], args.requests),
@@ -470,6 +493,9 @@ def main() -> None:
             ),
             "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
             "guards": lambda: guards.bench_guards(args.reads, args.seconds, args.rounds),
+            "floor": lambda: floor.bench_floor(
+                args.seconds, args.rounds, only_configs=args.configs, port=args.ports[0]
+            ),
         }
         chosen[args.what]()
     else:
