@@ -10,8 +10,8 @@
                                              in process, or with --py-spy the real server sampled under wrk
     python -m bench.run guards [--reads 1 5] [--seconds S] [--rounds R]
                                              what each guard costs: one server per guard taken out (bench/guards.py)
-    python -m bench.run floor [--seconds S] [--rounds R] [--configs A B]
-                                             read 6 from a bare ASGI app on the same stack (the floor),
+    python -m bench.run floor [--seconds S] [--rounds R] [--reads 4 6] [--configs A B]
+                                             reads 4 and 6 from a bare ASGI app on the same stack (the floor),
                                              beside Nexes and PostGraphile (bench/floor.py)
     python -m bench.run sql-tag [--seconds S] [--rounds R] [--ports P Q]
                                              read 1 with the request id as comment, application_name or both
@@ -494,7 +494,7 @@ def main() -> None:
             "sql-tag": lambda: api.bench_sql_tag(args.seconds, args.rounds, port=args.ports[0]),
             "guards": lambda: guards.bench_guards(args.reads, args.seconds, args.rounds),
             "floor": lambda: floor.bench_floor(
-                args.seconds, args.rounds, only_configs=args.configs, port=args.ports[0]
+                args.seconds, args.rounds, only_reads=args.reads, only_configs=args.configs, port=args.ports[0]
             ),
         }
         chosen[args.what]()
