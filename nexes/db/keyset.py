@@ -40,15 +40,26 @@ class Keyset:
 
 
 class CursorCodec:
-    """Cursors: base64url(JSON [version, order, value, id]) + '.' + HMAC, bound to their order.
+    """Cursors: base64url(JSON [version, order, value, id]) + '.' + a 96-bit MAC, bound to their order.
 
     Time values travel as integer microseconds since the epoch, so no precision is lost.
+
+    The MAC is keyed BLAKE2b with a 12-byte digest (RFC 7693's keyed mode, a MAC by design;
+    the key derived from NEXES_CURSOR_SECRET, whatever its length). It replaced HMAC-SHA256
+    truncated to 12 bytes, which cost 3.7x as much (4.3 against 1.2 us; a page of 50 edges
+    with their cursors signs 50 of them: issue 21). A cursor signed the old way with the
+    same secret is still accepted, so that a rolling upgrade breaks no client's next page.
     """
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        self._key = hashlib.blake2b(secret, digest_size=32, person=b"nexes.cursor").digest()
 
     def _sign(self, payload: bytes) -> str:
+        return b64url(hashlib.blake2b(payload, key=self._key, digest_size=12).digest())
+
+    def _sign_hmac(self, payload: bytes) -> str:
+        """The MAC of cursors made before BLAKE2b: HMAC-SHA256, its first 12 bytes."""
         return b64url(hmac.new(self._secret, payload, hashlib.sha256).digest()[:12])
 
     def encode(self, order: str, value: Any, row_id: int) -> str:
@@ -64,7 +75,10 @@ class CursorCodec:
         try:
             body, _, signature = cursor.partition(".")
             payload = unb64url(body)
-            if not hmac.compare_digest(signature, self._sign(payload)):
+            if not (
+                hmac.compare_digest(signature, self._sign(payload))
+                or hmac.compare_digest(signature, self._sign_hmac(payload))
+            ):
                 raise ValueError("signature")
             version, cursor_order, value, row_id = orjson.loads(payload)
         except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
