@@ -47,8 +47,9 @@ class CursorCodec:
     The MAC is keyed BLAKE2b with a 12-byte digest (RFC 7693's keyed mode, a MAC by design;
     the key derived from NEXES_CURSOR_SECRET, whatever its length). It replaced HMAC-SHA256
     truncated to 12 bytes, which cost 2.8x as much (1.90 against 0.67 us, the best of five
-    timeit runs; a page of 50 edges with their cursors signs 50 of them: issue 21). A cursor signed the old way with the
-    same secret is still accepted, so that a rolling upgrade breaks no client's next page.
+    timeit runs; a page of 50 edges with their cursors signs 50 of them: issue 21). A
+    cursor signed the old way with the same secret is still accepted, so that a rolling
+    upgrade breaks no client's next page.
     """
 
     def __init__(self, secret: bytes) -> None:
