@@ -140,6 +140,9 @@ def bench_floor(
     port: int = 18000,
 ) -> None:
     """Reads 4 and 6 from the floor, Nexes and the peer, in A and B; one JSON line each."""
+    chosen = only_reads or [4, 6]
+    if set(chosen) - {4, 6}:
+        sys.exit(f"bench floor: the floor serves reads 4 and 6 only, not {sorted(set(chosen) - {4, 6})}")
     ensure_wrk()
     base = {**bench_env(), **SERVER_ENV}
     settings = settings_module.load(base)
@@ -162,7 +165,7 @@ def bench_floor(
             process(peer_cmd, peer_env, urls["postgraphile"], ready) as peer_server,
         ):
             every = reads(settings.admin_url, str(settings.cursor_secret), urls["postgraphile"])
-            for number in only_reads or [4, 6]:
+            for number in chosen:
                 read = every[number - 1]
                 floor_env = {
                     **bench_env(),
