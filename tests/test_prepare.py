@@ -430,3 +430,27 @@ async def test_statements_behind_their_tags_in_a_caller_transaction_commit_or_ro
         request_id_var.reset(token)
     assert kept == [(1,), (2,)]  # the first transaction whole, nothing of the second
     assert name == (f"in-transaction-{os.getpid()} nexes-test",)
+
+
+async def test_customers_with_their_orders_read_ahead_are_prepared_with_generic_plans(seeded: Settings) -> None:
+    """Read 5 of the benchmark (configuration B): the customers' page and their pages of orders
+    in one pipeline, each prepared on its 5th run, the pages' statement (whose customers come
+    from the page's own statement) planned generically; the same answer on every run."""
+    settings = _settings(seeded, direct=True, NEXES_PREPARE="on")
+    query = (
+        "{ customers(first: 5) { edges { node { code serviceOrders(first: 3) "
+        "{ edges { node { sodNumber status } } } } } } }"
+    )
+    answers = []
+    async with client_for(settings, roles=("viewer",)) as client:
+        for _ in range(8):
+            body = await gql(client, query)
+            assert "errors" not in body, body
+            assert 'desc="2 statements"' in body["_response"].headers["server-timing"]
+            answers.append(body["data"])
+        plans = await _plans(client)
+    assert all(answer == answers[0] for answer in answers)
+    assert any(edge["node"]["serviceOrders"]["edges"] for edge in answers[0]["customers"]["edges"])
+    pages = [(s, generic) for s, generic, _ in plans if "FROM (SELECT id FROM" in s and "LATERAL" in s]
+    assert len(pages) == 1, plans
+    assert pages[0][1] >= 3  # runs 5 to 8: prepared, each with the generic plan

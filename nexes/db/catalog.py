@@ -80,55 +80,89 @@ def like_contains(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _where(table: Table, flt: CatalogFilter, params: dict[str, Any]) -> list[sql.Composable]:
+def _where(table: Table, flt: CatalogFilter, params: dict[str, Any], prefix: str = "") -> list[sql.Composable]:
+    """The filter's conditions, their values put in `params` under names that start with `prefix`."""
     conds: list[sql.Composable] = []
     if flt.name_contains:
-        params["name_like"] = like_contains(flt.name_contains)
-        conds.append(sql.SQL("name ILIKE %(name_like)s"))  # served by the trigram index
+        params[prefix + "name_like"] = like_contains(flt.name_contains)
+        # served by the trigram index
+        conds.append(sql.SQL("name ILIKE {}").format(sql.Placeholder(prefix + "name_like")))
     if flt.key:
-        params["key"] = flt.key
-        conds.append(sql.SQL("{} = %(key)s").format(sql.Identifier(table.key_column)))
+        params[prefix + "key"] = flt.key
+        conds.append(sql.SQL("{} = {}").format(sql.Identifier(table.key_column), sql.Placeholder(prefix + "key")))
     if flt.negative_only:
         conds.append(sql.SQL("on_hand < 0"))
     return conds
 
 
 @lru_cache(maxsize=64)
-def _page_text(table: Table, flt: CatalogFilter, has_after: bool, backward: bool) -> bytes:
+def _page_text(table: Table, flt: CatalogFilter, has_after: bool, backward: bool, ids_of: bool = False) -> bytes:
     """A page's SQL, composed once per shape (`flt` is a stand-in: only which conditions it
-    has matters): composing and quoting it per request cost more than the query."""
-    conds = _where(table, flt, {})
+    has matters): composing and quoting it per request cost more than the query. `ids_of`:
+    the ids of the rows the page shows alone, every placeholder's name prefixed (IDS_OF), to
+    be a subquery of another statement."""
+    prefix = IDS_OF if ids_of else ""
+    conds = _where(table, flt, {}, prefix)
     if has_after:
-        conds.append(sql.SQL("(name, id) {} (%(k_name)s, %(k_id)s)").format(sql.SQL("<" if backward else ">")))
-    query = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY name {dir}, id {dir} LIMIT %(limit)s").format(
-        cols=sql.SQL(table.columns),
+        conds.append(
+            sql.SQL("(name, id) {} ({}, {})").format(
+                sql.SQL("<" if backward else ">"), sql.Placeholder(prefix + "k_name"), sql.Placeholder(prefix + "k_id")
+            )
+        )
+    query = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY name {dir}, id {dir} LIMIT {limit}").format(
+        cols=sql.SQL("id" if ids_of else table.columns),
         table=sql.Identifier(table.name),
         where=sql.SQL(" AND ").join(conds) if conds else sql.SQL("true"),
         dir=sql.SQL("DESC" if backward else "ASC"),
+        limit=sql.Placeholder(prefix + "limit"),
     )
     # By the (name, id) index whatever the bounds, but for ILIKE's trigram search, whose plan
     # depends on the pattern.
     return query.as_bytes(None) if flt.name_contains else GenericPlan(query.as_bytes(None))
 
 
+IDS_OF = "ids_of_"  # the prefix of a page's placeholders as a subquery (page_statement's ids_of)
+
+
+def page_statement(
+    table: Table,
+    flt: CatalogFilter,
+    *,
+    after: Keyset | None,
+    backward: bool,
+    limit: int,
+    ids_of: bool = False,
+) -> tuple[bytes, dict[str, Any]]:
+    """A keyset page's statement by (name, id), in the scan's order, and its parameters;
+    `ids_of`: only the ids of its rows, with placeholders named apart (IDS_OF), for another
+    statement to read the same page as a subquery."""
+    prefix = IDS_OF if ids_of else ""
+    params: dict[str, Any] = {prefix + "limit": limit}
+    _where(table, flt, params, prefix)
+    if after is not None:
+        params[prefix + "k_name"], params[prefix + "k_id"] = after.value, after.id
+    shape = CatalogFilter(
+        name_contains="n" if flt.name_contains else None, key="k" if flt.key else None, negative_only=flt.negative_only
+    )
+    return _page_text(table, shape, after is not None, backward, ids_of), params
+
+
+def page_rows(rows: list[Any], *, backward: bool) -> list[Any]:
+    """A page's rows as read (`page_statement`) in ascending (name, id) order."""
+    if backward:
+        rows.reverse()
+    return rows
+
+
 async def page(
     conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, after: Keyset | None, backward: bool, limit: int
 ) -> list[Any]:
     """A keyset page by (name, id), ascending (re-reversed when `backward`)."""
-    params: dict[str, Any] = {"limit": limit}
-    _where(table, flt, params)
-    if after is not None:
-        params["k_name"], params["k_id"] = after.value, after.id
-    shape = CatalogFilter(
-        name_contains="n" if flt.name_contains else None, key="k" if flt.key else None, negative_only=flt.negative_only
-    )
+    query, params = page_statement(table, flt, after=after, backward=backward, limit=limit)
     cur: AsyncCursor[Any]
     async with conn.cursor(row_factory=class_row(table.row)) as cur:
-        await cur.execute(_page_text(table, shape, after is not None, backward), params)
-        rows: list[Any] = await cur.fetchall()
-    if backward:
-        rows.reverse()
-    return rows
+        await cur.execute(query, params)
+        return page_rows(await cur.fetchall(), backward=backward)
 
 
 async def count(conn: AsyncConnection[Any], table: Table, flt: CatalogFilter, *, cap: int) -> tuple[int, bool]:

@@ -20,7 +20,7 @@ from psycopg.errors import QueryCanceled
 from psycopg.rows import args_row
 
 from nexes.db.arrays import bigint_array, timestamptz_array
-from nexes.db.connect.session_tag import GenericPlan, together
+from nexes.db.connect.session_tag import GenericPlan, Statement, together
 from nexes.db.key_hints import ORDER_KEYS
 from nexes.db.keyset import Keyset
 from nexes.db.rendering import Spec, rendered_column
@@ -346,8 +346,10 @@ def page_sql_text(shape: PageShape) -> bytes:
 
 
 @lru_cache(maxsize=256)
-def customer_pages_sql_text(shape: PageShape) -> bytes:
-    """The same page for each of several customers (a LATERAL page per customer), composed once per shape."""
+def customer_pages_sql_text(shape: PageShape, customers: bytes | None = None) -> bytes:
+    """The same page for each of several customers (a LATERAL page per customer), composed
+    once per shape: the customers of %(customer_ids)s, or those `customers` selects (a
+    statement that gives their ids)."""
     stand_in, after = _stand_in(shape)
     inner = _page_sql(
         stand_in,
@@ -360,10 +362,16 @@ def customer_pages_sql_text(shape: PageShape) -> bytes:
     )
     if shape.packed is not None:
         inner = packed_sql(inner, shape.sort, backward=shape.backward, head=shape.packed)
-    query = sql.SQL(
-        "SELECT {batch}p.* FROM unnest(%(customer_ids)s::bigint[]) AS batch (cid) CROSS JOIN LATERAL ({inner}) AS p"
-    ).format(batch=sql.SQL("batch.cid, " if shape.packed is not None else ""), inner=inner)
-    return query.as_bytes(None) if shape.has_prefix else GenericPlan(query.as_bytes(None))
+    source = (
+        sql.SQL("unnest(%(customer_ids)s::bigint[])")
+        if customers is None
+        else sql.SQL("({})").format(sql.SQL(customers.decode()))
+    )
+    query = sql.SQL("SELECT {batch}p.* FROM {source} AS batch (cid) CROSS JOIN LATERAL ({inner}) AS p").format(
+        batch=sql.SQL("batch.cid, " if shape.packed is not None else ""), source=source, inner=inner
+    )
+    generic = not shape.has_prefix and (customers is None or isinstance(customers, GenericPlan))
+    return GenericPlan(query.as_bytes(None)) if generic else query.as_bytes(None)
 
 
 # Planning a query over every quarterly partition costs milliseconds (no prepared
@@ -486,7 +494,7 @@ async def _page(
 
 
 def _customer_pages(
-    customer_ids: Sequence[int],
+    customers: Sequence[int] | tuple[bytes, dict[str, Any]],
     flt: OrderFilter,
     sort: str,
     *,
@@ -497,13 +505,18 @@ def _customer_pages(
     render: Spec | None,
     packed: str | None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The statement and parameters of several customers' pages, row by row or packed."""
+    """The statement and parameters of several customers' pages, row by row or packed: the
+    customers of a list of ids, or of a statement that selects theirs (and its parameters)."""
     flt = replace(flt, customer_id=None)
     params = page_params(flt, after=after, limit=limit)
-    params["customer_ids"] = bigint_array(customer_ids)
     shape = PageShape.of(
         flt, sort, backward=backward, after=after, with_customer=with_customer, render=render, packed=packed
     )
+    if isinstance(customers, tuple):
+        ids_of, ids_params = customers
+        params.update(ids_params)
+        return customer_pages_sql_text(shape, ids_of), params
+    params["customer_ids"] = bigint_array(customers)
     return customer_pages_sql_text(shape), params
 
 
@@ -550,7 +563,7 @@ async def orders_pages_by_customer(
 
 async def orders_pages_packed_by_customer(
     conn: AsyncConnection[Any],
-    customer_ids: Sequence[int],
+    customers: Sequence[int] | tuple[bytes, dict[str, Any]],
     flt: OrderFilter,
     sort: str,
     *,
@@ -561,11 +574,18 @@ async def orders_pages_packed_by_customer(
     with_customer: bool,
     render: Spec,
     head: str,
+    alongside: Statement | None = None,
 ) -> dict[int, Packed] | None:
     """`orders_pages_by_customer` packed (packed_sql): one row per customer. None when
-    PostgreSQL left a row unrendered (rendering.printable): the caller reads row by row."""
+    PostgreSQL left a row unrendered (rendering.printable): the caller reads row by row.
+
+    `customers`: their ids, or a statement that selects their ids and its parameters (named
+    apart from a page's). `alongside`: a statement (its cursor, text and parameters) sent
+    first in the same round trip (together: one pipeline, one implicit transaction), whose
+    rows its cursor then holds. Each statement takes its own snapshot there (READ
+    COMMITTED): a customer written between the two may be in one and not the other."""
     query, params = _customer_pages(
-        customer_ids,
+        customers,
         flt,
         sort,
         backward=backward,
@@ -576,7 +596,11 @@ async def orders_pages_packed_by_customer(
         packed=head,
     )
     params["shown"] = shown
-    cur = await conn.execute(query, params)
+    if alongside is None:
+        cur = await conn.execute(query, params)
+    else:
+        cur = conn.cursor()
+        await together(conn, [alongside, (cur, query, params)])
     packed: dict[int, Packed] = {}
     for cid, rows, whole, edges in await cur.fetchall():
         if not whole:

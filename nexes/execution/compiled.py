@@ -122,6 +122,7 @@ class _Builder:
         self.counter = 0
         self.object_types: set[str] = set()
         self.batched = False  # some field is filled in by a batch (Slot)
+        self.slots: list[Slot] = []
 
     def name(self, prefix: str, value: Any = None) -> str:
         self.counter += 1
@@ -321,7 +322,9 @@ class _Builder:
             raise NotCompilable
         completer = self.function(field_def.type, field_details)
         self.batched = True
-        return self.name("slot", Slot(type_, field_def, definition, field_details, batch, completer))
+        slot = Slot(type_, field_def, definition, field_details, batch, completer)
+        self.slots.append(slot)
+        return self.name("slot", slot)
 
     def plain_field(self, type_: GraphQLObjectType, field_details: Any) -> tuple[str, GraphQLOutputType]:
         """The attribute behind an unguarded field Strawberry resolves with plain getattr,
@@ -353,6 +356,7 @@ class _Builder:
             # Whoever calls it sets namespace["PENDING"] first and reads the slots after
             # (nexes.execution.executor): no await comes between the two.
             setattr(completer, "namespace", self.namespace)  # noqa: B010
+            setattr(completer, "slots", tuple(self.slots))  # noqa: B010  # for a look ahead (executor.Ahead)
         return completer
 
 

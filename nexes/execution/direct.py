@@ -185,20 +185,10 @@ class DirectPlan:
             _HELPERS,
         )
         assert field.resolve is not None
-        try:
-            args = get_argument_values(field.field_def, field.nodes[0], coerced) if field.has_args else {}
-            value = field.resolve(None, info, **args)
-            if optimized_is_awaitable(value):
-                value = await signal.bound(value)
-        except Exception as raw_error:
-            return None, located_error(raw_error, field.nodes, field.path.as_list())
-        try:
-            if field.by_type is not None:
-                return self._abstract(field, value, info), None
-            assert field.completer is not None
-            if not field.batched:
-                return field.completer(value), None
-            # Batches need an executor (its _fill and _batch): built for this request only.
+        built = None
+        if field.batched:
+            # Batches need an executor (its _fill and _batch): built for this request only,
+            # before the resolver, which may look ahead at them (FastExecutor.look_ahead).
             built = self.executor.build(
                 self.schema,
                 self.document,
@@ -211,6 +201,20 @@ class DirectPlan:
             )
             if isinstance(built, list):
                 raise Fallback
+            cast(FastExecutor, built).look_ahead(context, field.key, field.completer)
+        try:
+            args = get_argument_values(field.field_def, field.nodes[0], coerced) if field.has_args else {}
+            value = field.resolve(None, info, **args)
+            if optimized_is_awaitable(value):
+                value = await signal.bound(value)
+        except Exception as raw_error:
+            return None, located_error(raw_error, field.nodes, field.path.as_list())
+        try:
+            if field.by_type is not None:
+                return self._abstract(field, value, info), None
+            assert field.completer is not None
+            if built is None:
+                return field.completer(value), None
             completed = cast(FastExecutor, built)._run(field.completer, value, _refuse)
             return (await completed if _IS_AWAITABLE(completed) else completed), None
         except Exception:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, is_leaf_type
+from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, OperationType, get_named_type, is_leaf_type
 from graphql.execution.executor import gather_with_cancel  # type: ignore[attr-defined]
 from graphql.execution.values import get_argument_values
 from graphql.pyutils import Path, Undefined
@@ -243,6 +243,16 @@ class FastExecutor(HookedExecutor):
     def _batch(self, slot: Slot, sources: list[Any]) -> Awaitable[list[Any]]:
         """The slot's batch with the field's arguments, converted as Strawberry converts a
         resolver's: once for the whole list."""
+        info, arguments = self.slot_call(slot)
+        return slot.batch(sources, info, **arguments)
+
+    def slot_call(self, slot: Slot) -> tuple[Any, dict[str, Any]]:
+        """The slot's field's info and arguments (Strawberry's), made once per execution: a
+        look ahead (`Ahead`) may ask for them before the batch runs."""
+        memo: dict[int, tuple[Slot, Any, dict[str, Any]]] = self.__dict__.setdefault("_nexes_slot_calls", {})
+        made = memo.get(id(slot))
+        if made is not None and made[0] is slot:
+            return made[1], made[2]
         details = slot.field_details
         node = details[0].node
         raw = get_argument_values(slot.field_def, node, self.variable_values, details[0].fragment_variable_values)
@@ -257,7 +267,34 @@ class FastExecutor(HookedExecutor):
             config=strawberry_schema.config,
             info=info,
         )
-        return slot.batch(sources, info, **arguments)
+        memo[id(slot)] = (slot, info, arguments)
+        return info, arguments
+
+    def look_ahead(self, context: Any, key: str, completer: Completer | None) -> None:
+        """Tell the resolver of root field `key` the batches its value's completion will run
+        (context.ahead, by response name), before it runs: so that it may read their data in
+        its own round trip (Query.customers with its customers' orders)."""
+        slots = getattr(completer, "slots", None)
+        if slots and hasattr(context, "ahead"):
+            if context.ahead is None:
+                context.ahead = {}
+            context.ahead[key] = Ahead(self, slots)
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        if path.prev is None and self.operation.operation is OperationType.QUERY:
+            # A root field: its resolver may look ahead at the batches below it (look_ahead).
+            field_def = parent_type.fields.get(field_details_list[0].node.name.value)
+            if field_def is not None and isinstance(get_named_type(field_def.type), GraphQLObjectType):
+                completer = self._completer(field_def.type, field_details_list)
+                self.look_ahead(self.context_value, str(path.key), completer)
+        return super().execute_field(parent_type, source, field_details_list, path, position_context)
 
     def _completer(self, return_type: GraphQLOutputType, field_details_list: Any) -> Completer | None:
         """The compiled completer for this field's selection (memoized per execution too:
@@ -410,6 +447,34 @@ class FastExecutor(HookedExecutor):
                 return None
 
         return await_completed()
+
+
+class Ahead:
+    """The batches (compiled.Slot) one root field's completion will run, for its resolver
+    to look ahead at (nexes.resolvers.context.batch_ahead): the info and arguments of a
+    batch's field as the batch itself will get them.
+
+    It never changes what the batch does: a resolver that reads a batch's data early hands
+    it over keyed by exactly what was read (the batch's own page spec and ids), and the
+    batch reads for itself whatever does not match."""
+
+    __slots__ = ("_executor", "_slots")
+
+    def __init__(self, executor: FastExecutor, slots: tuple[Slot, ...]) -> None:
+        self._executor = executor
+        self._slots = slots
+
+    def call(self, batch: Callable[..., Any]) -> tuple[Any, dict[str, Any]] | None:
+        """(info, arguments) of the one field below that `batch` fills; None when none does,
+        more than one does (which would the resolver read for?), or its arguments do not
+        convert (the batch reports that itself)."""
+        found = [slot for slot in self._slots if slot.batch is batch]
+        if len(found) != 1:
+            return None
+        try:
+            return self._executor.slot_call(found[0])
+        except Exception:
+            return None
 
 
 def _read(leaf: Leaf, source: Any) -> Any:

@@ -6,14 +6,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import strawberry
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import class_row
 
 from nexes.db import catalog
 from nexes.db.catalog import CatalogFilter, StockItemRow, Table
 from nexes.errors import bad_input
+from nexes.resolvers import orders
 from nexes.resolvers.context import Info
 from nexes.resolvers.ids import global_id
-from nexes.resolvers.orders import to_customer
+from nexes.resolvers.orders import PageSpec, to_customer
 from nexes.resolvers.pagination import PageArgs, build_page, page_request
 from nexes.resolvers.selection import selected_paths
 from nexes.schema.connections import Edge, PageInfo
@@ -44,14 +46,28 @@ async def _connection(
     flt: CatalogFilter,
     page: PageArgs,
     node: Callable[[Any], Any],
+    *,
+    with_orders: PageSpec | None = None,
 ) -> tuple[list[Edge[Any]], PageInfo, Callable[[], Any]]:
+    """A page of `table`; `with_orders` (customers): each shown customer's page of orders of
+    that spec, read in the same round trip and handed to Customer.serviceOrders' batch."""
     ctx = info.context
     request = page_request(page, max_size=ctx.settings.max_page_size)
     order = f"{table.name.upper()}_NAME"
     keyset = ctx.cursors.decode(request.cursor, order, str) if request.cursor is not None else None
 
     async def work(conn: AsyncConnection[Any]) -> list[Any]:
-        return await catalog.page(conn, table, flt, after=keyset, backward=request.backward, limit=request.limit + 1)
+        backward = request.backward
+        if with_orders is None:
+            return await catalog.page(conn, table, flt, after=keyset, backward=backward, limit=request.limit + 1)
+        # The shown customers' ids (not the extra row's) select the pages, in the same statement.
+        statement = catalog.page_statement(table, flt, after=keyset, backward=backward, limit=request.limit + 1)
+        ids_of = catalog.page_statement(table, flt, after=keyset, backward=backward, limit=request.limit, ids_of=True)
+        cursor: AsyncCursor[Any] = conn.cursor(row_factory=class_row(table.row))
+        pages = await orders.packed_pages(conn, with_orders, ids_of, alongside=(cursor, *statement))
+        if pages is not None:
+            orders.read_ahead(info, with_orders, pages)
+        return catalog.page_rows(await cursor.fetchall(), backward=request.backward)
 
     rows = await ctx.router.read(work) if request.limit else []
     paths = selected_paths(info)  # a cursor is an HMAC: signed only when asked for
@@ -73,7 +89,8 @@ async def _connection(
 async def customers(info: Info, page: PageArgs, filter: CustomerFilter | None) -> CustomerConnection:
     flt = filter or CustomerFilter()
     spec = CatalogFilter(_text(flt.name_contains, "filter.nameContains"), _text(flt.code, "filter.code"))
-    edges, page_info, counter = await _connection(info, catalog.CUSTOMERS, spec, page, to_customer)
+    ahead = orders.customer_pages_ahead(info)
+    edges, page_info, counter = await _connection(info, catalog.CUSTOMERS, spec, page, to_customer, with_orders=ahead)
     return CustomerConnection(edges=edges, page_info=page_info, _counter=counter)
 
 

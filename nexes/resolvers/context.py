@@ -29,6 +29,12 @@ class Context:
     cost: Any = None
     # The operation being run (graphql's OperationDefinitionNode), once the pipeline chose it.
     operation: Any = None
+    # What each root field's completion will batch (nexes.execution.executor.Ahead), by the
+    # field's response name, set by the executor before its resolver runs (`batch_ahead`).
+    ahead: dict[str, Any] | None = None
+    # Data a resolver read ahead for a batch below it, by what was read (a page spec): the
+    # batch takes it when it reads exactly that (nexes.resolvers.orders.customers_connections).
+    prefetched: dict[Any, Any] | None = None
 
     @cached_property
     def loaders(self) -> Loaders:
@@ -37,3 +43,14 @@ class Context:
 
 
 Info = strawberry.Info[Context, Any]
+
+
+def batch_ahead(info: Info, batch: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The info and arguments the field that `batch` fills below this root field's value will
+    get (nexes.execution.compiled.Slot), before this resolver returns; None when the
+    executor cannot tell (not a root field, no such field, or more than one)."""
+    ahead = info.context.ahead
+    if ahead is None:
+        return None
+    found = ahead.get(str(info.path.key))
+    return None if found is None else found.call(batch)

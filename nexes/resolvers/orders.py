@@ -17,11 +17,12 @@ from nexes import rules
 from nexes.db import catalog
 from nexes.db import orders as orders_db
 from nexes.db.catalog import CustomerRow
+from nexes.db.connect.session_tag import Statement
 from nexes.db.keyset import Keyset
 from nexes.db.orders import LineRow, OrderFilter, OrderRow
 from nexes.db.rendering import Spec
-from nexes.errors import bad_input
-from nexes.resolvers.context import Context, Info
+from nexes.errors import NexesError, bad_input
+from nexes.resolvers.context import Context, Info, batch_ahead
 from nexes.resolvers.ids import global_id, parse_global_id
 from nexes.resolvers.pagination import PageArgs, PageRequest, build_page, page_info, page_request
 from nexes.resolvers.selection import edges_render_spec, node_render_spec, selected_paths
@@ -36,6 +37,7 @@ from nexes.schema.types import (
     ServiceOrderLine,
     ServiceOrderOrder,
     StockItem,
+    orders_of_customers,
 )
 
 # The Python type of each sort column's value, for decoding cursors.
@@ -321,25 +323,39 @@ async def with_nodes(conn: AsyncConnection[Any], rows: list[OrderRow], spec: Pag
     return list(zip(rows, nodes, strict=True))
 
 
+async def packed_pages(
+    conn: AsyncConnection[Any],
+    spec: PageSpec,
+    customers: Sequence[int] | tuple[bytes, dict[str, Any]],
+    alongside: Statement | None = None,
+) -> dict[int, orders_db.Packed] | None:
+    """The packed page of `spec` (its `packed` and `render` set) of each customer, by id: of
+    these ids, or of those a statement selects, sent after `alongside` in one round trip
+    (nexes.db.orders.orders_pages_packed_by_customer). None: read them row by row."""
+    assert spec.packed is not None and spec.render is not None
+    return await orders_db.orders_pages_packed_by_customer(
+        conn,
+        customers,
+        spec.flt,
+        spec.sort,
+        backward=spec.backward,
+        after=spec.after,
+        limit=spec.limit,
+        shown=spec.shown,
+        with_customer=spec.want_customer,
+        render=spec.render,
+        head=spec.packed,
+        alongside=alongside,
+    )
+
+
 async def fetch_customers_pages(
     conn: AsyncConnection[Any], spec: PageSpec, customer_ids: Sequence[int]
 ) -> list[Keyed | orders_db.Packed]:
     """The page of each customer, for Customer.serviceOrders under a list of customers:
     one statement for all the pages, one for all their lines."""
     if spec.packed is not None and spec.render is not None:
-        packed = await orders_db.orders_pages_packed_by_customer(
-            conn,
-            customer_ids,
-            spec.flt,
-            spec.sort,
-            backward=spec.backward,
-            after=spec.after,
-            limit=spec.limit,
-            shown=spec.shown,
-            with_customer=spec.want_customer,
-            render=spec.render,
-            head=spec.packed,
-        )
+        packed = await packed_pages(conn, spec, customer_ids)
         if packed is not None:
             return [packed[cid] for cid in customer_ids]
     grouped = await orders_db.orders_pages_by_customer(
@@ -369,28 +385,30 @@ async def connection(
     return page.connection(keyed, flt)
 
 
-async def customers_connections(
-    info: Info, flt: OrderFilter, order: ServiceOrderOrder | None, request: PageRequest, customer_ids: Sequence[int]
-) -> list[ServiceOrderConnection]:
+async def customers_connections(info: Info, page: _Page, customer_ids: Sequence[int]) -> list[ServiceOrderConnection]:
     """The same page for each customer, in one statement. A whole list of customers (the
     compiled executor's batch) is read at once; one customer at a time goes through a loader
     per page shape, so customers resolved apart (under another connection, one by one) still
-    load together."""
-    page = _Page.of(info, flt, order, request)
+    load together. Pages the customers' own resolver read ahead for exactly these customers
+    (`customer_pages_ahead`) are taken as they are."""
     keyeds: Sequence[Keyed | orders_db.Packed]
-    if not request.limit:
+    ctx = info.context
+    prefetched = None if ctx.prefetched is None else ctx.prefetched.pop(page.spec, None)
+    if not page.request.limit:
         keyeds = [[] for _ in customer_ids]
+    elif prefetched is not None and prefetched.keys() == set(customer_ids):
+        keyeds = [prefetched[cid] for cid in customer_ids]
     elif len(customer_ids) > 1:
         # The DataLoader's futures, gather and callbacks cost 10% of a page of 20 customers'
         # orders, to batch what is batched already. Its one other service, reading a repeated
         # customer once, is done here: a customer repeats when it is each order's customer.
         unique = list(dict.fromkeys(customer_ids))
-        read = await info.context.router.read(lambda conn: fetch_customers_pages(conn, page.spec, unique))
+        read = await ctx.router.read(lambda conn: fetch_customers_pages(conn, page.spec, unique))
         by_customer = dict(zip(unique, read, strict=True))
         keyeds = [by_customer[cid] for cid in customer_ids]
     else:
-        keyeds = await info.context.loaders.of(fetch_customers_pages, page.spec).load_many(customer_ids)
-    return [page.connection(keyed, flt, customer_id=cid) for keyed, cid in zip(keyeds, customer_ids, strict=True)]
+        keyeds = await ctx.loaders.of(fetch_customers_pages, page.spec).load_many(customer_ids)
+    return [page.connection(keyed, page.flt, customer_id=cid) for keyed, cid in zip(keyeds, customer_ids, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +416,7 @@ class _Page:
     """What a page's arguments and selection decide, once for all its customers."""
 
     ctx: Any
+    flt: OrderFilter
     request: PageRequest
     sort: str
     field: str
@@ -435,7 +454,7 @@ class _Page:
         # Whole edges select no edge cursor; with no page cursor either, no row's keys are needed.
         packed = edge_head(edges_spec) if edges_spec is not None and not page_cursors else None
         spec = replace(spec, whole_edges=edges_spec is not None, packed=packed)
-        return cls(ctx, request, sort, field, spec, "edges.cursor" in paths, page_cursors, edges_spec)
+        return cls(ctx, flt, request, sort, field, spec, "edges.cursor" in paths, page_cursors, edges_spec)
 
     def connection(
         self, keyed: Keyed | orders_db.Packed, flt: OrderFilter, customer_id: int | None = None
@@ -518,10 +537,53 @@ async def customer_orders(
     """Customer.serviceOrders of these customers (every Customer built here carries it, its
     `orders_of`): one customer from its resolver, a whole list from the compiled executor's
     batch (nexes.execution.compiled)."""
+    page = _customers_page(info, first=first, after=after, last=last, before=before, filter=filter, order_by=order_by)
+    return await customers_connections(info, page, customer_ids)
+
+
+def _customers_page(
+    info: Info,
+    *,
+    first: int | None,
+    after: str | None,
+    last: int | None,
+    before: str | None,
+    filter: ServiceOrderFilter | None,
+    order_by: ServiceOrderOrder | None,
+) -> _Page:
+    """Customer.serviceOrders' page, whatever the customer, its arguments checked."""
     if filter is not None and filter.customer_id is not None:
         raise bad_input("Customer.serviceOrders is already filtered by its customer", field="filter.customerId")
     request = page_request(PageArgs(first, after, last, before), max_size=info.context.settings.max_page_size)
-    return await customers_connections(info, order_filter(filter), order_by, request, customer_ids)
+    return _Page.of(info, order_filter(filter), order_by, request)
+
+
+def customer_pages_ahead(info: Info) -> PageSpec | None:
+    """For Query.customers: the page spec of Customer.serviceOrders below it (edges.node, the
+    executor's look ahead), when those pages can be read in the customers' own round trip
+    (nexes.db.orders.customer_page_and_orders_packed): packed, as the SPA's list of customers
+    with their newest orders selects them. None otherwise, or when the field's arguments are
+    wrong: its batch then reports that itself, at its own path."""
+    call = batch_ahead(info, orders_of_customers)
+    if call is None:
+        return None
+    slot_info, arguments = call
+    try:
+        page = _customers_page(slot_info, **arguments)
+    except NexesError:
+        return None
+    spec = page.spec
+    if not page.request.limit or spec.packed is None or spec.render is None:
+        return None
+    return spec
+
+
+def read_ahead(info: Info, spec: PageSpec, pages: dict[int, orders_db.Packed]) -> None:
+    """Hand the customers' pages of `spec`, read ahead, to their batch (`customers_connections`)."""
+    ctx = info.context
+    if ctx.prefetched is None:
+        ctx.prefetched = {}
+    ctx.prefetched[spec] = pages
 
 
 async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:
