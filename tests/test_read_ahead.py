@@ -51,9 +51,19 @@ AHEAD = [
 # (document, variables, reads): what the look ahead leaves to the batch, with the reads it takes.
 NOT_AHEAD = [
     # lines: pages read row by row (with their lines, in the batch's one read): not packed
-    ("{ customers(first: 3) { edges { node { code serviceOrders(first: 2) { edges { node { lines { lineNo } } } } } } } }", None, 2),  # noqa: E501
+    (
+        "{ customers(first: 3) { edges { node { code serviceOrders(first: 2) "
+        "{ edges { node { lines { lineNo } } } } } } } }",
+        None,
+        2,
+    ),
     # edge cursors: not a packed page
-    ("{ customers(first: 3) { edges { node { code serviceOrders(first: 2) { edges { cursor node { sodNumber } } } } } } }", None, 2),  # noqa: E501
+    (
+        "{ customers(first: 3) { edges { node { code serviceOrders(first: 2) "
+        "{ edges { cursor node { sodNumber } } } } } } }",
+        None,
+        2,
+    ),
     # two batches below the customers: which would it read for?
     (
         "{ customers(first: 3) { edges { node { a: serviceOrders(first: 2) { edges { node { sodNumber } } } "
@@ -62,11 +72,15 @@ NOT_AHEAD = [
         3,
     ),
     # no orders asked for
-    ("{ customers(first: 3) { edges { node { code serviceOrders(first: 0) { edges { node { sodNumber } } } } } } }", None, 1),  # noqa: E501
+    (
+        "{ customers(first: 3) { edges { node { code serviceOrders(first: 0) { edges { node { sodNumber } } } } } } }",
+        None,
+        1,
+    ),
     # the orders' arguments are wrong: the batch reports it, at each customer's field (the
     # direct path's batch fails, and the stock path runs the operation again: the customers twice)
     (
-        "{ customers(first: 2) { edges { node { code serviceOrders(first: 2, after: \"not-a-cursor\") "
+        '{ customers(first: 2) { edges { node { code serviceOrders(first: 2, after: "not-a-cursor") '
         "{ edges { node { sodNumber } } } } } } }",
         None,
         2,
@@ -94,7 +108,9 @@ class Runs:
     reads: int  # the app's reads of the database
 
 
-async def _run(seeded: Settings, document: str, variables: dict[str, Any] | None, context_class: type = Context) -> Runs:
+async def _run(
+    seeded: Settings, document: str, variables: dict[str, Any] | None, context_class: type = Context
+) -> Runs:
     async with client_for(seeded) as client:
         state = client.app.state  # type: ignore[attr-defined]
 
