@@ -40,6 +40,12 @@ AHEAD = [
         "totalAmount } } pageInfo { hasNextPage } } } } } }",
         None,
     ),
+    # a root fragment: graphql-core's own executor runs it (nexes.execution.direct), and looks ahead too
+    (
+        "{ ...Q } fragment Q on Query { customers(first: 3) { edges { node { code serviceOrders(first: 2) "
+        "{ edges { node { sodNumber } } } } } } }",
+        None,
+    ),
     # the orders' customer, rendered inside each page
     (
         "{ customers(first: 3) { edges { node { code serviceOrders(first: 2) { edges { node { sodNumber "
