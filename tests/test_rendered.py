@@ -343,15 +343,19 @@ async def test_a_packed_page_with_an_unrendered_row_is_read_row_by_row(
 
     asked: list[str] = []
 
-    async def unrendered(*args: Any, **kwargs: Any) -> None:
+    async def unrendered(conn: Any, *args: Any, alongside: Any = None, **kwargs: Any) -> None:
         asked.append(kwargs["head"])
+        if alongside is not None:  # the customers' own page, read with theirs (resolvers.catalog): run for real
+            cursor, query, params = alongside
+            await cursor.execute(query, params)
 
     monkeypatch.setattr(orders_db, "orders_page_packed", unrendered)
     monkeypatch.setattr(orders_db, "orders_pages_packed_by_customer", unrendered)
     for document in (DOCUMENTS[0], DOCUMENTS[2]):
         got = await answers(rendered_db, document)
         assert got[True] == got[False] and got[True][0] == 200
-    assert asked == ['{"node":', '{"node":']
+    # the customers' pages: asked for with the customers' page (read ahead), then by their batch
+    assert asked == ['{"node":', '{"node":', '{"node":']
 
 
 def test_packed_sql_leaves_out_the_extra_row_and_reports_an_unrendered_one(rendered_db: Settings) -> None:
@@ -378,3 +382,31 @@ def test_packed_sql_leaves_out_the_extra_row_and_reports_an_unrendered_one(rende
         # no extra row read: every row read is shown
         assert packed(False, 2, extra=False) == (2, True, '{"x":{"n":4}},{"x":{"n":3}}')
         assert packed(True, 2, extra=False) == (2, True, '{"x":{"n":2}},{"x":{"n":1}}')
+
+
+@pytest.mark.parametrize("type_name", ["ServiceOrder", "Customer", "StockItem", "ServiceOrderLine"])
+def test_global_ids_printed_by_postgresql_are_pythons(rendered_db: Settings, type_name: str) -> None:
+    """base64url of "Type:key" as PostgreSQL prints it (translate() left out where base64 of
+    the key's characters can hold no '+' or '/'), for every length of key and both signs."""
+    from nexes.db.rendering import _global_id
+
+    keys = [0, 7, 42, 999, 2**31, 2**63 - 1, -1, -(2**63), *range(10**5, 10**5 + 700, 7)]
+    constant, *rest = _global_id(type_name, sql.SQL("k"))
+    query = sql.SQL("SELECT k, {} FROM unnest(%s::bigint[]) AS k").format(
+        sql.SQL(" || ").join(
+            [sql.Literal(constant), *(r if isinstance(r, sql.Composable) else sql.Literal(r) for r in rest)]
+        )
+    )
+    with psycopg.connect(rendered_db.admin_url) as conn:
+        rows = conn.execute(query, [keys]).fetchall()
+    assert [text for _, text in rows] == [global_id(type_name, key) for key, _ in rows]
+    assert len(rows) == len(keys)
+
+
+def test_translate_is_left_out_only_where_base64_cannot_hold_plus_or_slash() -> None:
+    from nexes.db.rendering import _plain_base64
+
+    assert _plain_base64(b":-0123456789")
+    assert _plain_base64(b"e:-0123456789")
+    assert not _plain_base64(b"?>")  # b"?>?" is "Pz4/"
+    assert not _plain_base64(b"\xfb")  # b"\xfb\xfb\xfb" is "+/v7"

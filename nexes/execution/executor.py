@@ -14,8 +14,10 @@ serialize, so that nulls and errors (non-null propagation, messages, paths) are 
 the stock executor's. The one field with a resolver it takes off graphql-core's hands is a
 field with a batch under a compiled list (Customer.serviceOrders under a page of
 customers: compiled.Slot, `_fill`), resolved once for the whole list; should the batch
-fail, the list is completed again the stock way. Tests compare the two on the same
-documents. It relies on
+fail, the list is completed again the stock way. Before a root field's resolver runs, the
+executor tells it which batches its value's completion will run (`Ahead`, in the context):
+Query.customers so reads its customers' pages of orders in its own round trip (issue 21).
+Tests compare the two on the same documents. It relies on
 graphql-core internals (`execute_fields`, `execute_field`), so graphql-core and
 strawberry are pinned.
 """
