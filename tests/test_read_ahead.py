@@ -171,7 +171,9 @@ class _Missing(dict[Any, Any]):
     the real database gives only by a race, simulated on our own object."""
 
     def __setitem__(self, key: Any, pages: Any) -> None:
-        super().__setitem__(key, dict(list(pages.items())[1:]))
+        spec, _ = key
+        pages = dict(list(pages.items())[1:])
+        super().__setitem__((spec, frozenset(pages)), pages)
 
 
 class _RacedContext(Context):
@@ -187,6 +189,22 @@ async def test_pages_read_ahead_for_other_customers_than_those_shown_are_read_ag
     assert runs.got.errors is None
     assert plain(runs.got.data) == runs.expected.data
     assert runs.reads == 2  # the customers with their pages, then the batch's own read
+
+
+async def test_two_pages_of_customers_each_take_their_own_orders_read_ahead(seeded: Settings) -> None:
+    """The same orders' page below two root fields, over customers that overlap: each root's
+    read carries its own customers' pages, and each batch takes its own."""
+    orders = "serviceOrders(first: 3) { edges { node { sodNumber createdAt } } }"
+    document = (
+        f"{{ a: customers(first: 2) {{ edges {{ node {{ code {orders} }} }} }} "
+        f"b: customers(first: 4) {{ edges {{ node {{ code {orders} }} }} }} }}"
+    )
+    runs = await _run(seeded, document, None)
+    assert runs.expected.errors is None and runs.got.errors is None
+    assert plain(runs.got.data) == runs.expected.data
+    assert runs.reads == 2
+    a, b = runs.expected.data["a"]["edges"], runs.expected.data["b"]["edges"]
+    assert a == b[:2] and any(edge["node"]["serviceOrders"]["edges"] for edge in a)
 
 
 async def test_customers_with_their_orders_over_http_take_one_round_trip(seeded: Settings) -> None:

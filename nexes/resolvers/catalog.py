@@ -67,7 +67,7 @@ async def _connection(
         pages = await orders.packed_pages(conn, with_orders, ids_of, alongside=(cursor, *statement))
         if pages is not None:
             orders.read_ahead(info, with_orders, pages)
-        return catalog.page_rows(await cursor.fetchall(), backward=request.backward)
+        return catalog.page_rows(await cursor.fetchall(), backward=backward)
 
     rows = await ctx.router.read(work) if request.limit else []
     paths = selected_paths(info)  # a cursor is an HMAC: signed only when asked for

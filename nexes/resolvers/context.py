@@ -32,8 +32,9 @@ class Context:
     # What each root field's completion will batch (nexes.execution.executor.Ahead), by the
     # field's response name, set by the executor before its resolver runs (`batch_ahead`).
     ahead: dict[str, Any] | None = None
-    # Data a resolver read ahead for a batch below it, by what was read (a page spec): the
-    # batch takes it when it reads exactly that (nexes.resolvers.orders.customers_connections).
+    # Data a resolver read ahead for a batch below it, by what was read (a page spec and the
+    # customers' ids): the batch takes it when it reads exactly that
+    # (nexes.resolvers.orders.customers_connections).
     prefetched: dict[Any, Any] | None = None
 
     @cached_property

@@ -393,10 +393,10 @@ async def customers_connections(info: Info, page: _Page, customer_ids: Sequence[
     (`customer_pages_ahead`) are taken as they are."""
     keyeds: Sequence[Keyed | orders_db.Packed]
     ctx = info.context
-    prefetched = None if ctx.prefetched is None else ctx.prefetched.pop(page.spec, None)
+    prefetched = None if ctx.prefetched is None else ctx.prefetched.pop((page.spec, frozenset(customer_ids)), None)
     if not page.request.limit:
         keyeds = [[] for _ in customer_ids]
-    elif prefetched is not None and prefetched.keys() == set(customer_ids):
+    elif prefetched is not None:
         keyeds = [prefetched[cid] for cid in customer_ids]
     elif len(customer_ids) > 1:
         # The DataLoader's futures, gather and callbacks cost 10% of a page of 20 customers'
@@ -579,11 +579,12 @@ def customer_pages_ahead(info: Info) -> PageSpec | None:
 
 
 def read_ahead(info: Info, spec: PageSpec, pages: dict[int, orders_db.Packed]) -> None:
-    """Hand the customers' pages of `spec`, read ahead, to their batch (`customers_connections`)."""
+    """Hand the customers' pages of `spec`, read ahead, to their batch (`customers_connections`),
+    which takes them when it reads that very spec for exactly these customers."""
     ctx = info.context
     if ctx.prefetched is None:
         ctx.prefetched = {}
-    ctx.prefetched[spec] = pages
+    ctx.prefetched[spec, frozenset(pages)] = pages
 
 
 async def service_order(info: Info, sod_number: str) -> ServiceOrder | None:
