@@ -89,9 +89,9 @@ def _global_id(type_name: str, key: sql.Composable) -> list[str | sql.Composable
 
 def _plain_base64(alphabet: bytes) -> bool:
     """Whether base64 of any text made of these bytes has no '+' or '/' (so base64url is the
-    same text, and translate() can be left out: 4% of a page's statement under load). Every
-    output character comes from one group of three input bytes, so checking every group
-    of three of them checks every text."""
+    same text, and translate() can be left out: 1-4% of read 5's pages statement under
+    pgbench, bench/README.md). Every output character comes from one group of three input
+    bytes, so checking every group of three of them checks every text."""
     return not any(
         c in b"+/" for group in itertools.product(alphabet, repeat=3) for c in base64.b64encode(bytes(group))
     )
@@ -105,8 +105,9 @@ def _timestamp(column: sql.Composable) -> sql.Composed:
 # infinite) fails in psycopg, and an offset with seconds (local mean time before 1900 in
 # some zones) has isoformat print its seconds. Such a row is not rendered: its order takes
 # the ordinary path, which answers as it always did.
-# date_part, not extract: extract's numeric result made this check 7% of a page's statement
-# under load; date_part's float8 holds the offset's seconds exactly.
+# date_part, not extract: with extract's numeric result the statement of read 5's pages
+# served 6-10% fewer per second (pgbench, bench/README.md); date_part's float8 holds the
+# offset's seconds exactly.
 def printable(column: sql.Composable) -> sql.Composed:
     return sql.SQL(
         "{c} >= '0001-01-02 00:00:00+00' AND {c} < '9999-12-30 00:00:00+00' "
