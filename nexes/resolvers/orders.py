@@ -274,36 +274,30 @@ class PageSpec:
     # edges' head this (rendered.edge_head).
     packed: str | None = None
 
+    def rows(self) -> dict[str, Any]:
+        """The keywords of orders_db's page functions that read this page's rows."""
+        return {
+            "backward": self.backward,
+            "after": self.after,
+            "limit": self.limit,
+            "with_customer": self.want_customer,
+            "render": self.render,
+        }
+
+    def packed_rows(self) -> dict[str, Any]:
+        """`rows()` and the packed page's own (orders_db.packed_sql): its size and edges' head."""
+        return {**self.rows(), "shown": self.shown, "head": self.packed}
+
 
 Keyed = list[tuple[OrderRow, ServiceOrder | None]]  # None: see with_nodes
 
 
 async def fetch_page(conn: AsyncConnection[Any], spec: PageSpec) -> Keyed | orders_db.Packed:
     if spec.packed is not None and spec.render is not None:
-        packed = await orders_db.orders_page_packed(
-            conn,
-            spec.flt,
-            spec.sort,
-            backward=spec.backward,
-            after=spec.after,
-            limit=spec.limit,
-            shown=spec.shown,
-            with_customer=spec.want_customer,
-            render=spec.render,
-            head=spec.packed,
-        )
+        packed = await orders_db.orders_page_packed(conn, spec.flt, spec.sort, **spec.packed_rows())
         if packed is not None:
             return packed
-    rows = await orders_db.orders_page(
-        conn,
-        spec.flt,
-        spec.sort,
-        backward=spec.backward,
-        after=spec.after,
-        limit=spec.limit,
-        with_customer=spec.want_customer,
-        render=spec.render,
-    )
+    rows = await orders_db.orders_page(conn, spec.flt, spec.sort, **spec.rows())
     return await with_nodes(conn, rows, spec)
 
 
@@ -334,18 +328,7 @@ async def packed_pages(
     (nexes.db.orders.orders_pages_packed_by_customer). None: read them row by row."""
     assert spec.packed is not None and spec.render is not None
     return await orders_db.orders_pages_packed_by_customer(
-        conn,
-        customers,
-        spec.flt,
-        spec.sort,
-        backward=spec.backward,
-        after=spec.after,
-        limit=spec.limit,
-        shown=spec.shown,
-        with_customer=spec.want_customer,
-        render=spec.render,
-        head=spec.packed,
-        alongside=alongside,
+        conn, customers, spec.flt, spec.sort, **spec.packed_rows(), alongside=alongside
     )
 
 
@@ -358,17 +341,7 @@ async def fetch_customers_pages(
         packed = await packed_pages(conn, spec, customer_ids)
         if packed is not None:
             return [packed[cid] for cid in customer_ids]
-    grouped = await orders_db.orders_pages_by_customer(
-        conn,
-        customer_ids,
-        spec.flt,
-        spec.sort,
-        backward=spec.backward,
-        after=spec.after,
-        limit=spec.limit,
-        with_customer=spec.want_customer,
-        render=spec.render,
-    )
+    grouped = await orders_db.orders_pages_by_customer(conn, customer_ids, spec.flt, spec.sort, **spec.rows())
     keyed = await with_nodes(conn, [row for group in grouped.values() for row in group], spec)
     by_id = {row.id: node for row, node in keyed}
     return [[(row, by_id[row.id]) for row in grouped[cid]] for cid in customer_ids]
