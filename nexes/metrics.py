@@ -95,6 +95,10 @@ PARTITION_HORIZON = Gauge(
     "(CREATED_AT_OUT_OF_RANGE) until the partitions job runs.",
     multiprocess_mode="mostrecent",
 )
+SHARED_READS = Counter(
+    "nexes_db_reads_shared",
+    "Reads answered by the same read already in flight in this process (single flight), not run again.",
+)
 STATEMENT_TIMEOUTS = Counter(
     "nexes_db_statement_timeouts",
     "API statements cancelled by their statement timeout (answered TIMEOUT).",

@@ -182,6 +182,9 @@ class Settings:
     # Issue 21: pages of orders whose selection is plain columns have PostgreSQL build each
     # order's JSON (nexes.schema.rendered); off: Python builds every answer, as before.
     render_sql: bool = True
+    # Issue 21: a read the same as one already in flight takes its answer (single flight,
+    # nexes.db.connect.router.Router._shared); off: every request runs its own statements.
+    share_reads: bool = True
     # GraphiQL (nexes.http.graphiql) in production: off by default; development always has it.
     graphiql: bool = False
     # The reference SPA's built files (examples/spa/dist), served at /app in development only.
@@ -353,6 +356,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             monitor_connection_limit=max(1, int(_positive(config, "NEXES_MONITOR_CONNECTION_LIMIT", 5, int))),
             prepare=_on_off(config, "NEXES_PREPARE"),
             render_sql=_on_off(config, "NEXES_RENDER_SQL", default=True),
+            share_reads=_on_off(config, "NEXES_SHARE_READS", default=True),
             sql_tag=_sql_tag(config),
             graphiql=_on_off(config, "NEXES_GRAPHIQL"),
             spa_dir=config("NEXES_SPA_DIR", default=""),

@@ -348,7 +348,9 @@ def create_app(settings: Settings, hooks: Hooks = DEFAULT_HOOKS) -> Starlette:
     app.state.settings = settings
     app.state.pools = pools
     app.state.monitor = monitor
-    app.state.router = Router(pools, health=monitor, replica_timeout=settings.replica_probe_timeout)
+    app.state.router = Router(
+        pools, health=monitor, replica_timeout=settings.replica_probe_timeout, share_reads=settings.share_reads
+    )
     # Health reads the monitor's last round; Redis, the broker and search are probed in the same round.
     monitor.add_check(health.RedisCheck(settings))
     monitor.add_check(health.BrokerCheck(settings))  # Dramatiq's, Redis or RabbitMQ

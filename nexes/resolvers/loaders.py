@@ -35,7 +35,9 @@ class Loaders:
         if loader is None:
 
             async def load(keys: Sequence[K]) -> list[V]:
-                return await self.router.read(lambda conn: batch(conn, shape, keys))
+                # A batch's answer is only read (the DataLoader hands its items out): shared
+                # (Router.read) by the batch, its shape and its keys.
+                return await self.router.read(lambda conn: batch(conn, shape, keys), shared=(batch, shape, tuple(keys)))
 
             loader = self._made[batch, shape] = DataLoader(load)
         return loader

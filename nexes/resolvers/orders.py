@@ -354,7 +354,8 @@ async def connection(
     page = _Page.of(info, flt, order, request)
     keyed: Keyed | orders_db.Packed = []
     if request.limit:
-        keyed = await info.context.router.read(lambda conn: fetch_page(conn, page.spec))
+        # The page's rows and nodes are only read from here on: shared (Router.read) by spec.
+        keyed = await info.context.router.read(lambda conn: fetch_page(conn, page.spec), shared=(fetch_page, page.spec))
     return page.connection(keyed, flt)
 
 

@@ -11,13 +11,18 @@ to the primary. Writes record the primary's position after their commit in it.
 
 Every decision is counted (`nexes_db_route{target, reason}`) and logged at DEBUG
 with the `db.route` reason.
+
+Single flight (`Router.read(..., shared=key)`): a read that names what it reads (its
+statement and parameters) takes the answer of the same read already running in this
+process, instead of running again; see `Router._shared`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from nexes.db.connect.lsn import format_lsn, parse_lsn
 from nexes.db.connect.pools import Pools
 from nexes.errors import Code, NexesError
-from nexes.metrics import DB_ROUTE, STATEMENT_TIMEOUTS
+from nexes.metrics import DB_ROUTE, SHARED_READS, STATEMENT_TIMEOUTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,12 +171,21 @@ ANALYSTS_BUSY = "every analyst connection is busy with other reports and exports
 class Router:
     """Chooses the server for each unit of database work."""
 
-    def __init__(self, pools: Pools, health: ReplicaHealth | None = None, replica_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        pools: Pools,
+        health: ReplicaHealth | None = None,
+        replica_timeout: float = 1.0,
+        *,
+        share_reads: bool = True,
+    ) -> None:
         self.pools = pools
         self.health: ReplicaHealth = health or PassiveHealth()
         self.replica_timeout = replica_timeout
         self._turn = 0
         self.in_flight = [0] * len(pools.replicas)
+        self.share_reads = share_reads  # NEXES_SHARE_READS
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
 
     def pick_replica(self, min_lsn: int | None = None, exclude: int | None = None) -> int | None:
         """The usable replica with the fewest reads in flight (ties taken in turn); with
@@ -213,14 +227,59 @@ class Router:
             return index, False, "replica_has_min_lsn"
         return index, True, "replica_checked_min_lsn"
 
-    async def read(self, work: Work[T], *, fresh: bool = False) -> T:
+    async def read(self, work: Work[T], *, fresh: bool = False, shared: Hashable | None = None) -> T:
         """Run `work` on a replica (or on the primary when `fresh` or none is usable).
 
         A replica that fails for a connection reason sends the read to the primary; when
         the primary is unreachable too, every replica gets one last try, since the first
         failure may have been no more than a stale pooled connection.
+
+        `shared`: what `work` reads, as a key that holds everything its statements depend
+        on (their names and parameters), when it may take the answer of the same read
+        already in flight (`_shared`). Its answer is then given to several requests: the
+        caller must not change it.
         """
         consistency = consistency_var.get()
+        if (
+            shared is not None
+            and self.share_reads
+            and not fresh
+            and (consistency is None or (consistency.min_lsn is None and consistency.lsn is None))
+        ):
+            return await self._shared(shared, work)
+        return await self._routed(work, fresh, consistency)
+
+    async def _shared(self, key: Hashable, work: Work[T]) -> T:
+        """Single flight: the first read of `key` runs; the reads of `key` that come while
+        it runs wait for its answer and run nothing (`nexes_db_reads_shared`). A herd of
+        requests for the same dashboard or first page costs the database one statement.
+
+        Consistent with routing: such a read goes to any healthy replica anyway, whose
+        snapshot may be older than the request; the one it joins began at most one
+        statement's time before it. Reads that must see a write (X-Nexes-Min-LSN, or this
+        request's own) and fresh reads never share (`read`). Each caller keeps its own
+        deadline (it stops waiting; the read it joined goes on for the others). When the
+        first read fails or is cancelled, those that joined it read on their own.
+
+        Hand-rolled, a dict of futures: no package pinned here offers an asyncio single
+        flight, and a cache would keep answers past their read, which this must not."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            joined = await asyncio.shield(flight)
+            if joined is _GROUNDED:
+                return await self._routed(work, False, consistency_var.get())
+            SHARED_READS.inc()
+            return joined  # type: ignore[no-any-return]
+        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        answer: Any = _GROUNDED
+        try:
+            answer = await self._routed(work, False, consistency_var.get())
+        finally:
+            del self._flights[key]
+            flight.set_result(answer)  # a result, never an exception: nobody may be waiting
+        return answer  # type: ignore[no-any-return]
+
+    async def _routed(self, work: Work[T], fresh: bool, consistency: Consistency | None) -> T:
         index, check, reason = self._choose(fresh, consistency)
         if index is not None:
             job = self._checked(work, index, consistency) if check else work
@@ -411,6 +470,10 @@ class Router:
             return await work(conn)
 
 
+# What a shared read's followers are told when it failed: read on your own.
+_GROUNDED: Any = object()
+
+
 def _translated(exc: Exception) -> Exception:
     return translate(exc) or exc
 
@@ -424,8 +487,8 @@ class AnalystRouter(Router):
         super().__init__(base.pools, base.health, base.replica_timeout)
         self.in_flight = base.in_flight
 
-    async def read(self, work: Work[T], *, fresh: bool = False) -> T:
-        return await self.analyst(work)
+    async def read(self, work: Work[T], *, fresh: bool = False, shared: Hashable | None = None) -> T:
+        return await self.analyst(work)  # an analyst's reads are ad hoc: never shared
 
     async def write(self, work: Work[T]) -> T:
         raise NexesError(Code.FORBIDDEN, "analysts read only; writes need the operator or admin role")
