@@ -7,6 +7,7 @@ database and replica."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,9 +103,9 @@ class CountingRouter(Router):
         super().__init__(base.pools, base.health, base.replica_timeout)
         self.reads = 0
 
-    async def read(self, work: Work[Any], *, fresh: bool = False) -> Any:
+    async def read(self, work: Work[Any], *, fresh: bool = False, shared: Hashable | None = None) -> Any:
         self.reads += 1
-        return await super().read(work, fresh=fresh)
+        return await super().read(work, fresh=fresh, shared=shared)
 
 
 @dataclass

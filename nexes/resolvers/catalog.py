@@ -56,20 +56,25 @@ async def _connection(
     order = f"{table.name.upper()}_NAME"
     keyset = ctx.cursors.decode(request.cursor, order, str) if request.cursor is not None else None
 
-    async def work(conn: AsyncConnection[Any]) -> list[Any]:
+    async def work(conn: AsyncConnection[Any]) -> tuple[list[Any], dict[int, Any] | None]:
         backward = request.backward
         if with_orders is None:
-            return await catalog.page(conn, table, flt, after=keyset, backward=backward, limit=request.limit + 1)
+            rows = await catalog.page(conn, table, flt, after=keyset, backward=backward, limit=request.limit + 1)
+            return rows, None
         # The shown customers' ids (not the extra row's) select the pages, in the same statement.
         statement = catalog.page_statement(table, flt, after=keyset, backward=backward, limit=request.limit + 1)
         ids_of = catalog.page_statement(table, flt, after=keyset, backward=backward, limit=request.limit, ids_of=True)
         cursor: AsyncCursor[Any] = conn.cursor(row_factory=class_row(table.row))
         pages = await orders.packed_pages(conn, with_orders, ids_of, alongside=(cursor, *statement))
-        if pages is not None:
-            orders.read_ahead(info, with_orders, pages)
-        return catalog.page_rows(await cursor.fetchall(), backward=backward)
+        return catalog.page_rows(await cursor.fetchall(), backward=backward), pages
 
-    rows = await ctx.router.read(work) if request.limit else []
+    rows: list[Any] = []
+    if request.limit:
+        # Only read from here on: shared (Router.read) by everything the statements take.
+        key = (_connection, table, flt, keyset, request.backward, request.limit, with_orders)
+        rows, pages = await ctx.router.read(work, shared=key)
+        if pages is not None:
+            orders.read_ahead(info, with_orders, pages)  # type: ignore[arg-type]
     paths = selected_paths(info)  # a cursor is an HMAC: signed only when asked for
     edges, page_info = build_page(
         rows,
