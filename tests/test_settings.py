@@ -43,6 +43,7 @@ def test_defaults_match_the_readme() -> None:
     assert s.apq_max_document_bytes == int(readme_default("NEXES_APQ_MAX_DOCUMENT_BYTES"))
     assert s.apq_ttl == float(readme_default("NEXES_APQ_TTL"))
     assert s.trusted_documents_refresh == float(readme_default("NEXES_TRUSTED_DOCUMENTS_REFRESH"))
+    assert s.share_reads is (readme_default("NEXES_SHARE_READS") == "on")
 
 
 def _per_role_default(prefix: str, role: str) -> str:
@@ -68,6 +69,7 @@ def test_missing_required_url_names_itself() -> None:
         ("NEXES_ENV", "staging"),
         ("NEXES_LOG_FORMAT", "xml"),
         ("NEXES_WORKER_METRICS_PORT", "70000"),
+        ("NEXES_SHARE_READS", "sometimes"),
     ],
 )
 def test_malformed_setting_names_itself(key: str, value: str) -> None:
