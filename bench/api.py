@@ -280,6 +280,9 @@ def bench_api(
         peer_pool=20,
         wrk_connections=50,
         nexes_access_log=SERVER_ENV["NEXES_ACCESS_LOG"],
+        # Identical reads at the same moment take one statement (README): the 50 clients all
+        # ask the same thing. NEXES_SHARE_READS=off measures a load where no two reads match.
+        nexes_share_reads="on" if settings.share_reads else "off",
     )
     auth = bearer(base, "viewer")
     nexes_port, peer_port = ports
