@@ -18,7 +18,8 @@ from psycopg import AsyncConnection
 
 from nexes.db.connect.router import Consistency, Router, consistency_var
 from nexes.settings import Settings
-from tests.conftest import client_for, gql
+from tests.conftest import client_for, error_codes, gql
+from tests.support.auth import bearer_for
 
 N = 8
 SLOW = "SELECT pg_sleep(%s), %s::int"
@@ -194,8 +195,9 @@ async def test_a_herd_of_identical_requests_over_http(seeded: Settings, share: b
         if read == "order_with_lines":
             first = await gql(client, "{ serviceOrders(first: 1) { edges { node { id } } } }")
             variables = {"id": first["data"]["serviceOrders"]["edges"][0]["node"]["id"]}
-        # Alone (it also warms the token's caches and the plans: nothing else awaits before the read),
-        await gql(client, HERDS[read], variables)  # an order's key is remembered after its first read
+        # Alone, twice: the token's caches, the plans and an order's key are warm after the
+        # first, so nothing but the read awaits in the herd's requests.
+        await gql(client, HERDS[read], variables)
         alone = await gql(client, HERDS[read], variables)
         once = _statements(alone["_response"])
         before = shared_total()
@@ -209,3 +211,23 @@ async def test_a_herd_of_identical_requests_over_http(seeded: Settings, share: b
     else:
         assert statements == once * N
         assert shared_total() == before
+
+
+async def test_a_caller_in_a_herd_is_still_judged_on_its_own(seeded: Settings) -> None:
+    """Who may share: permissions are checked per request before any read. A token with no
+    role asks for the dashboard in the middle of a herd of admins reading it: it is
+    refused (FORBIDDEN, no data), while the admins share their statement."""
+    no_role = bearer_for(seeded, subject="shared-no-role")
+    async with client_for(seeded) as client:
+        await gql(client, HERDS["dashboard"])
+        before = shared_total()
+        bodies = await asyncio.gather(
+            *(gql(client, HERDS["dashboard"]) for _ in range(N // 2)),
+            gql(client, HERDS["dashboard"], **no_role),
+            *(gql(client, HERDS["dashboard"]) for _ in range(N // 2)),
+        )
+    refused = bodies[N // 2]
+    assert error_codes(refused) == ["FORBIDDEN"] and not refused.get("data")
+    admins = bodies[: N // 2] + bodies[N // 2 + 1 :]
+    assert all(body["data"]["dashboard"]["totalCount"] > 0 for body in admins)
+    assert shared_total() > before
