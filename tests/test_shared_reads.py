@@ -223,7 +223,7 @@ async def test_a_caller_in_a_herd_is_still_judged_on_its_own(seeded: Settings) -
         before = shared_total()
         bodies = await asyncio.gather(
             *(gql(client, HERDS["dashboard"]) for _ in range(N // 2)),
-            gql(client, HERDS["dashboard"], **no_role),
+            gql(client, HERDS["dashboard"], None, **no_role),
             *(gql(client, HERDS["dashboard"]) for _ in range(N // 2)),
         )
     refused = bodies[N // 2]
