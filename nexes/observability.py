@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,9 @@ def valid_request_id(value: str | None) -> str | None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits of 128 random bits: uuid4().hex's shape at a fifth of its cost (0.6 us
+    against 2.9, timeit; uuid4 was 1% of a shared dashboard request's CPU in py-spy, issue 21)."""
+    return os.urandom(16).hex()
 
 
 def format_traceparent(span_context: SpanContext) -> str:
