@@ -244,10 +244,12 @@ async def test_past_the_concurrent_requests_a_new_one_gets_503_at_once_and_liven
     seeded: Settings,
 ) -> None:
     settings = dataclasses.replace(with_deadlines(seeded, 3.0), max_concurrent_requests=2)
-    slow = "{ customers(first: 3) { edges { node { name } } } }"
+    # Two pages apart: two identical reads at once would share one statement (README,
+    # "Identical reads at the same moment"), and this wants two statements held.
+    slow = "{ customers(first: %d) { edges { node { name } } } }"
     async with client_for(settings, roles=("admin",), subject="admin-admission") as client:
         with customers_locked(seeded) as replica:
-            held = [asyncio.ensure_future(gql(client, slow)) for _ in range(2)]
+            held = [asyncio.ensure_future(gql(client, slow % n)) for n in (3, 4)]
             assert await eventually(lambda: len(active_backends(replica)) == 2, 5.0), "the slow requests never ran"
             started = time.monotonic()
             refused = await client.post("/graphql", json={"query": "{ stockItems(first: 1) { totalCount } }"})

@@ -172,6 +172,11 @@ HERDS = {
     "order_with_lines": (
         "query($id: ID!) { node(id: $id) { ... on ServiceOrder { id sodNumber lines { lineNo quantity } } } }"
     ),
+    # with lines: not read ahead, the batch of Customer.serviceOrders reads them (README)
+    "customers_with_order_lines": (
+        "{ customers(first: 3) { edges { node { code serviceOrders(first: 2) "
+        "{ edges { node { sodNumber lines { lineNo } } } } } } } }"
+    ),
     "customers_with_orders": (
         "{ customers(first: 20) { edges { node { id name serviceOrders(first: 10) "
         "{ edges { node { id sodNumber status createdAt totalAmount } } } } } } }"

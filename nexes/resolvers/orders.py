@@ -377,7 +377,10 @@ async def customers_connections(info: Info, page: _Page, customer_ids: Sequence[
         # orders, to batch what is batched already. Its one other service, reading a repeated
         # customer once, is done here: a customer repeats when it is each order's customer.
         unique = list(dict.fromkeys(customer_ids))
-        read = await ctx.router.read(lambda conn: fetch_customers_pages(conn, page.spec, unique))
+        read = await ctx.router.read(
+            lambda conn: fetch_customers_pages(conn, page.spec, unique),
+            shared=(fetch_customers_pages, page.spec, tuple(unique)),  # as the loader's key (Loaders)
+        )
         by_customer = dict(zip(unique, read, strict=True))
         keyeds = [by_customer[cid] for cid in customer_ids]
     else:
